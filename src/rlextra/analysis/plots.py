@@ -1,0 +1,99 @@
+"""PNG plots of a linearity report: R^2 histogram, module x layer heatmap, example trajectories."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rlextra.linefit import fit_lines  # noqa: E402
+
+_LAYER = re.compile(r"\.(\d+)\.(.+)$")
+
+
+def plot_r2_histogram(report: dict, path: Path, title: str = "Weights") -> None:
+    """Global R^2 distribution with the paper's 0.7 threshold marked."""
+    g = report["global"]
+    edges = np.asarray(g["histogram"]["edges"])
+    counts = np.asarray(g["histogram"]["counts"], dtype=float)
+    total = counts.sum()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(edges[:-1], counts / total if total else counts, width=np.diff(edges), align="edge",
+           color="#4477aa", edgecolor="white")
+    ax.axvline(0.7, color="#cc3311", ls="--", lw=1, label="R² = 0.7")
+    frac = g.get("frac_r2_above_0.7")
+    sub = f"mean {g['mean_r2']:.3f}, median {g['median_r2']:.3f}, {100 * frac:.1f}% > 0.7" \
+        if frac is not None else "no parameter analysed"
+    ax.set_title(f"{title}: R² of linear fit vs step\n{sub}", fontsize=10)
+    ax.set_xlabel("R²")
+    ax.set_ylabel("fraction of parameters")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def layer_module_grid(tensors: Sequence[dict], key: str = "mean_r2"
+                      ) -> tuple[list[str], list[int], np.ndarray]:
+    """Rows: module names (e.g. self_attn.q_proj.weight), columns: layer indices; NaN where absent."""
+    cells: dict[tuple[str, int], float] = {}
+    for t in tensors:
+        m = _LAYER.search(t["name"])
+        if m and t.get(key) is not None:
+            cells[(m.group(2), int(m.group(1)))] = t[key]
+    modules = sorted({k[0] for k in cells})
+    layers = sorted({k[1] for k in cells})
+    grid = np.full((len(modules), len(layers)), np.nan)
+    for (mod, layer), v in cells.items():
+        grid[modules.index(mod), layers.index(layer)] = v
+    return modules, layers, grid
+
+
+def plot_r2_heatmap(report: dict, path: Path) -> None:
+    """Mean R^2 per module and layer; tensors outside numbered layers are listed in weights.csv."""
+    modules, layers, grid = layer_module_grid(report["tensors"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(layers) + 3), max(3, 0.35 * len(modules) + 1.5)))
+    if grid.size:
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks(range(len(modules)), modules, fontsize=7)
+        step = max(1, len(layers) // 16)
+        ax.set_xticks(range(0, len(layers), step), [str(x) for x in layers[::step]], fontsize=7)
+        fig.colorbar(im, ax=ax, label="mean R²")
+    else:
+        ax.text(0.5, 0.5, "no per-layer tensors", ha="center", va="center")
+    ax.set_xlabel("layer")
+    ax.set_title("Mean R² per module and layer", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_trajectories(steps: Sequence[int], examples: Sequence[dict], path: Path,
+                      ylabel: str = "weight value") -> None:
+    """A few individual trajectories (randomly chosen, not cherry-picked) with their fitted lines."""
+    n = max(1, len(examples))
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    t = np.asarray(steps, dtype=float)
+    for ax, ex in zip(axes.flat, examples):
+        y = np.asarray(ex["values"])
+        fit = fit_lines(t, y[:, None])
+        ax.plot(t, y, "o", ms=4, color="#4477aa")
+        ax.plot(t, fit.value_at(t[0])[0] + fit.slope[0] * (t - t[0]), "-", color="#cc3311", lw=1)
+        label = ex.get("label") or f"{ex['tensor']}[{ex['index']}]"
+        ax.set_title(f"{label}\nR² = {ex['r2']:.3f}", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+    for ax in list(axes.flat)[len(examples):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

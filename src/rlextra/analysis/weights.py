@@ -1,0 +1,200 @@
+"""Weight-space linearity: R^2 of each scalar parameter's line over training steps.
+
+Exact over every parameter by default, streamed tensor by tensor and chunk by chunk through the
+line-fit kernel. Sampling and the paper's filters (min-change, min-distinct) are opt-in and
+recorded in the report. ``--shard i/N`` analyses a disjoint, size-balanced subset of tensors;
+``merge_weight_reports`` combines shards into the same report a single run writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import rlextra
+from rlextra.analysis.report import (FINE_BINS, finalize_report, tensor_summary, write_weight_report)
+from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, read_checked
+from rlextra.checkpoints.series import CheckpointSeries, load_series
+from rlextra.errors import RLExtraError
+from rlextra.linefit import LineFit
+
+N_EXAMPLE_TENSORS = 6
+N_CANDIDATES = 8
+
+
+@dataclass
+class _TensorStats:
+    """Running sums for one tensor; exact (sums, counts) or binned at 1e-4 (histogram)."""
+
+    n_fitted: int = 0
+    n_constant: int = 0
+    n_filtered: int = 0
+    n_analyzed: int = 0
+    sum_r2: float = 0.0
+    n_above: int = 0
+    sq_first: float = 0.0
+    sq_delta: float = 0.0
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(FINE_BINS, dtype=np.int64))
+
+    def add(self, r2: np.ndarray, keep: np.ndarray, first: np.ndarray, last: np.ndarray) -> None:
+        finite = np.isfinite(r2)
+        self.n_fitted += r2.size
+        self.n_constant += int((~finite).sum())
+        use = finite & keep
+        self.n_filtered += int((finite & ~keep).sum())
+        vals = r2[use]
+        self.n_analyzed += vals.size
+        self.sum_r2 += float(vals.sum())
+        self.n_above += int((vals > 0.7).sum())
+        self.hist += fine_histogram(vals)
+        self.sq_first += float(np.dot(first, first))
+        delta = last - first
+        self.sq_delta += float(np.dot(delta, delta))
+
+
+def fine_histogram(r2: np.ndarray) -> np.ndarray:
+    """Counts of r2 values in FINE_BINS equal bins over [0, 1] (1.0 falls in the last bin)."""
+    idx = np.minimum((r2 * FINE_BINS).astype(np.int64), FINE_BINS - 1)
+    return np.bincount(idx, minlength=FINE_BINS)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'i/N' -> (i, N); None -> rank/world size from torchrun/accelerate, if more than one."""
+    if text is None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise RLExtraError(f"--shard expects i/N (e.g. 0/4), got '{text}'") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise RLExtraError(f"--shard {text}: need 0 <= i < N")
+    return i, n
+
+
+def assign_shards(sizes: dict[str, int], n_shards: int) -> dict[str, int]:
+    """Deterministic size-balanced assignment of tensors to shards (largest first, least loaded)."""
+    loads = [0] * n_shards
+    owner = {}
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        i = min(range(n_shards), key=lambda j: (loads[j], j))
+        owner[name] = i
+        loads[i] += sizes[name]
+    return owner
+
+
+def sample_indices(name: str, numel: int, fraction: float, seed: int) -> np.ndarray:
+    """The paper's sampling: a fraction of each tensor, at least 50 entries, seeded per tensor."""
+    n = min(numel, max(math.ceil(fraction * numel), 50))
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    return np.sort(rng.choice(numel, size=n, replace=False))
+
+
+def example_tensors(names: Sequence[str]) -> list[str]:
+    """Evenly spaced tensors over the whole model, whichever shard runs them."""
+    if not names:
+        return []
+    picks = np.linspace(0, len(names) - 1, min(N_EXAMPLE_TENSORS, len(names))).round().astype(int)
+    return [names[i] for i in sorted(set(picks.tolist()))]
+
+
+def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path],
+                    out_dir: str | Path | None = None, *, steps: Sequence[int] | None = None,
+                    sample: float | None = None, seed: int = 0, min_change: float | None = None,
+                    min_distinct: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    shard: tuple[int, int] | None = None, plots: bool = True,
+                    progress: bool = True, overwrite: bool = False, allow_pickle: bool = False,
+                    allow_mixed_dtypes: bool = False) -> dict:
+    """Fit a line to every scalar parameter over the series; return (and write) weights.json.
+
+    With out_dir, writes weights.json, weights.csv, accumulators.json (for merging shards) and
+    PNG plots into it, atomically. Returns the report dict.
+    """
+    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
+        checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
+    if len(series) < 3:
+        raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
+    if sample is not None and not 0 < sample <= 1:
+        raise RLExtraError(f"--sample must be in (0, 1], got {sample}")
+    if min_distinct is not None and min_distinct < 2:
+        raise RLExtraError(f"--min-distinct must be at least 2, got {min_distinct}")
+    newest = series.newest.tensors
+    float_names = [n for n in series.names if newest[n].is_float]
+    skipped = [n for n in series.names if not newest[n].is_float]
+    mine = float_names
+    if shard is not None and shard[1] > 1:
+        owner = assign_shards({n: newest[n].numel for n in float_names}, shard[1])
+        mine = [n for n in float_names if owner[n] == shard[0]]
+    examples_wanted = set(example_tensors(float_names))
+
+    stats: dict[str, _TensorStats] = {}
+    examples: list[dict] = []
+    total = sum(newest[n].numel for n in mine)
+    with tqdm(total=total, unit="param", unit_scale=True, desc="analyze weights",
+              disable=not progress) as bar:
+        for name in mine:
+            refs = series.refs(name)
+            st = stats[name] = _TensorStats()
+            idx = sample_indices(name, refs[0].numel, sample, seed) if sample else None
+            want_example = name in examples_wanted
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 1])  # same in any shard
+            for start, stop in chunk_ranges(refs[0].numel, chunk_size):
+                pick = None
+                if idx is not None:
+                    lo, hi = np.searchsorted(idx, [start, stop])
+                    if lo == hi:
+                        bar.update(stop - start)
+                        continue
+                    pick = idx[lo:hi] - start
+                n = stop - start if pick is None else len(pick)
+                fit = LineFit(series.steps, n, track_range=min_change is not None,
+                              distinct_cap=min_distinct or 0)
+                cand = rng.choice(n, size=min(N_CANDIDATES, n), replace=False) if want_example else None
+                traj = []
+                for ref, step in zip(refs, series.steps):
+                    y = read_checked(ref, start, stop, step, pick)
+                    fit.add(y)
+                    if cand is not None:
+                        traj.append(y[cand])
+                res = fit.result()
+                r2 = res.r2()
+                keep = np.ones(n, dtype=bool)
+                if min_change is not None:
+                    keep &= fit.value_range() >= min_change
+                if min_distinct is not None:
+                    keep &= fit.n_distinct_capped() >= min_distinct
+                st.add(r2, keep, fit.y0, fit.last)
+                if cand is not None:
+                    ok = [j for j, c in enumerate(cand) if np.isfinite(r2[c]) and keep[c]]
+                    if ok:
+                        j = ok[0]
+                        flat = int(start + (cand[j] if pick is None else pick[cand[j]]))
+                        examples.append({"tensor": name, "index": flat, "r2": float(r2[cand[j]]),
+                                         "values": [float(t[j]) for t in traj]})
+                        want_example = False
+                bar.update(stop - start)
+
+    meta = {
+        "rlextra_version": rlextra.__version__,
+        "kind": "weights",
+        "steps": series.steps,
+        "checkpoints": [{"step": c.step, "path": str(c.path)} for c in series.checkpoints],
+        "options": {"sample": sample, "seed": seed, "min_change": min_change,
+                    "min_distinct": min_distinct, "chunk_size": chunk_size},
+        "shard": None if shard is None or shard[1] == 1 else {"index": shard[0], "count": shard[1]},
+        "skipped_tensors": skipped,
+    }
+    summaries = [tensor_summary(name, newest[name].numel, st) for name, st in stats.items()]
+    hist = sum((st.hist for st in stats.values()), np.zeros(FINE_BINS, dtype=np.int64))
+    report, accumulators = finalize_report(meta, summaries, hist, examples)
+    if out_dir is not None:
+        write_weight_report(report, accumulators, Path(out_dir), plots=plots, overwrite=overwrite,
+                            inputs=[c.path for c in series.checkpoints])
+    return report

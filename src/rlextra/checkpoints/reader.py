@@ -1,0 +1,167 @@
+"""Lazy reads of one chunk of one tensor from a checkpoint file.
+
+safetensors' own ``safe_open`` validates each file (header, offsets, size). Reads then use
+``os.pread`` on the tensor's byte range, one chunk at a time: no file is mapped whole, so peak
+memory is bounded by the chunk size, not by the model (an mmap would count every touched page
+in the process's resident set). Pickle checkpoints (.bin/.pt) are only read when the user opts
+in, fully in memory, since pickle cannot be streamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rlextra.errors import RLExtraError
+
+# safetensors dtype -> (numpy storage dtype, is floating point)
+STORAGE = {
+    "F64": (np.float64, True), "F32": (np.float32, True), "F16": (np.float16, True),
+    "BF16": (np.uint16, True),
+    "I64": (np.int64, False), "I32": (np.int32, False), "I16": (np.int16, False),
+    "I8": (np.int8, False), "U64": (np.uint64, False), "U32": (np.uint32, False),
+    "U16": (np.uint16, False), "U8": (np.uint8, False), "BOOL": (np.bool_, False),
+    "F8_E4M3": (np.uint8, False), "F8_E5M2": (np.uint8, False),
+}
+_FP8 = {"F8_E4M3", "F8_E5M2"}
+
+
+def to_float64(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Decode raw storage values of a float dtype to float64 (exact)."""
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return raw.astype(np.float64)
+
+
+def from_float64(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Encode float64 values to the raw storage of dtype, rounding to nearest even once."""
+    if dtype == "BF16":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(values)).to(torch.bfloat16) \
+            .view(torch.int16).numpy().view(np.uint16)
+    return values.astype(STORAGE[dtype][0])
+
+
+def decoded_is_finite(raw: np.ndarray, dtype: str) -> bool:
+    """True when every value of a float chunk in storage form is finite."""
+    if dtype == "BF16":
+        return not bool(np.any((raw & 0x7F80) == 0x7F80))
+    return bool(np.isfinite(raw).all())
+
+
+@dataclass
+class TensorRef:
+    """Where one tensor of one checkpoint lives, and how to read slices of it (flat order)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    offset: int = 0  # absolute byte offset of the tensor's data in file
+    in_memory: np.ndarray | None = field(default=None, repr=False)  # pickle-loaded storage
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def is_float(self) -> bool:
+        return STORAGE[self.dtype][1]
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(STORAGE[self.dtype][0]).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+    def read_raw(self, start: int, stop: int) -> np.ndarray:
+        """Elements [start, stop) of the flattened tensor, in storage dtype."""
+        if self.in_memory is not None:
+            return self.in_memory[start:stop]
+        size = self.itemsize
+        want = (stop - start) * size
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            buf = os.pread(fd, want, self.offset + start * size)
+        finally:
+            os.close(fd)
+        if len(buf) != want:
+            raise RLExtraError(f"{self.file}: truncated while reading tensor '{self.name}'")
+        return np.frombuffer(buf, dtype=STORAGE[self.dtype][0])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Elements [start, stop) decoded to float64; the tensor must be floating point."""
+        if self.dtype in _FP8:
+            raise RLExtraError(f"{self.file}: tensor '{self.name}' has dtype {self.dtype}, "
+                               "which rlextra cannot do arithmetic on")
+        return to_float64(self.read_raw(start, stop), self.dtype)
+
+
+def read_safetensors_index(path: Path) -> dict[str, TensorRef]:
+    """Validate one .safetensors file and index its tensors; one-line error if malformed."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+    except (SafetensorError, OSError, ValueError) as exc:  # corrupt header, truncated data
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RLExtraError(f"{path}: not a valid safetensors file ({msg})") from None
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    data_start = 8 + header_len
+    file_size = path.stat().st_size
+    refs: dict[str, TensorRef] = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = meta["dtype"]
+        if dtype not in STORAGE:
+            raise RLExtraError(f"{path}: tensor '{name}' has unsupported dtype {dtype}")
+        begin, end = meta["data_offsets"]
+        ref = TensorRef(name, dtype, tuple(meta["shape"]), path, data_start + begin)
+        if end - begin != ref.nbytes or data_start + end > file_size:
+            raise RLExtraError(f"{path}: tensor '{name}' data is truncated or inconsistent")
+        refs[name] = ref
+    if set(refs) != names:
+        raise RLExtraError(f"{path}: header lists tensors the safetensors library does not")
+    return refs
+
+
+def read_pickle_checkpoint(path: Path) -> dict[str, TensorRef]:
+    """Load a .bin/.pt state dict fully (weights_only) into in-memory refs. Opt-in only."""
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad pickles
+        raise RLExtraError(f"{path}: cannot load pickle checkpoint ({str(exc).splitlines()[0]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise RLExtraError(f"{path}: pickle does not hold a state dict")
+    names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+             torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+             torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+    refs = {}
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor) or t.dtype not in names:
+            raise RLExtraError(f"{path}: entry '{name}' is not a supported tensor")
+        dtype = names[t.dtype]
+        t = t.detach().contiguous().reshape(-1)
+        arr = t.view(torch.int16).numpy().view(np.uint16) if dtype == "BF16" else t.numpy()
+        refs[name] = TensorRef(name, dtype, tuple(state[name].shape), Path(path), 0, arr)
+    return refs

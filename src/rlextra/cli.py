@@ -1,0 +1,185 @@
+"""The ``rlextra`` command: parses arguments, calls the library, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rlextra.errors import RLExtraError
+
+
+def _steps(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RLExtraError(f"--steps expects comma-separated integers, got '{text}'") from None
+
+
+def _series_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="model folders (STEP=PATH names a step, e.g. 0=base/), or one run folder")
+    p.add_argument("--steps", help="comma-separated steps, one per CKPT, in the order given")
+    p.add_argument("--chunk-size", type=int, default=1 << 20,
+                   help="elements of one tensor read per checkpoint at a time (bounds memory; default 1048576)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also read .bin/.pt pickle checkpoints (only for files you trust)")
+    p.add_argument("--allow-mixed-dtypes", action="store_true",
+                   help="fit across checkpoints saved in different float dtypes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def cmd_analyze_weights(a: argparse.Namespace) -> int:
+    from rlextra.analysis import analyze_weights, parse_shard
+
+    shard = parse_shard(a.shard)
+    out = Path(a.output)
+    if shard is not None and a.shard is None:  # launched by torchrun/accelerate: one folder per rank
+        out = out / f"shard-{shard[0]:05d}-of-{shard[1]:05d}"
+    rep = analyze_weights(a.checkpoints, out, steps=_steps(a.steps), sample=a.sample, seed=a.seed,
+                          min_change=a.min_change, min_distinct=a.min_distinct,
+                          chunk_size=a.chunk_size, shard=shard, plots=not a.no_plots,
+                          progress=not a.quiet, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
+                          allow_mixed_dtypes=a.allow_mixed_dtypes)
+    _print_weights_summary(rep, out)
+    return 0
+
+
+def _print_weights_summary(rep: dict, out: Path) -> None:
+    g = rep["global"]
+    print(f"steps {rep['steps']}: {rep['n_params_analyzed']:,} of {rep['n_params']:,} parameters analysed "
+          f"({rep['n_params_constant']:,} constant)")
+    print(f"R^2 mean {_fmt(g['mean_r2'])}, median {_fmt(g['median_r2'])}, "
+          f"fraction > 0.7: {_fmt(g['frac_r2_above_0.7'])}")
+    print(f"report: {out / 'weights.json'}")
+
+
+def cmd_analyze_merge(a: argparse.Namespace) -> int:
+    from rlextra.analysis import merge_weight_reports
+
+    rep = merge_weight_reports(a.shard_dirs, Path(a.output), plots=not a.no_plots, overwrite=a.overwrite)
+    _print_weights_summary(rep, Path(a.output))
+    return 0
+
+
+def cmd_extrapolate(a: argparse.Namespace) -> int:
+    from rlextra.extrapolate import extrapolate_weights
+
+    out = extrapolate_weights(a.checkpoints, a.output, to_step=a.to_step, alpha=a.alpha, fit=a.fit,
+                              min_r2=a.min_r2, norms=a.norms, max_shard_size=a.max_shard_size,
+                              overwrite=a.overwrite, chunk_size=a.chunk_size, steps=_steps(a.steps),
+                              allow_pickle=a.allow_pickle, allow_mixed_dtypes=a.allow_mixed_dtypes,
+                              progress=not a.quiet)
+    prov = json.loads((out / "rlextra.json").read_text())
+    print(f"{prov['fit']} extrapolation of steps {prov['steps']} to step {prov['target_step']:g} "
+          f"(alpha {prov['alpha']:.4g}): {out}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from rlextra.demo import run_demo
+
+    run_demo(Path(a.output), quick=a.quick, seed=a.seed, threads=a.threads, overwrite=a.overwrite)
+    return 0
+
+
+EXAMPLES = {
+    "weights": """example:
+  rlextra analyze weights runs/grpo/ -o reports/weights            # every checkpoint-N in the run
+  rlextra analyze weights 0=Qwen2.5-1.5B runs/grpo/checkpoint-{100,200,300} -o out
+  rlextra analyze weights runs/grpo/ --sample 0.001 --min-change 1e-4 --min-distinct 4 -o out
+  torchrun --nproc-per-node 8 -m rlextra.cli analyze weights runs/grpo/ -o out  # then 'analyze merge'""",
+    "merge": """example:
+  rlextra analyze weights runs/grpo/ --shard 0/2 -o shards/0 &
+  rlextra analyze weights runs/grpo/ --shard 1/2 -o shards/1; wait
+  rlextra analyze merge shards/0 shards/1 -o reports/weights""",
+    "extrapolate": """example:
+  rlextra extrapolate runs/grpo/checkpoint-100 runs/grpo/checkpoint-200 --to-step 400 -o step400
+  rlextra extrapolate 0=base/ runs/grpo/checkpoint-200 --alpha 1.5 -o alpha1.5
+  rlextra extrapolate runs/grpo/ --fit lsq --min-r2 0.7 --to-step 1000 -o lsq1000""",
+    "demo": """example:
+  rlextra demo -o demo-out           # full run, a few minutes on 2 CPU cores
+  rlextra demo --quick -o /tmp/demo  # about a minute""",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rlextra import __version__
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="rlextra", formatter_class=fmt,
+                                description="Measure and exploit the linearity of RLVR training.")
+    p.add_argument("--version", action="version", version=f"rlextra {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    an = sub.add_parser("analyze", help="linearity analyses of a checkpoint series")
+    an_sub = an.add_subparsers(dest="what", required=True)
+    w = an_sub.add_parser("weights", help="R^2 of every parameter's line over steps",
+                          formatter_class=fmt, epilog=EXAMPLES["weights"])
+    _series_args(w)
+    w.add_argument("-o", "--output", required=True, help="report folder")
+    w.add_argument("--sample", type=float, help="analyse this fraction of each tensor (>= 50 entries)")
+    w.add_argument("--seed", type=int, default=0, help="seed for --sample and example picks")
+    w.add_argument("--min-change", type=float, help="drop parameters moving less (max-min); paper: 1e-4")
+    w.add_argument("--min-distinct", type=int, help="drop parameters with fewer distinct values; paper: 4")
+    w.add_argument("--shard", help="analyse shard i of N tensors (i/N); default from RANK/WORLD_SIZE")
+    w.add_argument("--no-plots", action="store_true")
+    w.set_defaults(func=cmd_analyze_weights)
+
+    m = an_sub.add_parser("merge", help="merge 'analyze weights --shard' outputs",
+                          formatter_class=fmt, epilog=EXAMPLES["merge"])
+    m.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR")
+    m.add_argument("-o", "--output", required=True)
+    m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--no-plots", action="store_true")
+    m.set_defaults(func=cmd_analyze_merge)
+
+    e = sub.add_parser("extrapolate", help="a checkpoint at a future step, without training",
+                       formatter_class=fmt, epilog=EXAMPLES["extrapolate"])
+    _series_args(e)
+    e.add_argument("-o", "--output", required=True, help="new model folder")
+    tgt = e.add_mutually_exclusive_group(required=True)
+    tgt.add_argument("--to-step", type=float, help="target step T")
+    tgt.add_argument("--alpha", type=float, help="alpha = (T - b) / (s - b), b/s = first/last step")
+    e.add_argument("--fit", choices=["auto", "two-point", "lsq"], default="auto",
+                   help="two-point for 2 checkpoints, least squares for 3+ (auto picks by count)")
+    e.add_argument("--min-r2", type=float, help="lsq: parameters with R^2 below this keep their newest value")
+    e.add_argument("--norms", choices=["copy", "extrapolate"], default="copy",
+                   help="norm weights: copied from the newest checkpoint (default, as the paper) or extrapolated")
+    e.add_argument("--max-shard-size", default="5GB", help="largest output shard (default 5GB)")
+    e.set_defaults(func=cmd_extrapolate)
+
+    d = sub.add_parser("demo", help="the embedded end-to-end run", formatter_class=fmt,
+                       epilog=EXAMPLES["demo"])
+    d.add_argument("-o", "--output", default="demo-out", help="report folder (default demo-out)")
+    d.add_argument("--quick", action="store_true", help="a ~1 minute version")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    d.add_argument("--overwrite", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RLExtraError as exc:
+        print(f"rlextra: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlextra: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The one idea of rlextra: a per-coordinate least-squares line over training steps, streamed.
+
+Every feature (weight R^2, token log-prob R^2, two-point and least-squares extrapolation,
+R^2-gated extrapolation, K-model logit extrapolation, the RL-Extra jump) is a read of this fit.
+
+Values arrive one checkpoint at a time (``add``), so memory is a few arrays of the block width
+``n`` whatever the number of steps K. Accumulation is float64 and shifted by the first value
+(``d_k = y_k - y_0``), which keeps the variance exact even when a weight moves by 1e-6 around 1.0.
+Two-point extrapolation is the K = 2 case: the line through both points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class LineResult:
+    """Sufficient statistics of the fitted lines for n coordinates."""
+
+    t_mean: float
+    sxx: float
+    y_mean: np.ndarray  # value of the line at t_mean (= mean of y)
+    slope: np.ndarray
+    sxy: np.ndarray
+    syy: np.ndarray
+
+    def r2(self) -> np.ndarray:
+        """Squared Pearson correlation of y with t; NaN where y never changes."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = (self.sxy * self.sxy) / (self.sxx * self.syy)
+        r2[~(self.syy > 0)] = np.nan
+        np.clip(r2, 0.0, 1.0, out=r2)
+        return r2
+
+    def value_at(self, t: float) -> np.ndarray:
+        """The fitted line evaluated at step t (extrapolation when t lies past the last step)."""
+        return self.y_mean + self.slope * (float(t) - self.t_mean)
+
+
+class LineFit:
+    """Streaming least-squares fit of y(t) = a + b t for n coordinates at known steps.
+
+    Call ``add`` once per step, in the order of ``steps``; then ``result``. Optional trackers:
+    ``track_range`` keeps min/max (the paper's min-change filter), ``distinct_cap`` counts
+    distinct values up to a cap (the paper's min-distinct filter) with cap - 1 extra arrays.
+    """
+
+    def __init__(self, steps: Sequence[float], n: int, *, track_range: bool = False,
+                 distinct_cap: int = 0) -> None:
+        t = np.asarray(steps, dtype=np.float64)
+        if t.ndim != 1 or len(t) < 2:
+            raise ValueError("a line fit needs at least 2 steps")
+        if len(np.unique(t)) != len(t):
+            raise ValueError(f"steps must be distinct, got {t.tolist()}")
+        self.t_mean = float(t.mean())
+        self.tc = t - self.t_mean
+        self.sxx = float((self.tc * self.tc).sum())
+        self.n = int(n)
+        self.k = 0
+        self.y0: np.ndarray | None = None
+        self.last: np.ndarray | None = None
+        self.s_d = np.zeros(n)
+        self.s_td = np.zeros(n)
+        self.s_dd = np.zeros(n)
+        self.track_range = track_range
+        self.y_min = self.y_max = None
+        self.distinct = _DistinctCounter(distinct_cap, n) if distinct_cap > 1 else None
+
+    def add(self, y: np.ndarray) -> None:
+        """Fold in the values of all n coordinates at the next step."""
+        if self.k >= len(self.tc):
+            raise ValueError("more values added than steps given")
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if y.shape[0] != self.n:
+            raise ValueError(f"expected {self.n} values, got {y.shape[0]}")
+        if self.y0 is None:
+            self.y0 = y.copy()
+            if self.track_range:
+                self.y_min = y.copy()
+                self.y_max = y.copy()
+        else:
+            d = y - self.y0
+            self.s_d += d
+            self.s_td += self.tc[self.k] * d
+            d *= d
+            self.s_dd += d
+            if self.track_range:
+                np.minimum(self.y_min, y, out=self.y_min)
+                np.maximum(self.y_max, y, out=self.y_max)
+        if self.distinct is not None:
+            self.distinct.add(y)
+        self.last = y
+        self.k += 1
+
+    def result(self) -> LineResult:
+        if self.k != len(self.tc):
+            raise ValueError(f"{self.k} of {len(self.tc)} steps added")
+        kk = float(self.k)
+        d_mean = self.s_d / kk
+        syy = self.s_dd - self.s_d * d_mean
+        np.maximum(syy, 0.0, out=syy)
+        return LineResult(self.t_mean, self.sxx, self.y0 + d_mean, self.s_td / self.sxx,
+                          self.s_td, syy)
+
+    def value_range(self) -> np.ndarray:
+        """max - min over the steps (needs track_range)."""
+        return self.y_max - self.y_min
+
+    def n_distinct_capped(self) -> np.ndarray:
+        """Number of distinct values seen, saturated at distinct_cap."""
+        return self.distinct.count
+
+
+class _DistinctCounter:
+    """Exact 'at least cap distinct values' per coordinate, streaming, with cap - 1 slots."""
+
+    def __init__(self, cap: int, n: int) -> None:
+        self.cap = cap
+        self.slots = np.full((cap - 1, n), np.nan)
+        self.count = np.zeros(n, dtype=np.int64)
+
+    def add(self, y: np.ndarray) -> None:
+        seen = np.zeros(y.shape[0], dtype=bool)
+        for slot in self.slots:
+            seen |= slot == y
+        new = np.nonzero(~seen & (self.count < self.cap))[0]
+        store = new[self.count[new] < self.cap - 1]
+        self.slots[self.count[store], store] = y[store]
+        self.count[new] += 1
+
+
+def fit_lines(steps: Sequence[float], values: np.ndarray) -> LineResult:
+    """Fit a (K, n) block of values at K steps in one call (for small in-memory series)."""
+    values = np.asarray(values, dtype=np.float64)
+    fit = LineFit(steps, values.shape[1] if values.ndim == 2 else 1)
+    for row in values.reshape(len(steps), -1):
+        fit.add(row)
+    return fit.result()
