@@ -45,7 +45,8 @@ def from_float64(values: np.ndarray, dtype: str) -> np.ndarray:
 
         return torch.from_numpy(np.ascontiguousarray(values)).to(torch.bfloat16) \
             .view(torch.int16).numpy().view(np.uint16)
-    return values.astype(STORAGE[dtype][0])
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught by the caller's check
+        return values.astype(STORAGE[dtype][0])
 
 
 def decoded_is_finite(raw: np.ndarray, dtype: str) -> bool:

@@ -1,0 +1,158 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import planted_series, write_ckpt
+from rlextra.analysis import analyze_weights, merge_weight_reports
+from rlextra.analysis.weights import sample_indices
+from rlextra.errors import RLExtraError
+
+
+def numpy_r2(t, vals):
+    """Direct computation: squared Pearson correlation per column, NaN for constant columns."""
+    y = vals.reshape(len(t), -1)
+    tc = np.asarray(t, float) - np.mean(t)
+    yc = y - y.mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (tc @ yc) ** 2 / ((tc @ tc) * (yc * yc).sum(0))
+
+
+def test_matches_direct_numpy_computation(series_dir, tmp_path):
+    run, steps, vals = series_dir
+    rep = analyze_weights(run, tmp_path / "out", progress=False)
+    all_r2 = []
+    for row in rep["tensors"]:
+        r2 = numpy_r2(steps, vals[row["name"]])
+        all_r2.append(r2)
+        assert row["n_analyzed"] == r2.size
+        assert row["mean_r2"] == pytest.approx(r2.mean(), rel=1e-9)
+        assert abs(row["median_r2"] - np.median(r2)) <= 1e-4
+        assert row["frac_r2_above_0.7"] == pytest.approx((r2 > 0.7).mean())
+        v32 = vals[row["name"]]
+        assert row["rel_change"] == pytest.approx(np.linalg.norm(v32[-1] - v32[0]) / np.linalg.norm(v32[0]), rel=1e-6)
+    all_r2 = np.concatenate(all_r2)
+    g = rep["global"]
+    assert rep["n_params"] == rep["n_params_analyzed"] == all_r2.size
+    assert g["mean_r2"] == pytest.approx(all_r2.mean(), rel=1e-9)
+    assert abs(g["median_r2"] - np.median(all_r2)) <= 1e-4
+    assert g["frac_r2_above_0.7"] == pytest.approx((all_r2 > 0.7).mean())
+    assert sum(g["histogram"]["counts"]) == all_r2.size
+    out = tmp_path / "out"
+    assert json.loads((out / "weights.json").read_text()) == json.loads(json.dumps(rep))
+    assert len((out / "weights.csv").read_text().strip().splitlines()) == len(vals) + 1
+    for png in ("r2_histogram.png", "r2_heatmap.png", "trajectories.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_planted_noise_free_series_is_perfectly_linear(tmp_path):
+    steps = [0, 5, 10, 20]
+    vals = planted_series(steps, {"w": (50,)}, noise=0.0)
+    for k, s in enumerate(steps):
+        write_ckpt(tmp_path / "run" / f"step_{s}", {"w": vals["w"][k]}, dtype=torch.float64)
+    rep = analyze_weights(tmp_path / "run", None, progress=False)
+    assert rep["global"]["mean_r2"] == pytest.approx(1.0, abs=1e-9)
+    assert rep["global"]["frac_r2_above_0.7"] == 1.0
+
+
+def test_chunking_does_not_change_results(series_dir):
+    run, _, _ = series_dir
+    a = analyze_weights(run, None, progress=False)
+    b = analyze_weights(run, None, progress=False, chunk_size=7)
+    for ra, rb in zip(a["tensors"], b["tensors"]):
+        assert ra["mean_r2"] == pytest.approx(rb["mean_r2"], rel=1e-12)
+        assert ra["median_r2"] == rb["median_r2"]
+
+
+def test_sampling_fits_the_sampled_entries(series_dir):
+    run, steps, vals = series_dir
+    rep = analyze_weights(run, None, progress=False, sample=0.1, seed=3, chunk_size=50)
+    for row in rep["tensors"]:
+        v = vals[row["name"]].reshape(len(steps), -1)
+        idx = sample_indices(row["name"], v.shape[1], 0.1, 3)
+        assert row["n_fitted"] == min(v.shape[1], max(math.ceil(0.1 * v.shape[1]), 50)) == len(idx)
+        assert row["mean_r2"] == pytest.approx(numpy_r2(steps, v[:, idx]).mean(), rel=1e-9)
+    assert rep["options"]["sample"] == 0.1
+
+
+def test_paper_filters_drop_what_numpy_drops(tmp_path):
+    steps = [0, 1, 2, 3, 4, 5]
+    rng = np.random.default_rng(0)
+    n = 300
+    base = rng.normal(0, 1, n)
+    # bf16-like staircases: a few distinct values per parameter, some moving < 1e-4
+    levels = rng.integers(1, 6, n)
+    moves = np.where(rng.random(n) < 0.3, 1e-5, 1e-2)
+    vals = np.stack([base + moves * np.minimum(k, levels) for k in steps])
+    for k, s in enumerate(steps):
+        write_ckpt(tmp_path / "run" / f"step_{s}", {"w": vals[k]}, dtype=torch.float64)
+    rep = analyze_weights(tmp_path / "run", None, progress=False, min_change=1e-4, min_distinct=4)
+    span = vals.max(0) - vals.min(0)
+    distinct = np.array([len(np.unique(vals[:, j])) for j in range(n)])
+    keep = (span >= 1e-4) & (distinct >= 4)
+    assert rep["n_params_analyzed"] == keep.sum()
+    assert rep["filters"] == {"min_change": 1e-4, "min_distinct": 4, "n_params_filtered": int((~keep).sum())}
+    assert rep["global"]["mean_r2"] == pytest.approx(numpy_r2(steps, vals)[keep].mean(), rel=1e-9)
+
+
+def test_nan_input_names_file_and_writes_nothing(series_dir, tmp_path):
+    run, steps, vals = series_dir
+    bad = {n: v[2].copy() for n, v in vals.items()}
+    bad["model.embed_tokens.weight"][3, 4] = np.nan
+    write_ckpt(run / "checkpoint-20", bad, trainer_step=20)
+    with pytest.raises(RLExtraError, match=r"checkpoint-20.*model.embed_tokens.weight.*NaN"):
+        analyze_weights(run, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_output_rules(series_dir, tmp_path):
+    run, _, _ = series_dir
+    analyze_weights(run, tmp_path / "out", progress=False, plots=False)
+    with pytest.raises(RLExtraError, match="--overwrite"):
+        analyze_weights(run, tmp_path / "out", progress=False, plots=False)
+    analyze_weights(run, tmp_path / "out", progress=False, plots=False, overwrite=True)
+    with pytest.raises(RLExtraError, match="into or over input"):
+        analyze_weights(run, run / "checkpoint-0" / "report", progress=False)
+
+
+def test_two_processes_then_merge_equals_single_run(series_dir, tmp_path):
+    run, _, _ = series_dir
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rlextra.cli", "analyze", "weights", str(run), "-q"]
+    procs = [subprocess.Popen(cmd + ["--shard", f"{i}/2", "-o", str(tmp_path / f"s{i}")], env=env)
+             for i in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    shard_reports = [json.loads((tmp_path / f"s{i}" / "weights.json").read_text()) for i in range(2)]
+    names = [{t["name"] for t in r["tensors"]} for r in shard_reports]
+    assert names[0] and names[1] and not names[0] & names[1]
+    merged = merge_weight_reports([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged", plots=False)
+    single = analyze_weights(run, tmp_path / "single", progress=False, plots=False)
+    assert json.loads((tmp_path / "merged" / "weights.json").read_text()) == \
+        json.loads((tmp_path / "single" / "weights.json").read_text())
+    assert merged["global"] == single["global"]
+    with pytest.raises(RLExtraError, match="shard 1/2 is missing"):
+        merge_weight_reports([tmp_path / "s0"], None)
+
+
+def test_shard_from_torchrun_environment(monkeypatch):
+    from rlextra.analysis import parse_shard
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert parse_shard(None) == (3, 4)
+    assert parse_shard("1/2") == (1, 2)
+    with pytest.raises(RLExtraError):
+        parse_shard("2/2")
+
+
+def test_too_few_checkpoints_for_analysis(tmp_path):
+    for s in (0, 1):
+        write_ckpt(tmp_path / "run" / f"step_{s}", {"w": np.ones(3) * s})
+    with pytest.raises(RLExtraError, match="at least 3"):
+        analyze_weights(tmp_path / "run", None, progress=False)

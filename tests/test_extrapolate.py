@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import planted_series, write_ckpt
+from rlextra.errors import RLExtraError
+from rlextra.extrapolate import extrapolate_weights, is_norm_weight
+
+NORM = "model.layers.0.input_layernorm.weight"
+MAT = "model.layers.0.mlp.up_proj.weight"
+
+
+def _load(folder):
+    return {k: v.double().numpy() for k, v in load_file(str(folder / "model.safetensors")).items()}
+
+
+def test_two_point_matches_formula_and_copies_norms(series_dir, tmp_path):
+    run, steps, vals = series_dir
+    out = extrapolate_weights([run / "checkpoint-10", run / "checkpoint-30"], tmp_path / "x",
+                              to_step=70, progress=False)
+    got = _load(out)
+    alpha = (70 - 10) / (30 - 10)
+    want = (vals[MAT][1] + alpha * (vals[MAT][3] - vals[MAT][1])).astype(np.float32)
+    np.testing.assert_array_equal(got[MAT], want)  # float64 arithmetic rounds once to float32
+    np.testing.assert_array_equal(got[NORM], vals[NORM][3])  # copied from the newest
+    prov = json.loads((out / "rlextra.json").read_text())
+    assert prov["alpha"] == alpha and prov["steps"] == [10, 30] and prov["fit"] == "two-point"
+    assert prov["tensors"]["copied_norm"] == 1 and (out / "config.json").exists()
+
+
+def test_alpha_and_norm_extrapolation(series_dir, tmp_path):
+    run, steps, vals = series_dir
+    out = extrapolate_weights([run / "checkpoint-0", run / "checkpoint-20"], tmp_path / "x",
+                              alpha=2.5, norms="extrapolate", progress=False)
+    got = _load(out)
+    want = vals[NORM][0] + 2.5 * (vals[NORM][2] - vals[NORM][0])
+    np.testing.assert_allclose(got[NORM], want, rtol=1e-6)
+    assert json.loads((out / "rlextra.json").read_text())["target_step"] == 50
+
+
+def test_lsq_matches_polyfit_and_min_r2_gates(series_dir, tmp_path):
+    run, steps, vals = series_dir
+    out = extrapolate_weights(run, tmp_path / "lsq", to_step=100, fit="lsq", progress=False)
+    got = _load(out)
+    y = vals[MAT].reshape(len(steps), -1)
+    coef = np.polyfit(steps, y, 1)
+    np.testing.assert_allclose(got[MAT].reshape(-1), coef[0] * 100 + coef[1], rtol=2e-6, atol=1e-8)
+    gated = _load(extrapolate_weights(run, tmp_path / "g", to_step=100, min_r2=0.9, progress=False))
+    tc = np.asarray(steps) - np.mean(steps)
+    yc = y - y.mean(0)
+    r2 = (tc @ yc) ** 2 / ((tc @ tc) * (yc * yc).sum(0))
+    low = r2 < 0.9
+    assert 0 < low.sum() < low.size
+    np.testing.assert_array_equal(gated[MAT].reshape(-1)[low], y[-1][low].astype(np.float32))
+    np.testing.assert_array_equal(gated[MAT].reshape(-1)[~low], got[MAT].reshape(-1)[~low])
+
+
+def test_bf16_kept_nonfloat_copied_and_sharded(tmp_path):
+    steps = [0, 10]
+    vals = planted_series(steps, {"a.weight": (64, 64), "b.weight": (64, 64)})
+    for k, s in enumerate(steps):
+        write_ckpt(tmp_path / f"step_{s}", {**{n: v[k] for n, v in vals.items()},
+                                            "pos_ids": torch.arange(5)}, dtype=torch.bfloat16)
+    out = extrapolate_weights([tmp_path / "step_0", tmp_path / "step_10"], tmp_path / "x", to_step=20,
+                              max_shard_size="10KB", chunk_size=1000, progress=False)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert shards == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert all((out / f).stat().st_size < 10_000 + 1000 for f in shards)  # data + header
+    merged = {}
+    for f in shards:
+        merged.update(load_file(str(out / f)))
+    assert merged["a.weight"].dtype == torch.bfloat16
+    torch.testing.assert_close(merged["pos_ids"], torch.arange(5))
+    b0, b1 = (torch.tensor(vals["a.weight"][k]).bfloat16().double() for k in (0, 1))
+    want = (b0 + 2 * (b1 - b0)).bfloat16()
+    assert torch.equal(merged["a.weight"], want)
+
+
+def test_overflow_to_inf_is_an_error_and_nothing_is_written(tmp_path):
+    write_ckpt(tmp_path / "step_0", {"w": np.zeros(4)}, dtype=torch.float16)
+    write_ckpt(tmp_path / "step_1", {"w": np.full(4, 1000.0)}, dtype=torch.float16)
+    with pytest.raises(RLExtraError, match="'w'.*NaN/Inf"):
+        extrapolate_weights([tmp_path / "step_0", tmp_path / "step_1"], tmp_path / "x", alpha=100,
+                            progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0", "step_1"]
+
+
+def test_option_errors(series_dir, tmp_path):
+    run, _, _ = series_dir
+    two = [run / "checkpoint-0", run / "checkpoint-10"]
+    with pytest.raises(RLExtraError, match="exactly one"):
+        extrapolate_weights(two, tmp_path / "x", progress=False)
+    with pytest.raises(RLExtraError, match="lsq needs at least 3"):
+        extrapolate_weights(two, tmp_path / "x", to_step=5, fit="lsq", progress=False)
+    with pytest.raises(RLExtraError, match="exactly 2"):
+        extrapolate_weights(run, tmp_path / "x", to_step=5, fit="two-point", progress=False)
+    with pytest.raises(RLExtraError, match="min-r2 needs"):
+        extrapolate_weights(two, tmp_path / "x", to_step=5, min_r2=0.5, progress=False)
+    with pytest.raises(RLExtraError, match="at least 2"):
+        extrapolate_weights(two[:1], tmp_path / "x", to_step=5, progress=False)
+    with pytest.raises(RLExtraError, match="into or over input"):
+        extrapolate_weights(two, run / "checkpoint-10", to_step=5, overwrite=True, progress=False)
+    extrapolate_weights(two, tmp_path / "x", to_step=5, progress=False)
+    with pytest.raises(RLExtraError, match="--overwrite"):
+        extrapolate_weights(two, tmp_path / "x", to_step=5, progress=False)
+
+
+def test_norm_names():
+    for n in ("model.norm.weight", "model.layers.3.input_layernorm.weight", "transformer.ln_f.weight",
+              "h.0.ln_1.bias", "model.layers.0.self_attn.q_norm.weight"):
+        assert is_norm_weight(n), n
+    for n in ("model.layers.0.mlp.up_proj.weight", "lm_head.weight", "model.layers.0.linear_fc1.weight"):
+        assert not is_norm_weight(n), n

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from rlextra.linefit import LineFit, fit_lines
+
+
+def test_matches_numpy_polyfit_and_correlation():
+    rng = np.random.default_rng(1)
+    t = np.array([0, 50, 100, 200, 300, 450.0])
+    y = rng.normal(size=(6, 200)) + np.outer(t, rng.normal(size=200)) * 0.01
+    res = fit_lines(t, y)
+    for j in range(0, 200, 17):
+        slope, icpt = np.polyfit(t, y[:, j], 1)
+        assert res.slope[j] == pytest.approx(slope, rel=1e-9, abs=1e-12)
+        assert res.value_at(1000)[j] == pytest.approx(icpt + slope * 1000, rel=1e-9)
+        assert res.r2()[j] == pytest.approx(np.corrcoef(t, y[:, j])[0, 1] ** 2, rel=1e-9)
+
+
+def test_two_points_is_the_papers_formula():
+    y = np.array([[1.0, -2.0, 0.5], [3.0, -1.0, 0.5]])
+    res = fit_lines([100, 300], y)
+    alpha = (700 - 100) / (300 - 100)
+    np.testing.assert_allclose(res.value_at(700), y[0] + alpha * (y[1] - y[0]), rtol=1e-13)
+
+
+def test_tiny_moves_around_one_keep_their_r2():
+    # bf16-free float64 values near 1.0 moving by 1e-9 per step: naive sums would lose them
+    t = np.arange(8.0)
+    y = 1.0 + 1e-9 * t[:, None] * np.array([1.0, -2.0])
+    r2 = fit_lines(t, y).r2()
+    np.testing.assert_allclose(r2, [1.0, 1.0], atol=1e-6)
+
+
+def test_constant_parameter_has_nan_r2_and_flat_line():
+    res = fit_lines([0, 1, 2], np.full((3, 2), 0.25))
+    assert np.isnan(res.r2()).all()
+    np.testing.assert_array_equal(res.value_at(10), [0.25, 0.25])
+
+
+def test_range_and_capped_distinct_counts_match_numpy():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=(7, 500)).astype(float)
+    fit = LineFit(range(7), 500, track_range=True, distinct_cap=4)
+    for row in y:
+        fit.add(row)
+    np.testing.assert_array_equal(fit.value_range(), y.max(0) - y.min(0))
+    expect = np.minimum([len(np.unique(y[:, j])) for j in range(500)], 4)
+    np.testing.assert_array_equal(fit.n_distinct_capped(), expect)
+
+
+def test_rejects_bad_steps():
+    with pytest.raises(ValueError):
+        LineFit([5], 3)
+    with pytest.raises(ValueError):
+        LineFit([1, 1, 2], 3)
