@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE
 from rlextra.errors import RLExtraError
 
 
@@ -24,8 +25,8 @@ def _series_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                    help="model folders (STEP=PATH names a step, e.g. 0=base/), or one run folder")
     p.add_argument("--steps", help="comma-separated steps, one per CKPT, in the order given")
-    p.add_argument("--chunk-size", type=int, default=1 << 20,
-                   help="elements of one tensor read per checkpoint at a time (bounds memory; default 1048576)")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                   help="elements of one tensor read per checkpoint at a time (bounds memory; default %(default)s)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also read .bin/.pt pickle checkpoints (only for files you trust)")
     p.add_argument("--allow-mixed-dtypes", action="store_true",

@@ -38,7 +38,8 @@ class LineResult:
 
     def value_at(self, t: float) -> np.ndarray:
         """The fitted line evaluated at step t (extrapolation when t lies past the last step)."""
-        return self.y_mean + self.slope * (float(t) - self.t_mean)
+        with np.errstate(invalid="ignore", over="ignore"):  # callers check results for NaN/Inf
+            return self.y_mean + self.slope * (float(t) - self.t_mean)
 
 
 class LineFit:
@@ -74,7 +75,10 @@ class LineFit:
         """Fold in the values of all n coordinates at the next step."""
         if self.k >= len(self.tc):
             raise ValueError("more values added than steps given")
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf propagate; see all_finite
+            self._add(np.asarray(y, dtype=np.float64).reshape(-1))
+
+    def _add(self, y: np.ndarray) -> None:
         if y.shape[0] != self.n:
             raise ValueError(f"expected {self.n} values, got {y.shape[0]}")
         if self.y0 is None:
@@ -85,9 +89,9 @@ class LineFit:
         else:
             d = y - self.y0
             self.s_d += d
-            self.s_td += self.tc[self.k] * d
-            d *= d
-            self.s_dd += d
+            self.s_dd += d * d
+            d *= self.tc[self.k]
+            self.s_td += d
             if self.track_range:
                 np.minimum(self.y_min, y, out=self.y_min)
                 np.maximum(self.y_max, y, out=self.y_max)
@@ -101,10 +105,15 @@ class LineFit:
             raise ValueError(f"{self.k} of {len(self.tc)} steps added")
         kk = float(self.k)
         d_mean = self.s_d / kk
-        syy = self.s_dd - self.s_d * d_mean
-        np.maximum(syy, 0.0, out=syy)
+        with np.errstate(invalid="ignore", over="ignore"):
+            syy = self.s_dd - self.s_d * d_mean
+            np.maximum(syy, 0.0, out=syy)
         return LineResult(self.t_mean, self.sxx, self.y0 + d_mean, self.s_td / self.sxx,
                           self.s_td, syy)
+
+    def all_finite(self) -> bool:
+        """False if any value added was NaN/Inf (they propagate into these sums)."""
+        return bool(np.isfinite(self.s_dd).all() and np.isfinite(self.y0).all())
 
     def value_range(self) -> np.ndarray:
         """max - min over the steps (needs track_range)."""
@@ -131,6 +140,17 @@ class _DistinctCounter:
         store = new[self.count[new] < self.cap - 1]
         self.slots[self.count[store], store] = y[store]
         self.count[new] += 1
+
+
+def two_point(y_b, y_s, alpha: float):
+    """The K = 2 line evaluated at alpha = (T - b) / (s - b): y_b + alpha (y_s - y_b).
+
+    Works on numpy arrays or torch tensors; with torch it is one fused ``lerp`` in the inputs'
+    precision (fp32 in extrapolation, as the paper computes).
+    """
+    if hasattr(y_b, "lerp"):
+        return y_b.lerp(y_s, alpha)
+    return y_b + alpha * (y_s - y_b)
 
 
 def fit_lines(steps: Sequence[float], values: np.ndarray) -> LineResult:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 import rlextra
 from rlextra.analysis.report import (FINE_BINS, finalize_report, tensor_summary, write_weight_report)
-from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, read_checked
+from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_values
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.errors import RLExtraError
 from rlextra.linefit import LineFit
@@ -158,11 +158,13 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                               distinct_cap=min_distinct or 0)
                 cand = rng.choice(n, size=min(N_CANDIDATES, n), replace=False) if want_example else None
                 traj = []
-                for ref, step in zip(refs, series.steps):
-                    y = read_checked(ref, start, stop, step, pick)
+                for ref in refs:
+                    y = read_values(ref, start, stop, pick)
                     fit.add(y)
                     if cand is not None:
                         traj.append(y[cand])
+                if not fit.all_finite():
+                    raise_nonfinite(refs, series.steps, start, stop)
                 res = fit.result()
                 r2 = res.r2()
                 keep = np.ones(n, dtype=bool)

@@ -1,9 +1,10 @@
 """Checkpoint series I/O: discovery and validation, lazy chunked reads, atomic sharded writes."""
 
-from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, iter_chunks
+from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, read_values
 from rlextra.checkpoints.reader import TensorRef
 from rlextra.checkpoints.series import Checkpoint, CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, atomic_output_dir, parse_size
 
 __all__ = ["Checkpoint", "CheckpointSeries", "DEFAULT_CHUNK_SIZE", "StreamingSafetensorsWriter",
-           "TensorRef", "atomic_output_dir", "iter_chunks", "load_series", "parse_size"]
+           "TensorRef", "atomic_output_dir", "chunk_ranges", "load_series", "parse_size",
+           "read_values"]

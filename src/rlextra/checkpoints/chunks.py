@@ -10,7 +10,7 @@ import numpy as np
 from rlextra.checkpoints.reader import TensorRef, decoded_is_finite, to_float64
 from rlextra.errors import RLExtraError
 
-DEFAULT_CHUNK_SIZE = 1 << 20  # elements of one tensor read from one checkpoint at a time
+DEFAULT_CHUNK_SIZE = 1 << 18  # elements of one tensor read from one checkpoint at a time
 
 
 def chunk_ranges(numel: int, chunk_size: int) -> Iterator[tuple[int, int]]:
@@ -20,23 +20,25 @@ def chunk_ranges(numel: int, chunk_size: int) -> Iterator[tuple[int, int]]:
         yield start, min(numel, start + chunk_size)
 
 
-def read_checked(ref: TensorRef, start: int, stop: int, step: int,
-                 pick: np.ndarray | None = None) -> np.ndarray:
-    """Float64 values of elements [start, stop) (or of positions ``pick`` within that range);
-    a one-line error naming file and tensor on NaN/Inf."""
+def read_values(ref: TensorRef, start: int, stop: int, pick: np.ndarray | None = None) -> np.ndarray:
+    """Float64 values of elements [start, stop), or of positions ``pick`` within that range.
+
+    No NaN/Inf check here: NaN and Inf propagate into every fit statistic, so callers check the
+    (much smaller) results and call ``raise_nonfinite`` only when something is off.
+    """
     if not ref.is_float:
         raise RLExtraError(f"{ref.file}: tensor '{ref.name}' has dtype {ref.dtype}, "
                            "which rlextra cannot do arithmetic on")
     raw = ref.read_raw(start, stop)
-    if pick is not None:
-        raw = raw[pick]
-    if not decoded_is_finite(raw, ref.dtype):
-        raise RLExtraError(f"{ref.file}: tensor '{ref.name}' (step {step}) contains NaN or Inf")
-    return to_float64(raw, ref.dtype)
+    return to_float64(raw if pick is None else raw[pick], ref.dtype)
 
 
-def iter_chunks(refs: list[TensorRef], steps: list[int], chunk_size: int = DEFAULT_CHUNK_SIZE
-                ) -> Iterator[tuple[int, int, Iterator[np.ndarray]]]:
-    """For each chunk of a tensor: (start, stop, a generator of its K float64 value arrays)."""
-    for start, stop in chunk_ranges(refs[0].numel, chunk_size):
-        yield start, stop, (read_checked(r, start, stop, s) for r, s in zip(refs, steps))
+def raise_nonfinite(refs: list[TensorRef], steps: list[int], start: int, stop: int,
+                    otherwise: str = "values too large to fit (overflow)") -> None:
+    """Raise a one-line error naming the input file and tensor holding NaN/Inf in this chunk,
+    or, if every input is finite, the error ``otherwise`` about the result."""
+    for ref, step in zip(refs, steps):
+        if not decoded_is_finite(ref.read_raw(start, stop), ref.dtype):
+            raise RLExtraError(f"{ref.file}: tensor '{ref.name}' (step {step}) contains NaN or Inf")
+    raise RLExtraError(f"tensor '{refs[0].name}': {otherwise}")
+

@@ -1,15 +1,17 @@
 """Lazy reads of one chunk of one tensor from a checkpoint file.
 
-safetensors' own ``safe_open`` validates each file (header, offsets, size). Reads then use
-``os.pread`` on the tensor's byte range, one chunk at a time: no file is mapped whole, so peak
-memory is bounded by the chunk size, not by the model (an mmap would count every touched page
-in the process's resident set). Pickle checkpoints (.bin/.pt) are only read when the user opts
-in, fully in memory, since pickle cannot be streamed.
+safetensors' own ``safe_open`` validates each file (header, offsets, size). Reads then map just
+the byte window of one chunk (mmap, private, read-only use) and view it as an array: no copy for
+full reads, and a sampled read touches only the pages holding its samples. A window is unmapped
+as soon as its array is dropped, so resident memory is bounded by the chunk size, not by the
+model. Pickle checkpoints (.bin/.pt) are only read when the user opts in, fully in memory,
+since pickle cannot be streamed.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -34,7 +36,9 @@ _FP8 = {"F8_E4M3", "F8_E5M2"}
 def to_float64(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Decode raw storage values of a float dtype to float64 (exact)."""
     if dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        import torch
+
+        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).to(torch.float64).numpy()
     return raw.astype(np.float64)
 
 
@@ -47,6 +51,24 @@ def from_float64(values: np.ndarray, dtype: str) -> np.ndarray:
             .view(torch.int16).numpy().view(np.uint16)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught by the caller's check
         return values.astype(STORAGE[dtype][0])
+
+
+def to_torch(raw: np.ndarray, dtype: str):
+    """A torch view of raw float storage (bf16 reinterpreted), without copying."""
+    import torch
+
+    if dtype == "BF16":
+        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(raw)
+
+
+def from_torch(values, dtype: str) -> np.ndarray:
+    """Raw storage of dtype from a torch float tensor, rounding to nearest even once."""
+    import torch
+
+    if dtype == "BF16":
+        return values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return values.to({"F64": torch.float64, "F32": torch.float32, "F16": torch.float16}[dtype]).numpy()
 
 
 def decoded_is_finite(raw: np.ndarray, dtype: str) -> bool:
@@ -90,16 +112,20 @@ class TensorRef:
         """Elements [start, stop) of the flattened tensor, in storage dtype."""
         if self.in_memory is not None:
             return self.in_memory[start:stop]
-        size = self.itemsize
-        want = (stop - start) * size
-        fd = os.open(self.file, os.O_RDONLY)
+        np_dtype = STORAGE[self.dtype][0]
+        if stop <= start:
+            return np.empty(0, dtype=np_dtype)
+        begin = self.offset + start * self.itemsize
+        aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
+        length = begin - aligned + (stop - start) * self.itemsize
         try:
-            buf = os.pread(fd, want, self.offset + start * size)
-        finally:
-            os.close(fd)
-        if len(buf) != want:
-            raise RLExtraError(f"{self.file}: truncated while reading tensor '{self.name}'")
-        return np.frombuffer(buf, dtype=STORAGE[self.dtype][0])
+            with open(self.file, "rb") as f:
+                window = mmap.mmap(f.fileno(), length, offset=aligned, access=mmap.ACCESS_COPY)
+        except (ValueError, OSError) as exc:
+            raise RLExtraError(f"{self.file}: cannot read tensor '{self.name}' ({exc}); "
+                               "truncated or changed while reading?") from None
+        # writable (copy-on-write, never written back) so torch.from_numpy accepts it silently
+        return np.frombuffer(window, dtype=np_dtype, count=stop - start, offset=begin - aligned)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Elements [start, stop) decoded to float64; the tensor must be floating point."""

@@ -91,8 +91,8 @@ class StreamingSafetensorsWriter:
             raise RuntimeError(f"expected tensor {spec.name}, got {name}")
         if shard != self._shard:
             self._open_shard(shard)
-        data = np.ascontiguousarray(raw).tobytes()
-        self._written += len(data)
+        data = memoryview(np.ascontiguousarray(raw)).cast("B")  # no copy
+        self._written += data.nbytes
         if self._written > spec.nbytes:
             raise RuntimeError(f"tensor {name}: more bytes than its shape holds")
         self._handle.write(data)

@@ -3,7 +3,8 @@
 Two-point (the paper's method): W_T = W_b + alpha (W_s - W_b), alpha = (T - b) / (s - b).
 Least squares over K >= 3 checkpoints: each parameter's fitted line evaluated at T, optionally
 gated by that parameter's own R^2. Both are the line-fit kernel's ``value_at`` (two-point is the
-K = 2 line). Arithmetic in float64, saved in the newest input's dtype; normalisation weights and
+K = 2 line). Two-point arithmetic is fp32 (as the paper), least squares float64; results are
+saved in the newest input's dtype; normalisation weights and
 non-float tensors are copied from the newest checkpoint by default, as in the paper.
 """
 
@@ -18,13 +19,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, read_checked
-from rlextra.checkpoints.reader import decoded_is_finite, from_float64
+from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_values
+from rlextra.checkpoints.reader import decoded_is_finite, from_float64, from_torch, to_torch
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import (StreamingSafetensorsWriter, TensorSpec, atomic_output_dir,
                                         copy_side_files, parse_size)
 from rlextra.errors import RLExtraError
-from rlextra.linefit import LineFit
+from rlextra.linefit import LineFit, two_point
 
 _NORM = re.compile(r"norm|(^|\.)ln(_\w*)?\.", re.IGNORECASE)
 
@@ -96,7 +97,7 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
                         writer.write(spec.name, ref.read_raw(start, stop))
                     else:
                         writer.write(spec.name, _extrapolate_chunk(series, spec, start, stop, target,
-                                                                   min_r2, counts))
+                                                                   alpha, fit, min_r2, counts))
                     bar.update(stop - start)
                 key = "extrapolated" if not copy else ("copied_non_float" if not ref.is_float else "copied_norm")
                 counts[key] += 1
@@ -125,19 +126,40 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
 
 
 def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, stop: int,
-                       target: float, min_r2: float | None, counts: dict) -> np.ndarray:
-    """One chunk of one tensor at the target step, encoded in the output dtype and checked finite."""
-    fit = LineFit(series.steps, stop - start)
-    for ref, step in zip(series.refs(spec.name), series.steps):
-        fit.add(read_checked(ref, start, stop, step))
-    res = fit.result()
-    values = res.value_at(target)
-    if min_r2 is not None:
-        low = res.r2() < min_r2  # NaN (constant parameter) compares False: its line is flat anyway
-        values[low] = fit.last[low]
-        counts["kept_low_r2"] += int(low.sum())
-    raw = from_float64(values, spec.dtype)
-    if not np.isfinite(values).all() or not decoded_is_finite(raw, spec.dtype):
-        raise RLExtraError(f"tensor '{spec.name}': extrapolated value is NaN/Inf in {spec.dtype} "
-                           f"at step {target:g} (alpha too large?); nothing written")
+                       target: float, alpha: float, fit: str, min_r2: float | None,
+                       counts: dict) -> np.ndarray:
+    """One chunk of one tensor at the target step, encoded in the output dtype and checked finite.
+
+    Two-point: fp32 (fp64 for fp64 inputs) lerp in torch, the paper's arithmetic. Least squares:
+    the float64 streaming kernel. NaN/Inf in inputs propagates to the result, so only the
+    encoded result is checked, and the inputs are scanned to name the culprit when it is not finite.
+    """
+    import torch
+
+    refs = series.refs(spec.name)
+    if fit == "two-point":
+        y_b, y_s = (to_torch(r.read_raw(start, stop), r.dtype) for r in refs)
+        if not (refs[0].dtype == refs[1].dtype == spec.dtype and spec.dtype in ("BF16", "F16")):
+            compute = torch.float64 if spec.dtype == "F64" else torch.float32
+            y_b, y_s = y_b.to(compute), y_s.to(compute)
+        # torch's bf16/fp16 lerp computes in fp32 and rounds once: the same result as the
+        # fp32 path (tested), without materialising fp32 copies
+        raw = from_torch(two_point(y_b, y_s, alpha), spec.dtype)
+        finite = True  # NaN/Inf/overflow all survive the cast: the check on raw below sees them
+    else:
+        lf = LineFit(series.steps, stop - start)
+        for ref in refs:
+            lf.add(read_values(ref, start, stop))
+        res = lf.result()
+        values = res.value_at(target)
+        if min_r2 is not None:
+            low = res.r2() < min_r2  # NaN (constant parameter) compares False: its line is flat anyway
+            values[low] = lf.last[low]
+            counts["kept_low_r2"] += int(low.sum())
+        finite = bool(np.isfinite(values).all())
+        raw = from_float64(values, spec.dtype)
+    if not finite or not decoded_is_finite(raw, spec.dtype):
+        raise_nonfinite(refs, series.steps, start, stop,
+                        otherwise=f"extrapolated value is NaN/Inf in {spec.dtype} at step {target:g} "
+                                  "(alpha too large?); nothing written")
     return raw

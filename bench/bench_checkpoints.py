@@ -1,0 +1,243 @@
+"""Side-by-side benchmark: weight analysis and weight extrapolation on a 135M-parameter series.
+
+Series: >= 8 bf16 checkpoints of the SmolLM2-135M architecture (random init, planted drift plus
+noise; rlextra.synthetic). Every method runs in its own fresh process, one after another, and
+reports wall time and peak RSS minus the RSS right after its imports (torch, transformers and
+the method's own modules are imported first in every process, so baselines are comparable).
+
+Methods
+- analysis: rlextra full coverage; rlextra --sample 0.001; the published scripts' method
+  (every checkpoint loaded fully with from_pretrained, 0.1% of each tensor sampled, >= 50, fit).
+  Compared without plots on both sides (the reimplemented reference does not plot); the full
+  run with rlextra's three PNGs is listed as rlextra_full_plots.
+- extrapolation (two-point, bf16 out): rlextra; the published method (two from_pretrained loads
+  in fp32, edit, save_pretrained); mergekit task_arithmetic with the same formula; `cp -r` floor.
+
+Usage: python bench/bench_checkpoints.py [--checkpoints 8] [--work bench/_work] [--write-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def status_kb(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process, in kB. ru_maxrss is not used: on Linux it
+    survives exec, so a worker would inherit its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+# ----------------------------------------------------------------------------- workers
+def worker(method: str, work: Path) -> dict:
+    import numpy as np
+    import torch
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    import matplotlib.pyplot  # noqa: F401  (the published scripts plot too; import cost outside timing)
+
+    import rlextra.analysis  # noqa: F401
+    import rlextra.extrapolate  # noqa: F401
+
+    if method == "mergekit":
+        import mergekit.merge  # noqa: F401
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import MergeOptions, run_merge
+    torch.set_num_threads(1)
+    series = sorted((work / "run").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    base_rss = status_kb("VmRSS")
+    out = work / f"out-{method}"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    info: dict = {}
+    if method == "rlextra_full":
+        rep = rlextra.analysis.analyze_weights(series, out, progress=False, plots=False)
+        info = {"params_fitted": rep["n_params_fitted"], "mean_r2": rep["global"]["mean_r2"]}
+    elif method == "rlextra_sample":
+        rep = rlextra.analysis.analyze_weights(series, out, sample=0.001, progress=False, plots=False)
+        info = {"params_fitted": rep["n_params_fitted"], "mean_r2": rep["global"]["mean_r2"]}
+    elif method == "rlextra_full_plots":
+        rep = rlextra.analysis.analyze_weights(series, out, progress=False)
+        info = {"params_fitted": rep["n_params_fitted"], "mean_r2": rep["global"]["mean_r2"]}
+    elif method == "reference_analysis":
+        info = reference_analysis(series, AutoModelForCausalLM, torch, np)
+    elif method == "rlextra_extrapolate":
+        rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, progress=False)
+    elif method == "reference_extrapolate":
+        reference_extrapolate(series[:2], out, AutoModelForCausalLM, torch)
+    elif method == "mergekit":
+        cfg = MergeConfiguration.model_validate({
+            "merge_method": "task_arithmetic", "base_model": str(series[0]),
+            "models": [{"model": str(series[1]), "parameters": {"weight": 2.0}}],
+            "parameters": {"normalize": False}, "dtype": "float32", "out_dtype": "bfloat16"})
+        run_merge(cfg, str(out), options=MergeOptions(lazy_unpickle=True, copy_tokenizer=False))
+    else:
+        raise SystemExit(f"unknown method {method}")
+    wall = time.perf_counter() - t0
+    peak = status_kb("VmHWM")
+    shutil.rmtree(out, ignore_errors=True)
+    return {"method": method, "wall_s": wall, "mem_mb": (peak - base_rss) / 1024, **info}
+
+
+def reference_analysis(series, auto_model, torch, np) -> dict:
+    """The published scripts' approach (reimplemented): all checkpoints fully in RAM, 0.1% sample."""
+    states = []
+    for p in series:
+        m = auto_model.from_pretrained(p, torch_dtype=torch.bfloat16, low_cpu_mem_usage=True)
+        states.append(m.state_dict())
+        del m
+    steps = torch.tensor([int(p.name.split("-")[1]) for p in series], dtype=torch.float64)
+    tc = steps - steps.mean()
+    g = torch.Generator().manual_seed(42)
+    r2_all, n = [], 0
+    for name, w in states[0].items():
+        if not w.is_floating_point():
+            continue
+        numel = w.numel()
+        k = min(numel, max(50, int(numel * 0.001)))
+        idx = torch.randperm(numel, generator=g)[:k]
+        y = torch.stack([sd[name].reshape(-1)[idx] for sd in states]).double()
+        yc = y - y.mean(0)
+        r2 = (tc @ yc) ** 2 / ((tc @ tc) * (yc * yc).sum(0))
+        r2_all.append(r2[torch.isfinite(r2)])
+        n += k
+    r2 = torch.cat(r2_all)
+    return {"params_fitted": n, "mean_r2": float(r2.mean())}
+
+
+def reference_extrapolate(pair, out, auto_model, torch) -> None:
+    """The published script's approach (reimplemented): two fp32 loads, edit, save_pretrained."""
+    m0 = auto_model.from_pretrained(pair[0], torch_dtype=torch.float32, low_cpu_mem_usage=True)
+    sd1 = auto_model.from_pretrained(pair[1], torch_dtype=torch.float32, low_cpu_mem_usage=True).state_dict()
+    sd0 = m0.state_dict()
+    new = {}
+    with torch.no_grad():
+        for k, w0 in sd0.items():
+            w1 = sd1[k]
+            new[k] = (w1 if "norm" in k.lower() else w0 + 2.0 * (w1 - w0)).to(torch.bfloat16)
+    m0 = m0.to(torch.bfloat16)
+    m0.load_state_dict(new)
+    m0.save_pretrained(out)
+
+
+# ----------------------------------------------------------------------------- driver
+def run_worker(method: str, work: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, __file__, "--worker", method, "--work", str(work)],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        return {"method": method, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def cp_floor(work: Path) -> dict:
+    src = sorted((work / "run").glob("checkpoint-*"))[0]
+    dst = work / "out-cp"
+    shutil.rmtree(dst, ignore_errors=True)
+    t0 = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    wall = time.perf_counter() - t0
+    shutil.rmtree(dst)
+    return {"method": "cp_floor", "wall_s": wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=HERE / "_work")
+    ap.add_argument("--checkpoints", type=int, default=8)
+    ap.add_argument("--worker")
+    ap.add_argument("--write-results", action="store_true", help="append a section to bench/RESULTS.md")
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.work)))
+        return
+    run = a.work / "run"
+    steps = [100 * i for i in range(a.checkpoints)]
+    if sorted(run.glob("checkpoint-*")).__len__() != a.checkpoints:
+        import torch
+
+        from rlextra.synthetic import smollm2_135m_config, write_synthetic_series
+
+        torch.set_num_threads(1)
+        shutil.rmtree(run, ignore_errors=True)
+        print(f"generating {a.checkpoints} bf16 checkpoints of SmolLM2-135M (random init) ...", flush=True)
+        write_synthetic_series(run, smollm2_135m_config(), steps, drift=4e-3, noise=5e-4,
+                               dtype="bfloat16")
+    # warm the page cache so every method reads from memory, not disk
+    for f in run.rglob("*.safetensors"):
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    results = {}
+    for method in ["reference_analysis", "rlextra_full", "rlextra_sample", "rlextra_full_plots",
+                   "reference_extrapolate", "mergekit", "rlextra_extrapolate"]:
+        print(f"running {method} ...", flush=True)
+        results[method] = run_worker(method, a.work)
+        print("  ", results[method], flush=True)
+    results["cp_floor"] = cp_floor(a.work)
+    print("  ", results["cp_floor"])
+    table = render(results, a)
+    print(table)
+    if a.write_results:
+        with open(HERE / "RESULTS.md", "a") as f:
+            f.write(table + "\n")
+
+
+def render(res: dict, a) -> str:
+    def ratio(x, y, key):
+        try:
+            return f"{res[x][key] / res[y][key]:.3f}"
+        except (KeyError, ZeroDivisionError, TypeError):
+            return "n/a"
+
+    def row(m):
+        r = res[m]
+        if "error" in r:
+            return f"| {m} | failed: {r['error'][:120]} | | |"
+        mem = f"{r['mem_mb']:.0f}" if "mem_mb" in r else "n/a"
+        extra = f"{r['params_fitted']:,} fitted, mean R² {r['mean_r2']:.4f}" if "params_fitted" in r else ""
+        return f"| {m} | {r['wall_s']:.2f} | {mem} | {extra} |"
+
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        f"## Checkpoint analysis and extrapolation ({datetime.date.today()})",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, 1 torch/BLAS thread. "
+        f"Series: {a.checkpoints} bf16 checkpoints of the SmolLM2-135M architecture (134.5M params), page cache warm.",
+        f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_checkpoints.py --checkpoints {a.checkpoints} --write-results`",
+        "",
+        "| method | wall s | peak RSS - post-import RSS, MB | notes |",
+        "|---|---|---|---|",
+        *[row(m) for m in res],
+        "",
+        "| ratio | value | target |",
+        "|---|---|---|",
+        f"| full analysis time / reference time | {ratio('rlextra_full', 'reference_analysis', 'wall_s')} | <= 2 |",
+        f"| full analysis memory / reference memory | {ratio('rlextra_full', 'reference_analysis', 'mem_mb')} | <= 0.1 |",
+        f"| reference time / sampled analysis time | {ratio('reference_analysis', 'rlextra_sample', 'wall_s')} | >= 5 |",
+        f"| extrapolate time / published time | {ratio('rlextra_extrapolate', 'reference_extrapolate', 'wall_s')} | <= 0.5 |",
+        f"| extrapolate memory / published memory | {ratio('rlextra_extrapolate', 'reference_extrapolate', 'mem_mb')} | <= 0.25 |",
+        f"| extrapolate time / mergekit time | {ratio('rlextra_extrapolate', 'mergekit', 'wall_s')} | <= 0.5 |",
+        f"| extrapolate memory / mergekit memory | {ratio('rlextra_extrapolate', 'mergekit', 'mem_mb')} | <= 0.25 |",
+        f"| extrapolate time / cp floor | {ratio('rlextra_extrapolate', 'cp_floor', 'wall_s')} | <= 3 |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
