@@ -86,6 +86,84 @@ def cmd_extrapolate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _task_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("task")
+    g.add_argument("--task", default="arithmetic",
+                   help="arithmetic, gsm8k, math500, aime24, aime25, a .jsonl/.parquet with problem/answer "
+                        "fields, or a Hugging Face dataset id (default arithmetic)")
+    g.add_argument("--ops", default="+", help="arithmetic: operations drawn from '+-*' (default +)")
+    g.add_argument("--digits", type=int, default=2, help="arithmetic: digits per operand (default 2)")
+    g.add_argument("--n-train", type=int, default=4000, help="arithmetic: training problems")
+    g.add_argument("--n-test", type=int, help="held-out problems (arithmetic default 200; math: all)")
+    g.add_argument("--task-seed", type=int, default=0, help="seed of the problem set and split")
+    g.add_argument("--limit", type=int, help="math sets: use only the first N problems")
+
+
+def _task_spec(a: argparse.Namespace):
+    from rlextra.rl.tasks import TaskSpec
+
+    return TaskSpec(name=a.task, ops=a.ops, digits=a.digits, n_train=a.n_train, n_test=a.n_test,
+                    seed=a.task_seed, limit=a.limit)
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _kv(items: Sequence[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RLExtraError(f"--grpo-arg expects KEY=VALUE, got '{item}'")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_tiny_model(a: argparse.Namespace) -> int:
+    from rlextra.rl.models import build_tiny_model
+
+    _set_threads(a.threads)
+    out, acc = build_tiny_model(Path(a.output), _task_spec(a), warmup_steps=a.warmup_steps, seed=a.seed,
+                                overwrite=a.overwrite, progress=not a.quiet)
+    print(f"tiny model with warm-up in {out}; held-out greedy accuracy {acc:.3f}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from rlextra.rl.train import TrainConfig, train
+
+    _set_threads(a.threads)
+    cfg = TrainConfig(model=a.model, output_dir=a.output, task=_task_spec(a), max_steps=a.steps,
+                      save_every=a.save_every, learning_rate=a.lr, prompts_per_step=a.prompts_per_step,
+                      num_generations=a.num_generations, max_completion_length=a.max_completion_length,
+                      temperature=a.temperature, top_p=a.top_p, beta=a.beta, seed=a.seed,
+                      eval_problems=a.eval_problems, progress=not a.quiet, extra=_kv(a.grpo_arg))
+    run = train(cfg)
+    print(f"checkpoint series in {run} (metrics: {run / 'metrics.jsonl'})")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from rlextra.evaluation.generate import SamplingConfig
+    from rlextra.evaluation.run import evaluate
+
+    _set_threads(a.threads)
+    sampling = SamplingConfig(k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+                              max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed)
+    summary = evaluate(a.model, _task_spec(a), Path(a.output), sampling=sampling, backend=a.backend,
+                       progress=not a.quiet)
+    m = summary["metrics"]
+    print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+    print(f"summary: {a.output}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from rlextra.demo import run_demo
 
@@ -107,6 +185,16 @@ EXAMPLES = {
   rlextra extrapolate runs/grpo/checkpoint-100 runs/grpo/checkpoint-200 --to-step 400 -o step400
   rlextra extrapolate 0=base/ runs/grpo/checkpoint-200 --alpha 1.5 -o alpha1.5
   rlextra extrapolate runs/grpo/ --fit lsq --min-r2 0.7 --to-step 1000 -o lsq1000""",
+    "tiny-model": """example:
+  rlextra tiny-model -o models/tiny-add2 --task arithmetic --digits 2 --ops +""",
+    "train": """example:
+  rlextra train --model models/tiny-add2 -o runs/add2 --steps 100 --save-every 10 --lr 1e-4 \\
+      --max-completion-length 6
+  accelerate launch -m rlextra.cli train --model Qwen2.5-Math-1.5B --task data/train.jsonl -o runs/q \\
+      --grpo-arg use_vllm=true --grpo-arg gradient_checkpointing=true""",
+    "eval": """example:
+  rlextra eval runs/add2/checkpoint-100 --task arithmetic --k 4 --max-new-tokens 6 -o eval/add2-100.json
+  rlextra eval models/qwen-1.5b --task math500 --k 16 --temperature 0.6 --top-p 0.95 -o eval/m500.json""",
     "demo": """example:
   rlextra demo -o demo-out           # full run, a few minutes on 2 CPU cores
   rlextra demo --quick -o /tmp/demo  # about a minute""",
@@ -158,6 +246,58 @@ def build_parser() -> argparse.ArgumentParser:
                    help="norm weights: copied from the newest checkpoint (default, as the paper) or extrapolated")
     e.add_argument("--max-shard-size", default="5GB", help="largest output shard (default 5GB)")
     e.set_defaults(func=cmd_extrapolate)
+
+    tm = sub.add_parser("tiny-model", help="a ~1M-parameter Llama with a char tokenizer, warmed up on a task",
+                        formatter_class=fmt, epilog=EXAMPLES["tiny-model"])
+    tm.add_argument("-o", "--output", required=True)
+    _task_args(tm)
+    tm.add_argument("--warmup-steps", type=int, default=900, help="supervised warm-up steps (default 900)")
+    tm.add_argument("--seed", type=int, default=0)
+    tm.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    tm.add_argument("--overwrite", action="store_true")
+    tm.add_argument("-q", "--quiet", action="store_true")
+    tm.set_defaults(func=cmd_tiny_model)
+
+    t = sub.add_parser("train", help="GRPO (TRL) saving a checkpoint series", formatter_class=fmt,
+                       epilog=EXAMPLES["train"])
+    t.add_argument("--model", required=True, help="HF model folder to start from")
+    t.add_argument("-o", "--output", required=True, help="run folder (resumes if it holds checkpoints)")
+    _task_args(t)
+    t.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+    t.add_argument("--save-every", type=int, default=10, help="checkpoint every k steps (default 10)")
+    t.add_argument("--lr", type=float, default=1e-6, help="learning rate, constant (default 1e-6)")
+    t.add_argument("--prompts-per-step", type=int, default=8)
+    t.add_argument("--num-generations", type=int, default=8, help="samples per prompt (group size)")
+    t.add_argument("--max-completion-length", type=int, default=512)
+    t.add_argument("--temperature", type=float, default=1.0)
+    t.add_argument("--top-p", type=float, default=1.0)
+    t.add_argument("--beta", type=float, default=0.0, help="KL coefficient (default 0, as the paper)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-problems", type=int, default=200,
+                   help="held-out problems graded greedily at each checkpoint (0: off)")
+    t.add_argument("--grpo-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other GRPOConfig field, e.g. use_vllm=true, gradient_checkpointing=true")
+    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="avg@k / pass@k of a model folder on a task", formatter_class=fmt,
+                        epilog=EXAMPLES["eval"])
+    ev.add_argument("model", help="HF model folder")
+    ev.add_argument("-o", "--output", required=True, help="summary JSON (generations go to *.generations.jsonl)")
+    _task_args(ev)
+    ev.add_argument("--k", type=int, default=4, help="samples per problem (default 4)")
+    ev.add_argument("--temperature", type=float, default=0.6, help="0 for greedy (default 0.6)")
+    ev.add_argument("--top-p", type=float, default=0.95)
+    ev.add_argument("--top-k", type=int, default=0, help="0 = off (default; HF generate's own default is 50)")
+    ev.add_argument("--max-new-tokens", type=int, default=512)
+    ev.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
+    ev.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
+                    help="auto: vLLM when installed and a GPU is present, else HF generate")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="the embedded end-to-end run", formatter_class=fmt,
                        epilog=EXAMPLES["demo"])

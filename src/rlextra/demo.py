@@ -1,70 +1,212 @@
-"""The embedded default run (README command 1).
+"""The embedded default run (README command 1): the paper's phenomena end to end on a CPU.
 
-Until the RLVR harness lands, the demo exercises the checkpoint pipeline on a synthetic series:
-a small Llama model whose weights drift linearly with noise, analysed and extrapolated, and the
-extrapolated checkpoint compared with the real one at the same step.
+1. a tiny Llama with a char tokenizer, warmed up (SFT) on 2-digit addition until partly right;
+2. GRPO (TRL) with a checkpoint every k steps;
+3. ``analyze weights`` on the series;
+4. weight extrapolation from two early checkpoints to later steps (and past the last one);
+5. evaluation of real and extrapolated checkpoints on held-out problems (avg@k, pass@k);
+6. a report (report.md) with plots and the numbers, compared with the paper's.
+
+The hyperparameters were chosen on the training reward curve (steady rise, no collapse), never
+on the extrapolation results. Seeds are fixed: the same command gives the same numbers.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
+
+@dataclass
+class DemoConfig:
+    digits: int = 2
+    ops: str = "+"
+    n_train: int = 4000
+    n_test: int = 200
+    warmup_steps: int = 400
+    grpo_steps: int = 200
+    save_every: int = 20
+    learning_rate: float = 5e-5
+    lr_warmup_steps: int = 10
+    prompts_per_step: int = 32
+    num_generations: int = 8
+    eval_k: int = 4
+    eval_temperature: float = 0.6
+    eval_top_p: float = 0.95
+    extrapolate_from: tuple[int, int] = (0, 100)  # (b, s): two early checkpoints
+    extrapolate_to: list[int] = field(default_factory=lambda: [120, 160, 200, 300, 400])
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> "DemoConfig":
+        """About a minute on 2 cores: 1-digit problems, a short warm-up, 20 GRPO steps."""
+        return cls(digits=1, ops="+*", n_train=150, n_test=50, warmup_steps=200, grpo_steps=20,
+                   save_every=5, prompts_per_step=16, extrapolate_from=(0, 10), extrapolate_to=[15, 20, 30])
+
+
+def _stage(i: int, n: int, text: str) -> None:
+    print(f"[demo {i}/{n}] {text}", flush=True)
 
 
 def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
-             overwrite: bool = False) -> Path:
-    """Generate a series, analyse it, extrapolate early checkpoints, write DIR/report.md."""
+             overwrite: bool = False, config: DemoConfig | None = None) -> Path:
+    """Run every stage into out/ and return out/report.md."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import torch
 
     torch.set_num_threads(threads)
     from rlextra.analysis import analyze_weights
-    from rlextra.checkpoints import load_series
     from rlextra.errors import RLExtraError
+    from rlextra.evaluation.generate import SamplingConfig
+    from rlextra.evaluation.run import evaluate, load_model
     from rlextra.extrapolate import extrapolate_weights
-    from rlextra.synthetic import tiny_llama_config, write_synthetic_series
+    from rlextra.rl.models import build_tiny_model
+    from rlextra.rl.tasks import TaskSpec, load_task
+    from rlextra.rl.train import TrainConfig, train
 
+    cfg = config or (DemoConfig.quick() if quick else DemoConfig())
+    cfg.seed = seed
     out = Path(out)
     if out.exists() and not overwrite:
         raise RLExtraError(f"{out}: already exists; pass --overwrite to replace it")
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
-    steps = list(range(0, 101, 20 if quick else 10))
-    cfg = tiny_llama_config(vocab_size=128, hidden=64 if quick else 128, layers=2 if quick else 4,
-                            intermediate=128 if quick else 256)
-    print(f"[demo] writing {len(steps)} synthetic checkpoints (steps {steps[0]}..{steps[-1]})", flush=True)
-    run = out / "run"
-    write_synthetic_series(run, cfg, steps, drift=2e-2, noise=2e-3, seed=seed)
-    print("[demo] analyze weights", flush=True)
-    rep = analyze_weights(run, out / "weights", seed=seed)
-    early = [f"{run}/checkpoint-{steps[0]}", f"{run}/checkpoint-{steps[len(steps) // 2]}"]
-    print(f"[demo] extrapolate {early} -> step {steps[-1]}", flush=True)
-    extrapolate_weights(early, out / "extrapolated", to_step=steps[-1])
-    pair = load_series([f"{steps[-1]}={out / 'extrapolated'}"], min_checkpoints=1)
-    real = load_series([f"{run}/checkpoint-{steps[-1]}"]).newest
-    errs, spans = [], []
-    first = load_series([f"{run}/checkpoint-{steps[0]}"]).newest
-    for name in real.tensors:
-        x = pair.newest.tensors[name].read(0, real.tensors[name].numel)
-        y = real.tensors[name].read(0, real.tensors[name].numel)
-        z = first.tensors[name].read(0, real.tensors[name].numel)
-        errs.append(np.linalg.norm(x - y))
-        spans.append(np.linalg.norm(y - z))
-    rel = float(np.linalg.norm(errs) / np.linalg.norm(spans))
-    g = rep["global"]
-    report = out / "report.md"
-    report.write_text(
-        "# rlextra demo (synthetic series)\n\n"
-        f"Steps {steps}, {rep['n_params']:,} parameters, drift 2e-2 and noise 2e-3 planted.\n\n"
-        f"- R^2 mean {g['mean_r2']:.4f}, median {g['median_r2']:.4f}, "
-        f"fraction > 0.7: {g['frac_r2_above_0.7']:.4f}\n"
-        f"- Two-point extrapolation from steps {steps[0]} and {steps[len(steps) // 2]} to step "
-        f"{steps[-1]}: ||W_extra - W_real|| / ||W_real - W_0|| = {rel:.4f} (norms copied)\n\n"
-        "![R^2 histogram](weights/r2_histogram.png)\n\n![heatmap](weights/r2_heatmap.png)\n\n"
-        "![trajectories](weights/trajectories.png)\n")
-    print(f"[demo] report: {report}")
-    return report
+    out.mkdir(parents=True)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    spec = TaskSpec("arithmetic", cfg.ops, cfg.digits, cfg.n_train, cfg.n_test, seed)
+    task = load_task(spec)
+    max_tokens = 2 * cfg.digits + 2
+
+    _stage(1, 6, f"tiny model + supervised warm-up on {cfg.digits}-digit '{cfg.ops}' problems")
+    t = time.perf_counter()
+    model_dir, warm_acc = build_tiny_model(out / "model", spec, warmup_steps=cfg.warmup_steps, seed=seed)
+    timings["warm-up"] = time.perf_counter() - t
+
+    _stage(2, 6, f"GRPO for {cfg.grpo_steps} steps, checkpoint every {cfg.save_every}")
+    t = time.perf_counter()
+    run = train(TrainConfig(model=str(model_dir), output_dir=str(out / "run"), task=spec,
+                            max_steps=cfg.grpo_steps, save_every=cfg.save_every,
+                            learning_rate=cfg.learning_rate, warmup_steps=cfg.lr_warmup_steps,
+                            prompts_per_step=cfg.prompts_per_step,
+                            num_generations=cfg.num_generations, max_completion_length=max_tokens,
+                            seed=seed, eval_problems=cfg.n_test))
+    timings["GRPO"] = time.perf_counter() - t
+
+    _stage(3, 6, "analyze weights over the checkpoint series")
+    t = time.perf_counter()
+    report = analyze_weights(run, out / "weights", seed=seed)
+    timings["analysis"] = time.perf_counter() - t
+
+    b, s = cfg.extrapolate_from
+    _stage(4, 6, f"weight extrapolation from steps {b} and {s} to steps {cfg.extrapolate_to}")
+    t = time.perf_counter()
+    extra_dirs = {}
+    for target in cfg.extrapolate_to:
+        extra_dirs[target] = extrapolate_weights([run / f"checkpoint-{b}", run / f"checkpoint-{s}"],
+                                                 out / "extrapolated" / f"step-{target}", to_step=target,
+                                                 progress=False)
+    timings["extrapolation"] = time.perf_counter() - t
+
+    _stage(5, 6, f"evaluate real and extrapolated checkpoints (avg@{cfg.eval_k}, T={cfg.eval_temperature})")
+    t = time.perf_counter()
+    sampling = SamplingConfig(k=cfg.eval_k, temperature=cfg.eval_temperature, top_p=cfg.eval_top_p,
+                              max_new_tokens=max_tokens, batch_size=512, seed=seed)
+    real_steps = report["steps"]
+    results = {"real": {}, "extrapolated": {}}
+    for kind, folders in (("real", {st: run / f"checkpoint-{st}" for st in real_steps}),
+                          ("extrapolated", extra_dirs)):
+        for st, folder in folders.items():
+            summary = evaluate(load_model(folder), task, out / "eval" / f"{kind}-{st}.json",
+                               sampling=sampling, progress=False, label=str(folder))
+            results[kind][st] = summary["metrics"]
+    timings["evaluation"] = time.perf_counter() - t
+
+    _stage(6, 6, "report")
+    metrics_rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    timings["total"] = time.perf_counter() - t_start
+    path = write_report(out, cfg, report, results, metrics_rows, warm_acc, timings)
+    print(f"[demo] report: {path}", flush=True)
+    return path
+
+
+def write_report(out: Path, cfg: DemoConfig, report: dict, results: dict, metrics_rows: list[dict],
+                 warm_acc: float, timings: dict) -> Path:
+    """report.md, results.json and the accuracy/reward plot."""
+    from rlextra.analysis.plots import plot_accuracy_curve
+
+    k = cfg.eval_k
+    key = f"avg@{k}"
+    real = {int(s): m[key] for s, m in results["real"].items()}
+    extra = {int(s): m[key] for s, m in results["extrapolated"].items()}
+    rewards = {r["step"]: r["mean_reward"] for r in metrics_rows if r.get("mean_reward") is not None}
+    plot_accuracy_curve(real, extra, rewards, out / "accuracy_vs_step.png",
+                        title=f"Held-out {key} (T={cfg.eval_temperature}) vs step",
+                        extra_label=f"weight extrapolation from steps {cfg.extrapolate_from}")
+    g = report["global"]
+    frac = g["frac_r2_above_0.7"]
+    b, s = cfg.extrapolate_from
+    rows = []
+    for target in sorted(extra):
+        real_at = real.get(target)
+        rows.append(f"| {target} | {(target - b) / (s - b):.2f} | {extra[target]:.3f} | "
+                    f"{'%.3f' % real_at if real_at is not None else 'beyond the run'} |")
+    last = max(real)
+    verdict = ("agrees with" if frac > 0.7 else "falls short of")
+    (out / "results.json").write_text(json.dumps({
+        "config": asdict(cfg), "warmup_heldout_greedy_accuracy": warm_acc,
+        "linearity": {"mean_r2": g["mean_r2"], "median_r2": g["median_r2"], "frac_r2_above_0.7": frac,
+                      "n_params_analyzed": report["n_params_analyzed"]},
+        "eval": results, "train_metrics": metrics_rows, "seconds": timings}, indent=1) + "\n")
+    text = f"""# rlextra demo: RLVR linearity on a tiny model
+
+Task: {cfg.digits}-digit arithmetic ('{cfg.ops}'), {cfg.n_train} training and {cfg.n_test} held-out
+problems (seed {cfg.seed}). Model: a {report['n_params']:,}-parameter Llama with a character tokenizer,
+warmed up by SFT for {cfg.warmup_steps} steps (held-out greedy accuracy {warm_acc:.3f}), then GRPO
+(TRL) for {cfg.grpo_steps} steps: {cfg.prompts_per_step} prompts x {cfg.num_generations} samples per step,
+lr {cfg.learning_rate:g} (linear warm-up over {cfg.lr_warmup_steps} steps, then constant), no KL, temperature 1.0; a checkpoint every {cfg.save_every} steps.
+Evaluation: {k} samples per held-out problem at temperature {cfg.eval_temperature}, top-p {cfg.eval_top_p}.
+
+## 1. Is the run linear?
+
+Over {len(report['steps'])} checkpoints (steps {report['steps'][0]}..{report['steps'][-1]}),
+every one of the {report['n_params_analyzed']:,} parameters that moved was fitted
+({report['n_params_constant']:,} never moved):
+**{100 * frac:.1f}% have R² > 0.7** (mean R² {g['mean_r2']:.3f}, median {g['median_r2']:.3f}).
+The paper reports > 70% for most settings: this run {verdict} that.
+
+![R² histogram](weights/r2_histogram.png)
+![R² per module and layer](weights/r2_heatmap.png)
+![example trajectories](weights/trajectories.png)
+
+## 2. Training and held-out accuracy
+
+![accuracy vs step](accuracy_vs_step.png)
+
+| step | mean training reward | held-out {key} |
+|---|---|---|
+""" + "\n".join(f"| {st} | {rewards.get(st, float('nan')):.3f} | {real[st]:.3f} |" for st in sorted(real)) + f"""
+
+## 3. Weight extrapolation from steps {b} and {s}
+
+W_T = W_{b} + alpha (W_{s} - W_{b}), norms copied from step {s}. Real checkpoints exist up to step {last}.
+
+| target step T | alpha | extrapolated {key} | real {key} at T |
+|---|---|---|---|
+""" + "\n".join(rows) + f"""
+
+Real step {s} (the newest checkpoint the extrapolation used): {real[s]:.3f}; real step {last}: {real[last]:.3f}.
+
+## Reproduce
+
+`rlextra demo -o DIR{' --quick' if cfg.grpo_steps < 50 else ''} --seed {cfg.seed}` (same numbers on the
+same machine and library versions). Wall time: """ + ", ".join(f"{k_} {v:.0f}s" for k_, v in timings.items()) + """.
+All numbers are in results.json, per-generation records in eval/*.generations.jsonl.
+"""
+    path = out / "report.md"
+    path.write_text(text)
+    return path

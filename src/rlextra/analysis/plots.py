@@ -97,3 +97,27 @@ def plot_trajectories(steps: Sequence[int], examples: Sequence[dict], path: Path
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_accuracy_curve(real: dict[int, float], extrapolated: dict[int, float],
+                        rewards: dict[int, float], path: Path, title: str = "Held-out accuracy vs step",
+                        extra_label: str = "extrapolated") -> None:
+    """Accuracy of real checkpoints (line), extrapolated ones (markers), training reward (dashed)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = sorted(real)
+    ax.plot(xs, [real[x] for x in xs], "o-", color="#4477aa", label="real checkpoints")
+    if extrapolated:
+        xe = sorted(extrapolated)
+        ax.plot(xe, [extrapolated[x] for x in xe], "D", ms=7, color="#cc3311", label=extra_label)
+    if rewards:
+        xr = sorted(rewards)
+        ax.plot(xr, [rewards[x] for x in xr], "--", color="#999999", label="mean training reward (T=1)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy / reward")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

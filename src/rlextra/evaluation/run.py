@@ -1,0 +1,88 @@
+"""Evaluate a model folder on a task: sample k completions per held-out problem, grade, summarise."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from rlextra.errors import RLExtraError
+from rlextra.evaluation.generate import SamplingConfig, format_prompts, generate_hf, generate_vllm, vllm_available
+from rlextra.evaluation.metrics import summarize
+from rlextra.rl.tasks import Task, TaskSpec, load_task
+
+
+def load_model(path: str | Path):
+    """A causal LM and its tokenizer from a local folder (safetensors), in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RLExtraError(f"{path}: not a model folder (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.eval(), tokenizer
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def generations_path(out_file: Path) -> Path:
+    """Where the per-generation JSONL of a summary file goes: beside it, same stem."""
+    return out_file.with_suffix(".generations.jsonl")
+
+
+def evaluate(model: str | Path | tuple, task: Task | TaskSpec, out_file: str | Path | None = None, *,
+             sampling: SamplingConfig | None = None, backend: str = "auto", split: str = "test",
+             limit: int | None = None, progress: bool = True,
+             completions: Sequence[Sequence[str]] | None = None, label: str | None = None) -> dict:
+    """Sample, grade and summarise; with out_file, write the summary JSON and a generations JSONL.
+
+    ``model`` is a folder, or a (model, tokenizer) pair already loaded. ``completions`` skips
+    generation (used by other backends, e.g. logit extrapolation, that produce their own).
+    """
+    sampling = sampling or SamplingConfig()
+    task = load_task(task) if isinstance(task, TaskSpec) else task
+    problems = (task.test if split == "test" else task.train)[:limit] if limit else \
+        (task.test if split == "test" else task.train)
+    t0 = time.perf_counter()
+    used = backend
+    if completions is None:
+        if backend == "auto":
+            used = "vllm" if isinstance(model, (str, Path)) and vllm_available() else "hf"
+        if used == "vllm":
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(model)
+            prompts = format_prompts(tok, [p.prompt for p in problems], task.conversational)
+            completions = generate_vllm(str(model), prompts, sampling)
+        elif used == "hf":
+            m, tok = load_model(model) if isinstance(model, (str, Path)) else model
+            prompts = format_prompts(tok, [p.prompt for p in problems], task.conversational)
+            completions = generate_hf(m, tok, prompts, sampling, progress=progress)
+        else:
+            raise RLExtraError(f"unknown backend '{backend}' (auto, hf, vllm)")
+    correct = [[task.grade(c, p.answer) for c in comps] for comps, p in zip(completions, problems)]
+    metrics = summarize(correct, ks=[1, sampling.k])
+    summary = {
+        "model": label or (str(model) if isinstance(model, (str, Path)) else "in-memory"),
+        "task": task.spec.to_dict(), "split": split, "sampling": sampling.to_dict(), "backend": used,
+        "metrics": metrics, "seconds": round(time.perf_counter() - t0, 3),
+        "per_problem": [{"index": i, "answer": p.answer, "n_correct": sum(c)}
+                        for i, (p, c) in enumerate(zip(problems, correct))],
+    }
+    if out_file is not None:
+        out_file = Path(out_file)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"problem": i, "sample": j, "prompt": p.prompt, "answer": p.answer,
+                             "completion": c, "extracted": task.extract(c), "correct": ok})
+                 for i, (p, comps, oks) in enumerate(zip(problems, completions, correct))
+                 for j, (c, ok) in enumerate(zip(comps, oks))]
+        write_atomic(generations_path(out_file), "\n".join(lines) + "\n")
+        write_atomic(out_file, json.dumps(summary, indent=1) + "\n")
+    return summary

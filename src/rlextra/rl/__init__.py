@@ -1,0 +1,1 @@
+"""The RLVR harness: verifiable tasks, small models, GRPO training through TRL."""

@@ -1,0 +1,248 @@
+"""Tasks with verifiable rewards: synthetic arithmetic and math benchmarks graded by math-verify.
+
+A task is a list of problems (prompt + gold answer) split into train and held-out parts, and a
+grader. ``Task.reward`` has TRL's reward-function signature, so it plugs into a user's own
+``GRPOTrainer(reward_funcs=[task.reward])`` unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from rlextra.errors import RLExtraError
+
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+# Hugging Face dataset ids for the named benchmarks (the paper's loader uses the same sets)
+HUB_DATASETS = {
+    "gsm8k": ("openai/gsm8k", "main", "test", "question", "answer"),
+    "math500": ("HuggingFaceH4/MATH-500", None, "test", "problem", "answer"),
+    "aime24": ("math-ai/aime24", None, "test", "problem", "solution"),
+    "aime25": ("math-ai/aime25", None, "test", "problem", "answer"),
+}
+
+
+@dataclass
+class Problem:
+    prompt: str
+    answer: str
+
+
+@dataclass
+class TaskSpec:
+    """Everything needed to rebuild a task; stored with runs and eval results."""
+
+    name: str = "arithmetic"  # arithmetic, gsm8k, math500, aime24, aime25, or a .jsonl/.parquet path
+    ops: str = "+"
+    digits: int = 2
+    n_train: int = 4000
+    n_test: int | None = None  # held-out size: 200 for arithmetic; math sets: all problems
+    seed: int = 0
+    limit: int | None = None  # first N problems of a math set
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Task:
+    spec: TaskSpec
+    train: list[Problem]
+    test: list[Problem]
+    grade: Callable[[str, str], bool]
+    extract: Callable[[str], str | None]
+    conversational: bool = False  # math prompts go through the model's chat template
+    meta: dict = field(default_factory=dict)
+
+    def reward(self, completions: list, answer: list[str], **kwargs) -> list[float]:
+        """TRL reward function: 1.0 when the completion's answer checks out, else 0.0."""
+        return [1.0 if self.grade(completion_text(c), a) else 0.0 for c, a in zip(completions, answer)]
+
+    def dataset_rows(self, split: str = "train") -> list[dict]:
+        """Rows for a datasets.Dataset: 'prompt' (text or chat messages) and 'answer'."""
+        problems = self.train if split == "train" else self.test
+        if self.conversational:
+            return [{"prompt": [{"role": "user", "content": p.prompt}], "answer": p.answer} for p in problems]
+        return [{"prompt": p.prompt, "answer": p.answer} for p in problems]
+
+
+def completion_text(c) -> str:
+    """TRL passes plain strings, or a list of chat messages for conversational data."""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list) and c and isinstance(c[-1], dict):
+        return str(c[-1].get("content", ""))
+    return str(c)
+
+
+# ----------------------------------------------------------------------------- arithmetic
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def arithmetic_task(ops: str = "+", digits: int = 2, n_train: int = 4000, n_test: int = 200,
+                    seed: int = 0) -> Task:
+    """Seeded 'a+b=' problems with disjoint train and held-out sets; exact-match reward."""
+    if not ops or any(o not in "+-*" for o in ops):
+        raise RLExtraError(f"arithmetic ops must be drawn from '+-*', got '{ops}'")
+    if not 1 <= digits <= 6:
+        raise RLExtraError(f"arithmetic digits must be 1..6, got {digits}")
+    hi = 10 ** digits
+    space = len(ops) * hi * hi
+    if n_train + n_test > space:
+        raise RLExtraError(f"only {space} distinct problems with ops '{ops}' and {digits} digits; "
+                           f"asked for {n_train + n_test}")
+    rng = random.Random(seed)
+    seen: set[tuple[int, str, int]] = set()
+    problems = []
+    while len(problems) < n_train + n_test:
+        a, b, op = rng.randrange(hi), rng.randrange(hi), rng.choice(ops)
+        if (a, op, b) in seen:
+            continue
+        seen.add((a, op, b))
+        problems.append(Problem(f"{a}{op}{b}=", str(_apply(a, op, b))))
+    spec = TaskSpec("arithmetic", ops, digits, n_train, n_test, seed)
+    return Task(spec, problems[n_test:], problems[:n_test], grade_exact, first_line)
+
+
+def first_line(completion: str) -> str:
+    """The answer of an arithmetic completion: its first line, stripped."""
+    return completion.strip().split("\n")[0].strip()
+
+
+def grade_exact(completion: str, answer: str) -> bool:
+    """The completion's first line, stripped, equals the answer."""
+    return first_line(completion) == answer.strip()
+
+
+# ----------------------------------------------------------------------------- math
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}), with nested braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        m = re.match(r"\\boxed ([^\s$]+)", text[start:])  # \boxed 5
+        return m.group(1) if m else None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1:j]
+    return None  # unbalanced: no answer
+
+
+_FINAL = [re.compile(p, re.IGNORECASE) for p in (
+    r"final answer\s*(?:is)?\s*[:：]?\s*\$?([^\n$]+)", r"answer\s*is\s*[:：]?\s*\$?([^\n$]+)",
+    r"####\s*([^\n]+)")]
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def extract_answer(completion: str) -> str | None:
+    """The answer a completion gives: last \\boxed{} first, then 'final answer'/'####', then the last number."""
+    if "\\boxed" in completion or "\\fbox" in completion:
+        boxed = last_boxed(completion)  # a truncated/unbalanced box is no answer, not a fallback
+        return boxed.strip() if boxed is not None else None
+    for pat in _FINAL:
+        found = pat.findall(completion)
+        if found:
+            return found[-1].strip().rstrip(".").strip()
+    nums = _NUMBER.findall(completion)
+    return nums[-1].replace(",", "") if nums else None
+
+
+def grade_math(completion: str, answer: str) -> bool:
+    """math-verify: the extracted answer of ``completion`` equals the gold ``answer``."""
+    from math_verify import parse, verify
+
+    pred_text = extract_answer(completion)
+    if pred_text is None:
+        return False
+    main = threading.current_thread() is threading.main_thread()
+    timeout = 5 if main else None  # math-verify's timeouts use signal.alarm: main thread only
+    gold = parse(f"${answer}$", parsing_timeout=timeout)
+    pred = parse(f"${pred_text}$", parsing_timeout=timeout)
+    if not gold or not pred:
+        return pred_text.strip() == answer.strip()
+    return bool(verify(gold, pred, timeout_seconds=timeout))
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise RLExtraError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        import datasets
+
+        return list(datasets.load_dataset("parquet", data_files=str(path), split="train"))
+    rows = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:
+                    raise RLExtraError(f"{path}:{i}: not valid JSON ({exc})") from None
+    return rows
+
+
+def _rows_to_problems(rows: list[dict], source: str, qkey: str = "problem", akey: str = "answer",
+                      gsm8k: bool = False) -> list[Problem]:
+    problems = []
+    for i, r in enumerate(rows):
+        if qkey not in r or akey not in r:
+            raise RLExtraError(f"{source}: row {i} lacks '{qkey}' or '{akey}'")
+        ans = str(r[akey])
+        if gsm8k and "####" in ans:
+            ans = ans.split("####")[-1].strip().replace(",", "")
+        elif akey == "solution":
+            ans = last_boxed(ans) or ans
+        problems.append(Problem(f"{r[qkey]}\n{MATH_INSTRUCTION}", ans))
+    return problems
+
+
+def math_task(name_or_path: str, limit: int | None = None, n_test: int | None = None,
+              seed: int = 0) -> Task:
+    """A math set from a local JSONL/Parquet (fields problem, answer), a named benchmark, or a
+    Hugging Face dataset id. Benchmarks are evaluation sets: train and test are the same list
+    unless n_test splits off a held-out part."""
+    path = Path(name_or_path)
+    if path.suffix in (".jsonl", ".json", ".parquet"):
+        problems = _rows_to_problems(_read_rows(path), str(path))
+    else:
+        import datasets
+
+        repo, config, split, q, a = HUB_DATASETS.get(name_or_path, (name_or_path, None, "test", "problem", "answer"))
+        try:
+            rows = list(datasets.load_dataset(repo, config, split=split))
+        except Exception as exc:  # offline, unknown id, ...
+            raise RLExtraError(f"cannot load dataset '{repo}' ({str(exc).splitlines()[0]}); "
+                               "pass a local .jsonl with problem/answer fields instead") from None
+        problems = _rows_to_problems(rows, repo, q, a, gsm8k=name_or_path == "gsm8k")
+    if limit:
+        problems = problems[:limit]
+    spec = TaskSpec(name=str(name_or_path), limit=limit, seed=seed, n_test=n_test, n_train=0)
+    if n_test:
+        rng = random.Random(seed)
+        order = list(range(len(problems)))
+        rng.shuffle(order)
+        test = [problems[i] for i in order[:n_test]]
+        train = [problems[i] for i in order[n_test:]]
+    else:
+        train = test = problems
+    return Task(spec, train, test, grade_math, extract_answer, conversational=True)
+
+
+def load_task(spec: TaskSpec) -> Task:
+    """Build the task a spec describes."""
+    if spec.name == "arithmetic":
+        return arithmetic_task(spec.ops, spec.digits, spec.n_train, spec.n_test or 200, spec.seed)
+    return math_task(spec.name, spec.limit, spec.n_test or None, spec.seed)

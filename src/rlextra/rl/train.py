@@ -1,0 +1,199 @@
+"""GRPO through TRL's GRPOTrainer, saving a checkpoint series that analyze/extrapolate read.
+
+The run folder holds ``checkpoint-0`` (the starting model, so the series begins at step 0),
+TRL's ``checkpoint-N`` every ``save_every`` steps, ``run.json`` (config, task, version) and
+``metrics.jsonl`` (mean training reward and held-out accuracy per checkpoint). A second call on
+the same folder resumes from its last checkpoint. On CPU the trainer runs with use_cpu and bf16
+off; on GPUs every GRPOConfig field (vLLM, DeepSpeed, gradient checkpointing, ...) passes
+through ``extra`` / ``--grpo-arg`` and accelerate's launcher, untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rlextra
+from rlextra.errors import RLExtraError
+from rlextra.rl.tasks import Task, TaskSpec, load_task
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    output_dir: str
+    task: TaskSpec = field(default_factory=TaskSpec)
+    max_steps: int = 100
+    save_every: int = 10
+    learning_rate: float = 1e-6
+    warmup_steps: int = 0  # linear lr warm-up, then constant (a jump/extrapolation never moves it)
+    prompts_per_step: int = 8
+    num_generations: int = 8
+    max_completion_length: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    beta: float = 0.0
+    seed: int = 0
+    eval_problems: int = 200  # held-out problems graded greedily at every checkpoint; 0 = off
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # more GRPOConfig fields, passed through
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["task"] = self.task.to_dict()
+        return d
+
+
+def last_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoint-N (N > 0) that TRL can resume from."""
+    found = [(int(m.group(1)), p) for p in run.glob("checkpoint-*")
+             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and int(m.group(1)) > 0
+             and (p / "trainer_state.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int) -> float:
+    """Greedy accuracy on the first n held-out problems (model left in its previous mode)."""
+    from rlextra.evaluation.generate import SamplingConfig, format_prompts, generate_hf
+
+    problems = task.test[:n]
+    was_training = model.training
+    model.eval()
+    prompts = format_prompts(tokenizer, [p.prompt for p in problems], task.conversational)
+    outs = generate_hf(model, tokenizer, prompts, SamplingConfig(k=1, temperature=0.0,
+                       max_new_tokens=max_new_tokens, batch_size=64), progress=False)
+    if was_training:
+        model.train()
+    return sum(task.grade(o[0], p.answer) for o, p in zip(outs, problems)) / max(1, len(problems))
+
+
+def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer):
+    from transformers import TrainerCallback
+
+    class SeriesCallback(TrainerCallback):
+        """Saves checkpoint-0 and appends one metrics.jsonl line per checkpoint."""
+
+        def __init__(self) -> None:
+            self.rewards: list[float] = []
+
+        def _log(self, step: int, model) -> None:
+            row = {"step": step,
+                   "mean_reward": sum(self.rewards) / len(self.rewards) if self.rewards else None}
+            if cfg.eval_problems:
+                row["heldout_accuracy"] = heldout_accuracy(model, tokenizer, task, cfg.eval_problems,
+                                                           cfg.max_completion_length)
+            with open(run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self.rewards = []
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            base = run / "checkpoint-0"
+            if state.global_step == 0 and not (base / "trainer_state.json").is_file():
+                tmp = run / ".checkpoint-0.tmp"
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                (tmp / "trainer_state.json").write_text(json.dumps({"global_step": 0}))
+                tmp.rename(base)
+                self._log(0, model)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "reward" in logs:
+                self.rewards.append(float(logs["reward"]))
+
+        def on_save(self, args, state, control, model=None, **kw):
+            self._log(state.global_step, model)
+
+    callbacks = [SeriesCallback()]
+    if cfg.progress:
+        callbacks.append(RewardProgressCallback())
+    return callbacks
+
+
+def _reward_progress_callback():
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class RewardProgressCallback(TrainerCallback):
+        """One progress bar with the latest mean reward, instead of a dict printed per step."""
+
+        def __init__(self) -> None:
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="GRPO", unit="step")
+
+        def on_step_end(self, args, state, control, **kw):
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "reward" in logs:
+                self.bar.set_postfix(reward=f"{float(logs['reward']):.3f}")
+
+        def on_train_end(self, args, state, control, **kw):
+            self.bar.close()
+
+    return RewardProgressCallback
+
+
+def RewardProgressCallback():  # noqa: N802 - a factory so transformers is imported lazily
+    return _reward_progress_callback()()
+
+
+def grpo_config(cfg: TrainConfig):
+    """The GRPOConfig for a TrainConfig: CPU-safe defaults, user extras win."""
+    import torch
+    from trl import GRPOConfig
+
+    cpu = not torch.cuda.is_available()
+    kwargs = dict(
+        output_dir=cfg.output_dir, max_steps=cfg.max_steps, save_strategy="steps",
+        save_steps=cfg.save_every, logging_steps=1, report_to="none", seed=cfg.seed,
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        num_generations=cfg.num_generations, learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant_with_warmup" if cfg.warmup_steps else "constant",
+        warmup_steps=cfg.warmup_steps, beta=cfg.beta, temperature=cfg.temperature, top_p=cfg.top_p,
+        top_k=0, max_completion_length=cfg.max_completion_length, disable_tqdm=True,
+        use_cpu=cpu, bf16=False if cpu else torch.cuda.is_bf16_supported(),
+    )
+    kwargs.update(cfg.extra)
+    try:
+        return GRPOConfig(**kwargs)
+    except TypeError as exc:  # unknown --grpo-arg
+        raise RLExtraError(f"GRPOConfig: {exc}") from None
+
+
+def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | None = None) -> Path:
+    """Run (or resume) GRPO; return the run folder holding the checkpoint series."""
+    import warnings
+
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOTrainer
+
+    # TRL 1.16 calls transformers' renamed gradient_checkpointing API on every step; not actionable
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
+
+    run = Path(cfg.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    task = load_task(cfg.task)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto")
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    tokenizer.padding_side = "left"
+    info = {"rlextra_version": rlextra.__version__, "config": cfg.to_dict()}
+    (run / "run.json").write_text(json.dumps(info, indent=1) + "\n")
+    args = grpo_config(cfg)
+    trainer = GRPOTrainer(model=model, reward_funcs=[task.reward], args=args,
+                          train_dataset=datasets.Dataset.from_list(task.dataset_rows("train")),
+                          processing_class=tokenizer,
+                          callbacks=_callbacks(cfg, task, run, tokenizer) + list(callbacks or []))
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)  # ours shows the reward; theirs prints every log dict
+    trainer.remove_callback(PrinterCallback)
+    resume = last_checkpoint(run)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return run

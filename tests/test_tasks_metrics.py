@@ -1,0 +1,102 @@
+import threading
+from math import comb
+from pathlib import Path
+
+import pytest
+
+from rlextra.errors import RLExtraError
+from rlextra.evaluation.metrics import pass_at_k, summarize
+from rlextra.rl.tasks import (TaskSpec, arithmetic_task, extract_answer, grade_math, last_boxed, load_task,
+                              math_task)
+
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+
+
+@pytest.mark.parametrize("completion,answer,ok", [
+    (r"so x = \boxed{\frac{1}{2}}", "0.5", True),
+    (r"\boxed{0.5}", r"\frac{1}{2}", True),
+    (r"\boxed{\frac{\sqrt{2}}{2}}", r"\frac{\sqrt2}{2}", True),          # nested braces
+    (r"first \boxed{3}, corrected: \boxed{5}", "5", True),                # last box wins
+    (r"first \boxed{3}, corrected: \boxed{5}", "3", False),
+    (r"The side is \boxed{5 \text{ cm}}.", "5", True),                    # units
+    (r"\boxed{106^\circ}", "106", True),
+    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"(3,\frac{\pi}{2})", True),
+    ("I am not sure.", "5", False),                                       # no answer
+    (r"\boxed{\frac{1}{", "1", False),                                    # unbalanced LaTeX
+    (r"\boxed{\frac{}{}}", "2", False),                                   # parses to nothing useful
+    ("The final answer is 42.", "42", True),                              # fallbacks
+    ("She makes 9 * 2 = 18 dollars.\n#### 18", "18", True),
+    ("so she has 7 apples left", "7", True),
+    (r"\boxed{4}", "5", False),
+])
+def test_grade_math_hard_cases(completion, answer, ok):
+    assert grade_math(completion, answer) is ok
+
+
+def test_last_boxed_and_extract():
+    assert last_boxed(r"a \boxed{x^{2}} b \boxed{\frac{a}{b}}") == r"\frac{a}{b}"
+    assert last_boxed("none") is None
+    assert extract_answer("answer is: 1,234") == "1,234"
+    assert extract_answer("we get 1,234 and 56") == "56"
+
+
+def test_grade_math_off_the_main_thread():
+    out = []
+    t = threading.Thread(target=lambda: out.append(grade_math(r"\boxed{\frac{2}{4}}", "0.5")))
+    t.start()
+    t.join()
+    assert out == [True]
+
+
+def test_pass_at_k_matches_closed_form():
+    for n in range(1, 12):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                want = 1 - comb(n - c, k) / comb(n, k)
+                assert pass_at_k(n, c, k) == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+
+
+def test_summarize_avg_and_pass():
+    s = summarize([[True, False, False, False], [False] * 4, [True] * 4], ks=[1, 2, 4])
+    assert s["avg@4"] == pytest.approx(5 / 12)
+    assert s["pass@1"] == pytest.approx(5 / 12)
+    assert s["pass@4"] == pytest.approx(2 / 3)
+    assert s["pass@2"] == pytest.approx((0.5 + 0 + 1) / 3)
+
+
+def test_arithmetic_task_is_seeded_and_split():
+    a, b = arithmetic_task(seed=3), arithmetic_task(seed=3)
+    assert [p.prompt for p in a.test] == [p.prompt for p in b.test]
+    assert not {p.prompt for p in a.test} & {p.prompt for p in a.train}
+    p = a.test[0]
+    x, y = p.prompt[:-1].split("+")
+    assert int(p.answer) == int(x) + int(y)
+    assert a.reward([p.answer + "\n", "nope"], [p.answer, p.answer]) == [1.0, 0.0]
+    # conversational completions as TRL passes them
+    assert a.reward([[{"role": "assistant", "content": p.answer}]], [p.answer]) == [1.0]
+    with pytest.raises(RLExtraError, match="distinct problems"):
+        arithmetic_task(digits=1, n_train=500)
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="shared benchmark copies not present")
+def test_local_benchmarks_grade_their_own_gold():
+    gsm = math_task(str(BENCH / "gsm8k_test.jsonl"), limit=30)
+    assert len(gsm.test) == 30 and gsm.conversational
+    assert all(gsm.grade(f"... #### {p.answer}", p.answer) for p in gsm.test)
+    m500 = load_task(TaskSpec(name=str(BENCH / "math500.jsonl"), limit=60))
+    assert all(m500.grade(rf"Thus \boxed{{{p.answer}}}.", p.answer) for p in m500.test)
+    assert sum(m500.grade(r"\boxed{7}", p.answer) for p in m500.test) < 5
+    rows = m500.dataset_rows("test")
+    assert rows[0]["prompt"][0]["role"] == "user" and "boxed" in rows[0]["prompt"][0]["content"]
+
+
+def test_bad_math_file(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"problem": "1+1"}\n')
+    with pytest.raises(RLExtraError, match="lacks"):
+        math_task(str(f))
+    f.write_text("{oops\n")
+    with pytest.raises(RLExtraError, match=r"x.jsonl:1"):
+        math_task(str(f))
