@@ -9,7 +9,7 @@ from rlextra.cli import main
 from rlextra.evaluation.generate import SamplingConfig
 from rlextra.evaluation.run import evaluate, generations_path
 from rlextra.rl.models import build_tiny_model
-from rlextra.rl.tasks import TaskSpec
+from rlextra.tasks import TaskSpec
 from rlextra.rl.train import TrainConfig, train
 
 SPEC = TaskSpec("arithmetic", ops="+", digits=1, n_train=60, n_test=20, seed=0)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from rlextra.errors import RLExtraError
-from rlextra.evaluation.metrics import pass_at_k, summarize
-from rlextra.rl.tasks import (TaskSpec, arithmetic_task, extract_answer, grade_math, last_boxed, load_task,
+from rlextra.metrics import pass_at_k, summarize
+from rlextra.tasks import (TaskSpec, arithmetic_task, extract_answer, grade_math, last_boxed, load_task,
                               math_task)
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"

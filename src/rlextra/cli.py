@@ -100,7 +100,7 @@ def _task_args(p: argparse.ArgumentParser) -> None:
 
 
 def _task_spec(a: argparse.Namespace):
-    from rlextra.rl.tasks import TaskSpec
+    from rlextra.tasks import TaskSpec
 
     return TaskSpec(name=a.task, ops=a.ops, digits=a.digits, n_train=a.n_train, n_test=a.n_test,
                     seed=a.task_seed, limit=a.limit)

@@ -65,7 +65,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
     from rlextra.evaluation.run import evaluate, load_model
     from rlextra.extrapolate import extrapolate_weights
     from rlextra.rl.models import build_tiny_model
-    from rlextra.rl.tasks import TaskSpec, load_task
+    from rlextra.tasks import TaskSpec, load_task
     from rlextra.rl.train import TrainConfig, train
 
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())

@@ -1,5 +1,1 @@
-"""Generation backends, grading and metrics for checkpoints (and extrapolated checkpoints)."""
-
-from rlextra.evaluation.metrics import pass_at_k, summarize
-
-__all__ = ["pass_at_k", "summarize"]
+"""Generation backends (HF, vLLM) and the evaluate-a-checkpoint loop; metrics live in rlextra.metrics."""

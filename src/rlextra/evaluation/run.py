@@ -10,8 +10,8 @@ from typing import Sequence
 
 from rlextra.errors import RLExtraError
 from rlextra.evaluation.generate import SamplingConfig, format_prompts, generate_hf, generate_vllm, vllm_available
-from rlextra.evaluation.metrics import summarize
-from rlextra.rl.tasks import Task, TaskSpec, load_task
+from rlextra.metrics import summarize
+from rlextra.tasks import Task, TaskSpec, load_task
 
 
 def load_model(path: str | Path):

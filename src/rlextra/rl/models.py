@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from rlextra.rl.tasks import Problem
+from rlextra.tasks import Problem
 
 ARITHMETIC_CHARS = "0123456789+-*= \n"
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -105,7 +105,7 @@ def build_tiny_model(out: Path, spec, *, warmup_steps: int = 900, seed: int = 0,
 
     from rlextra.checkpoints.writer import atomic_output_dir
     from rlextra.errors import RLExtraError
-    from rlextra.rl.tasks import load_task
+    from rlextra.tasks import load_task
     from rlextra.rl.train import heldout_accuracy
 
     if spec.name != "arithmetic":

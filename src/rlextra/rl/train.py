@@ -18,7 +18,7 @@ from typing import Any
 
 import rlextra
 from rlextra.errors import RLExtraError
-from rlextra.rl.tasks import Task, TaskSpec, load_task
+from rlextra.tasks import Task, TaskSpec, load_task
 
 
 @dataclass
