@@ -156,12 +156,57 @@ def cmd_eval(a: argparse.Namespace) -> int:
     _set_threads(a.threads)
     sampling = SamplingConfig(k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
                               max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed)
+    if (a.extrapolate_from is None) != (a.to_step is None and a.alpha is None):
+        raise RLExtraError("--extrapolate-from goes with --to-step T or --alpha A")
     summary = evaluate(a.model, _task_spec(a), Path(a.output), sampling=sampling, backend=a.backend,
-                       progress=not a.quiet)
+                       progress=not a.quiet, extrapolate_from=a.extrapolate_from, to_step=a.to_step,
+                       alpha=a.alpha, steps=_steps(a.steps))
     m = summary["metrics"]
     print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
     print(f"summary: {a.output}")
     return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from rlextra.evaluation.generate import format_prompts
+    from rlextra.evaluation.run import write_atomic
+    from rlextra.extrapolate.logits import DecodeConfig, load_extrapolator
+
+    _set_threads(a.threads)
+    prompts = _read_prompts(Path(a.prompts))
+    ex = load_extrapolator(a.checkpoints, to_step=a.to_step, alpha=a.alpha, steps=_steps(a.steps))
+    texts = format_prompts(ex.tokenizer, prompts, a.chat)
+    cfg = DecodeConfig(k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+                       max_new_tokens=a.max_new_tokens, stop=a.stop, batch_size=a.batch_size, seed=a.seed)
+    outs = ex.generate(texts, cfg, progress=not a.quiet)
+    meta = {"steps": ex.steps, "target_step": ex.target, "weights": ex.weights}
+    lines = [json.dumps({"prompt": p, "sample": j, "completion": c, **meta})
+             for p, comps in zip(prompts, outs) for j, c in enumerate(comps)]
+    out = Path(a.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, "\n".join(lines) + "\n")
+    print(f"{len(lines)} generations (steps {ex.steps} -> {ex.target:g}) in {out}")
+    return 0
+
+
+def _read_prompts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise RLExtraError(f"{path}: no such file")
+    prompts = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise RLExtraError(f"{path}:{i}: not valid JSON ({exc})") from None
+        if isinstance(row, str):
+            prompts.append(row)
+        elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            prompts.append(row["prompt"])
+        else:
+            raise RLExtraError(f"{path}:{i}: expected a string or an object with a 'prompt' string")
+    return prompts
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -194,7 +239,13 @@ EXAMPLES = {
       --grpo-arg use_vllm=true --grpo-arg gradient_checkpointing=true""",
     "eval": """example:
   rlextra eval runs/add2/checkpoint-100 --task arithmetic --k 4 --max-new-tokens 6 -o eval/add2-100.json
-  rlextra eval models/qwen-1.5b --task math500 --k 16 --temperature 0.6 --top-p 0.95 -o eval/m500.json""",
+  rlextra eval models/qwen-1.5b --task math500 --k 16 --temperature 0.6 --top-p 0.95 -o eval/m500.json
+  rlextra eval runs/add2/checkpoint-100 --extrapolate-from runs/add2/checkpoint-0 --to-step 300 \\
+      --task arithmetic --k 4 --max-new-tokens 6 -o eval/logits-300.json""",
+    "generate": """example:
+  rlextra generate runs/grpo/checkpoint-100 runs/grpo/checkpoint-200 --to-step 400 \\
+      --prompts prompts.jsonl -o gen.jsonl --k 4 --temperature 0.6 --top-p 0.95
+  rlextra generate 0=models/base runs/grpo/checkpoint-{100,200} --to-step 300 --prompts p.jsonl -o g.jsonl""",
     "demo": """example:
   rlextra demo -o demo-out           # full run, a few minutes on 2 CPU cores
   rlextra demo --quick -o /tmp/demo  # about a minute""",
@@ -294,10 +345,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
     ev.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
                     help="auto: vLLM when installed and a GPU is present, else HF generate")
+    ev.add_argument("--extrapolate-from", metavar="BASE",
+                    help="Logits Extrapolation decoding: MODEL is step s, BASE an earlier step b of the run")
+    ev.add_argument("--to-step", type=float, help="with --extrapolate-from: target step T")
+    ev.add_argument("--alpha", type=float, help="with --extrapolate-from: alpha = (T - b) / (s - b)")
+    ev.add_argument("--steps", help="with --extrapolate-from: steps of BASE,MODEL if their names lack them")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ev.add_argument("-q", "--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("generate", help="decode with extrapolated logits of 2 (or K) checkpoints",
+                       formatter_class=fmt, epilog=EXAMPLES["generate"])
+    g.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="model folders of one run (STEP=PATH names a step); one folder = plain decoding")
+    g.add_argument("--prompts", required=True, help="JSONL: one string or {\"prompt\": ...} per line")
+    g.add_argument("-o", "--output", required=True, help="generations JSONL")
+    tg = g.add_mutually_exclusive_group()
+    tg.add_argument("--to-step", type=float, help="target step T")
+    tg.add_argument("--alpha", type=float, help="alpha = (T - b) / (s - b), b/s = first/last step")
+    g.add_argument("--steps", help="comma-separated steps, one per CKPT")
+    g.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
+    g.add_argument("--k", type=int, default=1, help="samples per prompt")
+    g.add_argument("--temperature", type=float, default=0.6, help="0 for greedy")
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--batch-size", type=int, default=32, help="rows decoded together")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=1)
+    g.add_argument("-q", "--quiet", action="store_true")
+    g.set_defaults(func=cmd_generate)
 
     d = sub.add_parser("demo", help="the embedded end-to-end run", formatter_class=fmt,
                        epilog=EXAMPLES["demo"])

@@ -153,6 +153,22 @@ def two_point(y_b, y_s, alpha: float):
     return y_b + alpha * (y_s - y_b)
 
 
+def line_weights(steps: Sequence[float], target: float) -> np.ndarray:
+    """Weights w with sum_k w_k y_k = the least-squares line through (steps, y) evaluated at target.
+
+    The fitted value is linear in the observations: w_k = 1/K + (T - t_mean)(t_k - t_mean)/Sxx.
+    This is how K-model logit extrapolation mixes logits without fitting per token; for K = 2
+    it is (1 - alpha, alpha), the paper's two-point formula.
+    """
+    t = np.asarray(steps, dtype=np.float64)
+    if len(t) == 1:
+        return np.ones(1)
+    if len(np.unique(t)) != len(t):
+        raise ValueError(f"steps must be distinct, got {t.tolist()}")
+    tc = t - t.mean()
+    return 1.0 / len(t) + (float(target) - t.mean()) * tc / float(tc @ tc)
+
+
 def fit_lines(steps: Sequence[float], values: np.ndarray) -> LineResult:
     """Fit a (K, n) block of values at K steps in one call (for small in-memory series)."""
     values = np.asarray(values, dtype=np.float64)

@@ -40,11 +40,14 @@ def generations_path(out_file: Path) -> Path:
 def evaluate(model: str | Path | tuple, task: Task | TaskSpec, out_file: str | Path | None = None, *,
              sampling: SamplingConfig | None = None, backend: str = "auto", split: str = "test",
              limit: int | None = None, progress: bool = True,
-             completions: Sequence[Sequence[str]] | None = None, label: str | None = None) -> dict:
+             completions: Sequence[Sequence[str]] | None = None, label: str | None = None,
+             extrapolate_from: str | Path | None = None, to_step: float | None = None,
+             alpha: float | None = None, steps: Sequence[int] | None = None) -> dict:
     """Sample, grade and summarise; with out_file, write the summary JSON and a generations JSONL.
 
-    ``model`` is a folder, or a (model, tokenizer) pair already loaded. ``completions`` skips
-    generation (used by other backends, e.g. logit extrapolation, that produce their own).
+    ``model`` is a folder, or a (model, tokenizer) pair already loaded. With ``extrapolate_from``
+    (an earlier checkpoint b of the same run, ``model`` being s), completions come from Logits
+    Extrapolation decoding to ``to_step`` (or ``alpha``). ``completions`` skips generation.
     """
     sampling = sampling or SamplingConfig()
     task = load_task(task) if isinstance(task, TaskSpec) else task
@@ -52,6 +55,17 @@ def evaluate(model: str | Path | tuple, task: Task | TaskSpec, out_file: str | P
         (task.test if split == "test" else task.train)
     t0 = time.perf_counter()
     used = backend
+    if completions is None and extrapolate_from is not None:
+        from rlextra.extrapolate.logits import DecodeConfig, load_extrapolator
+
+        ex = load_extrapolator([extrapolate_from, model], to_step=to_step, alpha=alpha, steps=steps)
+        prompts = format_prompts(ex.tokenizer, [p.prompt for p in problems], task.conversational)
+        completions = ex.generate(prompts, DecodeConfig(
+            k=sampling.k, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+            max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size, seed=sampling.seed),
+            progress=progress)
+        used = f"logits-extrapolation (steps {ex.steps[0]:g}, {ex.steps[-1]:g} -> {ex.target:g})"
+        label = label or f"{extrapolate_from} + {model} -> step {ex.target:g}"
     if completions is None:
         if backend == "auto":
             used = "vllm" if isinstance(model, (str, Path)) and vllm_available() else "hf"
