@@ -64,6 +64,28 @@ def _print_weights_summary(rep: dict, out: Path) -> None:
     print(f"report: {out / 'weights.json'}")
 
 
+def cmd_analyze_outputs(a: argparse.Namespace) -> int:
+    from rlextra.analysis.outputs import analyze_outputs
+    from rlextra.evaluation.generate import SamplingConfig
+
+    _set_threads(a.threads)
+    sampling = SamplingConfig(k=1, temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
+                              seed=a.seed)
+    rep = analyze_outputs(a.checkpoints, Path(a.output), probes=a.probes, generate=a.generate,
+                          task=_task_spec(a), sampling=sampling, steps=_steps(a.steps),
+                          min_logprob_change=a.min_logprob_change, batch_size=a.batch_size, seed=a.seed,
+                          plots=not a.no_plots, progress=not a.quiet, overwrite=a.overwrite)
+    f = rep["filter"]
+    print(f"steps {rep['steps']}: {rep['n_tokens']:,} response tokens in {rep['n_probes']} probes, "
+          f"{f['n_tokens_kept']:,} move >= {f['min_logprob_change']} in log-prob")
+    for kind in ("logprob", "logit"):
+        g = rep[kind]
+        print(f"{kind}: R^2 mean {_fmt(g['mean_r2'])}, median {_fmt(g['median_r2'])}, "
+              f"fraction > 0.7: {_fmt(g['frac_r2_above_0.7'])}")
+    print(f"report: {Path(a.output) / 'outputs.json'}")
+    return 0
+
+
 def cmd_analyze_merge(a: argparse.Namespace) -> int:
     from rlextra.analysis import merge_weight_reports
 
@@ -222,6 +244,9 @@ EXAMPLES = {
   rlextra analyze weights 0=Qwen2.5-1.5B runs/grpo/checkpoint-{100,200,300} -o out
   rlextra analyze weights runs/grpo/ --sample 0.001 --min-change 1e-4 --min-distinct 4 -o out
   torchrun --nproc-per-node 8 -m rlextra.cli analyze weights runs/grpo/ -o out  # then 'analyze merge'""",
+    "outputs": """example:
+  rlextra analyze outputs runs/grpo/ --probes probes.jsonl -o reports/outputs
+  rlextra analyze outputs runs/add2/ --generate 64 --task arithmetic --max-new-tokens 6 -o reports/outputs""",
     "merge": """example:
   rlextra analyze weights runs/grpo/ --shard 0/2 -o shards/0 &
   rlextra analyze weights runs/grpo/ --shard 1/2 -o shards/1; wait
@@ -274,6 +299,30 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--shard", help="analyse shard i of N tensors (i/N); default from RANK/WORLD_SIZE")
     w.add_argument("--no-plots", action="store_true")
     w.set_defaults(func=cmd_analyze_weights)
+
+    o = an_sub.add_parser("outputs", help="R^2 of token log-probs and logits over steps (teacher forcing)",
+                          formatter_class=fmt, epilog=EXAMPLES["outputs"])
+    o.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="model folders (STEP=PATH names a step), or one run folder")
+    o.add_argument("--steps", help="comma-separated steps, one per CKPT")
+    o.add_argument("-o", "--output", required=True, help="report folder")
+    src = o.add_mutually_exclusive_group(required=True)
+    src.add_argument("--probes", help="JSONL of {prompt, response}; prompt exactly as the model sees it")
+    src.add_argument("--generate", type=int, metavar="N",
+                     help="sample N responses from the first checkpoint on the task's held-out prompts")
+    _task_args(o)
+    o.add_argument("--temperature", type=float, default=0.6, help="--generate sampling temperature")
+    o.add_argument("--top-p", type=float, default=0.95)
+    o.add_argument("--max-new-tokens", type=int, default=512)
+    o.add_argument("--min-logprob-change", type=float, default=0.2,
+                   help="leave out tokens whose log-prob moves less over the run (paper: 0.2)")
+    o.add_argument("--batch-size", type=int, default=8, help="probes per forward pass")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--threads", type=int, default=1)
+    o.add_argument("--overwrite", action="store_true")
+    o.add_argument("--no-plots", action="store_true")
+    o.add_argument("-q", "--quiet", action="store_true")
+    o.set_defaults(func=cmd_analyze_outputs)
 
     m = an_sub.add_parser("merge", help="merge 'analyze weights --shard' outputs",
                           formatter_class=fmt, epilog=EXAMPLES["merge"])

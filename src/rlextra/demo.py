@@ -2,9 +2,10 @@
 
 1. a tiny Llama with a char tokenizer, warmed up (SFT) on 2-digit addition until partly right;
 2. GRPO (TRL) with a checkpoint every k steps;
-3. ``analyze weights`` on the series;
+3. ``analyze weights`` and ``analyze outputs`` (token log-probs of sampled responses) on the series;
 4. weight extrapolation from two early checkpoints to later steps (and past the last one);
-5. evaluation of real and extrapolated checkpoints on held-out problems (avg@k, pass@k);
+5. evaluation on held-out problems (avg@k, pass@k) of the real checkpoints, the weight-extrapolated
+   ones, and Logits Extrapolation decoding from the same two checkpoints;
 6. a report (report.md) with plots and the numbers, compared with the paper's.
 
 The hyperparameters were chosen on the training reward curve (steady rise, no collapse), never
@@ -48,6 +49,14 @@ class DemoConfig:
                    save_every=5, prompts_per_step=16, extrapolate_from=(0, 10), extrapolate_to=[15, 20, 30])
 
 
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
 def _stage(i: int, n: int, text: str) -> None:
     print(f"[demo {i}/{n}] {text}", flush=True)
 
@@ -60,6 +69,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
 
     torch.set_num_threads(threads)
     from rlextra.analysis import analyze_weights
+    from rlextra.analysis.outputs import analyze_outputs
     from rlextra.errors import RLExtraError
     from rlextra.evaluation.generate import SamplingConfig
     from rlextra.evaluation.run import evaluate, load_model
@@ -97,9 +107,13 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
                             seed=seed, eval_problems=cfg.n_test))
     timings["GRPO"] = time.perf_counter() - t
 
-    _stage(3, 6, "analyze weights over the checkpoint series")
+    _stage(3, 6, "analyze weights and token log-probs over the checkpoint series")
     t = time.perf_counter()
     report = analyze_weights(run, out / "weights", seed=seed)
+    probe_sampling = SamplingConfig(k=1, temperature=cfg.eval_temperature, top_p=cfg.eval_top_p,
+                                    max_new_tokens=max_tokens, batch_size=512, seed=seed)
+    outputs = analyze_outputs(run, out / "outputs", generate=cfg.n_test, task=spec, sampling=probe_sampling,
+                              seed=seed, progress=False)
     timings["analysis"] = time.perf_counter() - t
 
     b, s = cfg.extrapolate_from
@@ -117,25 +131,30 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
     sampling = SamplingConfig(k=cfg.eval_k, temperature=cfg.eval_temperature, top_p=cfg.eval_top_p,
                               max_new_tokens=max_tokens, batch_size=512, seed=seed)
     real_steps = report["steps"]
-    results = {"real": {}, "extrapolated": {}}
+    results = {"real": {}, "extrapolated": {}, "logits": {}}
     for kind, folders in (("real", {st: run / f"checkpoint-{st}" for st in real_steps}),
                           ("extrapolated", extra_dirs)):
         for st, folder in folders.items():
             summary = evaluate(load_model(folder), task, out / "eval" / f"{kind}-{st}.json",
                                sampling=sampling, progress=False, label=str(folder))
             results[kind][st] = summary["metrics"]
+    for target in cfg.extrapolate_to:
+        summary = evaluate(run / f"checkpoint-{s}", task, out / "eval" / f"logits-{target}.json",
+                           sampling=sampling, progress=False, extrapolate_from=run / f"checkpoint-{b}",
+                           to_step=target)
+        results["logits"][target] = summary["metrics"]
     timings["evaluation"] = time.perf_counter() - t
 
     _stage(6, 6, "report")
     metrics_rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     timings["total"] = time.perf_counter() - t_start
-    path = write_report(out, cfg, report, results, metrics_rows, warm_acc, timings)
+    path = write_report(out, cfg, report, outputs, results, metrics_rows, warm_acc, timings)
     print(f"[demo] report: {path}", flush=True)
     return path
 
 
-def write_report(out: Path, cfg: DemoConfig, report: dict, results: dict, metrics_rows: list[dict],
-                 warm_acc: float, timings: dict) -> Path:
+def write_report(out: Path, cfg: DemoConfig, report: dict, outputs: dict, results: dict,
+                 metrics_rows: list[dict], warm_acc: float, timings: dict) -> Path:
     """report.md, results.json and the accuracy/reward plot."""
     from rlextra.analysis.plots import plot_accuracy_curve
 
@@ -143,17 +162,20 @@ def write_report(out: Path, cfg: DemoConfig, report: dict, results: dict, metric
     key = f"avg@{k}"
     real = {int(s): m[key] for s, m in results["real"].items()}
     extra = {int(s): m[key] for s, m in results["extrapolated"].items()}
+    logits = {int(s): m[key] for s, m in results["logits"].items()}
     rewards = {r["step"]: r["mean_reward"] for r in metrics_rows if r.get("mean_reward") is not None}
     plot_accuracy_curve(real, extra, rewards, out / "accuracy_vs_step.png",
                         title=f"Held-out {key} (T={cfg.eval_temperature}) vs step",
-                        extra_label=f"weight extrapolation from steps {cfg.extrapolate_from}")
+                        extra_label=f"weight extrapolation from steps {cfg.extrapolate_from}",
+                        logits=logits, logits_label=f"logits extrapolation from steps {cfg.extrapolate_from}")
     g = report["global"]
     frac = g["frac_r2_above_0.7"]
+    lp, lg = outputs["logprob"], outputs["logit"]
     b, s = cfg.extrapolate_from
     rows = []
     for target in sorted(extra):
         real_at = real.get(target)
-        rows.append(f"| {target} | {(target - b) / (s - b):.2f} | {extra[target]:.3f} | "
+        rows.append(f"| {target} | {(target - b) / (s - b):.2f} | {extra[target]:.3f} | {logits[target]:.3f} | "
                     f"{'%.3f' % real_at if real_at is not None else 'beyond the run'} |")
     last = max(real)
     verdict = ("agrees with" if frac > 0.7 else "falls short of")
@@ -161,6 +183,9 @@ def write_report(out: Path, cfg: DemoConfig, report: dict, results: dict, metric
         "config": asdict(cfg), "warmup_heldout_greedy_accuracy": warm_acc,
         "linearity": {"mean_r2": g["mean_r2"], "median_r2": g["median_r2"], "frac_r2_above_0.7": frac,
                       "n_params_analyzed": report["n_params_analyzed"]},
+        "output_linearity": {k_: outputs[k_] for k_ in ("n_probes", "n_tokens", "filter")} |
+                            {"logprob": {k_: v for k_, v in outputs["logprob"].items() if k_ != "histogram"},
+                             "logit": {k_: v for k_, v in outputs["logit"].items() if k_ != "histogram"}},
         "eval": results, "train_metrics": metrics_rows, "seconds": timings}, indent=1) + "\n")
     text = f"""# rlextra demo: RLVR linearity on a tiny model
 
@@ -183,6 +208,16 @@ The paper reports > 70% for most settings: this run {verdict} that.
 ![R² per module and layer](weights/r2_heatmap.png)
 ![example trajectories](weights/trajectories.png)
 
+Outputs: {outputs['n_probes']} responses sampled from step 0 on held-out prompts were teacher-forced
+through every checkpoint; {outputs['filter']['n_tokens_kept']} of {outputs['n_tokens']} response tokens
+move by at least {outputs['filter']['min_logprob_change']} in log-prob (the paper's filter). Their
+token log-prob R²: mean {_f(lp['mean_r2'])}, median {_f(lp['median_r2'])}, {_pct(lp['frac_r2_above_0.7'])} > 0.7;
+raw logit R²: mean {_f(lg['mean_r2'])}, {_pct(lg['frac_r2_above_0.7'])} > 0.7. The paper reports
+token log-prob R² around 0.9.
+
+![token log-prob R²](outputs/r2_logprob_histogram.png)
+![token trajectories](outputs/token_trajectories.png)
+
 ## 2. Training and held-out accuracy
 
 ![accuracy vs step](accuracy_vs_step.png)
@@ -191,12 +226,13 @@ The paper reports > 70% for most settings: this run {verdict} that.
 |---|---|---|
 """ + "\n".join(f"| {st} | {rewards.get(st, float('nan')):.3f} | {real[st]:.3f} |" for st in sorted(real)) + f"""
 
-## 3. Weight extrapolation from steps {b} and {s}
+## 3. Extrapolation from steps {b} and {s}
 
-W_T = W_{b} + alpha (W_{s} - W_{b}), norms copied from step {s}. Real checkpoints exist up to step {last}.
+Weights: W_T = W_{b} + alpha (W_{s} - W_{b}), norms copied from step {s}. Logits: decoding with
+z_T = z_{b} + alpha (z_{s} - z_{b}) at every token, both models loaded. Real checkpoints exist up to step {last}.
 
-| target step T | alpha | extrapolated {key} | real {key} at T |
-|---|---|---|---|
+| target step T | alpha | weight-extrapolated {key} | logits-extrapolated {key} | real {key} at T |
+|---|---|---|---|---|
 """ + "\n".join(rows) + f"""
 
 Real step {s} (the newest checkpoint the extrapolation used): {real[s]:.3f}; real step {last}: {real[last]:.3f}.

@@ -17,9 +17,8 @@ from rlextra.linefit import fit_lines  # noqa: E402
 _LAYER = re.compile(r"\.(\d+)\.(.+)$")
 
 
-def plot_r2_histogram(report: dict, path: Path, title: str = "Weights") -> None:
-    """Global R^2 distribution with the paper's 0.7 threshold marked."""
-    g = report["global"]
+def plot_r2_histogram(g: dict, path: Path, title: str = "Weights") -> None:
+    """An R^2 distribution (a summary with mean/median/frac/histogram), 0.7 threshold marked."""
     edges = np.asarray(g["histogram"]["edges"])
     counts = np.asarray(g["histogram"]["counts"], dtype=float)
     total = counts.sum()
@@ -32,7 +31,7 @@ def plot_r2_histogram(report: dict, path: Path, title: str = "Weights") -> None:
         if frac is not None else "no parameter analysed"
     ax.set_title(f"{title}: R² of linear fit vs step\n{sub}", fontsize=10)
     ax.set_xlabel("R²")
-    ax.set_ylabel("fraction of parameters")
+    ax.set_ylabel("fraction")
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -101,7 +100,8 @@ def plot_trajectories(steps: Sequence[int], examples: Sequence[dict], path: Path
 
 def plot_accuracy_curve(real: dict[int, float], extrapolated: dict[int, float],
                         rewards: dict[int, float], path: Path, title: str = "Held-out accuracy vs step",
-                        extra_label: str = "extrapolated") -> None:
+                        extra_label: str = "extrapolated", logits: dict[int, float] | None = None,
+                        logits_label: str = "logits extrapolation") -> None:
     """Accuracy of real checkpoints (line), extrapolated ones (markers), training reward (dashed)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = sorted(real)
@@ -109,6 +109,10 @@ def plot_accuracy_curve(real: dict[int, float], extrapolated: dict[int, float],
     if extrapolated:
         xe = sorted(extrapolated)
         ax.plot(xe, [extrapolated[x] for x in xe], "D", ms=7, color="#cc3311", label=extra_label)
+    if logits:
+        xl = sorted(logits)
+        ax.plot(xl, [logits[x] for x in xl], "s", ms=6, mfc="none", mew=1.5, color="#228833",
+                label=logits_label)
     if rewards:
         xr = sorted(rewards)
         ax.plot(xr, [rewards[x] for x in xr], "--", color="#999999", label="mean training reward (T=1)")
@@ -117,6 +121,24 @@ def plot_accuracy_curve(real: dict[int, float], extrapolated: dict[int, float],
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_series(steps: Sequence[int], values: Sequence[float], path: Path, ylabel: str) -> None:
+    """One quantity against the step, with its least-squares line."""
+    t = np.asarray(steps, dtype=float)
+    y = np.asarray(values, dtype=float)
+    fit = fit_lines(t, y[:, None])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(t, y, "o-", color="#4477aa", label="measured")
+    ax.plot(t, fit.value_at(0)[0] + fit.slope[0] * t, "--", color="#cc3311",
+            label=f"line, R² = {fit.r2()[0]:.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

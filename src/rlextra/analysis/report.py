@@ -38,6 +38,19 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
+def r2_summary(r2: np.ndarray) -> dict:
+    """mean/median/fraction above 0.7/histogram of in-memory R^2 values (NaN excluded), exact."""
+    r2 = np.asarray(r2, dtype=np.float64)
+    r2 = r2[np.isfinite(r2)]
+    counts = np.histogram(r2, bins=REPORT_BINS, range=(0.0, 1.0))[0]
+    return {"n_analyzed": int(r2.size),
+            "mean_r2": float(r2.mean()) if r2.size else None,
+            "median_r2": float(np.median(r2)) if r2.size else None,
+            "frac_r2_above_0.7": float((r2 > 0.7).mean()) if r2.size else None,
+            "histogram": {"edges": np.linspace(0, 1, REPORT_BINS + 1).round(6).tolist(),
+                          "counts": counts.tolist()}}
+
+
 def tensor_summary(name: str, numel: int, st) -> tuple[dict, dict]:
     """Public per-tensor row, and the exact sums a merge needs."""
     row = {
@@ -99,7 +112,7 @@ def write_weight_report(report: dict, accumulators: dict, out_dir: Path, *, plot
         if plots:
             from rlextra.analysis import plots as P
 
-            P.plot_r2_histogram(report, tmp / "r2_histogram.png")
+            P.plot_r2_histogram(report["global"], tmp / "r2_histogram.png")
             P.plot_r2_heatmap(report, tmp / "r2_heatmap.png")
             P.plot_trajectories(report["steps"], accumulators["examples"], tmp / "trajectories.png")
 
