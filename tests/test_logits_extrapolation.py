@@ -98,3 +98,14 @@ def test_generate_cli_and_eval_backend(pair, tmp_path):
     assert summary["backend"].startswith("logits-extrapolation") and summary["metrics"]["k"] == 2
     assert main(["generate", str(tmp_path / "step_0"), str(tmp_path / "step_10"), "--prompts",
                  str(tmp_path / "p.jsonl"), "-o", str(tmp_path / "x.jsonl")]) == 2  # no target
+
+
+def test_k_samples_share_one_prefill_and_are_seeded(pair):
+    tok, models = pair
+    ex = LogitExtrapolator(models, [0, 10], tok, to_step=15)
+    one = ex.generate(PROMPTS, GREEDY, progress=False)
+    three = ex.generate(PROMPTS, DecodeConfig(k=3, temperature=0, max_new_tokens=8, batch_size=6), progress=False)
+    assert three == [[o[0]] * 3 for o in one]
+    hot = DecodeConfig(k=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=7)
+    a, b = ex.generate(PROMPTS, hot, progress=False), ex.generate(PROMPTS, hot, progress=False)
+    assert a == b and len(a) == len(PROMPTS) and all(len(x) == 2 for x in a)

@@ -28,7 +28,7 @@ class DecodeConfig:
     top_k: int = 0
     max_new_tokens: int = 512
     stop: list[str] = field(default_factory=list)
-    batch_size: int = 32  # rows (prompts x samples) decoded together
+    batch_size: int = 32  # rows (prompts x samples) decoded together; whole prompts per batch
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -113,19 +113,24 @@ class LogitExtrapolator:
 
     def generate(self, prompts: Sequence[str], cfg: DecodeConfig | None = None,
                  progress: bool = True) -> list[list[str]]:
-        """cfg.k completions per prompt, in prompt order."""
-        cfg = cfg or DecodeConfig()
-        rows = [p for p in prompts for _ in range(cfg.k)]
-        texts: list[str] = []
+        """cfg.k completions per prompt, in prompt order.
+
+        Batches hold whole prompts with their k samples; each prompt is prefilled once and its
+        cache repeated k times, so k samples cost one prompt encoding, not k.
+        """
         import torch
 
+        cfg = cfg or DecodeConfig()
+        per_batch = max(1, cfg.batch_size // max(1, cfg.k))
         gen = torch.Generator().manual_seed(cfg.seed)
-        for i in tqdm(range(0, len(rows), cfg.batch_size), desc="extrapolated decoding",
+        texts: list[str] = []
+        for i in tqdm(range(0, len(prompts), per_batch), desc="extrapolated decoding",
                       disable=not progress):
-            texts.extend(self._generate_batch(rows[i:i + cfg.batch_size], cfg, gen))
+            texts.extend(self._generate_batch(list(prompts[i:i + per_batch]), cfg, gen))
         return [texts[j * cfg.k:(j + 1) * cfg.k] for j in range(len(prompts))]
 
     def _generate_batch(self, prompts: list[str], cfg: DecodeConfig, gen) -> list[str]:
+        """cfg.k completions for each prompt of a batch, prompt-major."""
         import torch
 
         tok = self.tokenizer
@@ -137,7 +142,7 @@ class LogitExtrapolator:
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=special).to(device)
         mask = enc["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        n = len(prompts)
+        n = len(prompts) * cfg.k
         out_ids: list[list[int]] = [[] for _ in range(n)]
         active = torch.arange(n)
         eos = torch.tensor(self.eos_ids, dtype=torch.long)
@@ -146,9 +151,13 @@ class LogitExtrapolator:
             for m in self.models:
                 o = m(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
                       use_cache=True, logits_to_keep=1)
-                caches.append(_out_cache(o))
-                logits.append(o.logits[:, -1, :])
-            last_pos = positions[:, -1:]
+                cache = _out_cache(o)
+                if cfg.k > 1:  # one prefill per prompt, shared by its k samples
+                    cache.batch_repeat_interleave(cfg.k)
+                caches.append(cache)
+                logits.append(o.logits[:, -1, :].repeat_interleave(cfg.k, dim=0))
+            mask = mask.repeat_interleave(cfg.k, dim=0)
+            last_pos = positions[:, -1:].repeat_interleave(cfg.k, dim=0)
             for _ in range(cfg.max_new_tokens):
                 z = self._mix(logits)
                 if cfg.temperature <= 0:
