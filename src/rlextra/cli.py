@@ -157,6 +157,18 @@ def cmd_tiny_model(a: argparse.Namespace) -> int:
     return 0
 
 
+def _pair(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        m, n = (int(x) for x in text.split(","))
+    except ValueError:
+        raise RLExtraError(f"--rl-extra expects M,N (real steps, extrapolated steps), got '{text}'") from None
+    if m < 1 or n < 0:
+        raise RLExtraError(f"--rl-extra {text}: need M >= 1 and N >= 0")
+    return m, n
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from rlextra.rl.train import TrainConfig, train
 
@@ -165,7 +177,9 @@ def cmd_train(a: argparse.Namespace) -> int:
                       save_every=a.save_every, learning_rate=a.lr, prompts_per_step=a.prompts_per_step,
                       num_generations=a.num_generations, max_completion_length=a.max_completion_length,
                       temperature=a.temperature, top_p=a.top_p, beta=a.beta, seed=a.seed,
-                      eval_problems=a.eval_problems, progress=not a.quiet, extra=_kv(a.grpo_arg))
+                      eval_problems=a.eval_problems, progress=not a.quiet, extra=_kv(a.grpo_arg),
+                      rl_extra=_pair(a.rl_extra), rl_extra_warmup=a.rl_extra_warmup,
+                      rl_extra_reset_optimizer=a.rl_extra_reset_optimizer)
     run = train(cfg)
     print(f"checkpoint series in {run} (metrics: {run / 'metrics.jsonl'})")
     return 0
@@ -231,6 +245,21 @@ def _read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def cmd_loop(a: argparse.Namespace) -> int:
+    from rlextra.rl.loop import LoopConfig, TrainingCommandFailed, run_loop
+
+    m, n = _pair(a.rl_extra)
+    cfg = LoopConfig(train_command=a.train_command, model=a.model, workdir=a.workdir, m=m, n=n,
+                     cycles=a.cycles, start_step=a.start_step, norms=a.norms, max_shard_size=a.max_shard_size)
+    try:
+        final = run_loop(cfg, progress=not a.quiet)
+    except TrainingCommandFailed as exc:
+        print(f"rlextra: error: {exc}", file=sys.stderr)
+        return exc.code
+    print(f"final model (effective step {cfg.start_step + cfg.cycles * (m + n)}): {final}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from rlextra.demo import run_demo
 
@@ -260,6 +289,8 @@ EXAMPLES = {
     "train": """example:
   rlextra train --model models/tiny-add2 -o runs/add2 --steps 100 --save-every 10 --lr 1e-4 \\
       --max-completion-length 6
+  rlextra train --model models/tiny-add2 -o runs/add2-extra --steps 200 --lr 5e-5 --rl-extra 20,20 \\
+      --max-completion-length 6
   accelerate launch -m rlextra.cli train --model Qwen2.5-Math-1.5B --task data/train.jsonl -o runs/q \\
       --grpo-arg use_vllm=true --grpo-arg gradient_checkpointing=true""",
     "eval": """example:
@@ -271,6 +302,11 @@ EXAMPLES = {
   rlextra generate runs/grpo/checkpoint-100 runs/grpo/checkpoint-200 --to-step 400 \\
       --prompts prompts.jsonl -o gen.jsonl --k 4 --temperature 0.6 --top-p 0.95
   rlextra generate 0=models/base runs/grpo/checkpoint-{100,200} --to-step 300 --prompts p.jsonl -o g.jsonl""",
+    "loop": """example:
+  rlextra loop --model models/base --workdir runs/loop --rl-extra 100,100 --cycles 12 \\
+      --train-command 'bash verl_grpo.sh {model} {output_dir} {num_steps}'
+  (verl_grpo.sh runs verl for {num_steps} steps from {model} with trainer.default_local_dir={output_dir},
+   then verl.model_merger into {output_dir}/global_step_{num_steps}/actor/huggingface)""",
     "demo": """example:
   rlextra demo -o demo-out           # full run, a few minutes on 2 CPU cores
   rlextra demo --quick -o /tmp/demo  # about a minute""",
@@ -375,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-problems", type=int, default=200,
                    help="held-out problems graded greedily at each checkpoint (0: off)")
+    t.add_argument("--rl-extra", metavar="M,N",
+                   help="RL-Extra: after every M real steps jump N extrapolated steps (use a constant lr)")
+    t.add_argument("--rl-extra-warmup", type=int, default=0, help="real steps before the first RL-Extra cycle")
+    t.add_argument("--rl-extra-reset-optimizer", action="store_true",
+                   help="clear the optimizer state after each jump (default: keep it)")
     t.add_argument("--grpo-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="any other GRPOConfig field, e.g. use_vllm=true, gradient_checkpointing=true")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -426,6 +467,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=1)
     g.add_argument("-q", "--quiet", action="store_true")
     g.set_defaults(func=cmd_generate)
+
+    lp = sub.add_parser("loop", help="RL-Extra around an out-of-process trainer (verl): train, extrapolate, repeat",
+                        formatter_class=fmt, epilog=EXAMPLES["loop"])
+    lp.add_argument("--model", required=True, help="starting model folder")
+    lp.add_argument("--train-command", required=True,
+                    help="shell command template; placeholders {model} {output_dir} {start_step} {num_steps} "
+                         "{end_step} {cycle}; it must leave a checkpoint at step {num_steps} in {output_dir}")
+    lp.add_argument("--workdir", required=True, help="folder for cycles, logs and loop_state.json (resumable)")
+    lp.add_argument("--rl-extra", required=True, metavar="M,N", help="M real steps, then N extrapolated steps")
+    lp.add_argument("--cycles", type=int, required=True)
+    lp.add_argument("--start-step", type=int, default=0, help="effective step of --model (default 0)")
+    lp.add_argument("--norms", choices=["copy", "extrapolate"], default="copy")
+    lp.add_argument("--max-shard-size", default="5GB")
+    lp.add_argument("-q", "--quiet", action="store_true")
+    lp.set_defaults(func=cmd_loop)
 
     d = sub.add_parser("demo", help="the embedded end-to-end run", formatter_class=fmt,
                        epilog=EXAMPLES["demo"])

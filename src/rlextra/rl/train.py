@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,16 @@ class TrainConfig:
     beta: float = 0.0
     seed: int = 0
     eval_problems: int = 200  # held-out problems graded greedily at every checkpoint; 0 = off
+    rl_extra: tuple[int, int] | None = None  # (m, n): m real steps, then a jump of n extrapolated steps
+    rl_extra_warmup: int = 0  # real steps before the first cycle
+    rl_extra_reset_optimizer: bool = False
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # more GRPOConfig fields, passed through
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["task"] = self.task.to_dict()
+        d["rl_extra"] = list(self.rl_extra) if self.rl_extra else None
         return d
 
 
@@ -70,7 +75,7 @@ def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int) 
     return sum(task.grade(o[0], p.answer) for o, p in zip(outs, problems)) / max(1, len(problems))
 
 
-def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer):
+def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer, rl_extra=None):
     from transformers import TrainerCallback
 
     class SeriesCallback(TrainerCallback):
@@ -78,10 +83,14 @@ def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer):
 
         def __init__(self) -> None:
             self.rewards: list[float] = []
+            self.t0 = time.perf_counter()
 
         def _log(self, step: int, model) -> None:
             row = {"step": step,
                    "mean_reward": sum(self.rewards) / len(self.rewards) if self.rewards else None}
+            if rl_extra is not None:
+                row["effective_step"] = step + rl_extra.extra_steps
+            row["train_seconds"] = round(time.perf_counter() - self.t0, 3)  # this process, since start
             if cfg.eval_problems:
                 row["heldout_accuracy"] = heldout_accuracy(model, tokenizer, task, cfg.eval_problems,
                                                            cfg.max_completion_length)
@@ -106,7 +115,7 @@ def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer):
         def on_save(self, args, state, control, model=None, **kw):
             self._log(state.global_step, model)
 
-    callbacks = [SeriesCallback()]
+    callbacks = [SeriesCallback()] + ([rl_extra] if rl_extra is not None else [])
     if cfg.progress:
         callbacks.append(RewardProgressCallback())
     return callbacks
@@ -186,10 +195,16 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     info = {"rlextra_version": rlextra.__version__, "config": cfg.to_dict()}
     (run / "run.json").write_text(json.dumps(info, indent=1) + "\n")
     args = grpo_config(cfg)
+    rl_extra = None
+    if cfg.rl_extra:
+        from rlextra.rl.rl_extra import RLExtraCallback
+
+        rl_extra = RLExtraCallback(*cfg.rl_extra, warmup_steps=cfg.rl_extra_warmup,
+                                   reset_optimizer=cfg.rl_extra_reset_optimizer)
     trainer = GRPOTrainer(model=model, reward_funcs=[task.reward], args=args,
                           train_dataset=datasets.Dataset.from_list(task.dataset_rows("train")),
                           processing_class=tokenizer,
-                          callbacks=_callbacks(cfg, task, run, tokenizer) + list(callbacks or []))
+                          callbacks=_callbacks(cfg, task, run, tokenizer, rl_extra) + list(callbacks or []))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(ProgressCallback)  # ours shows the reward; theirs prints every log dict

@@ -1,0 +1,126 @@
+"""RL-Extra for out-of-process trainers (verl): alternate a training command with extrapolation.
+
+Cycle c starts from model M_c at effective step t_c. The user's command trains m steps from M_c
+and leaves checkpoints in the cycle's folder (verl's global_step_N/actor/huggingface, after
+verl.model_merger, or any layout ``load_series`` reads). Then M_{c+1} = extrapolate(M_c at t_c,
+trained at t_c + m, to t_c + m + n), and the next cycle starts at t_c + m + n: the paper's
+procedure, without hard-coded paths.
+
+``loop_state.json`` records each finished phase (written atomically), so a rerun after a crash
+at any point continues where it stopped: a finished training phase is not repeated, an
+extrapolation is atomic. A failing training command stops the loop with its exit code; its
+output is in the cycle's train.log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rlextra.errors import RLExtraError
+
+PLACEHOLDERS = ("model", "output_dir", "start_step", "num_steps", "end_step", "cycle")
+
+
+@dataclass
+class LoopConfig:
+    train_command: str  # e.g. "bash train.sh {model} {output_dir} {num_steps}"
+    model: str
+    workdir: str
+    m: int
+    n: int
+    cycles: int
+    start_step: int = 0
+    norms: str = "copy"
+    max_shard_size: str = "5GB"
+
+
+class TrainingCommandFailed(RLExtraError):
+    def __init__(self, code: int, log: Path) -> None:
+        super().__init__(f"training command failed with exit code {code}; see {log}")
+        self.code = code
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _render(template: str, values: dict) -> str:
+    try:
+        return template.format(**{k: shlex.quote(str(v)) if isinstance(v, (str, Path)) else v
+                                  for k, v in values.items()})
+    except (KeyError, IndexError) as exc:
+        raise RLExtraError(f"--train-command has an unknown placeholder {exc}; "
+                           f"use {', '.join('{' + p + '}' for p in PLACEHOLDERS)}") from None
+
+
+def run_loop(cfg: LoopConfig, progress: bool = True) -> Path:
+    """Run (or resume) the cycles; return the final model folder."""
+    from rlextra.checkpoints import load_series
+    from rlextra.extrapolate import extrapolate_weights
+
+    if cfg.m < 1 or cfg.n < 0 or cfg.cycles < 1:
+        raise RLExtraError(f"need m >= 1, n >= 0, cycles >= 1 (got {cfg.m}, {cfg.n}, {cfg.cycles})")
+    work = Path(cfg.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "loop_state.json"
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if {k: state["config"][k] for k in ("m", "n", "start_step", "model")} != \
+                {k: asdict(cfg)[k] for k in ("m", "n", "start_step", "model")}:
+            raise RLExtraError(f"{state_path}: written by a loop with other m/n/start/model; use a new --workdir")
+        state["config"] = asdict(cfg)
+    else:
+        state = {"config": asdict(cfg), "cycles": []}
+    model, start = cfg.model, cfg.start_step
+    for c in range(cfg.cycles):
+        if c < len(state["cycles"]) and state["cycles"][c].get("extrapolated"):
+            rec = state["cycles"][c]
+            model, start = rec["extrapolated"], rec["end_step"]
+            continue
+        cycle_dir = work / f"cycle_{c:03d}"
+        train_dir = cycle_dir / "train"
+        rec = state["cycles"][c] if c < len(state["cycles"]) else {}
+        if c >= len(state["cycles"]):
+            state["cycles"].append(rec)
+        rec.update({"cycle": c, "start_step": start, "model": str(model),
+                    "end_step": start + cfg.m + cfg.n})
+        if not rec.get("trained"):
+            train_dir.mkdir(parents=True, exist_ok=True)
+            cmd = _render(cfg.train_command, {"model": str(model), "output_dir": str(train_dir),
+                                              "start_step": start, "num_steps": cfg.m,
+                                              "end_step": start + cfg.m, "cycle": c})
+            log = cycle_dir / "train.log"
+            if progress:
+                print(f"[loop {c + 1}/{cfg.cycles}] train {cfg.m} steps from step {start}: {cmd}", flush=True)
+            with open(log, "w") as f:
+                code = subprocess.run(cmd, shell=True, stdout=f, stderr=subprocess.STDOUT).returncode
+            if code != 0:
+                _save_state(state_path, state)
+                raise TrainingCommandFailed(code, log)
+            series = load_series(train_dir)
+            if series.newest.step != cfg.m:
+                raise RLExtraError(f"{train_dir}: expected a checkpoint at step {cfg.m} (steps count from 0 "
+                                   f"each cycle), found steps {series.steps}")
+            rec["trained"] = str(series.newest.path)
+            _save_state(state_path, state)
+        target = start + cfg.m + cfg.n
+        if progress:
+            print(f"[loop {c + 1}/{cfg.cycles}] extrapolate steps {start}, {start + cfg.m} -> {target}", flush=True)
+        out = cycle_dir / f"extrapolated-step-{target}"
+        extrapolate_weights([f"{start}={model}", f"{start + cfg.m}={rec['trained']}"], out, to_step=target,
+                            norms=cfg.norms, max_shard_size=cfg.max_shard_size, overwrite=True,
+                            progress=progress)
+        rec["extrapolated"] = str(out)
+        _save_state(state_path, state)
+        model, start = str(out), target
+    state["final_model"], state["final_step"] = str(model), start
+    _save_state(state_path, state)
+    return Path(model)
+
