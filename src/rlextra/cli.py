@@ -228,16 +228,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def _read_prompts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise RLExtraError(f"{path}: no such file")
+    from rlextra.jsonl import read_jsonl
+
     prompts = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise RLExtraError(f"{path}:{i}: not valid JSON ({exc})") from None
+    for i, row in read_jsonl(path):
         if isinstance(row, str):
             prompts.append(row)
         elif isinstance(row, dict) and isinstance(row.get("prompt"), str):

@@ -7,7 +7,6 @@ grader. ``Task.reward`` has TRL's reward-function signature, so it plugs into a 
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlextra.errors import RLExtraError
+from rlextra.jsonl import read_jsonl
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # Hugging Face dataset ids for the named benchmarks (the paper's loader uses the same sets)
@@ -178,21 +178,13 @@ def grade_math(completion: str, answer: str) -> bool:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise RLExtraError(f"{path}: no such file")
     if path.suffix == ".parquet":
+        if not path.is_file():
+            raise RLExtraError(f"{path}: no such file")
         import datasets
 
         return list(datasets.load_dataset("parquet", data_files=str(path), split="train"))
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as exc:
-                    raise RLExtraError(f"{path}:{i}: not valid JSON ({exc})") from None
-    return rows
+    return [row for _, row in read_jsonl(path)]
 
 
 def _rows_to_problems(rows: list[dict], source: str, qkey: str = "problem", akey: str = "answer",

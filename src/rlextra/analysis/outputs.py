@@ -20,6 +20,7 @@ from rlextra.analysis.report import r2_summary
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import atomic_output_dir
 from rlextra.errors import RLExtraError
+from rlextra.jsonl import read_jsonl
 from rlextra.linefit import LineFit
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # cap on one batch's kept logits (rows x positions x vocab x 4)
@@ -28,17 +29,8 @@ N_EXAMPLES = 6
 
 def load_probes(path: str | Path) -> list[dict]:
     """JSONL rows with 'prompt' and 'response' strings (the prompt exactly as the model sees it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RLExtraError(f"{path}: no such file")
     probes = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise RLExtraError(f"{path}:{i}: not valid JSON ({exc})") from None
+    for i, row in read_jsonl(path):
         if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)):
             raise RLExtraError(f"{path}:{i}: needs 'prompt' and 'response' strings")
         if not row["prompt"] or not row["response"]:
