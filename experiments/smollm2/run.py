@@ -24,17 +24,23 @@ WORK = HERE / "work"
 COMMANDS: list[tuple[str, float]] = []
 
 
-def rlextra(*args: str) -> None:
-    """Run one rlextra command in-process; record it and its wall time."""
+def rlextra(*args: str, skip: bool = False) -> None:
+    """Run one rlextra command in-process (unless its output exists); log it with its wall time."""
     from rlextra.cli import main
 
     line = "rlextra " + " ".join(_q(a) for a in args)
+    log = WORK / "commands.jsonl"
+    if skip:
+        COMMANDS.append((line, None))
+        return
     print(f"\n$ {line}", flush=True)
     t0 = time.perf_counter()
     code = main(list(args))
     if code != 0:
         sys.exit(f"command failed with exit code {code}: {line}")
     COMMANDS.append((line, time.perf_counter() - t0))
+    with open(log, "a") as f:
+        f.write(json.dumps({"command": line, "seconds": round(COMMANDS[-1][1], 1)}) + "\n")
 
 
 def _q(a: str) -> str:
@@ -70,26 +76,23 @@ def main() -> None:
     tr, ev, ex = cfg["train"], cfg["eval"], cfg["extrapolate"]
     eval_args = ["--k", str(ev["k"]), "--temperature", str(ev["temperature"]), "--top-p", str(ev["top_p"]),
                  "--max-new-tokens", str(ev["max_new_tokens"]), "--backend", "rlextra", "-q"]
-    if not (model / "config.json").exists():
-        rlextra("convert-gguf", "--smollm2", "-o", rel(model))
+    rlextra("convert-gguf", "--smollm2", "-o", rel(model), skip=(model / "config.json").exists())
     rlextra("train", "--model", rel(model), "-o", rel(run), *task_args, "--steps", str(tr["steps"]),
             "--save-every", str(tr["save_every"]), "--lr", str(tr["lr"]),
             "--prompts-per-step", str(tr["prompts_per_step"]), "--num-generations", str(tr["num_generations"]),
             "--max-completion-length", str(tr["max_completion_length"]), "--eval-problems", "0",
-            "--seed", str(cfg["seed"]))
+            "--seed", str(cfg["seed"]), skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
     for folder, args in ((WORK / "weights", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights"), "-q"]),
                          (WORK / "weights-filtered", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights-filtered"),
                                                       "--min-change", "1e-4", "--min-distinct", "4", "-q"]),
                          (WORK / "outputs", ["analyze", "outputs", rel(run), "--generate", str(cfg["outputs"]["probes"]),
                                              *task_args, "--max-new-tokens", str(ev["max_new_tokens"]),
                                              "-o", rel(WORK / "outputs"), "-q"])):
-        if not folder.exists():
-            rlextra(*args)
+        rlextra(*args, skip=folder.exists())
     b, s = ex["from"]
     for t in ex["to"]:
-        if not (WORK / f"extra-{t}").exists():
-            rlextra("extrapolate", rel(run / f"checkpoint-{b}"), rel(run / f"checkpoint-{s}"), "--to-step", str(t),
-                    "-o", rel(WORK / f"extra-{t}"), "-q")
+        rlextra("extrapolate", rel(run / f"checkpoint-{b}"), rel(run / f"checkpoint-{s}"), "--to-step", str(t),
+                "-o", rel(WORK / f"extra-{t}"), "-q", skip=(WORK / f"extra-{t}").exists())
     (WORK / "eval").mkdir(exist_ok=True)
     steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
     jobs = [(f"real-{st}", [rel(run / f"checkpoint-{st}")]) for st in steps]
@@ -98,8 +101,7 @@ def main() -> None:
                               "--to-step", str(t)]) for t in ex["to"]]
     for name, head in jobs:
         out = WORK / "eval" / f"{name}.json"
-        if not out.exists():
-            rlextra("eval", *head, *task_args, *eval_args, "-o", rel(out))
+        rlextra("eval", *head, *task_args, *eval_args, "-o", rel(out), skip=out.exists())
     write_results(cfg, steps)
 
 
@@ -193,12 +195,25 @@ Extrapolation from steps {b} and {s}; real checkpoints exist up to step {last}.
 
 ## Commands that produced these numbers
 
-""" + "\n".join(f"- `{c}` ({sec:.0f} s)" for c, sec in COMMANDS) + """
+""" + "\n".join(f"- `{c}` ({_seconds(c, sec)})" for c, sec in COMMANDS) + """
 
-(Commands skipped on a resumed run are those whose outputs already existed; see work/.)
+Each command ran once; a rerun of the script skips the stages whose outputs exist (training
+resumes from its last checkpoint instead) and rewrites this file from the stored outputs.
 """
     (HERE / "RESULTS.md").write_text(text)
     print(f"\nwrote {HERE / 'RESULTS.md'}")
+
+
+def _seconds(command: str, sec: float | None) -> str:
+    """This invocation's wall time, else the one logged when the command first ran."""
+    if sec is not None:
+        return f"{sec:.0f} s"
+    log = WORK / "commands.jsonl"
+    for line in log.read_text().splitlines() if log.exists() else []:
+        row = json.loads(line)
+        if row["command"] == command:
+            return f"{row['seconds']:.0f} s"
+    return "ran in an earlier invocation"
 
 
 def verdicts(g: dict, lp: dict, real: dict, weights: dict, logits: dict, s: int, last: int) -> str:
