@@ -122,7 +122,7 @@ def plot_accuracy_curve(real: dict[int, float], extrapolated: dict[int, float],
         ax.plot(xr, [rewards[x] for x in xr], "--", color="#999999", label="mean training reward (T=1)")
     ax.set_xlabel("step")
     ax.set_ylabel("accuracy / reward")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.04)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
