@@ -12,7 +12,8 @@ parameter (every replica applies the same jump to the same weights). FSDP: the l
 (``DTensor.to_local()`` or FSDP1's flat-parameter view); the update is elementwise, so shards need
 no communication. DeepSpeed ZeRO-3: the local fp32 master partition through
 ``deepspeed.utils.safe_get/set_local_fp32_param`` (and the low-precision partition is refreshed).
-Only single process and DDP are tested here (CPU); FSDP and DeepSpeed are not.
+DeepSpeed ZeRO-1/2 is refused (its fp32 master copy, held by the optimizer, would overwrite the
+jump). Only single process and DDP are tested here (CPU); FSDP and DeepSpeed are not.
 With TRL + vLLM, the jump lands in on_step_end, before the next step's generation; TRL pushes
 weights to vLLM whenever the global step has changed since its last sync, so the next sync carries
 the jumped weights (completions already buffered by steps_per_generation > 1 are not regenerated).
@@ -124,6 +125,9 @@ class RLExtraCallback(TrainerCallback):
 
     # -- Trainer events
     def on_train_begin(self, args, state, control, model=None, **kw):
+        if getattr(args, "deepspeed", None) and not any(_is_zero3(p) for p in model.parameters()):
+            raise RLExtraError("RL-Extra under DeepSpeed ZeRO-1/2 is not supported: the fp32 master weights "
+                               "live in the optimizer and would overwrite the jump; use ZeRO-3, FSDP or DDP")
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.global_step > 0 and (ckpt / STATE_FILE).is_file():
             self._restore(ckpt)
