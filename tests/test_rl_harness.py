@@ -68,3 +68,20 @@ def test_eval_cli(tiny, tmp_path, capsys):
     assert rc == 0
     assert "avg@2" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["task"]["digits"] == 1
+
+
+def test_cli_errors_are_one_line(tiny, tmp_path, capsys):
+    assert main(["eval", str(tmp_path), "--task", "arithmetic", "-o", str(tmp_path / "e.json"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a model folder" in err
+    (tmp_path / "m").mkdir()
+    for f in ("config.json", "model.safetensors", "generation_config.json"):
+        (tmp_path / "m" / f).write_bytes((tiny / f).read_bytes())
+    assert main(["eval", str(tmp_path / "m"), "--task", "arithmetic", "-o", str(tmp_path / "e.json"), "-q"]) == 2
+    assert "cannot load a tokenizer" in capsys.readouterr().err
+    assert main(["train", "--model", str(tiny), "-o", str(tmp_path / "r"), "--grpo-arg", "nonsense_field=1",
+                 "--steps", "1", "-q"]) == 2
+    assert "GRPOConfig" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(["train", "--model", str(tiny), "-o", str(tmp_path / "r"), "--rl-extra", "3", "-q"]) == 2
+    assert "--rl-extra expects M,N" in capsys.readouterr().err

@@ -21,8 +21,15 @@ def load_model(path: str | Path):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise RLExtraError(f"{path}: not a model folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+    except (OSError, ValueError) as exc:
+        raise RLExtraError(f"{path}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise RLExtraError(f"{path}: cannot load a tokenizer; copy the tokenizer files of the run into it "
+                           f"({str(exc).splitlines()[0]})") from None
     return model.eval(), tokenizer
 
 

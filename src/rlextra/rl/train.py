@@ -186,15 +186,15 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
     run = Path(cfg.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    args = grpo_config(cfg)  # bad options fail here, before anything is written
     task = load_task(cfg.task)
+    run.mkdir(parents=True, exist_ok=True)
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto")
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     tokenizer.padding_side = "left"
     info = {"rlextra_version": rlextra.__version__, "config": cfg.to_dict()}
     (run / "run.json").write_text(json.dumps(info, indent=1) + "\n")
-    args = grpo_config(cfg)
     rl_extra = None
     if cfg.rl_extra:
         from rlextra.rl.rl_extra import RLExtraCallback
