@@ -156,3 +156,20 @@ def test_too_few_checkpoints_for_analysis(tmp_path):
         write_ckpt(tmp_path / "run" / f"step_{s}", {"w": np.ones(3) * s})
     with pytest.raises(RLExtraError, match="at least 3"):
         analyze_weights(tmp_path / "run", None, progress=False)
+
+
+def test_save_maps_holds_each_parameters_r2_and_slope(series_dir, tmp_path):
+    from safetensors.numpy import load_file
+
+    run, steps, vals = series_dir
+    analyze_weights(run, tmp_path / "out", progress=False, plots=False, save_maps=True, chunk_size=50)
+    r2, slope = (load_file(str(tmp_path / "out" / f"{k}.safetensors")) for k in ("r2", "slope"))
+    assert set(r2) == set(vals) == set(slope)
+    for name, v in vals.items():
+        assert r2[name].shape == v.shape[1:] and r2[name].dtype == np.float32
+        np.testing.assert_allclose(r2[name].reshape(-1), numpy_r2(steps, v), rtol=1e-5, atol=1e-6)
+        want_slope = np.polyfit(steps, v.reshape(len(steps), -1), 1)[0]
+        np.testing.assert_allclose(slope[name].reshape(-1), want_slope, rtol=1e-4, atol=1e-9)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    with pytest.raises(RLExtraError, match="save-maps"):
+        analyze_weights(run, tmp_path / "o2", progress=False, sample=0.5, save_maps=True)

@@ -50,7 +50,7 @@ def cmd_analyze_weights(a: argparse.Namespace) -> int:
                           min_change=a.min_change, min_distinct=a.min_distinct,
                           chunk_size=a.chunk_size, shard=shard, plots=not a.no_plots,
                           progress=not a.quiet, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
-                          allow_mixed_dtypes=a.allow_mixed_dtypes)
+                          allow_mixed_dtypes=a.allow_mixed_dtypes, save_maps=a.save_maps)
     _print_weights_summary(rep, out)
     return 0
 
@@ -346,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--min-change", type=float, help="drop parameters moving less (max-min); paper: 1e-4")
     w.add_argument("--min-distinct", type=int, help="drop parameters with fewer distinct values; paper: 4")
     w.add_argument("--shard", help="analyse shard i of N tensors (i/N); default from RANK/WORLD_SIZE")
+    w.add_argument("--save-maps", action="store_true",
+                   help="also write every parameter's R^2 and slope (r2.safetensors, slope.safetensors)")
     w.add_argument("--no-plots", action="store_true")
     w.set_defaults(func=cmd_analyze_weights)
 

@@ -99,9 +99,13 @@ def finalize_report(meta: dict, summaries: Sequence[tuple[dict, dict]], hist: np
 
 
 def write_weight_report(report: dict, accumulators: dict, out_dir: Path, *, plots: bool = True,
-                        overwrite: bool = False, inputs: Sequence[Path] = ()) -> None:
-    """weights.json, weights.csv, accumulators.json and PNG plots, written atomically."""
+                        overwrite: bool = False, inputs: Sequence[Path] = (),
+                        staged: Path | None = None) -> None:
+    """weights.json, weights.csv, accumulators.json and PNG plots, written atomically (plus the
+    files already written into ``staged``, moved in before the rename)."""
     with atomic_output_dir(out_dir, inputs=inputs, overwrite=overwrite) as tmp:
+        for f in sorted(staged.iterdir()) if staged is not None else []:
+            f.rename(tmp / f.name)
         (tmp / "weights.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "accumulators.json").write_text(json.dumps(accumulators) + "\n")
         with open(tmp / "weights.csv", "w", newline="") as f:

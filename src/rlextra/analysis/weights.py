@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import rlextra
 from rlextra.analysis.report import (FINE_BINS, finalize_report, tensor_summary, write_weight_report)
 from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_values
 from rlextra.checkpoints.series import CheckpointSeries, load_series
+from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, parse_size
 from rlextra.errors import RLExtraError
 from rlextra.linefit import LineFit
 
@@ -111,11 +113,14 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                     min_distinct: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                     shard: tuple[int, int] | None = None, plots: bool = True,
                     progress: bool = True, overwrite: bool = False, allow_pickle: bool = False,
-                    allow_mixed_dtypes: bool = False) -> dict:
+                    allow_mixed_dtypes: bool = False, save_maps: bool = False) -> dict:
     """Fit a line to every scalar parameter over the series; return (and write) weights.json.
 
     With out_dir, writes weights.json, weights.csv, accumulators.json (for merging shards) and
-    PNG plots into it, atomically. Returns the report dict.
+    PNG plots into it, atomically. ``save_maps`` adds every parameter's own R^2 and slope (per
+    step) as ``r2.safetensors`` and ``slope.safetensors`` (float32, the model's tensor names and
+    shapes; R^2 is NaN where a parameter never moved), streamed like the analysis itself.
+    Returns the report dict.
     """
     series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
         checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
@@ -133,7 +138,28 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         owner = assign_shards({n: newest[n].numel for n in float_names}, shard[1])
         mine = [n for n in float_names if owner[n] == shard[0]]
     examples_wanted = set(example_tensors(float_names))
+    if save_maps and (out_dir is None or sample is not None):
+        raise RLExtraError("--save-maps needs an output folder and full coverage (no --sample)")
+    staged = maps = None
+    if save_maps:
+        staged = Path(out_dir).parent / f".{Path(out_dir).name}.maps-{os.getpid()}"
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+        specs = [TensorSpec(n, "F32", newest[n].shape, newest[n].numel * 4) for n in mine]
+        maps = {k: StreamingSafetensorsWriter(staged, specs, parse_size("5GB"), prefix=k) for k in ("r2", "slope")}
+    try:
+        report = _analyze(series, mine, float_names, skipped, examples_wanted, maps, out_dir, sample=sample,
+                          seed=seed, min_change=min_change, min_distinct=min_distinct, chunk_size=chunk_size,
+                          shard=shard, plots=plots, progress=progress, overwrite=overwrite, staged=staged)
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+    return report
 
+
+def _analyze(series, mine, float_names, skipped, examples_wanted, maps, out_dir, *, sample, seed, min_change,
+             min_distinct, chunk_size, shard, plots, progress, overwrite, staged) -> dict:
+    newest = series.newest.tensors
     stats: dict[str, _TensorStats] = {}
     examples: list[dict] = []
     total = sum(newest[n].numel for n in mine)
@@ -167,6 +193,9 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                     raise_nonfinite(refs, series.steps, start, stop)
                 res = fit.result()
                 r2 = res.r2()
+                if maps is not None:
+                    maps["r2"].write(name, r2.astype(np.float32))
+                    maps["slope"].write(name, res.slope.astype(np.float32))
                 keep = np.ones(n, dtype=bool)
                 if min_change is not None:
                     keep &= fit.value_range() >= min_change
@@ -196,7 +225,10 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     summaries = [tensor_summary(name, newest[name].numel, st) for name, st in stats.items()]
     hist = sum((st.hist for st in stats.values()), np.zeros(FINE_BINS, dtype=np.int64))
     report, accumulators = finalize_report(meta, summaries, hist, examples)
+    if maps is not None:
+        for w in maps.values():
+            w.close()
     if out_dir is not None:
         write_weight_report(report, accumulators, Path(out_dir), plots=plots, overwrite=overwrite,
-                            inputs=[c.path for c in series.checkpoints])
+                            inputs=[c.path for c in series.checkpoints], staged=staged)
     return report

@@ -69,12 +69,13 @@ class StreamingSafetensorsWriter:
     """Writes tensors in plan order, chunk by chunk, into one or more safetensors shards."""
 
     def __init__(self, folder: Path, specs: Sequence[TensorSpec], max_shard_bytes: int,
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None, prefix: str = "model") -> None:
         self.folder = Path(folder)
+        self.prefix = prefix
         self.shards = plan_shards(list(specs), max_shard_bytes)
         n = len(self.shards)
-        self.files = ["model.safetensors"] if n == 1 else \
-            [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.files = [f"{prefix}.safetensors"] if n == 1 else \
+            [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         self.metadata = {"format": "pt", **(metadata or {})}
         self._order = [(i, s) for i, shard in enumerate(self.shards) for s in shard]
         self._pos = 0  # index into _order of the tensor being written
@@ -131,7 +132,7 @@ class StreamingSafetensorsWriter:
             weight_map = {s.name: self.files[i] for i, s in self._order}
             total = sum(s.nbytes for _, s in self._order)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            (self.folder / f"{self.prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def copy_side_files(sources: Sequence[Path], dest: Path) -> list[str]:
