@@ -94,3 +94,20 @@ def test_ddp_two_processes_apply_the_same_jumps(tmp_path):
     assert all(x["world_size"] == 2 for x in ranks)
     assert ranks[0]["params_sha"] == ranks[1]["params_sha"]
     assert ranks[0]["jump_steps"] == ranks[1]["jump_steps"] == [2, 4, 6]
+
+
+def test_zero_length_jumps_leave_grpo_unchanged(tiny, tmp_path):
+    """RL-Extra with n = 0 must reproduce plain GRPO exactly: the callback touches nothing else."""
+    from safetensors.torch import load_file
+
+    def run(name, rl_extra):
+        cfg = TrainConfig(model=str(tiny), output_dir=str(tmp_path / name), task=SPEC, max_steps=4, save_every=4,
+                          learning_rate=1e-3, prompts_per_step=4, num_generations=4, max_completion_length=3,
+                          eval_problems=0, progress=False, rl_extra=rl_extra)
+        return load_file(str(train(cfg) / "checkpoint-4" / "model.safetensors"))
+
+    plain, extra = run("plain", None), run("extra", (2, 0))
+    base = load_file(str(tiny / "model.safetensors"))
+    assert any(not torch.equal(plain[k], base[k]) for k in plain)  # training moved the weights
+    for k in plain:
+        torch.testing.assert_close(extra[k], plain[k], rtol=0, atol=0)
