@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 import rlextra
 from rlextra.errors import RLExtraError
 from rlextra.tasks import Task, TaskSpec, load_task
@@ -76,8 +78,6 @@ def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int) 
 
 
 def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer, rl_extra=None):
-    from transformers import TrainerCallback
-
     class SeriesCallback(TrainerCallback):
         """Saves checkpoint-0 and appends one metrics.jsonl line per checkpoint."""
 
@@ -121,34 +121,26 @@ def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer, rl_extra=None
     return callbacks
 
 
-def _reward_progress_callback():
-    from tqdm.auto import tqdm
-    from transformers import TrainerCallback
+class RewardProgressCallback(TrainerCallback):
+    """One progress bar with the latest mean reward, instead of a dict printed per step."""
 
-    class RewardProgressCallback(TrainerCallback):
-        """One progress bar with the latest mean reward, instead of a dict printed per step."""
+    def __init__(self) -> None:
+        self.bar = None
 
-        def __init__(self) -> None:
-            self.bar = None
+    def on_train_begin(self, args, state, control, **kw):
+        from tqdm.auto import tqdm
 
-        def on_train_begin(self, args, state, control, **kw):
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="GRPO", unit="step")
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="GRPO", unit="step")
 
-        def on_step_end(self, args, state, control, **kw):
-            self.bar.update(state.global_step - self.bar.n)
+    def on_step_end(self, args, state, control, **kw):
+        self.bar.update(state.global_step - self.bar.n)
 
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "reward" in logs:
-                self.bar.set_postfix(reward=f"{float(logs['reward']):.3f}")
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "reward" in logs:
+            self.bar.set_postfix(reward=f"{float(logs['reward']):.3f}")
 
-        def on_train_end(self, args, state, control, **kw):
-            self.bar.close()
-
-    return RewardProgressCallback
-
-
-def RewardProgressCallback():  # noqa: N802 - a factory so transformers is imported lazily
-    return _reward_progress_callback()()
+    def on_train_end(self, args, state, control, **kw):
+        self.bar.close()
 
 
 def grpo_config(cfg: TrainConfig):
