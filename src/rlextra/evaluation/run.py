@@ -66,8 +66,8 @@ def evaluate(model: str | Path | tuple, task: Task | TaskSpec, out_file: str | P
     """
     sampling = sampling or SamplingConfig()
     task = load_task(task) if isinstance(task, TaskSpec) else task
-    problems = (task.test if split == "test" else task.train)[:limit] if limit else \
-        (task.test if split == "test" else task.train)
+    pool = task.test if split == "test" else task.train
+    problems = pool[:limit] if limit else pool
     t0 = time.perf_counter()
     used = backend
     if completions is None and extrapolate_from is not None:

@@ -64,17 +64,16 @@ def last_checkpoint(run: Path) -> Path | None:
 
 def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int) -> float:
     """Greedy accuracy on the first n held-out problems (model left in its previous mode)."""
-    from rlextra.evaluation.generate import SamplingConfig, format_prompts, generate_hf
+    from rlextra.evaluation.generate import SamplingConfig
+    from rlextra.evaluation.run import evaluate
 
-    problems = task.test[:n]
     was_training = model.training
     model.eval()
-    prompts = format_prompts(tokenizer, [p.prompt for p in problems], task.conversational)
-    outs = generate_hf(model, tokenizer, prompts, SamplingConfig(k=1, temperature=0.0,
-                       max_new_tokens=max_new_tokens, batch_size=64), progress=False)
+    summary = evaluate((model, tokenizer), task, sampling=SamplingConfig(
+        k=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=64), limit=n, progress=False)
     if was_training:
         model.train()
-    return sum(task.grade(o[0], p.answer) for o, p in zip(outs, problems)) / max(1, len(problems))
+    return summary["metrics"]["avg@1"]
 
 
 def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer, rl_extra=None):
