@@ -8,13 +8,14 @@ recorded in the report. ``--shard i/N`` analyses a disjoint, size-balanced subse
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -140,25 +141,36 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     examples_wanted = set(example_tensors(float_names))
     if save_maps and (out_dir is None or sample is not None):
         raise RLExtraError("--save-maps needs an output folder and full coverage (no --sample)")
-    staged = maps = None
-    if save_maps:
-        staged = Path(out_dir).parent / f".{Path(out_dir).name}.maps-{os.getpid()}"
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir(parents=True)
-        specs = [TensorSpec(n, "F32", newest[n].shape, newest[n].numel * 4) for n in mine]
-        maps = {k: StreamingSafetensorsWriter(staged, specs, parse_size("5GB"), prefix=k) for k in ("r2", "slope")}
-    try:
-        report = _analyze(series, mine, float_names, skipped, examples_wanted, maps, out_dir, sample=sample,
-                          seed=seed, min_change=min_change, min_distinct=min_distinct, chunk_size=chunk_size,
-                          shard=shard, plots=plots, progress=progress, overwrite=overwrite, staged=staged)
-    finally:
+    with _staging(out_dir, save_maps) as staged:
+        maps = None
         if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
-    return report
+            specs = [TensorSpec(n, "F32", newest[n].shape, newest[n].numel * 4) for n in mine]
+            maps = {k: StreamingSafetensorsWriter(staged, specs, parse_size("5GB"), prefix=k)
+                    for k in ("r2", "slope")}
+        return _analyze(series, mine, skipped, examples_wanted, maps, out_dir, sample=sample, seed=seed,
+                        min_change=min_change, min_distinct=min_distinct, chunk_size=chunk_size,
+                        shard=shard, plots=plots, progress=progress, overwrite=overwrite, staged=staged)
 
 
-def _analyze(series, mine, float_names, skipped, examples_wanted, maps, out_dir, *, sample, seed, min_change,
-             min_distinct, chunk_size, shard, plots, progress, overwrite, staged) -> dict:
+@contextlib.contextmanager
+def _staging(out_dir: str | Path | None, enabled: bool) -> Iterator[Path | None]:
+    """A scratch folder beside out_dir for files streamed before the report (the maps); removed after."""
+    if not enabled:
+        yield None
+        return
+    staged = Path(out_dir).parent / f".{Path(out_dir).name}.maps-{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    try:
+        yield staged
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _analyze(series: CheckpointSeries, mine: list[str], skipped: list[str], examples_wanted: set[str],
+             maps: dict | None, out_dir, *, sample, seed, min_change, min_distinct, chunk_size, shard,
+             plots, progress, overwrite, staged) -> dict:
+    """The streaming pass over this process's tensors, then the report (see analyze_weights)."""
     newest = series.newest.tensors
     stats: dict[str, _TensorStats] = {}
     examples: list[dict] = []

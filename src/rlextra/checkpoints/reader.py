@@ -37,7 +37,7 @@ def to_float64(raw: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
         import torch
 
-        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).to(torch.float64).numpy()
+        return to_torch(raw, dtype).to(torch.float64).numpy()
     return raw.astype(np.float64)
 
 

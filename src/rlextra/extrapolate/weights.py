@@ -145,7 +145,6 @@ def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, s
         # torch's bf16/fp16 lerp computes in fp32 and rounds once: the same result as the
         # fp32 path (tested), without materialising fp32 copies
         raw = from_torch(two_point(y_b, y_s, alpha), spec.dtype)
-        finite = True  # NaN/Inf/overflow all survive the cast: the check on raw below sees them
     else:
         lf = LineFit(series.steps, stop - start)
         for ref in refs:
@@ -156,9 +155,8 @@ def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, s
             low = res.r2() < min_r2  # NaN (constant parameter) compares False: its line is flat anyway
             values[low] = lf.last[low]
             counts["kept_low_r2"] += int(low.sum())
-        finite = bool(np.isfinite(values).all())
         raw = from_float64(values, spec.dtype)
-    if not finite or not decoded_is_finite(raw, spec.dtype):
+    if not decoded_is_finite(raw, spec.dtype):  # NaN, Inf and overflow all survive the cast
         raise_nonfinite(refs, series.steps, start, stop,
                         otherwise=f"extrapolated value is NaN/Inf in {spec.dtype} at step {target:g} "
                                   "(alpha too large?); nothing written")
