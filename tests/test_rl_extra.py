@@ -26,7 +26,7 @@ def test_jump_is_the_two_point_formula_and_spares_norms(tmp_path):
     tok = char_tokenizer()
     model = tiny_llama(tok, hidden=32, layers=2, intermediate=64)
     args = SimpleNamespace(output_dir=str(tmp_path))
-    cb = RLExtraCallback(m=4, n=6)
+    cb = RLExtraCallback(m=4, n=6, optimizer="keep")
     cb.on_train_begin(args, _state(0), None, model=model)
     w0 = {k: v.detach().clone() for k, v in model.named_parameters()}
     delta = {k: 0.01 * torch.randn_like(v) for k, v in w0.items()}
@@ -41,9 +41,9 @@ def test_jump_is_the_two_point_formula_and_spares_norms(tmp_path):
     torch.testing.assert_close(p[MAT], w0[MAT] + delta[MAT] + (6 / 4) * delta[MAT])
     torch.testing.assert_close(p[NORM], w0[NORM] + delta[NORM])  # norms copied, not jumped
     assert len(cb.jumps) == 1 and cb.jumps[0]["real_step"] == 4 and cb.jumps[0]["effective_step"] == 10
-    assert cb.cycle_start == 4 and opt.state  # optimizer state kept by default
+    assert cb.cycle_start == 4 and opt.state  # optimizer state kept on request
     torch.testing.assert_close(cb.anchor[MAT], p[MAT].detach())
-    cb2 = RLExtraCallback(m=1, n=1, reset_optimizer=True, exclude=r"lm_head")
+    cb2 = RLExtraCallback(m=1, n=1, exclude=r"lm_head")  # the default: the paper's reset
     cb2.on_train_begin(args, _state(0), None, model=model)
     head = p["lm_head.weight"].detach().clone()
     with torch.no_grad():
@@ -83,9 +83,12 @@ def test_grpo_with_rl_extra_logs_saves_and_resumes_the_schedule(tiny, tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_apply_the_same_jumps(tmp_path):
     worker = Path(__file__).with_name("ddp_rl_extra_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(worker.parent)}
+    # CPU and gloo explicitly, so the test behaves the same on a machine with a CUDA GPU
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(worker.parent), os.environ.get("PYTHONPATH")])),
+           "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "--master_port", "29517", str(worker), str(tmp_path)],
                        capture_output=True, text=True, env=env, timeout=300)
@@ -111,3 +114,119 @@ def test_zero_length_jumps_leave_grpo_unchanged(tiny, tmp_path):
     assert any(not torch.equal(plain[k], base[k]) for k in plain)  # training moved the weights
     for k in plain:
         torch.testing.assert_close(extra[k], plain[k], rtol=0, atol=0)
+
+
+def _drive(cb, model, args, steps, delta, opt=None):
+    """Pretend optimizer steps: each moves every weight by delta[name], then the callback runs."""
+    for step in steps:
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.add_(delta[k])
+        cb.on_step_end(args, _state(step), None, model=model, optimizer=opt)
+
+
+@pytest.mark.parametrize("method", ["lsq", "rank1"])
+def test_snapshot_jumps_follow_a_linear_drift(tmp_path, method):
+    """On exactly linear (and, for rank1, rank-1) motion every jump method lands on the line."""
+    tok = char_tokenizer()
+    model = tiny_llama(tok, hidden=32, layers=2, intermediate=64)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    delta = {}
+    for k, v in model.named_parameters():
+        if v.dim() == 2:
+            delta[k] = 1e-3 * torch.outer(torch.randn(v.shape[0], generator=g), torch.randn(v.shape[1], generator=g))
+        else:
+            delta[k] = 1e-3 * torch.randn(v.shape, generator=g)
+    cb = RLExtraCallback(m=4, n=8, method=method, snapshots=3)
+    assert cb.snapshot_offsets() == [0, 2, 4]
+    cb.on_train_begin(args, _state(0), None, model=model)
+    w0 = {k: v.detach().clone() for k, v in model.named_parameters()}
+    _drive(cb, model, args, [1, 2, 3], delta)
+    assert [s for s, _ in cb.snapshots] == [0, 2]  # anchor + the middle snapshot, CPU fp32
+    _drive(cb, model, args, [4], delta)
+    p = dict(model.named_parameters())
+    torch.testing.assert_close(p[MAT], w0[MAT] + 12 * delta[MAT], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(p[NORM], w0[NORM] + 4 * delta[NORM])  # norms never jump by default
+    assert cb.jumps[0]["method"] == method and cb.jumps[0]["effective_step"] == 12
+
+
+def test_safe_mode_rolls_back_a_harmful_jump_and_halves_n(tmp_path):
+    from rlextra.rl.rl_extra import SafeMode
+
+    tok = char_tokenizer()
+    model = tiny_llama(tok, hidden=32, layers=2, intermediate=64)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    delta = {k: 0.01 * torch.randn_like(v) for k, v in model.named_parameters()}
+    w0 = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def scorer(m):  # reward falls with the distance of MAT from its start: any jump outward loses
+        return -float((dict(m.named_parameters())[MAT].detach() - w0[MAT]).norm())
+
+    opt = torch.optim.AdamW(model.parameters())
+    opt.state[next(model.parameters())] = {"step": torch.tensor(3.0)}
+    cb = RLExtraCallback(m=2, n=8, safe=SafeMode(scorer, tolerance=1e-9))
+    cb.on_train_begin(args, _state(0), None, model=model)
+    _drive(cb, model, args, [1, 2], delta, opt)
+    p = dict(model.named_parameters())
+    torch.testing.assert_close(p[MAT], w0[MAT] + 2 * delta[MAT])  # rolled back to the pre-jump weights
+    assert cb.jumps[0]["decision"] == "rolled back" and cb.jumps[0]["next_n"] == 4 and cb.n == 4
+    assert cb.extra_steps == 0 and cb.jumps[0]["effective_step"] == 2 and opt.state  # no reset on rollback
+    log = [json.loads(x) for x in (tmp_path / "rl_extra.jsonl").read_text().splitlines()]
+    assert log[0]["score_after"] < log[0]["score_before"]
+    cb.safe = SafeMode(lambda m: 0.0)  # a flat reward: accepted
+    _drive(cb, model, args, [3, 4], delta, opt)
+    assert cb.jumps[1]["decision"] == "accepted" and cb.jumps[1]["n"] == 4 and cb.extra_steps == 4
+    assert not opt.state  # the paper's reset after an accepted jump
+    # the shrunk n and the snapshots survive a save and a resume
+    cb.on_save(args, _state(4), None)
+    cb2 = RLExtraCallback(m=2, n=8, safe=SafeMode(scorer))
+    cb2.on_train_begin(args, _state(4), None, model=model)
+    assert cb2.n == 4 and cb2.extra_steps == 4 and cb2.cycle_start == 4
+    torch.testing.assert_close(cb2.anchor[MAT], cb.anchor[MAT])
+
+
+def test_bad_rl_extra_options_are_one_line_errors():
+    for kwargs, match in [(dict(m=0, n=1), "m >= 1"), (dict(m=2, n=2, optimizer="adam"), "reset"),
+                          (dict(m=2, n=2, method="cubic"), "unknown"),
+                          (dict(m=2, n=2, method="lsq", snapshots=2), "at least 3"),
+                          (dict(m=2, n=2, method="lsq", snapshots=4), "2..m\\+1")]:
+        with pytest.raises(RLExtraError, match=match):
+            RLExtraCallback(**kwargs)
+
+
+def test_grpo_safe_mode_logs_every_decision(tiny, tmp_path):
+    cfg = TrainConfig(model=str(tiny), output_dir=str(tmp_path / "run"), task=SPEC, max_steps=4, save_every=4,
+                      learning_rate=1e-3, prompts_per_step=4, num_generations=4, max_completion_length=3,
+                      eval_problems=0, progress=False, rl_extra=(2, 4), rl_extra_safe=True,
+                      rl_extra_safe_prompts=8, rl_extra_safe_samples=2, rl_extra_method="lsq")
+    run = train(cfg)
+    jumps = [json.loads(x) for x in (run / "rl_extra.jsonl").read_text().splitlines()]
+    assert [j["real_step"] for j in jumps] == [2, 4]
+    for j in jumps:
+        assert j["decision"] in ("accepted", "rolled back") and j["method"] == "lsq"
+        assert j["next_n"] == (j["n"] if j["decision"] == "accepted" else j["n"] // 2)
+        assert 0.0 <= j["score_before"] <= 1.0 and 0.0 <= j["score_after"] <= 1.0
+    with pytest.raises(RLExtraError, match="safe-prompts"):
+        train(TrainConfig(model=str(tiny), output_dir=str(tmp_path / "bad"), task=SPEC, rl_extra=(2, 2),
+                          rl_extra_safe=True, rl_extra_safe_prompts=60, progress=False))
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["two-point", "lsq", "rank1"])
+def test_fsdp2_two_processes_jump_their_local_shards(tmp_path, method):
+    """FSDP2 (fully_shard) on CPU with gloo: the shard-wise jump equals the jump of the full tensors."""
+    worker = Path(__file__).with_name("fsdp_rl_extra_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(worker.parent), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", "29518", str(worker), str(tmp_path), method],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    if method == "rank1":  # needs whole matrices: refused on shards, nothing moved
+        assert all("whole matrices" in x["errors"][0] and x["jumps"] == [] for x in ranks)
+    else:
+        assert all(x["errors"] == [] and x["jumps"] == [2, 4] for x in ranks)

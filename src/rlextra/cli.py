@@ -181,7 +181,11 @@ def cmd_train(a: argparse.Namespace) -> int:
                       temperature=a.temperature, top_p=a.top_p, beta=a.beta, seed=a.seed,
                       eval_problems=a.eval_problems, progress=not a.quiet, extra=_kv(a.grpo_arg),
                       rl_extra=_pair(a.rl_extra), rl_extra_warmup=a.rl_extra_warmup,
-                      rl_extra_reset_optimizer=a.rl_extra_reset_optimizer)
+                      rl_extra_optimizer=a.rl_extra_optimizer, rl_extra_method=a.rl_extra_method,
+                      rl_extra_snapshots=a.rl_extra_snapshots, rl_extra_rank=a.rl_extra_rank,
+                      rl_extra_safe=a.rl_extra_safe, rl_extra_safe_prompts=a.rl_extra_safe_prompts,
+                      rl_extra_safe_samples=a.rl_extra_safe_samples,
+                      rl_extra_safe_tolerance=a.rl_extra_safe_tolerance)
     run = train(cfg)
     print(f"checkpoint series in {run} (metrics: {run / 'metrics.jsonl'})")
     return 0
@@ -429,8 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rl-extra", metavar="M,N",
                    help="RL-Extra: after every M real steps jump N extrapolated steps (use a constant lr)")
     t.add_argument("--rl-extra-warmup", type=int, default=0, help="real steps before the first RL-Extra cycle")
-    t.add_argument("--rl-extra-reset-optimizer", action="store_true",
-                   help="clear the optimizer state after each jump (default: keep it)")
+    t.add_argument("--rl-extra-optimizer", choices=["reset", "keep"], default="reset",
+                   help="after each jump: reset the optimizer state (default, the paper's procedure, which "
+                        "restarts its trainer each cycle) or keep Adam's moments (rlextra's option)")
+    t.add_argument("--rl-extra-method", choices=["two-point", "lsq", "rank1"], default="two-point",
+                   help="jump: two-point (the paper's), or lsq / rank1 over snapshots of the cycle (rlextra's)")
+    t.add_argument("--rl-extra-snapshots", type=int, default=None,
+                   help="snapshots per cycle kept in CPU memory for lsq/rank1 (default 3)")
+    t.add_argument("--rl-extra-rank", type=int, default=1, help="rank of the rank1 jump (default 1)")
+    t.add_argument("--rl-extra-safe", action="store_true",
+                   help="safe mode (rlextra's): score each jump on a fixed set-aside batch of training "
+                        "prompts; roll back and halve N when the mean reward drops by more than the tolerance")
+    t.add_argument("--rl-extra-safe-prompts", type=int, default=32, help="prompts set aside for the check")
+    t.add_argument("--rl-extra-safe-samples", type=int, default=4, help="samples per prompt in the check")
+    t.add_argument("--rl-extra-safe-tolerance", type=float, default=0.02,
+                   help="allowed drop in mean reward (default 0.02)")
     t.add_argument("--grpo-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="any other GRPOConfig field, e.g. use_vllm=true, gradient_checkpointing=true")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

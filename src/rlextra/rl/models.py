@@ -49,29 +49,45 @@ def tiny_llama(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, in
     return model
 
 
+def off_by_one(answer: str, sign: int) -> str:
+    """A near miss of an integer answer: answer + sign (the classic slip a noisy teacher makes)."""
+    return str(int(answer) + sign)
+
+
 def warmup_sft(model, tokenizer, problems: Sequence[Problem], steps: int = 300, batch_size: int = 64,
-               lr: float = 3e-3, seed: int = 0, progress: bool = True) -> list[float]:
-    """Supervised warm-up on prompt+answer+eos (loss on the answer only); returns the loss curve."""
+               lr: float = 3e-3, seed: int = 0, progress: bool = True, label_noise: float = 0.0) -> list[float]:
+    """Supervised warm-up on prompt+answer+eos (loss on the answer only); returns the loss curve.
+
+    With ``label_noise`` q, each training answer is replaced, with probability q and afresh at every
+    draw, by an off-by-one near miss (answer - 1 or + 1). The model then learns a distribution in
+    which the right answer is the most likely but far from certain: the starting point RLVR
+    sharpens (the right answer is in the distribution, not reliably picked).
+    """
     import torch
     from tqdm.auto import tqdm
 
+    if not 0.0 <= label_noise < 1.0:
+        raise ValueError(f"label_noise must be in [0, 1), got {label_noise}")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    enc = [(tokenizer(p.prompt, add_special_tokens=False)["input_ids"],
-            tokenizer(p.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
-           for p in problems]
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    enc = [(encode(p.prompt), encode(p.answer) + [tokenizer.eos_token_id]) for p in problems]
+    noisy = [tuple(encode(off_by_one(p.answer, s)) + [tokenizer.eos_token_id] for s in (-1, 1))
+             for p in problems] if label_noise else None
     losses = []
     model.train()
     for _ in tqdm(range(steps), desc="warm-up (SFT)", disable=not progress):
         idx = torch.randint(len(enc), (batch_size,), generator=g).tolist()
-        seqs = [enc[i][0] + enc[i][1] for i in idx]
+        draws = torch.rand(batch_size, generator=g).tolist() if label_noise else [1.0] * batch_size
+        pairs = [(enc[i][0], noisy[i][int(u * 2 / label_noise)] if noisy and u < label_noise else enc[i][1])
+                 for i, u in zip(idx, draws)]
+        seqs = [p + a for p, a in pairs]
         width = max(map(len, seqs))
         ids = torch.full((batch_size, width), tokenizer.pad_token_id)
         labels = torch.full((batch_size, width), -100)
         mask = torch.zeros((batch_size, width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            p, a = enc[i]
+        for r, (p, a) in enumerate(pairs):
             n = len(p) + len(a)
             ids[r, width - n:] = torch.tensor(p + a)  # left padded, as generation sees it
             labels[r, width - len(a):] = torch.tensor(a)
@@ -96,7 +112,7 @@ def save_model(model, tokenizer, folder: Path) -> Path:
 
 
 def build_tiny_model(out: Path, spec, *, warmup_steps: int = 900, seed: int = 0, lr: float = 1e-3,
-                     overwrite: bool = False, progress: bool = True) -> tuple[Path, float]:
+                     label_noise: float = 0.0, overwrite: bool = False, progress: bool = True) -> tuple[Path, float]:
     """Tiny Llama + char tokenizer, warmed up on an arithmetic task, saved atomically to out.
 
     Returns the folder and the held-out greedy accuracy after warm-up.
@@ -113,11 +129,13 @@ def build_tiny_model(out: Path, spec, *, warmup_steps: int = 900, seed: int = 0,
     task = load_task(spec)
     tok = char_tokenizer()
     model = tiny_llama(tok, seed=seed)
-    losses = warmup_sft(model, tok, task.train, steps=warmup_steps, lr=lr, seed=seed, progress=progress)
+    losses = warmup_sft(model, tok, task.train, steps=warmup_steps, lr=lr, seed=seed, progress=progress,
+                        label_noise=label_noise)
     acc = heldout_accuracy(model, tok, task, len(task.test), max_new_tokens=spec.digits * 2 + 2)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         save_model(model, tok, tmp)
         (tmp / "rlextra_model.json").write_text(json.dumps({
             "task": spec.to_dict(), "warmup_steps": warmup_steps, "seed": seed, "lr": lr,
+            "label_noise": label_noise,
             "final_loss": losses[-1] if losses else None, "heldout_greedy_accuracy": acc}, indent=1))
     return Path(out), acc

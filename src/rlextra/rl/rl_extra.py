@@ -1,22 +1,46 @@
 """RL-Extra inside the trainer: m real optimizer steps, then a jump of n extrapolated steps, repeat.
 
-At the start of a cycle the callback keeps an anchor copy of the trainable weights (CPU, fp32).
-After m optimizer steps it sets W <- W + (n/m)(W - W_anchor) in place, which is the paper's
-weight extrapolation with b = cycle start, s = now, T = s + n (the K = 2 line of
-``rlextra.linefit``), and starts the next cycle from there. Norm weights follow the same policy as
-``rlextra extrapolate`` (not moved by default). A jump does not advance the step counter or the
-learning-rate scheduler: use a constant learning rate.
+At the start of a cycle (real step c) the callback keeps an anchor copy of the trainable weights
+(CPU, fp32). After m optimizer steps it predicts the weights at step c + m + n from the snapshots
+of the cycle and writes them in place, then starts the next cycle from there.
+
+**The paper's procedure** (the default): the jump is the paper's two-point weight extrapolation
+with b = c, s = c + m, T = c + m + n (the K = 2 line of ``rlextra.linefit``), and the optimizer
+state is cleared after each jump. The paper's published script restarts its RL framework each
+cycle, so Adam's moments start fresh after every jump; clearing the state reproduces that inside
+one trainer (the learning-rate schedule and data order are not restarted: use a constant
+learning rate).
+
+**rlextra's options** (not in the paper):
+
+* ``optimizer="keep"``: keep Adam's moments across the jump.
+* ``method="lsq"`` or ``"rank1"``: the jump uses ``rlextra.extrapolate.methods`` over
+  ``snapshots`` evenly spaced snapshots of the cycle (the anchor, the current weights and
+  ``snapshots - 2`` in between), each held in CPU memory as fp32 (``snapshots - 1`` copies of the
+  trainable weights, whatever m is). ``lsq`` fits each coordinate's line; ``rank1`` moves only the
+  top-``rank`` singular directions of each matrix's update (see that module).
+* **Safe mode** (``safe=SafeMode(scorer)``): before and after each jump, ``scorer(model)`` gives the
+  mean reward of a fixed mini-batch of prompts (same prompts, sampler and seed both times). If the
+  jumped weights score more than ``tolerance`` below the pre-jump weights, they are rolled back
+  (the optimizer is then left alone) and n is multiplied by ``shrink`` (halved by default; at 0 no
+  more jumps happen). The cost is two scorer calls per jump (with ``rlextra train``: 2 x prompts x
+  samples generations) and one more CPU copy of the trainable weights during the check.
+
+A jump does not advance the step counter or the learning-rate scheduler. Norm weights follow the
+same policy as ``rlextra extrapolate`` (not moved by default). Every jump and every safe-mode
+decision goes to ``OUTPUT/rl_extra.jsonl``; each checkpoint stores the snapshots and the cycle
+state (``rl_extra_anchor.safetensors``, ``rl_extra_state.json``), so a resumed run continues the
+same schedule with the same (possibly shrunk) n.
 
 Where the update happens: the tensor each process owns. Single process and DDP: the full
-parameter (every replica applies the same jump to the same weights). FSDP: the local shard
-(``DTensor.to_local()`` or FSDP1's flat-parameter view); the update is elementwise, so shards need
-no communication. DeepSpeed ZeRO-3: the local fp32 master partition through
-``deepspeed.utils.safe_get/set_local_fp32_param`` (and the low-precision partition is refreshed).
-DeepSpeed ZeRO-1/2 is refused (its fp32 master copy, held by the optimizer, would overwrite the
-jump). Only single process and DDP are tested here (CPU); FSDP and DeepSpeed are not.
-With TRL + vLLM, the jump lands in on_step_end, before the next step's generation; TRL pushes
-weights to vLLM whenever the global step has changed since its last sync, so the next sync carries
-the jumped weights (completions already buffered by steps_per_generation > 1 are not regenerated).
+parameter (every replica applies the same jump to the same weights; a safe-mode scorer must then
+give the same number on every rank, e.g. generation with a fixed seed). FSDP: the local shard
+(``DTensor.to_local()`` or FSDP1's flat-parameter view); two-point and lsq are elementwise, so
+shards need no communication, while rank1 needs whole matrices and is refused on sharded
+parameters. DeepSpeed ZeRO-3: the local fp32 master partition through
+``deepspeed.utils.safe_get/set_local_fp32_param``. ZeRO-1/2 is refused (its fp32 master copy,
+held by the optimizer, would overwrite the jump). With TRL + vLLM, the jump lands in on_step_end,
+before the next step's generation, and TRL re-syncs weights whenever the global step has changed.
 """
 
 from __future__ import annotations
@@ -24,16 +48,40 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
+from rlextra.extrapolate.methods import METHODS, predict_tensor
 from rlextra.extrapolate.weights import is_norm_weight
-from rlextra.linefit import two_point
 
 STATE_FILE = "rl_extra_state.json"
 ANCHOR_FILE = "rl_extra_anchor.safetensors"
+OPTIMIZER_POLICIES = ("reset", "keep")
+
+
+def check_cycle(m: int, n: int) -> None:
+    """The one check of an RL-Extra cycle's m (real steps) and n (extrapolated steps)."""
+    if isinstance(m, bool) or isinstance(n, bool) or int(m) != m or int(n) != n or m < 1 or n < 0:
+        raise RLExtraError(f"RL-Extra needs m >= 1 real steps and n >= 0 extrapolated steps, got {m}, {n}")
+
+
+@dataclass
+class SafeMode:
+    """Score before and after each jump; roll back and shrink n when the jump loses reward."""
+
+    scorer: Callable[[object], float]  # model -> mean reward on a fixed mini-batch
+    tolerance: float = 0.02
+    shrink: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
+            raise RLExtraError(f"safe-mode tolerance must be a finite number >= 0, got {self.tolerance}")
+        if not 0 <= self.shrink < 1:
+            raise RLExtraError(f"safe-mode shrink factor must be in [0, 1), got {self.shrink}")
 
 
 def _local(p):
@@ -49,22 +97,47 @@ def _is_zero3(p) -> bool:
 class RLExtraCallback(TrainerCallback):
     """Interleave m real steps with jumps of n extrapolated steps (see module docstring)."""
 
-    def __init__(self, m: int, n: int, *, warmup_steps: int = 0, reset_optimizer: bool = False,
-                 norms: str = "copy", include: str | None = None, exclude: str | None = None) -> None:
-        if m < 1 or n < 0:
-            raise ValueError(f"RL-Extra needs m >= 1 real steps and n >= 0 extrapolated steps, got {m}, {n}")
+    def __init__(self, m: int, n: int, *, warmup_steps: int = 0, optimizer: str = "reset",
+                 method: str = "two-point", snapshots: int | None = None, rank: int = 1,
+                 safe: SafeMode | None = None, norms: str = "copy", include: str | None = None,
+                 exclude: str | None = None) -> None:
+        check_cycle(m, n)
+        if optimizer not in OPTIMIZER_POLICIES:
+            raise RLExtraError(f"RL-Extra optimizer policy must be 'reset' (the paper's) or 'keep', got {optimizer!r}")
+        if method not in METHODS:
+            raise RLExtraError(f"unknown RL-Extra jump method '{method}' ({', '.join(METHODS)})")
+        snapshots = (2 if method == "two-point" else 3) if snapshots is None else snapshots
+        if method == "two-point" and snapshots != 2:
+            raise RLExtraError("the two-point jump uses exactly 2 snapshots (cycle start and now)")
+        if method == "lsq" and snapshots < 3:
+            raise RLExtraError(f"the lsq jump needs at least 3 snapshots per cycle, got {snapshots}")
+        if snapshots < 2 or snapshots > m + 1:
+            raise RLExtraError(f"RL-Extra snapshots must be 2..m+1 ({m + 1}), got {snapshots}")
         if norms not in ("copy", "extrapolate"):
-            raise ValueError(f"norms must be 'copy' or 'extrapolate', got {norms!r}")
-        self.m, self.n = m, n
+            raise RLExtraError(f"norms must be 'copy' or 'extrapolate', got {norms!r}")
+        if warmup_steps < 0:
+            raise RLExtraError(f"RL-Extra warm-up must be >= 0 steps, got {warmup_steps}")
+        self.m, self.n, self.n_initial = m, n, n
         self.warmup_steps = warmup_steps
-        self.reset_optimizer = reset_optimizer
+        self.optimizer = optimizer
+        self.method, self.n_snapshots, self.rank = method, snapshots, rank
+        self.safe = safe
         self.norms = norms
         self.include = re.compile(include) if include else None
         self.exclude = re.compile(exclude) if exclude else None
-        self.anchor: dict[str, object] | None = None
+        self.snapshots: list[tuple[int, dict]] = []  # (step, {name: fp32 CPU tensor}); [0] is the anchor
         self.cycle_start: int | None = None
         self.extra_steps = 0
         self.jumps: list[dict] = []
+
+    @property
+    def anchor(self) -> dict | None:
+        return self.snapshots[0][1] if self.snapshots else None
+
+    def snapshot_offsets(self) -> list[int]:
+        """Steps after the cycle start at which snapshots are kept (the last one is the jump)."""
+        k = self.n_snapshots - 1
+        return sorted({round(i * self.m / k) for i in range(k + 1)})
 
     # -- which parameters jump
     def selected(self, model) -> list[tuple[str, object]]:
@@ -97,29 +170,56 @@ class RLExtraCallback(TrainerCallback):
         else:
             _local(p).copy_(value.to(_local(p).dtype))
 
+    def _copy(self, model) -> dict:
+        return {name: self._read(p).detach().float().cpu().clone() for name, p in self.selected(model)}
+
     def take_anchor(self, model, step: int) -> None:
-        self.anchor = {name: self._read(p).detach().float().cpu().clone() for name, p in self.selected(model)}
+        self.snapshots = [(step, self._copy(model))]
         self.cycle_start = step
 
-    def jump(self, model, optimizer=None, step: int = 0) -> dict:
-        """W <- W + (n/m)(W - anchor) for the selected parameters; returns the jump's statistics."""
+    def _restore_weights(self, model, weights: dict) -> None:
         import torch
 
-        alpha = (self.m + self.n) / self.m  # b = anchor, s = now, T = now + n
+        with torch.no_grad():
+            for name, p in self.selected(model):
+                self._write(p, weights[name].to(self._read(p).device))
+
+    def jump(self, model, optimizer=None, step: int = 0) -> dict:
+        """Move the selected parameters to their predicted value at step + n; returns the record."""
+        import torch
+
+        if self.method == "rank1" and any(hasattr(p.data, "to_local") or _is_zero3(p) for _, p in self.selected(model)):
+            raise RLExtraError("the rank1 jump needs whole matrices; sharded parameters (FSDP, ZeRO-3) "
+                               "support the two-point and lsq jumps only")
+        n = self.n
+        record = {"real_step": step, "m": self.m, "n": n, "method": self.method}
+        pre_score = self.safe.scorer(model) if self.safe else None
+        before = self._copy(model) if self.safe else None
+        steps = [s for s, _ in self.snapshots] + [step]
         sq_delta = sq_w = 0.0
         with torch.no_grad():
             for name, p in self.selected(model):
                 cur = self._read(p).float()
-                anchor = self.anchor[name].to(cur.device)
-                new = two_point(anchor, cur, alpha)
+                values = [snap[name].to(cur.device) for _, snap in self.snapshots] + [cur]
+                new = predict_tensor(self.method, steps, values, step + n, rank=self.rank)
                 sq_delta += float(((new - cur) ** 2).sum())
                 sq_w += float((cur ** 2).sum())
                 self._write(p, new)
-        if self.reset_optimizer and optimizer is not None:
-            optimizer.state.clear()
-        self.extra_steps += self.n
-        record = {"real_step": step, "effective_step": step + self.extra_steps, "n": self.n, "m": self.m,
-                  "jump_norm": math.sqrt(sq_delta), "relative_jump": math.sqrt(sq_delta / sq_w) if sq_w else None}
+        record.update(jump_norm=math.sqrt(sq_delta), relative_jump=math.sqrt(sq_delta / sq_w) if sq_w else None)
+        accepted = True
+        if self.safe:
+            post_score = self.safe.scorer(model)
+            accepted = post_score >= pre_score - self.safe.tolerance
+            record.update(score_before=pre_score, score_after=post_score, tolerance=self.safe.tolerance)
+            if not accepted:
+                self._restore_weights(model, before)
+                self.n = int(self.n * self.safe.shrink)
+            record.update(decision="accepted" if accepted else "rolled back", next_n=self.n)
+        if accepted:
+            if self.optimizer == "reset" and optimizer is not None:
+                optimizer.state.clear()
+            self.extra_steps += n
+        record["effective_step"] = step + self.extra_steps
         self.jumps.append(record)
         return record
 
@@ -140,12 +240,17 @@ class RLExtraCallback(TrainerCallback):
             if step >= self.warmup_steps:
                 self.take_anchor(model, step)
             return
-        if step - self.cycle_start >= self.m:
+        offset = step - self.cycle_start
+        if offset < self.m:
+            if offset in self.snapshot_offsets() and offset > self.snapshots[-1][0] - self.cycle_start:
+                self.snapshots.append((step, self._copy(model)))
+            return
+        if self.n > 0:
             record = self.jump(model, optimizer, step)
             if state.is_world_process_zero:
                 with open(Path(args.output_dir) / "rl_extra.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
-            self.take_anchor(model, step)
+        self.take_anchor(model, step)
 
     def on_log(self, args, state, control, logs=None, **kw):
         if logs is not None:
@@ -159,17 +264,28 @@ class RLExtraCallback(TrainerCallback):
 
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         ckpt.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.anchor.items()}, str(ckpt / ANCHOR_FILE))
+        tensors = {f"{i}/{k}": v.contiguous() for i, (_, snap) in enumerate(self.snapshots) for k, v in snap.items()}
+        save_file(tensors, str(ckpt / ANCHOR_FILE))
         (ckpt / STATE_FILE).write_text(json.dumps({
-            "m": self.m, "n": self.n, "cycle_start": self.cycle_start, "extra_steps": self.extra_steps,
-            "warmup_steps": self.warmup_steps, "jumps": self.jumps}, indent=1) + "\n")
+            "m": self.m, "n": self.n_initial, "n_current": self.n, "method": self.method,
+            "snapshots": self.n_snapshots, "snapshot_steps": [s for s, _ in self.snapshots],
+            "cycle_start": self.cycle_start, "extra_steps": self.extra_steps,
+            "warmup_steps": self.warmup_steps, "optimizer": self.optimizer, "jumps": self.jumps}, indent=1) + "\n")
 
     def _restore(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
 
         st = json.loads((ckpt / STATE_FILE).read_text())
-        if (st["m"], st["n"]) != (self.m, self.n):
-            raise RLExtraError(f"{ckpt / STATE_FILE}: saved with m={st['m']}, n={st['n']}, "
-                             f"resumed with m={self.m}, n={self.n}")
+        saved = (st["m"], st["n"], st.get("method", "two-point"), st.get("snapshots", 2))
+        if saved != (self.m, self.n_initial, self.method, self.n_snapshots):
+            raise RLExtraError(f"{ckpt / STATE_FILE}: saved with m={saved[0]}, n={saved[1]}, method {saved[2]}, "
+                               f"{saved[3]} snapshots; resumed with m={self.m}, n={self.n_initial}, "
+                               f"method {self.method}, {self.n_snapshots} snapshots")
         self.cycle_start, self.extra_steps, self.jumps = st["cycle_start"], st["extra_steps"], st["jumps"]
-        self.anchor = load_file(str(ckpt / ANCHOR_FILE))
+        self.n = st.get("n_current", st["n"])
+        flat = load_file(str(ckpt / ANCHOR_FILE))
+        steps = st.get("snapshot_steps", [st["cycle_start"]])
+        if not any("/" in k for k in flat):  # written before snapshots were indexed: the anchor alone
+            flat = {f"0/{k}": v for k, v in flat.items()}
+        self.snapshots = [(s, {k.split("/", 1)[1]: v for k, v in flat.items() if k.split("/", 1)[0] == str(i)})
+                          for i, s in enumerate(steps)]

@@ -43,7 +43,14 @@ class TrainConfig:
     eval_problems: int = 200  # held-out problems graded greedily at every checkpoint; 0 = off
     rl_extra: tuple[int, int] | None = None  # (m, n): m real steps, then a jump of n extrapolated steps
     rl_extra_warmup: int = 0  # real steps before the first cycle
-    rl_extra_reset_optimizer: bool = False
+    rl_extra_optimizer: str = "reset"  # "reset" after each jump (the paper's procedure) or "keep" (ours)
+    rl_extra_method: str = "two-point"  # jump method: two-point (the paper's), lsq or rank1 (ours)
+    rl_extra_snapshots: int | None = None  # snapshots per cycle for lsq/rank1 (default 3)
+    rl_extra_rank: int = 1  # rank of the rank1 jump
+    rl_extra_safe: bool = False  # safe mode: score each jump, roll back and halve n when it loses reward
+    rl_extra_safe_prompts: int = 32  # training problems set aside for the safe-mode check
+    rl_extra_safe_samples: int = 4  # samples per prompt in the check
+    rl_extra_safe_tolerance: float = 0.02  # allowed drop of mean reward before a rollback
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # more GRPOConfig fields, passed through
 
@@ -74,6 +81,38 @@ def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int) 
     if was_training:
         model.train()
     return summary["metrics"]["avg@1"]
+
+
+def split_safe_check(task: Task, n: int) -> tuple[Task, Task]:
+    """Set the last n training problems aside for the safe-mode check: (training task, check task).
+
+    The check batch is held out from both training and the held-out evaluation split.
+    """
+    from dataclasses import replace
+
+    if not 1 <= n < len(task.train):
+        raise RLExtraError(f"--rl-extra-safe-prompts must be 1..{len(task.train) - 1} (the training set "
+                           f"has {len(task.train)} problems), got {n}")
+    return replace(task, train=task.train[:-n]), replace(task, test=task.train[-n:])
+
+
+def reward_scorer(check: Task, tokenizer, cfg: TrainConfig):
+    """model -> mean reward on the check batch, sampled like training (temperature, top-p), fixed seed."""
+    from rlextra.evaluation.generate import SamplingConfig
+    from rlextra.evaluation.run import evaluate
+
+    sampling = SamplingConfig(k=cfg.rl_extra_safe_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_new_tokens=cfg.max_completion_length, batch_size=64, seed=cfg.seed)
+
+    def score(model) -> float:
+        was_training = model.training
+        model.eval()
+        summary = evaluate((model, tokenizer), check, sampling=sampling, backend="rlextra", progress=False)
+        if was_training:
+            model.train()
+        return summary["metrics"][f"avg@{sampling.k}"]
+
+    return score
 
 
 def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer, rl_extra=None):
@@ -179,6 +218,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     run = Path(cfg.output_dir)
     args = grpo_config(cfg)  # bad options fail here, before anything is written
     task = load_task(cfg.task)
+    train_task, check_task = split_safe_check(task, cfg.rl_extra_safe_prompts) if cfg.rl_extra_safe else (task, None)
     run.mkdir(parents=True, exist_ok=True)
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto")
@@ -188,12 +228,15 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     (run / "run.json").write_text(json.dumps(info, indent=1) + "\n")
     rl_extra = None
     if cfg.rl_extra:
-        from rlextra.rl.rl_extra import RLExtraCallback
+        from rlextra.rl.rl_extra import RLExtraCallback, SafeMode
 
-        rl_extra = RLExtraCallback(*cfg.rl_extra, warmup_steps=cfg.rl_extra_warmup,
-                                   reset_optimizer=cfg.rl_extra_reset_optimizer)
+        safe = SafeMode(reward_scorer(check_task, tokenizer, cfg), tolerance=cfg.rl_extra_safe_tolerance) \
+            if check_task else None
+        rl_extra = RLExtraCallback(*cfg.rl_extra, warmup_steps=cfg.rl_extra_warmup, optimizer=cfg.rl_extra_optimizer,
+                                   method=cfg.rl_extra_method, snapshots=cfg.rl_extra_snapshots,
+                                   rank=cfg.rl_extra_rank, safe=safe)
     trainer = GRPOTrainer(model=model, reward_funcs=[task.reward], args=args,
-                          train_dataset=datasets.Dataset.from_list(task.dataset_rows("train")),
+                          train_dataset=datasets.Dataset.from_list(train_task.dataset_rows("train")),
                           processing_class=tokenizer,
                           callbacks=_callbacks(cfg, task, run, tokenizer, rl_extra) + list(callbacks or []))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
