@@ -1,17 +1,23 @@
-"""GRPO against RL-Extra on the demo task, several seeds, equal hyperparameters.
+"""GRPO against RL-Extra variants on the demo's regime, several seeds, equal hyperparameters.
 
-Both start from the demo's warmed-up tiny model and use the demo's GRPO settings (2-digit
-addition, 32 prompts x 8 samples, lr 5e-5 with 10 warm-up steps then constant, no KL) for the same
-number of real gradient steps, checkpointing every 10. Every checkpoint is evaluated on the 200
-held-out problems (avg@4, temperature 0.6, top-p 0.95, seed fixed).
+Every run starts from the demo's warmed-up tiny model and uses the demo's GRPO settings for the
+same number of real optimizer steps, checkpointing every 10; every checkpoint is evaluated on the
+200 held-out problems (avg@4, temperature 0.6, top-p 0.95, fixed seed).
 
-Reported per seed: the real steps and training seconds RL-Extra needs to first reach GRPO's
-final accuracy (same seed), the accuracy of both at equal real steps, and the speed-up
-(GRPO's real steps / RL-Extra's). m and n are chosen on a separate seed (--select-seed), by the
-same criterion, among --candidates; the reported seeds never take part in the choice.
+Variants (``rlextra train --rl-extra M,N`` plus):
+  paper   two-point jump, optimizer state reset after each jump (the paper's procedure)
+  keep    two-point jump, Adam's moments kept across jumps (rlextra's option)
+  lsq     least-squares jump over 3 snapshots of the cycle, reset (rlextra's option)
+  rank1   rank-1 jump over 3 snapshots of the cycle, reset (rlextra's option)
+and, on the reported seeds, the chosen variant in safe mode (``--rl-extra-safe``).
+
+Selection: m, n and the variant are chosen on --select-seed only (first to reach GRPO's final
+accuracy in the fewest real steps, then the higher final accuracy); the reported seeds never take
+part in the choice. Reported per seed: real steps and training seconds to first reach GRPO's final
+accuracy (same seed), accuracy at equal real steps, and the speed-up (GRPO's steps / the variant's).
 
 Usage: python bench/bench_rl_extra.py [--steps 200] [--seeds 1,2,3] [--select-seed 100]
-       [--candidates 10,10 20,20 10,20] [--write-results]
+       [--cycles 10,10 20,20] [--variants paper keep lsq rank1] [--write-results]
 """
 
 from __future__ import annotations
@@ -22,13 +28,19 @@ import json
 import os
 import platform
 import shutil
-import statistics
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+VARIANTS = {
+    "paper": dict(rl_extra_optimizer="reset", rl_extra_method="two-point"),
+    "keep": dict(rl_extra_optimizer="keep", rl_extra_method="two-point"),
+    "lsq": dict(rl_extra_optimizer="reset", rl_extra_method="lsq", rl_extra_snapshots=3),
+    "rank1": dict(rl_extra_optimizer="reset", rl_extra_method="rank1", rl_extra_snapshots=3),
+}
 
 
-def run(model_dir: Path, out: Path, seed: int, steps: int, rl_extra, cfg) -> list[dict]:
+def run(model_dir: Path, out: Path, seed: int, steps: int, demo, rl_extra=None, **extra) -> list[dict]:
     """Train, then evaluate every checkpoint; rows of step, effective step, seconds, accuracy."""
     from rlextra.evaluation.generate import SamplingConfig
     from rlextra.evaluation.run import evaluate, load_model
@@ -36,20 +48,26 @@ def run(model_dir: Path, out: Path, seed: int, steps: int, rl_extra, cfg) -> lis
     from rlextra.tasks import load_task
 
     shutil.rmtree(out, ignore_errors=True)
-    spec = cfg["spec"]
+    spec = demo.task_spec()
     train(TrainConfig(model=str(model_dir), output_dir=str(out), task=spec, max_steps=steps, save_every=10,
-                      learning_rate=cfg["lr"], warmup_steps=cfg["warmup"], prompts_per_step=cfg["prompts"],
-                      num_generations=cfg["gens"], max_completion_length=6, seed=seed, eval_problems=0,
-                      progress=False, rl_extra=rl_extra))
+                      learning_rate=demo.learning_rate, warmup_steps=demo.lr_warmup_steps,
+                      prompts_per_step=demo.prompts_per_step, num_generations=demo.num_generations,
+                      max_completion_length=demo.max_tokens(), seed=seed, eval_problems=0, progress=False,
+                      rl_extra=rl_extra, **extra))
     task = load_task(spec)
-    sampling = SamplingConfig(k=4, temperature=0.6, top_p=0.95, max_new_tokens=6, batch_size=512, seed=0)
+    sampling = SamplingConfig(k=4, temperature=0.6, top_p=0.95, max_new_tokens=demo.max_tokens(), batch_size=512,
+                              seed=0)
     rows = []
     for line in (out / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
         m = evaluate(load_model(out / f"checkpoint-{r['step']}"), task, None, sampling=sampling, progress=False)
         rows.append({"step": r["step"], "effective_step": r.get("effective_step", r["step"]),
-                     "seconds": r["train_seconds"], "acc": m["metrics"]["avg@4"]})
+                     "seconds": r["train_seconds"], "acc": round(m["metrics"]["avg@4"], 4)})
+    jumps = out / "rl_extra.jsonl"
+    decisions = [json.loads(x).get("decision") for x in jumps.read_text().splitlines()] if jumps.exists() else []
     shutil.rmtree(out)  # checkpoints are large and not needed after evaluation
+    if decisions and decisions[0] is not None:
+        rows[-1]["safe_decisions"] = decisions
     return rows
 
 
@@ -63,7 +81,8 @@ def compare(grpo: list[dict], extra: list[dict]) -> dict:
     return {"target": target, "grpo_steps": g["step"], "grpo_seconds": g["seconds"],
             "extra_steps": e["step"] if e else None, "extra_seconds": e["seconds"] if e else None,
             "speedup": g["step"] / e["step"] if e and e["step"] else None,
-            "grpo_final": grpo[-1]["acc"], "extra_final": extra[-1]["acc"]}
+            "grpo_final": grpo[-1]["acc"], "extra_final": extra[-1]["acc"],
+            "gap_at_equal_steps": round(extra[-1]["acc"] - grpo[-1]["acc"], 4)}
 
 
 def main() -> None:
@@ -71,78 +90,104 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--select-seed", type=int, default=100)
-    ap.add_argument("--candidates", nargs="+", default=["10,10", "20,20", "10,20"])
+    ap.add_argument("--cycles", nargs="+", default=["10,10", "20,20"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "rl_extra")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "rl_extra.json")
     ap.add_argument("--write-results", action="store_true")
     a = ap.parse_args()
     import torch
 
     from rlextra.demo import DemoConfig
     from rlextra.rl.models import build_tiny_model
-    from rlextra.tasks import TaskSpec
 
     torch.set_num_threads(1)
-    d = DemoConfig()
-    cfg = {"spec": TaskSpec("arithmetic", d.ops, d.digits, d.n_train, d.n_test, 0), "lr": d.learning_rate,
-           "warmup": d.lr_warmup_steps, "prompts": d.prompts_per_step, "gens": d.num_generations}
+    demo = DemoConfig()
     model_dir = a.work / "model"
     if not model_dir.exists():
-        build_tiny_model(model_dir, cfg["spec"], warmup_steps=d.warmup_steps, seed=0, progress=False)
-    log = {}
+        build_tiny_model(model_dir, demo.task_spec(), warmup_steps=demo.warmup_steps, lr=demo.warmup_lr,
+                         label_noise=demo.warmup_label_noise, seed=0, progress=False)
+    state = json.loads(a.out.read_text()) if a.out.exists() else {}
+    curves = state.setdefault("curves", {})
 
-    def one(name, seed, rl_extra):
-        key = f"{name}-seed{seed}"
-        log[key] = run(model_dir, a.work / key, seed, a.steps, rl_extra, cfg)
-        print(key, [(r["step"], round(r["acc"], 3)) for r in log[key]], flush=True)
-        return log[key]
+    def one(key, seed, rl_extra=None, **extra):
+        if key not in curves:  # resumable: finished runs are kept in the JSON
+            curves[key] = run(model_dir, a.work / key, seed, a.steps, demo, rl_extra, **extra)
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(state, indent=1) + "\n")
+        print(key, [(r["step"], r["acc"]) for r in curves[key]], flush=True)
+        return curves[key]
 
-    # choose m, n on the selection seed only
-    sel_grpo = one("grpo", a.select_seed, None)
-    choice, best = None, None
-    for cand in a.candidates:
-        m, n = (int(x) for x in cand.split(","))
-        c = compare(sel_grpo, one(f"extra{m}x{n}", a.select_seed, (m, n)))
-        score = (c["extra_steps"] is not None, -(c["extra_steps"] or 0), c["extra_final"])
-        print("selection", cand, c, flush=True)
-        if best is None or score > best:
-            choice, best = (m, n), score
+    sel_grpo = one(f"grpo-seed{a.select_seed}", a.select_seed)
+    choice, best, selection = None, None, []
+    for cyc in a.cycles:
+        m, n = (int(x) for x in cyc.split(","))
+        for v in a.variants:
+            c = compare(sel_grpo, one(f"{v}-{m}x{n}-seed{a.select_seed}", a.select_seed, (m, n), **VARIANTS[v]))
+            selection.append({"variant": v, "m": m, "n": n, **c})
+            score = (c["extra_steps"] is not None, -(c["extra_steps"] or 0), c["extra_final"])
+            if best is None or score > best:
+                choice, best = (v, m, n), score
+    v, m, n = choice
     results = []
     for seed in (int(s) for s in a.seeds.split(",")):
-        c = compare(one("grpo", seed, None), one(f"extra{choice[0]}x{choice[1]}", seed, choice))
-        c["seed"] = seed
-        results.append(c)
-        print("seed", seed, c, flush=True)
-    (a.work / "bench_rl_extra.json").write_text(json.dumps({"choice": choice, "results": results, "curves": log},
-                                                           indent=1))
-    speedups = [r["speedup"] for r in results if r["speedup"]]
-    lines = [
-        f"## RL-Extra against GRPO on the demo task ({datetime.date.today()})",
-        "",
-        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}, "
-        f"1 torch thread. Demo task and settings, {a.steps} real steps, checkpoints every 10, avg@4 "
-        f"(T=0.6) on 200 held-out problems. m, n = {choice[0]}, {choice[1]}, chosen on seed {a.select_seed} "
-        f"among {', '.join(a.candidates)}.",
-        f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_rl_extra.py --steps {a.steps} --seeds {a.seeds} "
-        f"--select-seed {a.select_seed} --candidates {' '.join(a.candidates)} --write-results`",
-        "",
-        "| seed | GRPO final avg@4 (target) | GRPO steps / s to target | RL-Extra steps / s to target | "
-        "speed-up (real steps) | RL-Extra avg@4 at equal real steps |",
-        "|---|---|---|---|---|---|",
-        *[f"| {r['seed']} | {r['target']:.3f} | {r['grpo_steps']} / {r['grpo_seconds']:.0f} | "
-          f"{r['extra_steps'] if r['extra_steps'] is not None else 'not reached'} / "
-          f"{'%.0f' % r['extra_seconds'] if r['extra_seconds'] is not None else '-'} | "
-          f"{'%.2fx' % r['speedup'] if r['speedup'] else '-'} | {r['extra_final']:.3f} |" for r in results],
-        "",
-        f"Speed-up over seeds that reached the target: "
-        + (f"mean {statistics.mean(speedups):.2f}x, min {min(speedups):.2f}x, max {max(speedups):.2f}x "
-           f"({len(speedups)} of {len(results)} seeds)" if speedups else "none reached it")
-        + ". Target in the issue: >= 2x; the paper reports up to 6.1x on a 1.5B model.",
-        "",
-    ]
-    print("\n".join(lines))
+        grpo = one(f"grpo-seed{seed}", seed)
+        row = {"seed": seed, "variant": compare(grpo, one(f"{v}-{m}x{n}-seed{seed}", seed, (m, n), **VARIANTS[v])),
+               "safe": compare(grpo, one(f"{v}-{m}x{n}-safe-seed{seed}", seed, (m, n), rl_extra_safe=True,
+                                         **VARIANTS[v]))}
+        results.append(row)
+    state.update(choice={"variant": v, "m": m, "n": n}, selection=selection, results=results,
+                 machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}",
+                 date=str(datetime.date.today()), command=" ".join(["python", *sys.argv]))
+    a.out.write_text(json.dumps(state, indent=1) + "\n")
+    text = report(state, a)
+    print(text)
     if a.write_results:
         with open(HERE / "RESULTS.md", "a") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write(text + "\n")
+
+
+def report(state: dict, a) -> str:
+    c = state["choice"]
+    res = state["results"]
+
+    def steps(r):
+        return f"{r['extra_steps']} / {r['extra_seconds']:.0f}" if r["extra_steps"] is not None else "not reached / -"
+
+    best_ok = all(r["variant"]["speedup"] and r["variant"]["extra_steps"] <= 0.5 * r["variant"]["grpo_steps"]
+                  for r in res)
+    safe_ok = all(r["safe"]["gap_at_equal_steps"] >= -0.02 for r in res)
+    lines = [
+        f"## RL-Extra variants against GRPO on the demo regime ({state['date']})",
+        "",
+        f"Machine: {state['machine']}, 1 torch thread, other jobs sharing the cores (seconds are indicative). "
+        f"Demo regime, {a.steps} real steps, checkpoints every 10, avg@4 (T=0.6, top-p 0.95) on 200 held-out "
+        f"problems. Chosen on seed {a.select_seed}: variant **{c['variant']}**, m, n = {c['m']}, {c['n']} "
+        f"(among {', '.join(a.variants)} x {', '.join(a.cycles)}).",
+        f"Command: `OMP_NUM_THREADS=1 {state['command']}`; curves: `bench/results/{a.out.name}`.",
+        "",
+        "Selection seed:",
+        "",
+        "| variant | m,n | steps to GRPO's final | final avg@4 (GRPO " + f"{state['selection'][0]['grpo_final']:.3f}) |",
+        "|---|---|---|---|",
+        *[f"| {s['variant']} | {s['m']},{s['n']} | {s['extra_steps'] if s['extra_steps'] is not None else 'not reached'} "
+          f"(GRPO {s['grpo_steps']}) | {s['extra_final']:.3f} |" for s in state["selection"]],
+        "",
+        "| seed | GRPO final avg@4 (target) | GRPO steps / s to target | variant steps / s | speed-up | "
+        "variant avg@4 at equal steps | safe mode steps / s | safe mode avg@4 at equal steps |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {r['seed']} | {r['variant']['target']:.3f} | {r['variant']['grpo_steps']} / "
+          f"{r['variant']['grpo_seconds']:.0f} | {steps(r['variant'])} | "
+          f"{'%.2fx' % r['variant']['speedup'] if r['variant']['speedup'] else '-'} | "
+          f"{r['variant']['extra_final']:.3f} | {steps(r['safe'])} | {r['safe']['extra_final']:.3f} |" for r in res],
+        "",
+        f"Target 1 (the best variant reaches GRPO's final accuracy in <= 0.5x GRPO's real steps on every seed): "
+        f"**{'met' if best_ok else 'missed'}**.",
+        f"Target 2 (safe mode never ends more than 0.02 below GRPO at equal real steps): "
+        f"**{'met' if safe_ok else 'missed'}**.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

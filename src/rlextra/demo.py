@@ -29,6 +29,8 @@ class DemoConfig:
     n_train: int = 4000
     n_test: int = 200
     warmup_steps: int = 400
+    warmup_lr: float = 1e-3
+    warmup_label_noise: float = 0.0
     grpo_steps: int = 200
     save_every: int = 20
     learning_rate: float = 5e-5
@@ -42,6 +44,15 @@ class DemoConfig:
     extrapolate_to: list[int] = field(default_factory=lambda: [120, 160, 200, 300, 400])
     rl_extra: tuple[int, int] = (20, 20)  # chosen in bench/bench_rl_extra.py on a seed not reported there
     seed: int = 0
+
+    def task_spec(self):
+        from rlextra.tasks import TaskSpec
+
+        return TaskSpec("arithmetic", self.ops, self.digits, self.n_train, self.n_test, self.seed)
+
+    def max_tokens(self) -> int:
+        """Longest answer (digits + carry, or a product) plus eos."""
+        return 2 * self.digits + 2
 
     @classmethod
     def quick(cls) -> "DemoConfig":
