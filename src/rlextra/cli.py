@@ -73,11 +73,14 @@ def cmd_analyze_outputs(a: argparse.Namespace) -> int:
                               seed=a.seed)
     rep = analyze_outputs(a.checkpoints, Path(a.output), probes=a.probes, generate=a.generate,
                           task=_task_spec(a), sampling=sampling, steps=_steps(a.steps),
-                          min_logprob_change=a.min_logprob_change, batch_size=a.batch_size, seed=a.seed,
-                          plots=not a.no_plots, progress=not a.quiet, overwrite=a.overwrite)
+                          token_filter=a.token_filter, min_logprob_change=a.min_logprob_change,
+                          batch_size=a.batch_size, seed=a.seed, plots=not a.no_plots, progress=not a.quiet,
+                          overwrite=a.overwrite)
     f = rep["filter"]
-    print(f"steps {rep['steps']}: {rep['n_tokens']:,} response tokens in {rep['n_probes']} probes, "
-          f"{f['n_tokens_kept']:,} move >= {f['min_logprob_change']} in log-prob")
+    print(f"steps {rep['steps']}: {rep['n_tokens']:,} response tokens in {rep['n_probes']} probes; "
+          f"kept {f['n_tokens_kept_endpoints']:,} by |last - first| > {f['min_logprob_change']} (endpoints, "
+          f"the paper's), {f['n_tokens_kept_range']:,} by max - min >= {f['min_logprob_change']} (range, rlextra's)")
+    print(f"filter used below: {f['token_filter']}")
     for kind in ("logprob", "logit"):
         g = rep[kind]
         print(f"{kind}: R^2 mean {_fmt(g['mean_r2'])}, median {_fmt(g['median_r2'])}, "
@@ -369,8 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--temperature", type=float, default=0.6, help="--generate sampling temperature")
     o.add_argument("--top-p", type=float, default=0.95)
     o.add_argument("--max-new-tokens", type=int, default=512)
+    o.add_argument("--token-filter", choices=["endpoints", "range"], default="endpoints",
+                   help="endpoints (default, the paper's): keep tokens with |lp_last - lp_first| > the change; "
+                        "range (rlextra's own): max - min >= the change")
     o.add_argument("--min-logprob-change", type=float, default=0.2,
-                   help="leave out tokens whose log-prob moves less over the run (paper: 0.2)")
+                   help="log-prob change the token filter asks for (paper: 0.2)")
     o.add_argument("--batch-size", type=int, default=8, help="probes per forward pass")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--threads", type=int, default=1)
