@@ -50,7 +50,8 @@ def cmd_analyze_weights(a: argparse.Namespace) -> int:
                           min_change=a.min_change, min_distinct=a.min_distinct,
                           chunk_size=a.chunk_size, shard=shard, plots=not a.no_plots,
                           progress=not a.quiet, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
-                          allow_mixed_dtypes=a.allow_mixed_dtypes, save_maps=a.save_maps)
+                          allow_mixed_dtypes=a.allow_mixed_dtypes, save_maps=a.save_maps,
+                          only_weights=a.only_weights)
     _print_weights_summary(rep, out)
     return 0
 
@@ -350,8 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-o", "--output", required=True, help="report folder")
     w.add_argument("--sample", type=float, help="analyse this fraction of each tensor (>= 50 entries)")
     w.add_argument("--seed", type=int, default=0, help="seed for --sample and example picks")
-    w.add_argument("--min-change", type=float, help="drop parameters moving less (max-min); paper: 1e-4")
+    w.add_argument("--min-change", type=float,
+                   help="keep only parameters moving more than this (max - min > x); paper: 1e-4")
     w.add_argument("--min-distinct", type=int, help="drop parameters with fewer distinct values; paper: 4")
+    w.add_argument("--only-weights", action="store_true",
+                   help="analyse only tensors named *.weight, as the paper's script (leaves biases out)")
     w.add_argument("--shard", help="analyse shard i of N tensors (i/N); default from RANK/WORLD_SIZE")
     w.add_argument("--save-maps", action="store_true",
                    help="also write every parameter's R^2 and slope (r2.safetensors, slope.safetensors)")
