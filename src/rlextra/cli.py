@@ -123,8 +123,9 @@ def _task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-test", type=int, help="held-out problems (arithmetic default 200; math: all)")
     g.add_argument("--task-seed", type=int, default=0, help="seed of the problem set and split")
     g.add_argument("--limit", type=int, help="math sets: use only the first N problems")
-    g.add_argument("--instruction", help="math sets: text appended to each problem "
-                                         "(default: reason step by step, answer in \\boxed{}; '' for none)")
+    g.add_argument("--instruction", help="math sets: text appended to each problem after a space (default, "
+                                         "the paper's: \"Let's think step by step and output the final answer "
+                                         "within \\boxed{}.\"; '' for none)")
 
 
 def _task_spec(a: argparse.Namespace):
