@@ -50,7 +50,8 @@ def test_planted_linear_logits_have_r2_one(tmp_path):
     assert rep["steps"] == [0, 10, 20, 30] and rep["n_tokens"] == 10
     assert rep["logit"]["n_analyzed"] == 10
     assert rep["logit"]["mean_r2"] == pytest.approx(1.0, abs=1e-6)
-    assert rep["filter"] == {"min_logprob_change": 0.0, "n_tokens_kept": 10, "n_tokens_dropped": 0}
+    assert rep["filter"] == {"token_filter": "endpoints", "min_logprob_change": 0.0, "n_tokens_kept": 10,
+                             "n_tokens_dropped": 0, "n_tokens_kept_endpoints": 10, "n_tokens_kept_range": 10}
     assert len(rep["mean_token_logprob"]) == 4
     out = tmp_path / "out"
     assert json.loads((out / "outputs.json").read_text())["logit"] == rep["logit"]
@@ -80,3 +81,30 @@ def test_bad_probes(tmp_path):
     f.write_text("")
     with pytest.raises(RLExtraError, match="no probes"):
         load_probes(f)
+
+
+def test_token_filters_endpoints_vs_range():
+    from rlextra.analysis.outputs import token_filter_mask
+    from rlextra.linefit import LineFit
+
+    # columns: rises and falls back; steady rise; endpoint change exactly 0.2; flat
+    ys = np.array([[0.0, 0.0, 0.0, 1.0], [0.5, 0.15, 0.1, 1.0], [0.0, 0.3, 0.2, 1.0]])
+    fit = LineFit([0, 1, 2], 4, track_range=True)
+    for y in ys:
+        fit.add(y)
+    assert token_filter_mask(fit, "endpoints", 0.2).tolist() == [False, True, False, False]
+    assert token_filter_mask(fit, "range", 0.2).tolist() == [True, True, True, False]
+    with pytest.raises(RLExtraError, match="--token-filter"):
+        token_filter_mask(fit, "bogus", 0.2)
+
+
+def test_report_gives_both_filters(tmp_path):
+    _linear_head_series(tmp_path / "run")
+    rep = analyze_outputs(tmp_path / "run", None, probes=PROBES, token_filter="range", progress=False)
+    f, bf = rep["filter"], rep["by_filter"]
+    assert f["token_filter"] == "range" and f["n_tokens_kept"] == f["n_tokens_kept_range"]
+    assert bf["range"]["n_tokens_kept"] == f["n_tokens_kept_range"]
+    assert bf["endpoints"]["n_tokens_kept"] == f["n_tokens_kept_endpoints"] <= f["n_tokens_kept_range"]
+    assert rep["logprob"] == bf["range"]["logprob"]
+    with pytest.raises(RLExtraError, match="--token-filter"):
+        analyze_outputs(tmp_path / "run", None, probes=PROBES, token_filter="max", progress=False)

@@ -94,7 +94,7 @@ def test_paper_filters_drop_what_numpy_drops(tmp_path):
     rep = analyze_weights(tmp_path / "run", None, progress=False, min_change=1e-4, min_distinct=4)
     span = vals.max(0) - vals.min(0)
     distinct = np.array([len(np.unique(vals[:, j])) for j in range(n)])
-    keep = (span >= 1e-4) & (distinct >= 4)
+    keep = (span > 1e-4) & (distinct >= 4)
     assert rep["n_params_analyzed"] == keep.sum()
     assert rep["filters"] == {"min_change": 1e-4, "min_distinct": 4, "n_params_filtered": int((~keep).sum())}
     assert rep["global"]["mean_r2"] == pytest.approx(numpy_r2(steps, vals)[keep].mean(), rel=1e-9)
@@ -173,3 +173,18 @@ def test_save_maps_holds_each_parameters_r2_and_slope(series_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     with pytest.raises(RLExtraError, match="save-maps"):
         analyze_weights(run, tmp_path / "o2", progress=False, sample=0.5, save_maps=True)
+
+
+def test_only_weights_leaves_biases_out(tmp_path):
+    steps = [0, 1, 2, 3]
+    vals = planted_series(steps, {"layer.q.weight": (4, 4), "layer.q.bias": (4,), "norm.weight": (4,)})
+    for k, s in enumerate(steps):
+        write_ckpt(tmp_path / "run" / f"step_{s}", {n: v[k] for n, v in vals.items()}, dtype=torch.float64)
+    full = analyze_weights(tmp_path / "run", None, progress=False)
+    only = analyze_weights(tmp_path / "run", None, progress=False, only_weights=True)
+    assert [t["name"] for t in full["tensors"]] == ["layer.q.bias", "layer.q.weight", "norm.weight"]
+    assert [t["name"] for t in only["tensors"]] == ["layer.q.weight", "norm.weight"]
+    assert only["skipped_tensors"] == ["layer.q.bias"] and only["options"]["only_weights"] is True
+    assert only["n_params_analyzed"] == 20
+    want = np.concatenate([numpy_r2(steps, vals["layer.q.weight"]), numpy_r2(steps, vals["norm.weight"])])
+    assert only["global"]["mean_r2"] == pytest.approx(want.mean(), rel=1e-9)

@@ -28,6 +28,22 @@ BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
     ("She makes 9 * 2 = 18 dollars.\n#### 18", "18", True),
     ("so she has 7 apples left", "7", True),
     (r"\boxed{4}", "5", False),
+    # a rounded decimal is not an exact fraction or surd, unless the gold is itself a decimal
+    (r"\boxed{4.666666666}", r"\frac{14}{3}", False),
+    (r"\boxed{0.0535714}", r"\frac{3}{56}", False),
+    (r"\boxed{1.41421356}", r"\sqrt{2}", False),
+    (r"\boxed{0.5}", r"\frac{1}{2}", True),                                # exact: still right
+    (r"\boxed{0.125}", r"\frac18", True),
+    (r"\boxed{2.0}", "2", True),
+    (r"\boxed{3.5}", "3.5", True),
+    (r"\boxed{\frac{7}{2}}", "3.5", True),
+    (r"\boxed{4.6666667}", "4.6666667", True),
+    ("x = 4.666666666", r"\frac{14}{3}", False),                           # same without a box
+    # without a box, the whole final expression is the answer, not a number inside it
+    (r"so the result is $\frac{14}{3}$", r"\frac{14}{3}", True),
+    (r"so the result is $\frac{14}{3}$", "3", False),
+    (r"Therefore $x = \frac{14}{3}$.", r"\frac{14}{3}", True),
+    (r"The answer is \(\frac{3}{56}\)", r"\frac{3}{56}", True),
 ])
 def test_grade_math_hard_cases(completion, answer, ok):
     assert grade_math(completion, answer) is ok
@@ -36,8 +52,19 @@ def test_grade_math_hard_cases(completion, answer, ok):
 def test_last_boxed_and_extract():
     assert last_boxed(r"a \boxed{x^{2}} b \boxed{\frac{a}{b}}") == r"\frac{a}{b}"
     assert last_boxed("none") is None
-    assert extract_answer("answer is: 1,234") == "1,234"
+    assert extract_answer("answer is: 1,234") == "1234"
     assert extract_answer("we get 1,234 and 56") == "56"
+    assert extract_answer(r"so the result is $\frac{14}{3}$") == r"\frac{14}{3}"
+    assert extract_answer(r"first \boxed{3} then \boxed{\frac{1}{") is None  # truncated box: no answer
+    assert extract_answer("I am not sure.") is None
+
+
+def test_default_instruction_is_the_papers_after_a_space(tmp_path):
+    f = tmp_path / "m.jsonl"
+    f.write_text('{"problem": "What is 2+2?", "answer": "4"}\n')
+    assert math_task(str(f)).test[0].prompt == (
+        "What is 2+2? Let's think step by step and output the final answer within \\boxed{}.")
+    assert math_task(str(f), instruction="").test[0].prompt == "What is 2+2?"
 
 
 def test_grade_math_off_the_main_thread():
@@ -80,8 +107,11 @@ def test_arithmetic_task_is_seeded_and_split():
         arithmetic_task(digits=1, n_train=500)
 
 
-@pytest.mark.skipif(not BENCH.is_dir(), reason="shared benchmark copies not present")
 def test_local_benchmarks_grade_their_own_gold():
+    for name in ("gsm8k_test.jsonl", "math500.jsonl"):
+        if not (BENCH / name).is_file():
+            pytest.fail(f"{BENCH / name} is missing: this test reads the shared benchmark copies "
+                        "(../shared/data/benchmarks beside the repository); restore them to run it")
     gsm = math_task(str(BENCH / "gsm8k_test.jsonl"), limit=30)
     assert len(gsm.test) == 30 and gsm.conversational
     assert all(gsm.grade(f"... #### {p.answer}", p.answer) for p in gsm.test)

@@ -5,8 +5,8 @@ recorded, with the numbers it produced, in RESULTS.md. Stages whose outputs exis
 training resumes from its last checkpoint, so an interrupted run continues where it stopped.
 
 Task: chat prompts "What is a * b?" and "What is a + b?" with one-digit operands, followed by
-"Answer with only the number.", graded by math-verify on the completion's answer (last boxed value, else a final-answer
-phrase, else the last number). SmolLM2-135M-Instruct gets a minority of these right
+"Answer with only the number.", graded by math-verify on the completion's answer (last boxed value, else the
+final expression math-verify extracts). SmolLM2-135M-Instruct gets a minority of these right
 greedily, which leaves GRPO room to improve and makes every sample cheap on a CPU.
 """
 
@@ -22,6 +22,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
 COMMANDS: list[tuple[str, float]] = []
+# work/ of an earlier layout (prompts joined by a newline, the range token filter only) would mix
+# with this one's outputs: refuse it instead
+LAYOUT = 2
+# the paper's criterion for "linear": more than 70% of coordinates with R^2 above 0.7
+PAPER_R2, PAPER_FRACTION = 0.7, 0.7
 
 
 def rlextra(*args: str, skip: bool = False) -> None:
@@ -66,9 +71,23 @@ def make_task(cfg: dict) -> Path:
     return path
 
 
+def check_layout() -> None:
+    """Stop when work/ holds outputs of an earlier layout of this script."""
+    marker = WORK / "layout.json"
+    if marker.exists():
+        if json.loads(marker.read_text()).get("layout") != LAYOUT:
+            sys.exit(f"{WORK} was produced by another version of this script; remove it and rerun")
+        return
+    if any(WORK.iterdir()):
+        sys.exit(f"{WORK} was produced by an earlier version of this script (its prompts differ); "
+                 "remove it and rerun")
+    marker.write_text(json.dumps({"layout": LAYOUT}) + "\n")
+
+
 def main() -> None:
     cfg = json.loads((HERE / "config.json").read_text())
     WORK.mkdir(exist_ok=True)
+    check_layout()
     model, run = WORK / "model", WORK / "run"
     task = make_task(cfg)
     task_args = ["--task", rel(task), "--n-test", str(cfg["task"]["n_test"]), "--task-seed", str(cfg["seed"]),
@@ -82,12 +101,17 @@ def main() -> None:
             "--prompts-per-step", str(tr["prompts_per_step"]), "--num-generations", str(tr["num_generations"]),
             "--max-completion-length", str(tr["max_completion_length"]), "--eval-problems", "0",
             "--seed", str(cfg["seed"]), skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
-    for folder, args in ((WORK / "weights", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights"), "-q"]),
-                         (WORK / "weights-filtered", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights-filtered"),
-                                                      "--min-change", "1e-4", "--min-distinct", "4", "-q"]),
-                         (WORK / "outputs", ["analyze", "outputs", rel(run), "--generate", str(cfg["outputs"]["probes"]),
-                                             *task_args, "--max-new-tokens", str(ev["max_new_tokens"]),
-                                             "-o", rel(WORK / "outputs"), "-q"])):
+    analyses = (
+        (WORK / "weights", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights"), "-q"]),
+        (WORK / "weights-paper", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights-paper"),
+                                  "--only-weights", "--min-change", "1e-4", "--min-distinct", "4", "-q"]),
+        (WORK / "outputs", ["analyze", "outputs", rel(run), "--generate", str(cfg["outputs"]["probes"]),
+                            *task_args, "--max-new-tokens", str(ev["max_new_tokens"]),
+                            "--token-filter", "endpoints", "-o", rel(WORK / "outputs"), "-q"]),
+        (WORK / "activations", ["analyze", "activations", rel(run), "--probes", rel(WORK / "outputs" / "probes.jsonl"),
+                                "--max-tokens", "0", "-o", rel(WORK / "activations"), "-q"]),
+    )
+    for folder, args in analyses:
         rlextra(*args, skip=folder.exists())
     b, s = ex["from"]
     for t in ex["to"]:
@@ -116,8 +140,9 @@ def write_results(cfg: dict, steps: list[int]) -> None:
     k = cfg["eval"]["k"]
     key = f"avg@{k}"
     w = json.loads((WORK / "weights" / "weights.json").read_text())
-    wf = json.loads((WORK / "weights-filtered" / "weights.json").read_text())
+    wf = json.loads((WORK / "weights-paper" / "weights.json").read_text())
     o = json.loads((WORK / "outputs" / "outputs.json").read_text())
+    act = json.loads((WORK / "activations" / "activations.json").read_text())
     metrics = [json.loads(x) for x in (WORK / "run" / "metrics.jsonl").read_text().splitlines()]
     reward = {r["step"]: r["mean_reward"] for r in metrics if r.get("mean_reward") is not None}
     real = {st: _m(f"real-{st}", key) for st in steps}
@@ -130,10 +155,14 @@ def write_results(cfg: dict, steps: list[int]) -> None:
                         logits_label=f"logits extrapolation from steps {b}, {s}")
     for src, dst in ((WORK / "weights" / "r2_histogram.png", "r2_histogram.png"),
                      (WORK / "weights" / "r2_heatmap.png", "r2_heatmap.png"),
-                     (WORK / "outputs" / "r2_logprob_histogram.png", "r2_logprob_histogram.png")):
+                     (WORK / "outputs" / "r2_logprob_histogram.png", "r2_logprob_histogram.png"),
+                     (WORK / "activations" / "r2_per_layer.png", "r2_activation_per_layer.png"),
+                     (WORK / "activations" / "r2_activation_histogram.png", "r2_activation_histogram.png")):
         if src.exists():
             shutil.copy(src, HERE / dst)
-    g, gf, lp, lg = w["global"], wf["global"], o["logprob"], o["logit"]
+    g, gf = w["global"], wf["global"]
+    ep, rg = o["by_filter"]["endpoints"], o["by_filter"]["range"]
+    ga = act["activation"]
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     f3 = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     last = steps[-1]
@@ -156,24 +185,37 @@ constant, no KL, completions up to {cfg['train']['max_completion_length']} token
 This run is tiny next to the paper's (1.5B model, 1300+ steps of 128 x 16 rollouts): read it as
 what the tools show on a real model within a CPU budget, not as a replication.
 
-## Weights (paper: R² > 0.7 for most weights, distribution near 0.9)
+## Weights (paper: more than 70% of weights with R² > 0.7)
 
 | analysis | parameters analysed | mean R² | median R² | R² > 0.7 |
 |---|---|---|---|---|
-| all parameters (exact) | {w['n_params_analyzed']:,} of {w['n_params']:,} | {f3(g['mean_r2'])} | {f3(g['median_r2'])} | {pct(g['frac_r2_above_0.7'])} |
-| paper's filters (change >= 1e-4, >= 4 distinct values) | {wf['n_params_analyzed']:,} | {f3(gf['mean_r2'])} | {f3(gf['median_r2'])} | {pct(gf['frac_r2_above_0.7'])} |
+| the paper's filters, as the paper reports it (`*.weight` tensors, change > 1e-4, >= 4 distinct values) | {wf['n_params_analyzed']:,} of {wf['n_params']:,} | {f3(gf['mean_r2'])} | {f3(gf['median_r2'])} | {pct(gf['frac_r2_above_0.7'])} |
+| every parameter, unfiltered (rlextra's full coverage) | {w['n_params_analyzed']:,} of {w['n_params']:,} | {f3(g['mean_r2'])} | {f3(g['median_r2'])} | {pct(g['frac_r2_above_0.7'])} |
 
 ![R² histogram](r2_histogram.png)
 ![R² per module and layer](r2_heatmap.png)
 
-## Token log-probs (paper: R² around 0.9)
+## Token log-probs (paper: R² concentrated near 0.9)
 
 {o['n_probes']} responses sampled from step 0 on held-out prompts, teacher-forced through all
-{len(o['steps'])} checkpoints; {o['filter']['n_tokens_kept']} of {o['n_tokens']} tokens move by >= 0.2 in log-prob.
-Log-prob R²: mean {f3(lp['mean_r2'])}, median {f3(lp['median_r2'])}, {pct(lp['frac_r2_above_0.7'])} > 0.7.
-Logit R²: mean {f3(lg['mean_r2'])}, median {f3(lg['median_r2'])}, {pct(lg['frac_r2_above_0.7'])} > 0.7.
+{len(o['steps'])} checkpoints ({o['n_tokens']} response tokens).
 
-![token log-prob R²](r2_logprob_histogram.png)
+| token filter | tokens kept | log-prob mean R² | median R² | R² > 0.7 | logit mean R² |
+|---|---|---|---|---|---|
+| the paper's: \\|lp_last - lp_first\\| > {o['filter']['min_logprob_change']} | {ep['n_tokens_kept']} | {f3(ep['logprob']['mean_r2'])} | {f3(ep['logprob']['median_r2'])} | {pct(ep['logprob']['frac_r2_above_0.7'])} | {f3(ep['logit']['mean_r2'])} |
+| rlextra's: max - min >= {o['filter']['min_logprob_change']} (keeps tokens that rise and fall back) | {rg['n_tokens_kept']} | {f3(rg['logprob']['mean_r2'])} | {f3(rg['logprob']['median_r2'])} | {pct(rg['logprob']['frac_r2_above_0.7'])} | {f3(rg['logit']['mean_r2'])} |
+
+![token log-prob R² (the paper's filter)](r2_logprob_histogram.png)
+
+## Activations (paper, v3: intermediate activations move linearly too)
+
+The same {act['n_probes']} responses, teacher-forced through every checkpoint; the output of each of
+the {act['n_layers']} decoder layers ({act['hidden_size']} dimensions) at {act['n_tokens_used']} response tokens, one line per
+(layer, token, dimension). The paper publishes no activation script: this definition is rlextra's
+(see the README). R² mean {f3(ga['mean_r2'])}, median {f3(ga['median_r2'])}, {pct(ga['frac_r2_above_0.7'])} > 0.7
+over {ga['n_analyzed']:,} coordinates; per layer (mean R²): {', '.join(f3(r['mean_r2']) for r in act['per_layer'])}.
+
+![activation R² per layer](r2_activation_per_layer.png)
 
 ## Accuracy, weight extrapolation and logits extrapolation (paper: extrapolation matches or beats continued RL at moderate horizons)
 
@@ -191,17 +233,19 @@ Extrapolation from steps {b} and {s}; real checkpoints exist up to step {last}.
 
 ## Where this agrees with the paper and where not
 
-""" + verdicts(g, lp, real, weights, logits, s, last) + f"""
+""" + verdicts(gf, g, ep, ga, real, weights, logits, s, last, n_samples=cfg["task"]["n_test"] * k) + f"""
 
 Caveats, read off the same numbers:
 - Held-out accuracy goes from {real[steps[0]]:.3f} to {real[steps[1]]:.3f} within the first {steps[1]} steps and sits at
   {min(real[t] for t in steps if t >= s):.3f}-{max(real[t] for t in steps if t >= s):.3f} from step {s} on. Much of what GRPO learns
   here is the format (a bare number within {cfg['train']['max_completion_length']} tokens instead of a truncated
   explanation), and the task saturates: at a ceiling, "extrapolation matches training" is a weak
-  test. The held-out set is {cfg['task']['n_test']} problems x {k} samples, so differences below ~0.05 are noise.
+  test. The held-out set is {cfg['task']['n_test']} problems x {k} samples: at accuracy 0.5, one standard error of a
+  difference of two avg@{k} figures is {(2 * 0.25 / (cfg['task']['n_test'] * k)) ** 0.5:.3f} (samples counted as independent).
 - The paper's filters keep {wf['n_params_analyzed']:,} of {wf['n_params']:,} parameters
-  ({100 * wf['n_params_analyzed'] / wf['n_params']:.1f}%): with lr {cfg['train']['lr']:g} over {cfg['train']['steps']} steps most weights move
-  by less than 1e-4, and the filtered {pct(gf['frac_r2_above_0.7'])} is a statement about the ones that moved.
+  ({100 * wf['n_params_analyzed'] / wf['n_params']:.1f}%, lr {cfg['train']['lr']:g} over {cfg['train']['steps']} steps): the filtered
+  {pct(gf['frac_r2_above_0.7'])} is a statement about the ones that moved by more than 1e-4; the unfiltered
+  {pct(g['frac_r2_above_0.7'])} covers every parameter.
 
 ## Commands that produced these numbers
 
@@ -226,25 +270,46 @@ def _seconds(command: str, sec: float | None) -> str:
     return "ran in an earlier invocation"
 
 
-def verdicts(g: dict, lp: dict, real: dict, weights: dict, logits: dict, s: int, last: int) -> str:
-    """Plain statements computed from the numbers (no hand-written conclusions)."""
-    out = []
-    frac = g["frac_r2_above_0.7"] or 0.0
-    out.append(f"- Weights: {100 * frac:.1f}% of parameters have R² > 0.7 "
-               + ("(agrees with the paper's 'most weights')." if frac > 0.5 else "(below the paper's 'most weights')."))
-    m = lp["mean_r2"]
-    out.append(f"- Token log-probs: mean R² {m:.3f} " + ("(close to the paper's ~0.9)." if m and m >= 0.8 else
-                                                     "(below the paper's ~0.9)." if m is not None else "(no token moved enough)."))
+def _linear(frac: float | None) -> bool:
+    return frac is not None and frac > PAPER_FRACTION
+
+
+def verdicts(gf: dict, g: dict, tokens: dict, act: dict, real: dict, weights: dict, logits: dict, s: int,
+             last: int, n_samples: int) -> str:
+    """Plain statements computed from the numbers against the paper's thresholds; each can fail."""
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    claim = f"more than {100 * PAPER_FRACTION:.0f}% with R² > {PAPER_R2}"
+    out = [
+        f"- Weights, the paper's filters: {pct(gf['frac_r2_above_0.7'])} have R² > {PAPER_R2} "
+        + ("(meets the paper's criterion, " if _linear(gf["frac_r2_above_0.7"]) else "(fails the paper's criterion, ")
+        + f"{claim}).",
+        f"- Weights, every parameter (rlextra's unfiltered coverage): {pct(g['frac_r2_above_0.7'])} "
+        + ("(meets " if _linear(g["frac_r2_above_0.7"]) else "(fails ") + "the same criterion).",
+    ]
+    lp = tokens["logprob"]
+    out.append(f"- Token log-probs, the paper's endpoint filter ({tokens['n_tokens_kept']} tokens): "
+               f"{pct(lp['frac_r2_above_0.7'])} have R² > {PAPER_R2}, mean "
+               + ("n/a" if lp["mean_r2"] is None else f"{lp['mean_r2']:.3f}") + " "
+               + ("(meets" if _linear(lp["frac_r2_above_0.7"]) else "(fails")
+               + f" {claim}; the paper's tokens cluster near 0.9).")
+    out.append(f"- Activations: {pct(act['frac_r2_above_0.7'])} of layer-output coordinates have R² > {PAPER_R2} "
+               + ("(meets" if _linear(act["frac_r2_above_0.7"]) else "(fails")
+               + f" {claim}; the paper states no number for activations, this is its weight criterion).")
     for t in sorted(weights):
         if t in real:
-            out.append(f"- At step {t}: weight extrapolation {weights[t]:.3f}, logits extrapolation {logits[t]:.3f}, "
-                       f"real training {real[t]:.3f} ("
-                       + ("extrapolation matches or beats training" if max(weights[t], logits[t]) >= real[t] - 0.02
-                          else "training is better") + ", tolerance 0.02).")
-    beyond = [t for t in weights if t > last]
-    for t in beyond:
-        out.append(f"- Beyond the run (step {t}): weight {weights[t]:.3f}, logits {logits[t]:.3f}, "
-                   f"against the last real checkpoint (step {last}) {real[last]:.3f}.")
+            for name, acc in (("weight extrapolation", weights[t]), ("logits extrapolation", logits[t])):
+                diff = acc - real[t]
+                se = (acc * (1 - acc) / n_samples + real[t] * (1 - real[t]) / n_samples) ** 0.5
+                out.append(f"- Step {t}, {name} {acc:.3f} against real training {real[t]:.3f}: "
+                           + ("matches or beats training" if diff >= 0 else f"training is better by {-diff:.3f}")
+                           + (f" ({abs(diff) / se:.1f} standard errors of the difference, counting the {n_samples} "
+                              "samples as independent)." if se > 0
+                              else "."))
+    for t in sorted(t for t in weights if t > last):
+        for name, acc in (("weight extrapolation", weights[t]), ("logits extrapolation", logits[t])):
+            out.append(f"- Beyond the run (step {t}), {name} {acc:.3f} against the last real checkpoint "
+                       f"(step {last}) {real[last]:.3f}: "
+                       + ("beats it." if acc > real[last] else "does not beat it."))
     return "\n".join(out)
 
 

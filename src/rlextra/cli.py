@@ -50,7 +50,8 @@ def cmd_analyze_weights(a: argparse.Namespace) -> int:
                           min_change=a.min_change, min_distinct=a.min_distinct,
                           chunk_size=a.chunk_size, shard=shard, plots=not a.no_plots,
                           progress=not a.quiet, overwrite=a.overwrite, allow_pickle=a.allow_pickle,
-                          allow_mixed_dtypes=a.allow_mixed_dtypes, save_maps=a.save_maps)
+                          allow_mixed_dtypes=a.allow_mixed_dtypes, save_maps=a.save_maps,
+                          only_weights=a.only_weights)
     _print_weights_summary(rep, out)
     return 0
 
@@ -66,23 +67,33 @@ def _print_weights_summary(rep: dict, out: Path) -> None:
 
 def cmd_analyze_outputs(a: argparse.Namespace) -> int:
     from rlextra.analysis.outputs import analyze_outputs
-    from rlextra.evaluation.generate import SamplingConfig
 
-    _set_threads(a.threads)
-    sampling = SamplingConfig(k=1, temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
-                              seed=a.seed)
-    rep = analyze_outputs(a.checkpoints, Path(a.output), probes=a.probes, generate=a.generate,
-                          task=_task_spec(a), sampling=sampling, steps=_steps(a.steps),
-                          min_logprob_change=a.min_logprob_change, batch_size=a.batch_size, seed=a.seed,
-                          plots=not a.no_plots, progress=not a.quiet, overwrite=a.overwrite)
+    rep = analyze_outputs(a.checkpoints, Path(a.output), token_filter=a.token_filter,
+                          min_logprob_change=a.min_logprob_change, **_probe_kwargs(a))
     f = rep["filter"]
-    print(f"steps {rep['steps']}: {rep['n_tokens']:,} response tokens in {rep['n_probes']} probes, "
-          f"{f['n_tokens_kept']:,} move >= {f['min_logprob_change']} in log-prob")
+    print(f"steps {rep['steps']}: {rep['n_tokens']:,} response tokens in {rep['n_probes']} probes; "
+          f"kept {f['n_tokens_kept_endpoints']:,} by |last - first| > {f['min_logprob_change']} (endpoints, "
+          f"the paper's), {f['n_tokens_kept_range']:,} by max - min >= {f['min_logprob_change']} (range, rlextra's)")
+    print(f"filter used below: {f['token_filter']}")
     for kind in ("logprob", "logit"):
         g = rep[kind]
         print(f"{kind}: R^2 mean {_fmt(g['mean_r2'])}, median {_fmt(g['median_r2'])}, "
               f"fraction > 0.7: {_fmt(g['frac_r2_above_0.7'])}")
     print(f"report: {Path(a.output) / 'outputs.json'}")
+    return 0
+
+
+def cmd_analyze_activations(a: argparse.Namespace) -> int:
+    from rlextra.analysis.activations import analyze_activations
+
+    rep = analyze_activations(a.checkpoints, Path(a.output), max_tokens=a.max_tokens or None, **_probe_kwargs(a))
+    g = rep["activation"]
+    print(f"steps {rep['steps']}: {rep['n_layers']} layers x {rep['hidden_size']} dimensions at "
+          f"{rep['n_tokens_used']:,} of {rep['n_tokens']:,} response tokens ({rep['n_probes']} probes)")
+    print(f"activation: R^2 mean {_fmt(g['mean_r2'])}, median {_fmt(g['median_r2'])}, "
+          f"fraction > 0.7: {_fmt(g['frac_r2_above_0.7'])}")
+    print("per layer mean R^2: " + " ".join(_fmt(r["mean_r2"]) for r in rep["per_layer"]))
+    print(f"report: {Path(a.output) / 'activations.json'}")
     return 0
 
 
@@ -119,8 +130,9 @@ def _task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-test", type=int, help="held-out problems (arithmetic default 200; math: all)")
     g.add_argument("--task-seed", type=int, default=0, help="seed of the problem set and split")
     g.add_argument("--limit", type=int, help="math sets: use only the first N problems")
-    g.add_argument("--instruction", help="math sets: text appended to each problem "
-                                         "(default: reason step by step, answer in \\boxed{}; '' for none)")
+    g.add_argument("--instruction", help="math sets: text appended to each problem after a space (default, "
+                                         "the paper's: \"Let's think step by step and output the final answer "
+                                         "within \\boxed{}.\"; '' for none)")
 
 
 def _task_spec(a: argparse.Namespace):
@@ -128,6 +140,40 @@ def _task_spec(a: argparse.Namespace):
 
     return TaskSpec(name=a.task, ops=a.ops, digits=a.digits, n_train=a.n_train, n_test=a.n_test,
                     seed=a.task_seed, limit=a.limit, instruction=a.instruction)
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    """Options of the teacher-forced analyses (outputs, activations)."""
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="model folders (STEP=PATH names a step), or one run folder")
+    p.add_argument("--steps", help="comma-separated steps, one per CKPT")
+    p.add_argument("-o", "--output", required=True, help="report folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--probes", help="JSONL of {prompt, response}; prompt exactly as the model sees it")
+    src.add_argument("--generate", type=int, metavar="N",
+                     help="sample N responses from the first checkpoint on the task's held-out prompts")
+    _task_args(p)
+    p.add_argument("--temperature", type=float, default=0.6, help="--generate sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8, help="probes per forward pass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def _probe_kwargs(a: argparse.Namespace) -> dict:
+    """The keyword arguments both teacher-forced analyses take from _probe_args."""
+    from rlextra.evaluation.generate import SamplingConfig
+
+    _set_threads(a.threads)
+    sampling = SamplingConfig(k=1, temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
+                              seed=a.seed)
+    return dict(probes=a.probes, generate=a.generate, task=_task_spec(a), sampling=sampling,
+                steps=_steps(a.steps), batch_size=a.batch_size, seed=a.seed, plots=not a.no_plots,
+                progress=not a.quiet, overwrite=a.overwrite)
 
 
 def _set_threads(n: int) -> None:
@@ -288,7 +334,11 @@ EXAMPLES = {
   torchrun --nproc-per-node 8 -m rlextra.cli analyze weights runs/grpo/ -o out  # then 'analyze merge'""",
     "outputs": """example:
   rlextra analyze outputs runs/grpo/ --probes probes.jsonl -o reports/outputs
-  rlextra analyze outputs runs/add2/ --generate 64 --task arithmetic --max-new-tokens 6 -o reports/outputs""",
+  rlextra analyze outputs runs/add2/ --generate 64 --task arithmetic --max-new-tokens 6 -o reports/outputs
+  rlextra analyze outputs runs/grpo/ --probes probes.jsonl --token-filter range -o reports/outputs-range""",
+    "activations": """example:
+  rlextra analyze activations runs/grpo/ --probes probes.jsonl -o reports/activations
+  rlextra analyze activations runs/add2/ --generate 16 --task arithmetic --max-new-tokens 6 -o reports/act""",
     "merge": """example:
   rlextra analyze weights runs/grpo/ --shard 0/2 -o shards/0 &
   rlextra analyze weights runs/grpo/ --shard 1/2 -o shards/1; wait
@@ -332,6 +382,7 @@ EXAMPLES = {
 
 def build_parser() -> argparse.ArgumentParser:
     from rlextra import __version__
+    from rlextra.analysis.activations import DEFAULT_MAX_TOKENS
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="rlextra", formatter_class=fmt,
@@ -347,8 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-o", "--output", required=True, help="report folder")
     w.add_argument("--sample", type=float, help="analyse this fraction of each tensor (>= 50 entries)")
     w.add_argument("--seed", type=int, default=0, help="seed for --sample and example picks")
-    w.add_argument("--min-change", type=float, help="drop parameters moving less (max-min); paper: 1e-4")
+    w.add_argument("--min-change", type=float,
+                   help="keep only parameters moving more than this (max - min > x); paper: 1e-4")
     w.add_argument("--min-distinct", type=int, help="drop parameters with fewer distinct values; paper: 4")
+    w.add_argument("--only-weights", action="store_true",
+                   help="analyse only tensors named *.weight, as the paper's script (leaves biases out)")
     w.add_argument("--shard", help="analyse shard i of N tensors (i/N); default from RANK/WORLD_SIZE")
     w.add_argument("--save-maps", action="store_true",
                    help="also write every parameter's R^2 and slope (r2.safetensors, slope.safetensors)")
@@ -357,27 +411,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = an_sub.add_parser("outputs", help="R^2 of token log-probs and logits over steps (teacher forcing)",
                           formatter_class=fmt, epilog=EXAMPLES["outputs"])
-    o.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="model folders (STEP=PATH names a step), or one run folder")
-    o.add_argument("--steps", help="comma-separated steps, one per CKPT")
-    o.add_argument("-o", "--output", required=True, help="report folder")
-    src = o.add_mutually_exclusive_group(required=True)
-    src.add_argument("--probes", help="JSONL of {prompt, response}; prompt exactly as the model sees it")
-    src.add_argument("--generate", type=int, metavar="N",
-                     help="sample N responses from the first checkpoint on the task's held-out prompts")
-    _task_args(o)
-    o.add_argument("--temperature", type=float, default=0.6, help="--generate sampling temperature")
-    o.add_argument("--top-p", type=float, default=0.95)
-    o.add_argument("--max-new-tokens", type=int, default=512)
+    _probe_args(o)
+    o.add_argument("--token-filter", choices=["endpoints", "range"], default="endpoints",
+                   help="endpoints (default, the paper's): keep tokens with |lp_last - lp_first| > the change; "
+                        "range (rlextra's own): max - min >= the change")
     o.add_argument("--min-logprob-change", type=float, default=0.2,
-                   help="leave out tokens whose log-prob moves less over the run (paper: 0.2)")
-    o.add_argument("--batch-size", type=int, default=8, help="probes per forward pass")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--threads", type=int, default=1)
-    o.add_argument("--overwrite", action="store_true")
-    o.add_argument("--no-plots", action="store_true")
-    o.add_argument("-q", "--quiet", action="store_true")
+                   help="log-prob change the token filter asks for (paper: 0.2)")
     o.set_defaults(func=cmd_analyze_outputs)
+
+    ac = an_sub.add_parser("activations", help="R^2 of each layer's hidden states over steps (teacher forcing)",
+                           formatter_class=fmt, epilog=EXAMPLES["activations"])
+    _probe_args(ac)
+    ac.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                    help="response tokens analysed, a seeded random subset (bounds memory; 0 = all; "
+                         "default %(default)s)")
+    ac.set_defaults(func=cmd_analyze_activations)
 
     m = an_sub.add_parser("merge", help="merge 'analyze weights --shard' outputs",
                           formatter_class=fmt, epilog=EXAMPLES["merge"])

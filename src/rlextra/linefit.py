@@ -115,6 +115,10 @@ class LineFit:
         """False if any value added was NaN/Inf (they propagate into these sums)."""
         return bool(np.isfinite(self.s_dd).all() and np.isfinite(self.y0).all())
 
+    def endpoint_change(self) -> np.ndarray:
+        """Value at the last step minus value at the first (the paper's token filter reads this)."""
+        return self.last - self.y0
+
     def value_range(self) -> np.ndarray:
         """max - min over the steps (needs track_range)."""
         return self.y_max - self.y_min

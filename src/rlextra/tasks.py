@@ -17,7 +17,8 @@ from typing import Callable
 from rlextra.errors import RLExtraError
 from rlextra.jsonl import read_jsonl
 
-MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+# the paper's instruction, appended to each problem after a space (its published evaluation does so)
+MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 # Hugging Face dataset ids for the named benchmarks (the paper's loader uses the same sets)
 HUB_DATASETS = {
     "gsm8k": ("openai/gsm8k", "main", "test", "question", "answer"),
@@ -142,39 +143,61 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced: no answer
 
 
-_FINAL = [re.compile(p, re.IGNORECASE) for p in (
-    r"final answer\s*(?:is)?\s*[:：]?\s*\$?([^\n$]+)", r"answer\s*is\s*[:：]?\s*\$?([^\n$]+)",
-    r"####\s*([^\n]+)")]
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_DECIMAL = re.compile(r"\d\.\d|(?<![\d.])\.\d")  # a decimal number in a gold answer: 3.5, .25
+# a decimal prediction against an exact gold must agree to this many places (math-verify's own
+# default, 6, accepts 4.666667 for 14/3; 15 is the most a double-precision float carries)
+EXACT_GOLD_FLOAT_ROUNDING = 15
+
+
+def _timeout() -> int | None:
+    """math-verify's timeouts use signal.alarm: main thread only."""
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+def _parse_unboxed(completion: str) -> list:
+    """math-verify's own extraction over a whole completion without \\boxed{}: the last LaTeX
+    expression ($...$, \\(...\\), after 'final answer is'...), else the last plain expression."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    return parse(completion, extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+                 parsing_timeout=_timeout())
 
 
 def extract_answer(completion: str) -> str | None:
-    """The answer a completion gives: last \\boxed{} first, then 'final answer'/'####', then the last number."""
+    """The answer a completion gives: the last \\boxed{} (a truncated box is no answer), else the
+    whole final expression math-verify extracts ('$\\frac{14}{3}$' gives '\\frac{14}{3}')."""
     if "\\boxed" in completion or "\\fbox" in completion:
         boxed = last_boxed(completion)  # a truncated/unbalanced box is no answer, not a fallback
         return boxed.strip() if boxed is not None else None
-    for pat in _FINAL:
-        found = pat.findall(completion)
-        if found:
-            return found[-1].strip().rstrip(".").strip()
-    nums = _NUMBER.findall(completion)
-    return nums[-1].replace(",", "") if nums else None
+    found = _parse_unboxed(completion)
+    return str(found[-1]).strip() if found else None
 
 
 def grade_math(completion: str, answer: str) -> bool:
-    """math-verify: the extracted answer of ``completion`` equals the gold ``answer``."""
+    """math-verify: the extracted answer of ``completion`` equals the gold ``answer``.
+
+    A decimal answer matches an exact gold (fraction, surd, integer) only when it is that value
+    (to 15 places): '0.5' for '\\frac{1}{2}' is right, '4.666666666' for '\\frac{14}{3}' is not. When
+    the gold is itself a decimal, math-verify's default rounding (6 places) applies.
+    """
     from math_verify import parse, verify
 
-    pred_text = extract_answer(completion)
-    if pred_text is None:
-        return False
-    main = threading.current_thread() is threading.main_thread()
-    timeout = 5 if main else None  # math-verify's timeouts use signal.alarm: main thread only
+    timeout = _timeout()
+    if "\\boxed" in completion or "\\fbox" in completion:
+        pred_text = extract_answer(completion)
+        if pred_text is None:
+            return False
+        pred = parse(f"${pred_text}$", parsing_timeout=timeout)
+    else:
+        pred = _parse_unboxed(completion)
+        if not pred:
+            return False
+        pred_text = str(pred[-1])
     gold = parse(f"${answer}$", parsing_timeout=timeout)
-    pred = parse(f"${pred_text}$", parsing_timeout=timeout)
     if not gold or not pred:
         return pred_text.strip() == answer.strip()
-    return bool(verify(gold, pred, timeout_seconds=timeout))
+    rounding = 6 if _DECIMAL.search(answer) else EXACT_GOLD_FLOAT_ROUNDING
+    return bool(verify(gold, pred, float_rounding=rounding, timeout_seconds=timeout))
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -198,7 +221,7 @@ def _rows_to_problems(rows: list[dict], source: str, qkey: str = "problem", akey
             ans = ans.split("####")[-1].strip().replace(",", "")
         elif akey == "solution":
             ans = last_boxed(ans) or ans
-        problems.append(Problem(f"{r[qkey]}\n{instruction}" if instruction else str(r[qkey]), ans))
+        problems.append(Problem(f"{r[qkey]} {instruction}" if instruction else str(r[qkey]), ans))
     return problems
 
 

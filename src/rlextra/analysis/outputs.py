@@ -2,8 +2,15 @@
 
 A fixed probe set of prompt/response pairs is teacher-forced through every checkpoint, one model
 in memory at a time, in padding-aware batches. Each response token's log-prob and logit at each
-step feed the streaming line-fit kernel, as weights do. As in the paper, tokens whose log-prob
-moves less than 0.2 over the run are left out (configurable, reported).
+step feed the streaming line-fit kernel, as weights do.
+
+Token filters (both kept counts and both summaries are reported, whichever one is chosen):
+- ``endpoints`` (default, the paper's, as its published script does it): keep tokens whose
+  log-prob changes by more than 0.2 between the first and the last checkpoint,
+  |lp_last - lp_first| > 0.2.
+- ``range`` (rlextra's own): keep tokens whose log-prob spans at least 0.2 over the run,
+  max - min >= 0.2. It also keeps tokens that rise and fall back, which pull R^2 down, so its
+  figures are not comparable with the paper's.
 """
 
 from __future__ import annotations
@@ -16,58 +23,22 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
+from rlextra.analysis.probes import (Encoded, encode_probes, example_candidates, load_checkpoint, load_probes,
+                                     padded_batches, prepare_probes)
 from rlextra.analysis.report import r2_summary
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import atomic_output_dir
 from rlextra.errors import RLExtraError
-from rlextra.jsonl import read_jsonl
 from rlextra.linefit import LineFit
+
+__all__ = ["TOKEN_FILTERS", "analyze_outputs", "encode_probes", "load_probes", "teacher_force", "token_filter_mask"]
 
 LOGITS_BUDGET_BYTES = 256 * 2**20  # cap on one batch's kept logits (rows x positions x vocab x 4)
 N_EXAMPLES = 6
+TOKEN_FILTERS = ("endpoints", "range")  # the paper's, rlextra's own
 
 
-def load_probes(path: str | Path) -> list[dict]:
-    """JSONL rows with 'prompt' and 'response' strings (the prompt exactly as the model sees it)."""
-    probes = []
-    for i, row in read_jsonl(path):
-        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)):
-            raise RLExtraError(f"{path}:{i}: needs 'prompt' and 'response' strings")
-        if not row["prompt"] or not row["response"]:
-            raise RLExtraError(f"{path}:{i}: empty prompt or response")
-        probes.append({"prompt": row["prompt"], "response": row["response"]})
-    if not probes:
-        raise RLExtraError(f"{path}: no probes")
-    return probes
-
-
-def generate_probes(model_dir: str | Path, task, n: int, sampling) -> list[dict]:
-    """n responses sampled from one checkpoint on the task's held-out prompts (k=1 each)."""
-    from rlextra.evaluation.generate import format_prompts, generate_hf
-    from rlextra.evaluation.run import load_model
-
-    model, tok = load_model(model_dir)
-    prompts = format_prompts(tok, [p.prompt for p in task.test[:n]], task.conversational)
-    outs = generate_hf(model, tok, prompts, sampling, progress=False)
-    return [{"prompt": p, "response": o[0]} for p, o in zip(prompts, outs) if o[0]]
-
-
-def encode_probes(tokenizer, probes: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
-    """Token ids of each prompt and response (tokenised separately, then concatenated)."""
-    special = not getattr(tokenizer, "chat_template", None)
-    enc = []
-    for p in probes:
-        prompt = tokenizer(p["prompt"], add_special_tokens=special)["input_ids"]
-        response = tokenizer(p["response"], add_special_tokens=False)["input_ids"]
-        if prompt and response:
-            enc.append((prompt, response))
-    if not enc:
-        raise RLExtraError("no probe has both prompt and response tokens")
-    return enc
-
-
-def teacher_force(model, encoded: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                  batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def teacher_force(model, encoded: Encoded, pad_id: int, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Log-prob and raw logit of every response token (concatenated in probe order), float64."""
     import torch
 
@@ -75,21 +46,10 @@ def teacher_force(model, encoded: Sequence[tuple[list[int], list[int]]], pad_id:
         else model.config.vocab_size
     device = next(model.parameters()).device
     lps, lgs = [], []
-    i = 0
     with torch.no_grad():
-        while i < len(encoded):
-            rmax = max(len(r) for _, r in encoded[i:i + batch_size])
-            rows = max(1, min(batch_size, LOGITS_BUDGET_BYTES // ((rmax + 1) * vocab * 4)))
-            batch = encoded[i:i + rows]
-            i += rows
-            width = max(len(p) + len(r) for p, r in batch)
+        for batch, ids, mask, pos in padded_batches(
+                encoded, pad_id, batch_size, lambda rmax: LOGITS_BUDGET_BYTES // ((rmax + 1) * vocab * 4)):
             keep = max(len(r) for _, r in batch) + 1
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, (p, r) in enumerate(batch):  # left padded: every response ends at the last column
-                ids[j, width - len(p) - len(r):] = torch.tensor(p + r)
-                mask[j, width - len(p) - len(r):] = 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                            position_ids=pos.to(device), logits_to_keep=keep).logits.float()
             for j, (_, r) in enumerate(batch):
@@ -100,39 +60,40 @@ def teacher_force(model, encoded: Sequence[tuple[list[int], list[int]]], pad_id:
     return np.concatenate(lps), np.concatenate(lgs)
 
 
+def token_filter_mask(fit: LineFit, kind: str, min_change: float) -> np.ndarray:
+    """Tokens kept by a filter: 'endpoints' |last - first| > min_change (the paper's), 'range'
+    max - min >= min_change (rlextra's own). ``fit`` must track the range."""
+    if kind == "endpoints":
+        return np.abs(fit.endpoint_change()) > min_change
+    if kind == "range":
+        return fit.value_range() >= min_change
+    raise RLExtraError(f"--token-filter must be one of {', '.join(TOKEN_FILTERS)}, got '{kind}'")
+
+
 def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path],
                     out_dir: str | Path | None = None, *, probes: str | Path | list[dict] | None = None,
                     generate: int | None = None, task=None, sampling=None, steps: Sequence[int] | None = None,
-                    min_logprob_change: float = 0.2, batch_size: int = 8, seed: int = 0,
-                    plots: bool = True, progress: bool = True, overwrite: bool = False) -> dict:
-    """Teacher-force the probes through every checkpoint; report token log-prob/logit linearity."""
-    from rlextra.evaluation.run import load_model
+                    token_filter: str = "endpoints", min_logprob_change: float = 0.2, batch_size: int = 8,
+                    seed: int = 0, plots: bool = True, progress: bool = True, overwrite: bool = False) -> dict:
+    """Teacher-force the probes through every checkpoint; report token log-prob/logit linearity.
 
+    ``logprob``/``logit`` summarise the tokens ``token_filter`` keeps; ``by_filter`` holds the
+    kept count and both summaries under each filter, so the two can be compared from one run.
+    """
+    if token_filter not in TOKEN_FILTERS:
+        raise RLExtraError(f"--token-filter must be one of {', '.join(TOKEN_FILTERS)}, got '{token_filter}'")
     series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(checkpoints, steps)
     if len(series) < 3:
         raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
-    if (probes is None) == (generate is None):
-        raise RLExtraError("give probes (--probes FILE) or a number of responses to generate (--generate N)")
-    if generate is not None:
-        from rlextra.evaluation.generate import SamplingConfig
-        from rlextra.tasks import TaskSpec, load_task
-
-        task = load_task(task or TaskSpec())
-        probes = generate_probes(series.checkpoints[0].path, task, generate, sampling or SamplingConfig(seed=seed))
-    elif not isinstance(probes, list):
-        probes = load_probes(probes)
-    first_model, tokenizer = load_model(series.checkpoints[0].path)
-    del first_model
-    encoded = encode_probes(tokenizer, probes)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,
+                                          sampling=sampling, seed=seed)
     n_tok = sum(len(r) for _, r in encoded)
     lp_fit = LineFit(series.steps, n_tok, track_range=True)
     lg_fit = LineFit(series.steps, n_tok)
-    rng = np.random.default_rng(seed)
-    cand = rng.choice(n_tok, size=min(64, n_tok), replace=False)
+    cand = example_candidates(n_tok, seed)
     traj, mean_lp = [], []
     for cp in tqdm(series.checkpoints, desc="teacher-forcing checkpoints", disable=not progress):
-        model, _ = load_model(cp.path)
+        model, _ = load_checkpoint(cp.path)
         lp, lg = teacher_force(model, encoded, pad, batch_size)
         del model
         if not (np.isfinite(lp).all() and np.isfinite(lg).all()):
@@ -141,8 +102,9 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         lg_fit.add(lg)
         traj.append(lp[cand])
         mean_lp.append(float(lp.mean()))
-    keep = lp_fit.value_range() >= min_logprob_change
     r2_lp, r2_lg = lp_fit.result().r2(), lg_fit.result().r2()
+    masks = {kind: token_filter_mask(lp_fit, kind, min_logprob_change) for kind in TOKEN_FILTERS}
+    keep = masks[token_filter]
     traj = np.stack(traj)
     examples = [{"tensor": "token", "index": int(c), "label": f"probe token {int(c)}",
                  "r2": float(r2_lp[c]), "values": traj[:, j].tolist()}
@@ -151,10 +113,14 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         "rlextra_version": rlextra.__version__, "kind": "outputs", "steps": series.steps,
         "checkpoints": [{"step": c.step, "path": str(c.path)} for c in series.checkpoints],
         "n_probes": len(encoded), "n_tokens": n_tok,
-        "filter": {"min_logprob_change": min_logprob_change, "n_tokens_kept": int(keep.sum()),
-                   "n_tokens_dropped": int((~keep).sum())},
+        "filter": {"token_filter": token_filter, "min_logprob_change": min_logprob_change,
+                   "n_tokens_kept": int(keep.sum()), "n_tokens_dropped": int((~keep).sum()),
+                   "n_tokens_kept_endpoints": int(masks["endpoints"].sum()),
+                   "n_tokens_kept_range": int(masks["range"].sum())},
         "logprob": r2_summary(r2_lp[keep]), "logit": r2_summary(r2_lg[keep]),
         "logprob_unfiltered": r2_summary(r2_lp),
+        "by_filter": {kind: {"n_tokens_kept": int(m.sum()), "logprob": r2_summary(r2_lp[m]),
+                             "logit": r2_summary(r2_lg[m])} for kind, m in masks.items()},
         "mean_token_logprob": mean_lp,
     }
     if out_dir is not None:

@@ -147,3 +147,21 @@ def plot_series(steps: Sequence[int], values: Sequence[float], path: Path, ylabe
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_layer_r2(per_layer: Sequence[dict], path: Path, title: str = "Activations") -> None:
+    """Mean R^2 (and the fraction above 0.7) of each layer's coordinates against the layer index."""
+    layers = [row["layer"] for row in per_layer]
+    mean = [np.nan if row["mean_r2"] is None else row["mean_r2"] for row in per_layer]
+    frac = [np.nan if row["frac_r2_above_0.7"] is None else row["frac_r2_above_0.7"] for row in per_layer]
+    fig, ax = plt.subplots(figsize=(max(5, 0.2 * len(layers) + 3), 3.5))
+    ax.plot(layers, mean, "o-", color="#4477aa", label="mean R²")
+    ax.plot(layers, frac, "s--", ms=4, color="#cc3311", label="fraction R² > 0.7")
+    ax.set_xlabel("layer (output of)")
+    ax.set_ylim(0, 1.04)
+    ax.set_title(f"{title}: R² of linear fit vs step, per layer", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

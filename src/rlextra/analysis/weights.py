@@ -1,8 +1,9 @@
 """Weight-space linearity: R^2 of each scalar parameter's line over training steps.
 
 Exact over every parameter by default, streamed tensor by tensor and chunk by chunk through the
-line-fit kernel. Sampling and the paper's filters (min-change, min-distinct) are opt-in and
-recorded in the report. ``--shard i/N`` analyses a disjoint, size-balanced subset of tensors;
+line-fit kernel. Sampling, the paper's filters (min-change: max - min > 1e-4, min-distinct: at
+least 4 distinct values) and ``only_weights`` (only tensors named ``*.weight``, as the paper's
+script selects them: biases are left out) are opt-in and recorded in the report. ``--shard i/N`` analyses a disjoint, size-balanced subset of tensors;
 ``merge_weight_reports`` combines shards into the same report a single run writes.
 """
 
@@ -114,7 +115,7 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                     min_distinct: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                     shard: tuple[int, int] | None = None, plots: bool = True,
                     progress: bool = True, overwrite: bool = False, allow_pickle: bool = False,
-                    allow_mixed_dtypes: bool = False, save_maps: bool = False) -> dict:
+                    allow_mixed_dtypes: bool = False, save_maps: bool = False, only_weights: bool = False) -> dict:
     """Fit a line to every scalar parameter over the series; return (and write) weights.json.
 
     With out_dir, writes weights.json, weights.csv, accumulators.json (for merging shards) and
@@ -132,8 +133,9 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     if min_distinct is not None and min_distinct < 2:
         raise RLExtraError(f"--min-distinct must be at least 2, got {min_distinct}")
     newest = series.newest.tensors
-    float_names = [n for n in series.names if newest[n].is_float]
-    skipped = [n for n in series.names if not newest[n].is_float]
+    wanted = [n for n in series.names if n.endswith(".weight")] if only_weights else list(series.names)
+    float_names = [n for n in wanted if newest[n].is_float]
+    skipped = [n for n in series.names if n not in set(float_names)]  # non-float, or not *.weight
     mine = float_names
     if shard is not None and shard[1] > 1:
         owner = assign_shards({n: newest[n].numel for n in float_names}, shard[1])
@@ -148,6 +150,7 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
             maps = {k: StreamingSafetensorsWriter(staged, specs, parse_size("5GB"), prefix=k)
                     for k in ("r2", "slope")}
         return _analyze(series, mine, skipped, examples_wanted, maps, out_dir, sample=sample, seed=seed,
+                        only_weights=only_weights,
                         min_change=min_change, min_distinct=min_distinct, chunk_size=chunk_size,
                         shard=shard, plots=plots, progress=progress, overwrite=overwrite, staged=staged)
 
@@ -168,7 +171,7 @@ def _staging(out_dir: str | Path | None, enabled: bool) -> Iterator[Path | None]
 
 
 def _analyze(series: CheckpointSeries, mine: list[str], skipped: list[str], examples_wanted: set[str],
-             maps: dict | None, out_dir, *, sample, seed, min_change, min_distinct, chunk_size, shard,
+             maps: dict | None, out_dir, *, sample, seed, only_weights, min_change, min_distinct, chunk_size, shard,
              plots, progress, overwrite, staged) -> dict:
     """The streaming pass over this process's tensors, then the report (see analyze_weights)."""
     newest = series.newest.tensors
@@ -210,7 +213,7 @@ def _analyze(series: CheckpointSeries, mine: list[str], skipped: list[str], exam
                     maps["slope"].write(name, res.slope.astype(np.float32))
                 keep = np.ones(n, dtype=bool)
                 if min_change is not None:
-                    keep &= fit.value_range() >= min_change
+                    keep &= fit.value_range() > min_change  # strict, as the paper's script
                 if min_distinct is not None:
                     keep &= fit.n_distinct_capped() >= min_distinct
                 st.add(r2, keep, fit.y0, fit.last)
@@ -230,7 +233,7 @@ def _analyze(series: CheckpointSeries, mine: list[str], skipped: list[str], exam
         "steps": series.steps,
         "checkpoints": [{"step": c.step, "path": str(c.path)} for c in series.checkpoints],
         "options": {"sample": sample, "seed": seed, "min_change": min_change,
-                    "min_distinct": min_distinct, "chunk_size": chunk_size},
+                    "min_distinct": min_distinct, "only_weights": only_weights, "chunk_size": chunk_size},
         "shard": None if shard is None or shard[1] == 1 else {"index": shard[0], "count": shard[1]},
         "skipped_tensors": skipped,
     }

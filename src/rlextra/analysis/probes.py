@@ -1,0 +1,112 @@
+"""Probe sets for the teacher-forced analyses (outputs, activations): read or sample them, encode
+them, batch them left-padded, and load the checkpoints they are forced through.
+
+Every model these analyses load goes through ``load_checkpoint`` here, one model at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from rlextra.checkpoints.series import CheckpointSeries
+from rlextra.errors import RLExtraError
+from rlextra.jsonl import read_jsonl
+
+Encoded = Sequence[tuple[list[int], list[int]]]
+
+
+def load_checkpoint(path: str | Path):
+    """(model, tokenizer) of one checkpoint folder, in eval mode: the analyses' only model loader."""
+    from rlextra.evaluation.run import load_model
+
+    return load_model(path)
+
+
+def load_probes(path: str | Path) -> list[dict]:
+    """JSONL rows with 'prompt' and 'response' strings (the prompt exactly as the model sees it)."""
+    probes = []
+    for i, row in read_jsonl(path):
+        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)):
+            raise RLExtraError(f"{path}:{i}: needs 'prompt' and 'response' strings")
+        if not row["prompt"] or not row["response"]:
+            raise RLExtraError(f"{path}:{i}: empty prompt or response")
+        probes.append({"prompt": row["prompt"], "response": row["response"]})
+    if not probes:
+        raise RLExtraError(f"{path}: no probes")
+    return probes
+
+
+def generate_probes(model_dir: str | Path, task, n: int, sampling) -> list[dict]:
+    """n responses sampled from one checkpoint on the task's held-out prompts (k=1 each)."""
+    from rlextra.evaluation.generate import format_prompts, generate_hf
+
+    model, tok = load_checkpoint(model_dir)
+    prompts = format_prompts(tok, [p.prompt for p in task.test[:n]], task.conversational)
+    outs = generate_hf(model, tok, prompts, sampling, progress=False)
+    return [{"prompt": p, "response": o[0]} for p, o in zip(prompts, outs) if o[0]]
+
+
+def encode_probes(tokenizer, probes: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
+    """Token ids of each prompt and response (tokenised separately, then concatenated)."""
+    special = not getattr(tokenizer, "chat_template", None)
+    enc = []
+    for p in probes:
+        prompt = tokenizer(p["prompt"], add_special_tokens=special)["input_ids"]
+        response = tokenizer(p["response"], add_special_tokens=False)["input_ids"]
+        if prompt and response:
+            enc.append((prompt, response))
+    if not enc:
+        raise RLExtraError("no probe has both prompt and response tokens")
+    return enc
+
+
+def prepare_probes(series: CheckpointSeries, *, probes: str | Path | list[dict] | None, generate: int | None,
+                   task=None, sampling=None, seed: int = 0) -> tuple[list[dict], Encoded, int]:
+    """The probe rows (read, given, or sampled from the first checkpoint), their token ids, and the
+    pad id, with the first checkpoint's tokenizer."""
+    if (probes is None) == (generate is None):
+        raise RLExtraError("give probes (--probes FILE) or a number of responses to generate (--generate N)")
+    if generate is not None:
+        from rlextra.evaluation.generate import SamplingConfig
+        from rlextra.tasks import TaskSpec, load_task
+
+        task = load_task(task or TaskSpec())
+        probes = generate_probes(series.checkpoints[0].path, task, generate, sampling or SamplingConfig(seed=seed))
+    elif not isinstance(probes, list):
+        probes = load_probes(probes)
+    first_model, tokenizer = load_checkpoint(series.checkpoints[0].path)
+    del first_model
+    encoded = encode_probes(tokenizer, probes)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return probes, encoded, pad
+
+
+def padded_batches(encoded: Encoded, pad_id: int, batch_size: int, rows_for: Callable[[int], int] | None = None
+                   ) -> Iterator[tuple[Encoded, object, object, object]]:
+    """(batch, input_ids, attention_mask, position_ids), left padded so that every response ends at
+    the last column; ``rows_for(longest_response)`` may cap a batch below batch_size (memory)."""
+    import torch
+
+    i = 0
+    while i < len(encoded):
+        rows = batch_size
+        if rows_for is not None:
+            rows = max(1, min(batch_size, rows_for(max(len(r) for _, r in encoded[i:i + batch_size]))))
+        batch = encoded[i:i + rows]
+        i += len(batch)
+        width = max(len(p) + len(r) for p, r in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, (p, r) in enumerate(batch):
+            ids[j, width - len(p) - len(r):] = torch.tensor(p + r)
+            mask[j, width - len(p) - len(r):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        yield batch, ids, mask, pos
+
+
+def example_candidates(n: int, seed: int, size: int = 64) -> np.ndarray:
+    """A seeded random pick of coordinates whose trajectories may be plotted (not cherry-picked)."""
+    return np.random.default_rng(seed).choice(n, size=min(size, n), replace=False)
