@@ -24,7 +24,7 @@ WORK = HERE / "work"
 COMMANDS: list[tuple[str, float]] = []
 # work/ of an earlier layout (prompts joined by a newline, the range token filter only) would mix
 # with this one's outputs: refuse it instead
-LAYOUT = 2
+LAYOUT = 3
 # the paper's criterion for "linear": more than 70% of coordinates with R^2 above 0.7
 PAPER_R2, PAPER_FRACTION = 0.7, 0.7
 
@@ -57,13 +57,19 @@ def rel(p: Path) -> str:
 
 
 def make_task(cfg: dict) -> Path:
-    """Write the problem file once (seeded): every distinct one-digit product and sum (1..9 op 1..9),
-    shuffled; the held-out split therefore never repeats a training problem."""
+    """Write the problem file once (seeded): two-digit sums (10..99 + 10..99) and two-digit by
+    one-digit products (10..99 * 2..9), distinct and shuffled, so the held-out split never repeats a
+    training problem. Hard enough that the model is often wrong at the start (one-digit problems
+    saturated within 24 steps on an earlier run)."""
     path = WORK / "task.jsonl"
     if path.exists():
         return path
     rng = random.Random(cfg["seed"])
-    picked = [(a, op, b) for a in range(1, 10) for b in range(1, 10) for op in "*+"]
+    picked = set()
+    while len(picked) < cfg["task"]["n_problems"]:
+        op = rng.choice("+*")
+        picked.add((rng.randrange(10, 100), op, rng.randrange(10, 100) if op == "+" else rng.randrange(2, 10)))
+    picked = sorted(picked)
     rng.shuffle(picked)
     rows = [{"problem": f"What is {a} {op} {b}?", "answer": str(a * b if op == "*" else a + b)}
             for a, op, b in picked]
