@@ -35,6 +35,13 @@ def _series_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _method_params(p: argparse.ArgumentParser) -> None:
+    """Parameters of the extrapolation methods, shared by extrapolate and backtest."""
+    p.add_argument("--rank", type=int, default=1, help="rank1: singular directions moved (default 1)")
+    p.add_argument("--min-r2", type=float, help="lsq: parameters with R^2 below this keep their newest value")
+    p.add_argument("--device", help="rank1: where the SVD runs (cpu, cuda; default cpu)")
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
@@ -108,13 +115,14 @@ def cmd_analyze_merge(a: argparse.Namespace) -> int:
 def cmd_extrapolate(a: argparse.Namespace) -> int:
     from rlextra.extrapolate import extrapolate_weights
 
-    out = extrapolate_weights(a.checkpoints, a.output, to_step=a.to_step, alpha=a.alpha, fit=a.fit,
-                              min_r2=a.min_r2, norms=a.norms, max_shard_size=a.max_shard_size,
+    out = extrapolate_weights(a.checkpoints, a.output, to_step=a.to_step, alpha=a.alpha, method=a.method,
+                              rank=a.rank, min_r2=a.min_r2, norms=a.norms, device=a.device,
+                              max_shard_size=a.max_shard_size,
                               overwrite=a.overwrite, chunk_size=a.chunk_size, steps=_steps(a.steps),
                               allow_pickle=a.allow_pickle, allow_mixed_dtypes=a.allow_mixed_dtypes,
                               progress=not a.quiet)
     prov = json.loads((out / "rlextra.json").read_text())
-    print(f"{prov['fit']} extrapolation of steps {prov['steps']} to step {prov['target_step']:g} "
+    print(f"{prov['method']} extrapolation of steps {prov['steps']} to step {prov['target_step']:g} "
           f"(alpha {prov['alpha']:.4g}): {out}")
     return 0
 
@@ -346,7 +354,8 @@ EXAMPLES = {
     "extrapolate": """example:
   rlextra extrapolate runs/grpo/checkpoint-100 runs/grpo/checkpoint-200 --to-step 400 -o step400
   rlextra extrapolate 0=base/ runs/grpo/checkpoint-200 --alpha 1.5 -o alpha1.5
-  rlextra extrapolate runs/grpo/ --fit lsq --min-r2 0.7 --to-step 1000 -o lsq1000""",
+  rlextra extrapolate runs/grpo/ --method lsq --min-r2 0.7 --to-step 1000 -o lsq1000
+  rlextra extrapolate runs/grpo/ --method rank1 --rank 2 --to-step 1000 -o rank1000""",
     "tiny-model": """example:
   rlextra tiny-model -o models/tiny-add2 --task arithmetic --digits 2 --ops +""",
     "train": """example:
@@ -442,9 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     tgt = e.add_mutually_exclusive_group(required=True)
     tgt.add_argument("--to-step", type=float, help="target step T")
     tgt.add_argument("--alpha", type=float, help="alpha = (T - b) / (s - b), b/s = first/last step")
-    e.add_argument("--fit", choices=["auto", "two-point", "lsq"], default="auto",
-                   help="two-point for 2 checkpoints, least squares for 3+ (auto picks by count)")
-    e.add_argument("--min-r2", type=float, help="lsq: parameters with R^2 below this keep their newest value")
+    e.add_argument("--method", "--fit", dest="method", choices=["auto", "two-point", "lsq", "rank1"],
+                   default="auto", help="two-point (2 checkpoints), lsq (3+), rank1 (2+, top --rank "
+                   "singular directions); auto: two-point for 2, lsq for more (--fit: older name)")
+    _method_params(e)
     e.add_argument("--norms", choices=["copy", "extrapolate"], default="copy",
                    help="norm weights: copied from the newest checkpoint (default, as the paper) or extrapolated")
     e.add_argument("--max-shard-size", default="5GB", help="largest output shard (default 5GB)")

@@ -73,6 +73,21 @@ def check_method(method: str, k: int, *, rank: int = 1, min_r2: float | None = N
         raise RLExtraError(f"--rank must be a positive integer, got {rank}")
 
 
+def check_device(device: str | None):
+    """A torch device from a user's --device, with a one-line error when it is unknown or absent."""
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise RLExtraError(f"--device '{device}' is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RLExtraError(f"--device {device}: no CUDA device is available")
+    return dev
+
+
 class WindowPredictor:
     """One tensor's window of K snapshots, ready to be read at any target step.
 
