@@ -21,12 +21,13 @@ def _steps(text: str | None) -> list[int] | None:
         raise RLExtraError(f"--steps expects comma-separated integers, got '{text}'") from None
 
 
-def _series_args(p: argparse.ArgumentParser) -> None:
+def _series_args(p: argparse.ArgumentParser, chunked: bool = True) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                    help="model folders (STEP=PATH names a step, e.g. 0=base/), or one run folder")
     p.add_argument("--steps", help="comma-separated steps, one per CKPT, in the order given")
-    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
-                   help="elements of one tensor read per checkpoint at a time (bounds memory; default %(default)s)")
+    if chunked:
+        p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                       help="elements of one tensor read per checkpoint at a time (bounds memory; default %(default)s)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also read .bin/.pt pickle checkpoints (only for files you trust)")
     p.add_argument("--allow-mixed-dtypes", action="store_true",
@@ -127,6 +128,24 @@ def cmd_extrapolate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backtest(a: argparse.Namespace) -> int:
+    from rlextra.extrapolate.backtest import backtest
+
+    _set_threads(a.threads)
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    res = backtest(a.checkpoints, a.output, methods=methods, rank=a.rank, min_r2=a.min_r2, norms=a.norms,
+                   pairs=a.pairs, device=a.device, task=_task_spec(a) if a.task else None,
+                   sampling=_sampling(a), steps=_steps(a.steps), allow_pickle=a.allow_pickle,
+                   allow_mixed_dtypes=a.allow_mixed_dtypes, overwrite=a.overwrite,
+                   plots=not a.no_plots, progress=not a.quiet)
+    print(f"{len(res['rows'])} predictions over steps {res['steps']}: {a.output}/backtest.json")
+    print(f"{'method':<10} {'rows':>4}  {'median error':>12}  recommendation")
+    for method, rec in res["recommendation"].items():
+        nm = "" if rec["max_safe_n_over_m"] is None else f" (RL-Extra n/m <= {rec['max_safe_n_over_m']:.3g})"
+        print(f"{method:<10} {rec['rows']:>4}  {_fmt(rec['median_weight_error']):>12}  {rec['verdict']}{nm}")
+    return 0
+
+
 def _task_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("task")
     g.add_argument("--task", default="arithmetic",
@@ -182,6 +201,24 @@ def _probe_kwargs(a: argparse.Namespace) -> dict:
     return dict(probes=a.probes, generate=a.generate, task=_task_spec(a), sampling=sampling,
                 steps=_steps(a.steps), batch_size=a.batch_size, seed=a.seed, plots=not a.no_plots,
                 progress=not a.quiet, overwrite=a.overwrite)
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--k", type=int, default=4, help="samples per problem (default 4)")
+    g.add_argument("--temperature", type=float, default=0.6, help="0 for greedy (default 0.6)")
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--top-k", type=int, default=0, help="0 = off (default; HF generate's own default is 50)")
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _sampling(a: argparse.Namespace):
+    from rlextra.evaluation.generate import SamplingConfig
+
+    return SamplingConfig(k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+                          max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed)
 
 
 def _set_threads(n: int) -> None:
@@ -246,12 +283,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from rlextra.evaluation.generate import SamplingConfig
     from rlextra.evaluation.run import evaluate
 
     _set_threads(a.threads)
-    sampling = SamplingConfig(k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-                              max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed)
+    sampling = _sampling(a)
     if (a.extrapolate_from is None) != (a.to_step is None and a.alpha is None):
         raise RLExtraError("--extrapolate-from goes with --to-step T or --alpha A")
     summary = evaluate(a.model, _task_spec(a), Path(a.output), sampling=sampling, backend=a.backend,
@@ -356,6 +391,10 @@ EXAMPLES = {
   rlextra extrapolate 0=base/ runs/grpo/checkpoint-200 --alpha 1.5 -o alpha1.5
   rlextra extrapolate runs/grpo/ --method lsq --min-r2 0.7 --to-step 1000 -o lsq1000
   rlextra extrapolate runs/grpo/ --method rank1 --rank 2 --to-step 1000 -o rank1000""",
+    "backtest": """example:
+  rlextra backtest runs/grpo/ -o reports/backtest
+  rlextra backtest runs/grpo/ -o reports/backtest --methods two-point,rank1 --rank 2 --pairs first
+  rlextra backtest runs/add2/ -o reports/bt-acc --task arithmetic --k 4 --max-new-tokens 6""",
     "tiny-model": """example:
   rlextra tiny-model -o models/tiny-add2 --task arithmetic --digits 2 --ops +""",
     "train": """example:
@@ -460,6 +499,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-shard-size", default="5GB", help="largest output shard (default 5GB)")
     e.set_defaults(func=cmd_extrapolate)
 
+    bt = sub.add_parser("backtest", help="how far ahead each method extrapolates this run, checked on its "
+                        "later checkpoints", formatter_class=fmt, epilog=EXAMPLES["backtest"])
+    _series_args(bt, chunked=False)
+    bt.add_argument("-o", "--output", required=True, help="report folder (backtest.json, .csv, plots)")
+    bt.add_argument("--methods", default="two-point,lsq,rank1", help="comma-separated (default %(default)s)")
+    bt.add_argument("--pairs", choices=["all", "first"], default="all",
+                    help="two-point windows (b, s): every pair (default) or b = the first checkpoint only")
+    _method_params(bt)
+    bt.add_argument("--norms", choices=["copy", "extrapolate"], default="copy",
+                    help="norm weights: copied from s (default, as extrapolate) or extrapolated")
+    _task_args(bt)
+    _sampling_args(bt)
+    bt.set_defaults(task=None)  # accuracy rows only when --task is given
+    bt.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    bt.add_argument("--no-plots", action="store_true")
+    bt.set_defaults(func=cmd_backtest)
+
     tm = sub.add_parser("tiny-model", help="a ~1M-parameter Llama with a char tokenizer, warmed up on a task",
                         formatter_class=fmt, epilog=EXAMPLES["tiny-model"])
     tm.add_argument("-o", "--output", required=True)
@@ -517,12 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", help="HF model folder")
     ev.add_argument("-o", "--output", required=True, help="summary JSON (generations go to *.generations.jsonl)")
     _task_args(ev)
-    ev.add_argument("--k", type=int, default=4, help="samples per problem (default 4)")
-    ev.add_argument("--temperature", type=float, default=0.6, help="0 for greedy (default 0.6)")
-    ev.add_argument("--top-p", type=float, default=0.95)
-    ev.add_argument("--top-k", type=int, default=0, help="0 = off (default; HF generate's own default is 50)")
-    ev.add_argument("--max-new-tokens", type=int, default=512)
-    ev.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
+    _sampling_args(ev)
     ev.add_argument("--backend", choices=["auto", "hf", "rlextra", "vllm"], default="auto",
                     help="auto: vLLM when installed and a GPU is present, else HF generate; rlextra: "
                          "rlextra's decoder (each prompt encoded once for its k samples)")
@@ -531,7 +582,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--to-step", type=float, help="with --extrapolate-from: target step T")
     ev.add_argument("--alpha", type=float, help="with --extrapolate-from: alpha = (T - b) / (s - b)")
     ev.add_argument("--steps", help="with --extrapolate-from: steps of BASE,MODEL if their names lack them")
-    ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ev.add_argument("-q", "--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
