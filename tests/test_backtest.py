@@ -129,3 +129,36 @@ def test_too_few_checkpoints_and_bad_methods(tmp_path):
     with pytest.raises(RLExtraError, match="unknown method 'svd'"):
         backtest(tmp_path / "run", tmp_path / "bt", methods=["svd"], progress=False)
     assert not (tmp_path / "bt").exists()
+
+
+def test_accuracy_rows_through_the_cli(tmp_path, capsys):
+    """A tiny Llama drifting exactly linearly: the two-point prediction of step 20 is the real step
+    20 (greedy, same sampler), so their accuracies agree; logits extrapolation is its own row."""
+    import torch
+
+    from rlextra.rl.models import char_tokenizer, save_model, tiny_llama
+
+    tok = char_tokenizer()
+    model = tiny_llama(tok, hidden=32, layers=1, intermediate=64, seed=0)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    slope = {n: 2e-3 * torch.randn(p.shape, generator=g) for n, p in base.items()}
+    for s in (0, 10, 20):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(base[n] + s * slope[n])
+        save_model(model, tok, tmp_path / "run" / f"checkpoint-{s}")
+    out = tmp_path / "bt"
+    assert main(["backtest", str(tmp_path / "run"), "-o", str(out), "--methods", "two-point,rank1",
+                 "--task", "arithmetic", "--digits", "1", "--n-train", "10", "--n-test", "6", "--k", "1",
+                 "--temperature", "0", "--max-new-tokens", "3", "--norms", "extrapolate", "-q"]) == 0
+    res = json.loads((out / "backtest.json").read_text())
+    assert res["real_accuracy"]["metric"] == "avg@1" and set(res["real_accuracy"]["by_step"]) == {"0", "10", "20"}
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"two-point", "rank1", "logits"}
+    assert rows["logits"]["weight_error"] is None and rows["logits"]["target"] == 20
+    assert rows["two-point"]["weight_error"] < 1e-3
+    assert rows["two-point"]["accuracy"] == res["real_accuracy"]["by_step"]["20"] == rows["two-point"]["accuracy_real_target"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
+    assert (out / "accuracy.png").stat().st_size > 0
+    assert "logits" in capsys.readouterr().out
