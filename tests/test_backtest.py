@@ -11,7 +11,8 @@ from rlextra.errors import RLExtraError
 from rlextra.extrapolate.backtest import backtest, module_type, plan_windows, recommend
 
 STEPS = [0, 10, 20, 30, 40, 50]
-ATTN, MLP, EMB = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight"
+ATTN, MLP = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"
+EMB = "model.embed_tokens.weight"
 NORM, BIAS = "model.layers.0.input_layernorm.weight", "model.layers.0.self_attn.q_proj.bias"
 SHAPES = {ATTN: (24, 16), MLP: (32, 16), EMB: (40, 16)}
 
@@ -63,7 +64,8 @@ def test_pure_linear_drift_every_method_is_far_below_one(tmp_path):
     run = _write_run(tmp_path / "run", vals)
     res = backtest(run, tmp_path / "bt", norms="extrapolate", progress=False)
     assert {r["method"] for r in res["rows"]} == {"two-point", "lsq", "rank1"}
-    worst = {m: max(r["weight_error"] for r in res["rows"] if r["method"] == m) for m in ("two-point", "lsq", "rank1")}
+    worst = {m: max(r["weight_error"] for r in res["rows"] if r["method"] == m)
+             for m in ("two-point", "lsq", "rank1")}
     assert all(w < 0.02 for w in worst.values()), worst
     assert all(v["verdict"].startswith("safe up to alpha") for v in res["recommendation"].values())
 
@@ -71,7 +73,8 @@ def test_pure_linear_drift_every_method_is_far_below_one(tmp_path):
 def test_full_rank_linear_drift_rank1_only_removes_its_directions(tmp_path):
     """rlextra's rank1 keeps the residual at s: on a full-rank drift it helps, but far less than lsq."""
     vals = planted_series(STEPS, SHAPES, noise=0.0)
-    res = backtest(_write_run(tmp_path / "run", vals), tmp_path / "bt", methods=["lsq", "rank1"], progress=False)
+    res = backtest(_write_run(tmp_path / "run", vals), tmp_path / "bt", methods=["lsq", "rank1"],
+                   progress=False)
     lsq = [r["weight_error"] for r in res["rows"] if r["method"] == "lsq"]
     rank1 = [r["weight_error"] for r in res["rows"] if r["method"] == "rank1"]
     assert max(lsq) < 0.01 and 0.5 < min(rank1) and max(rank1) < 1.0
@@ -102,7 +105,8 @@ def test_outputs_cli_and_nothing_written_into_the_run(tmp_path, capsys):
     assert set(row) >= {"method", "b", "s", "target", "alpha", "window", "weight_error", "per_module"}
     assert row["alpha"] == (row["target"] - row["b"]) / (row["s"] - row["b"])
     csv_lines = (out / "backtest.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("method,b,s,target,alpha,window,weight_error") and len(csv_lines) == len(res["rows"]) + 1
+    assert csv_lines[0].startswith("method,b,s,target,alpha,window,weight_error")
+    assert len(csv_lines) == len(res["rows"]) + 1
     assert (out / "weight_error.png").stat().st_size > 0
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
     assert main(["backtest", str(run), "-o", str(run / "bt")]) == 2  # refuses to write into the run
@@ -117,7 +121,8 @@ def test_errors_and_grid():
     assert [module_type(n) for n in (ATTN, MLP, EMB, NORM, "lm_head.weight", "model.layers.0.mlp.down_proj.weight",
                                      "transformer.h.0.attn.c_attn.weight", "score.weight")] == \
         ["attention", "mlp", "embeddings", "norms", "embeddings", "mlp", "attention", "other"]
-    rows = [{"method": "lsq", "alpha": a, "weight_error": e} for a, e in ((1.5, 0.4), (2.0, 0.9), (3.0, 1.2), (4.0, 0.5))]
+    rows = [{"method": "lsq", "alpha": a, "weight_error": e}
+            for a, e in ((1.5, 0.4), (2.0, 0.9), (3.0, 1.2), (4.0, 0.5))]
     assert recommend(rows)["lsq"]["max_safe_alpha"] == 2.0 and recommend(rows)["lsq"]["max_safe_n_over_m"] == 1.0
 
 
@@ -158,7 +163,8 @@ def test_accuracy_rows_through_the_cli(tmp_path, capsys):
     assert set(rows) == {"two-point", "rank1", "logits"}
     assert rows["logits"]["weight_error"] is None and rows["logits"]["target"] == 20
     assert rows["two-point"]["weight_error"] < 1e-3
-    assert rows["two-point"]["accuracy"] == res["real_accuracy"]["by_step"]["20"] == rows["two-point"]["accuracy_real_target"]
+    real_20 = res["real_accuracy"]["by_step"]["20"]
+    assert rows["two-point"]["accuracy"] == real_20 == rows["two-point"]["accuracy_real_target"]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
     assert (out / "accuracy.png").stat().st_size > 0
     assert "logits" in capsys.readouterr().out

@@ -27,7 +27,8 @@ def _series_args(p: argparse.ArgumentParser, chunked: bool = True) -> None:
     p.add_argument("--steps", help="comma-separated steps, one per CKPT, in the order given")
     if chunked:
         p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
-                       help="elements of one tensor read per checkpoint at a time (bounds memory; default %(default)s)")
+                       help="elements of one tensor read per checkpoint at a time "
+                            "(bounds memory; default %(default)s)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also read .bin/.pt pickle checkpoints (only for files you trust)")
     p.add_argument("--allow-mixed-dtypes", action="store_true",
@@ -146,11 +147,11 @@ def cmd_backtest(a: argparse.Namespace) -> int:
     return 0
 
 
-def _task_args(p: argparse.ArgumentParser) -> None:
+def _task_args(p: argparse.ArgumentParser, default: str | None = "arithmetic") -> None:
     g = p.add_argument_group("task")
-    g.add_argument("--task", default="arithmetic",
+    g.add_argument("--task", default=default,
                    help="arithmetic, gsm8k, math500, aime24, aime25, a .jsonl/.parquet with problem/answer "
-                        "fields, or a Hugging Face dataset id (default arithmetic)")
+                        f"fields, or a Hugging Face dataset id (default {default or 'none'})")
     g.add_argument("--ops", default="+", help="arithmetic: operations drawn from '+-*' (default +)")
     g.add_argument("--digits", type=int, default=2, help="arithmetic: digits per operand (default 2)")
     g.add_argument("--n-train", type=int, default=4000, help="arithmetic: training problems")
@@ -509,9 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     _method_params(bt)
     bt.add_argument("--norms", choices=["copy", "extrapolate"], default="copy",
                     help="norm weights: copied from s (default, as extrapolate) or extrapolated")
-    _task_args(bt)
+    _task_args(bt, default=None)  # accuracy rows only when --task is given
     _sampling_args(bt)
-    bt.set_defaults(task=None)  # accuracy rows only when --task is given
     bt.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     bt.add_argument("--no-plots", action="store_true")
     bt.set_defaults(func=cmd_backtest)

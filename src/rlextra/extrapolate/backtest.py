@@ -106,8 +106,9 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
     if norms not in ("copy", "extrapolate"):
         raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
     dev = check_device(device)
-    given = [] if isinstance(checkpoints, CheckpointSeries) else \
-        [Path(str(c).split("=", 1)[-1]) for c in ([checkpoints] if isinstance(checkpoints, (str, Path)) else checkpoints)]
+    items = [] if isinstance(checkpoints, CheckpointSeries) else \
+        [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    given = [Path(str(c).split("=", 1)[-1]) for c in items]  # a run folder too: never written into
     series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
         checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
     k = len(series)
@@ -187,8 +188,10 @@ def _ratio(num: float, den: float) -> float | None:
 
 def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, rank: int,
                    min_r2: float | None, norms: str, device: str | None, progress: bool) -> dict:
-    """avg@k of the real checkpoints, of each prediction (written to a temporary folder), and of
-    logits extrapolation for each two-point window. Every call into the evaluation code is here."""
+    """avg@k of the real checkpoints, of each prediction, and of logits extrapolation for each
+    two-point window. Every call into the evaluation code is here. A prediction is evaluated as
+    ``extrapolate`` writes it (a temporary folder, in the newest input's dtype), so its accuracy
+    is that of the checkpoint a user would get."""
     from rlextra.evaluation.generate import SamplingConfig
     from rlextra.evaluation.run import evaluate
     from rlextra.extrapolate.weights import extrapolate_weights
@@ -197,6 +200,7 @@ def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, r
     sampling = sampling or SamplingConfig(k=4)
     task = load_task(task) if isinstance(task, TaskSpec) else task
     key = f"avg@{sampling.k}"
+    by_step = {c.step: c for c in series.checkpoints}
     path = {c.step: c.path for c in series.checkpoints}
 
     def acc(model, **kw) -> float:
@@ -211,7 +215,7 @@ def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, r
             real[step] = acc(p)
             bar.update(1)
         for i, r in enumerate(rows):
-            sub = load_series([f"{t}={path[t]}" for t in r["window"]])
+            sub = CheckpointSeries([by_step[t] for t in r["window"]])
             out = extrapolate_weights(sub, Path(scratch) / f"p{i}", to_step=r["target"], method=r["method"],
                                       rank=rank, min_r2=min_r2 if r["method"] == "lsq" else None, norms=norms,
                                       device=device if r["method"] == "rank1" else None, progress=False)

@@ -17,7 +17,8 @@ def plot_backtest_error(rows: list[dict], path: Path) -> None:
     """Every prediction's weight error against its alpha, one colour per method; 1 = stopping at s."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method in dict.fromkeys(r["method"] for r in rows):
-        pts = [(r["alpha"], r["weight_error"]) for r in rows if r["method"] == method and r["weight_error"] is not None]
+        pts = [(r["alpha"], r["weight_error"]) for r in rows
+               if r["method"] == method and r["weight_error"] is not None]
         if pts:
             color, marker = _STYLE.get(method, ("#777777", "x"))
             ax.scatter(*zip(*pts), s=22, color=color, marker=marker, alpha=0.75, label=method)
@@ -40,7 +41,8 @@ def plot_backtest_accuracy(rows: list[dict], real: dict, path: Path) -> None:
     ax.plot([float(s) for s in steps], [real["by_step"][s] for s in steps], color="black", marker="o",
             lw=1.5, label="real checkpoints")
     for method in dict.fromkeys(r["method"] for r in rows):
-        pts = [(r["target"], r["accuracy"]) for r in rows if r["method"] == method and r.get("accuracy") is not None]
+        pts = [(r["target"], r["accuracy"]) for r in rows
+               if r["method"] == method and r.get("accuracy") is not None]
         if pts:
             color, marker = _STYLE.get(method, ("#777777", "x"))
             ax.scatter(*zip(*pts), s=22, color=color, marker=marker, alpha=0.7, label=f"{method} prediction")
