@@ -135,6 +135,28 @@ def reference_extrapolate(pair, out, auto_model, torch) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
+def ensure_series(work: Path, checkpoints: int) -> Path:
+    """The bf16 SmolLM2-135M-architecture series in work/run (generated once), page cache warmed."""
+    run = work / "run"
+    steps = [100 * i for i in range(checkpoints)]
+    if len(sorted(run.glob("checkpoint-*"))) != checkpoints:
+        import torch
+
+        from rlextra.synthetic import smollm2_135m_config, write_synthetic_series
+
+        torch.set_num_threads(1)
+        shutil.rmtree(run, ignore_errors=True)
+        print(f"generating {checkpoints} bf16 checkpoints of SmolLM2-135M (random init) ...", flush=True)
+        write_synthetic_series(run, smollm2_135m_config(), steps, drift=4e-3, noise=5e-4,
+                               dtype="bfloat16")
+    # warm the page cache so every method reads from memory, not disk
+    for f in run.rglob("*.safetensors"):
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    return run
+
+
 def run_worker(method: str, work: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, __file__, "--worker", method, "--work", str(work)],
@@ -165,23 +187,7 @@ def main() -> None:
     if a.worker:
         print(json.dumps(worker(a.worker, a.work)))
         return
-    run = a.work / "run"
-    steps = [100 * i for i in range(a.checkpoints)]
-    if sorted(run.glob("checkpoint-*")).__len__() != a.checkpoints:
-        import torch
-
-        from rlextra.synthetic import smollm2_135m_config, write_synthetic_series
-
-        torch.set_num_threads(1)
-        shutil.rmtree(run, ignore_errors=True)
-        print(f"generating {a.checkpoints} bf16 checkpoints of SmolLM2-135M (random init) ...", flush=True)
-        write_synthetic_series(run, smollm2_135m_config(), steps, drift=4e-3, noise=5e-4,
-                               dtype="bfloat16")
-    # warm the page cache so every method reads from memory, not disk
-    for f in run.rglob("*.safetensors"):
-        with open(f, "rb") as fh:
-            while fh.read(1 << 24):
-                pass
+    ensure_series(a.work, a.checkpoints)
     results = {}
     for method in ["reference_analysis", "rlextra_full", "rlextra_sample", "rlextra_full_plots",
                    "reference_extrapolate", "mergekit", "rlextra_extrapolate"]:

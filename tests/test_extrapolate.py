@@ -27,7 +27,7 @@ def test_two_point_matches_formula_and_copies_norms(series_dir, tmp_path):
     np.testing.assert_allclose(got[MAT], want, rtol=1e-6, atol=1e-9)  # fp32 arithmetic, as the paper
     np.testing.assert_array_equal(got[NORM], vals[NORM][3])  # copied from the newest
     prov = json.loads((out / "rlextra.json").read_text())
-    assert prov["alpha"] == alpha and prov["steps"] == [10, 30] and prov["fit"] == "two-point"
+    assert prov["alpha"] == alpha and prov["steps"] == [10, 30] and prov["method"] == "two-point"
     assert prov["tensors"]["copied_norm"] == 1 and (out / "config.json").exists()
 
 
@@ -137,4 +137,62 @@ def test_nan_in_input_is_named(series_dir, tmp_path):
                             progress=False)
     with pytest.raises(RLExtraError, match=rf"checkpoint-10.*{MAT}.*NaN or Inf"):
         extrapolate_weights(run, tmp_path / "x", alpha=2, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def _rank1_run(tmp_path, steps=(0, 10, 20, 30), dtype=torch.float32):
+    """A run whose matrix drifts along one rank-1 direction, exactly linearly; a 1-D bias too."""
+    g = torch.Generator().manual_seed(0)
+    w0, bias0 = torch.randn(12, 8, generator=g) * 0.02, torch.randn(8, generator=g) * 0.02
+    drift = torch.outer(torch.randn(12, generator=g), torch.randn(8, generator=g)) * 1e-3
+    bias_slope = torch.randn(8, generator=g) * 1e-3
+    for t in steps:
+        write_ckpt(tmp_path / "run" / f"checkpoint-{t}", {MAT: w0 + t * drift, "model.layers.0.mlp.up_proj.bias":
+                   bias0 + t * bias_slope, NORM: torch.ones(8) + t * 1e-3}, dtype=dtype)
+    return tmp_path / "run", w0, drift, bias0, bias_slope
+
+
+def test_rank1_cli_recovers_a_planted_rank1_line_and_records_method(tmp_path, capsys):
+    from rlextra.cli import main
+
+    run, w0, drift, bias0, bias_slope = _rank1_run(tmp_path)
+    assert main(["extrapolate", str(run), "--method", "rank1", "--rank", "1", "--to-step", "60",
+                 "-o", str(tmp_path / "r1"), "-q"]) == 0
+    assert "rank1 extrapolation" in capsys.readouterr().out
+    got = _load(tmp_path / "r1")
+    np.testing.assert_allclose(got[MAT], (w0 + 60 * drift).double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(got["model.layers.0.mlp.up_proj.bias"], (bias0 + 60 * bias_slope).double().numpy(),
+                               atol=1e-6)
+    np.testing.assert_array_equal(got[NORM], np.float32(1 + 30e-3))  # copied from the newest
+    prov = json.loads((tmp_path / "r1" / "rlextra.json").read_text())
+    assert prov["method"] == "rank1" and prov["method_params"] == {"rank": 1}
+    assert prov["target_step"] == 60 and "U_r" in prov["formula"]
+    lsq = extrapolate_weights(run, tmp_path / "l", to_step=60, method="lsq", min_r2=0.5, progress=False)
+    assert json.loads((lsq / "rlextra.json").read_text())["method_params"] == {"min_r2": 0.5}
+
+
+def test_rank1_bf16_and_two_checkpoints(tmp_path):
+    run, w0, drift, _, _ = _rank1_run(tmp_path, steps=(0, 20), dtype=torch.bfloat16)
+    out = extrapolate_weights(run, tmp_path / "x", alpha=2, method="rank1", progress=False)
+    got = load_file(str(out / "model.safetensors"))[MAT]
+    assert got.dtype == torch.bfloat16
+    w_b, w_s = (load_file(str(run / f"checkpoint-{t}" / "model.safetensors"))[MAT].float() for t in (0, 20))
+    u, s, vh = torch.linalg.svd(w_s - w_b)
+    want = w_s + s[0] * torch.outer(u[:, 0], vh[0])  # alpha - 1 = 1
+    assert torch.allclose(got.float(), want, atol=1e-3)
+
+
+def test_method_errors_through_the_cli(tmp_path, capsys):
+    from rlextra.cli import main
+
+    run, *_ = _rank1_run(tmp_path, steps=(0, 10))
+    assert main(["extrapolate", str(run), "--method", "lsq", "--to-step", "30", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--method lsq needs at least 3 checkpoints, got 2" in err
+    assert main(["extrapolate", str(run), "--fit", "two-point", "--device", "cuda:0", "--to-step", "30",
+                 "-o", str(tmp_path / "x")]) == 2
+    assert "--device applies to --method rank1" in capsys.readouterr().err
+    assert main(["extrapolate", str(run), "--method", "rank1", "--device", "nonsense", "--to-step", "30",
+                 "-o", str(tmp_path / "x")]) == 2
+    assert "not a torch device" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

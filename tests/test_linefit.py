@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from rlextra.linefit import LineFit, fit_lines
+from rlextra.errors import RLExtraError
+from rlextra.linefit import LineFit, fit_lines, resolve_target
 
 
 def test_matches_numpy_polyfit_and_correlation():
@@ -53,3 +54,13 @@ def test_rejects_bad_steps():
         LineFit([5], 3)
     with pytest.raises(ValueError):
         LineFit([1, 1, 2], 3)
+
+
+def test_resolve_target_converts_both_ways_and_refuses_ambiguity():
+    assert resolve_target([10, 20, 30], to_step=50) == (50.0, 2.0)
+    assert resolve_target([10, 30], alpha=1.5) == (40.0, 1.5)
+    for kw in ({}, {"to_step": 5, "alpha": 1.0}):
+        with pytest.raises(RLExtraError, match="exactly one of --to-step T or --alpha A"):
+            resolve_target([0, 10], **kw)
+    with pytest.raises(RLExtraError, match="alpha needs 2 or more steps"):
+        resolve_target([5], alpha=2.0)

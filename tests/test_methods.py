@@ -97,3 +97,13 @@ def test_bad_method_options_are_one_line_errors(method, k, kw, msg):
     with pytest.raises(RLExtraError, match=msg.replace("+", r"\+")) as e:
         predict_tensor(method, list(range(k)), vals, k + 1, **kw)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    steps = [0, 10, 20, 30]
+    _, _, vals = _rank1_series(steps, shape=(300, 280), noise=1e-4)
+    for method, vs, st in (("rank1", vals, steps), ("lsq", vals, steps), ("two-point", vals[::3], steps[::3])):
+        cpu = predict_tensor(method, st, vs, 70)
+        gpu = predict_tensor(method, st, [v.cuda() for v in vs], 70)
+        assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-5), method

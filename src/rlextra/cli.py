@@ -21,18 +21,27 @@ def _steps(text: str | None) -> list[int] | None:
         raise RLExtraError(f"--steps expects comma-separated integers, got '{text}'") from None
 
 
-def _series_args(p: argparse.ArgumentParser) -> None:
+def _series_args(p: argparse.ArgumentParser, chunked: bool = True) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                    help="model folders (STEP=PATH names a step, e.g. 0=base/), or one run folder")
     p.add_argument("--steps", help="comma-separated steps, one per CKPT, in the order given")
-    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
-                   help="elements of one tensor read per checkpoint at a time (bounds memory; default %(default)s)")
+    if chunked:
+        p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                       help="elements of one tensor read per checkpoint at a time "
+                            "(bounds memory; default %(default)s)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also read .bin/.pt pickle checkpoints (only for files you trust)")
     p.add_argument("--allow-mixed-dtypes", action="store_true",
                    help="fit across checkpoints saved in different float dtypes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _method_params(p: argparse.ArgumentParser) -> None:
+    """Parameters of the extrapolation methods, shared by extrapolate and backtest."""
+    p.add_argument("--rank", type=int, default=1, help="rank1: singular directions moved (default 1)")
+    p.add_argument("--min-r2", type=float, help="lsq: parameters with R^2 below this keep their newest value")
+    p.add_argument("--device", help="rank1: where the SVD runs (cpu, cuda; default cpu)")
 
 
 def _fmt(x) -> str:
@@ -108,22 +117,41 @@ def cmd_analyze_merge(a: argparse.Namespace) -> int:
 def cmd_extrapolate(a: argparse.Namespace) -> int:
     from rlextra.extrapolate import extrapolate_weights
 
-    out = extrapolate_weights(a.checkpoints, a.output, to_step=a.to_step, alpha=a.alpha, fit=a.fit,
-                              min_r2=a.min_r2, norms=a.norms, max_shard_size=a.max_shard_size,
+    out = extrapolate_weights(a.checkpoints, a.output, to_step=a.to_step, alpha=a.alpha, method=a.method,
+                              rank=a.rank, min_r2=a.min_r2, norms=a.norms, device=a.device,
+                              max_shard_size=a.max_shard_size,
                               overwrite=a.overwrite, chunk_size=a.chunk_size, steps=_steps(a.steps),
                               allow_pickle=a.allow_pickle, allow_mixed_dtypes=a.allow_mixed_dtypes,
                               progress=not a.quiet)
     prov = json.loads((out / "rlextra.json").read_text())
-    print(f"{prov['fit']} extrapolation of steps {prov['steps']} to step {prov['target_step']:g} "
+    print(f"{prov['method']} extrapolation of steps {prov['steps']} to step {prov['target_step']:g} "
           f"(alpha {prov['alpha']:.4g}): {out}")
     return 0
 
 
-def _task_args(p: argparse.ArgumentParser) -> None:
+def cmd_backtest(a: argparse.Namespace) -> int:
+    from rlextra.extrapolate.backtest import backtest
+
+    _set_threads(a.threads)
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    res = backtest(a.checkpoints, a.output, methods=methods, rank=a.rank, min_r2=a.min_r2, norms=a.norms,
+                   pairs=a.pairs, device=a.device, task=_task_spec(a) if a.task else None,
+                   sampling=_sampling(a), steps=_steps(a.steps), allow_pickle=a.allow_pickle,
+                   allow_mixed_dtypes=a.allow_mixed_dtypes, overwrite=a.overwrite,
+                   plots=not a.no_plots, progress=not a.quiet)
+    print(f"{len(res['rows'])} predictions over steps {res['steps']}: {a.output}/backtest.json")
+    print(f"{'method':<10} {'rows':>4}  {'median error':>12}  recommendation")
+    for method, rec in res["recommendation"].items():
+        nm = "" if rec["max_safe_n_over_m"] is None else f" (RL-Extra n/m <= {rec['max_safe_n_over_m']:.3g})"
+        print(f"{method:<10} {rec['rows']:>4}  {_fmt(rec['median_weight_error']):>12}  {rec['verdict']}{nm}")
+    return 0
+
+
+def _task_args(p: argparse.ArgumentParser, default: str | None = "arithmetic") -> None:
     g = p.add_argument_group("task")
-    g.add_argument("--task", default="arithmetic",
+    g.add_argument("--task", default=default,
                    help="arithmetic, gsm8k, math500, aime24, aime25, a .jsonl/.parquet with problem/answer "
-                        "fields, or a Hugging Face dataset id (default arithmetic)")
+                        f"fields, or a Hugging Face dataset id (default {default or 'none'})")
     g.add_argument("--ops", default="+", help="arithmetic: operations drawn from '+-*' (default +)")
     g.add_argument("--digits", type=int, default=2, help="arithmetic: digits per operand (default 2)")
     g.add_argument("--n-train", type=int, default=4000, help="arithmetic: training problems")
@@ -174,6 +202,24 @@ def _probe_kwargs(a: argparse.Namespace) -> dict:
     return dict(probes=a.probes, generate=a.generate, task=_task_spec(a), sampling=sampling,
                 steps=_steps(a.steps), batch_size=a.batch_size, seed=a.seed, plots=not a.no_plots,
                 progress=not a.quiet, overwrite=a.overwrite)
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--k", type=int, default=4, help="samples per problem (default 4)")
+    g.add_argument("--temperature", type=float, default=0.6, help="0 for greedy (default 0.6)")
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--top-k", type=int, default=0, help="0 = off (default; HF generate's own default is 50)")
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _sampling(a: argparse.Namespace):
+    from rlextra.evaluation.generate import SamplingConfig
+
+    return SamplingConfig(k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+                          max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed)
 
 
 def _set_threads(n: int) -> None:
@@ -238,12 +284,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from rlextra.evaluation.generate import SamplingConfig
     from rlextra.evaluation.run import evaluate
 
     _set_threads(a.threads)
-    sampling = SamplingConfig(k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-                              max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed)
+    sampling = _sampling(a)
     if (a.extrapolate_from is None) != (a.to_step is None and a.alpha is None):
         raise RLExtraError("--extrapolate-from goes with --to-step T or --alpha A")
     summary = evaluate(a.model, _task_spec(a), Path(a.output), sampling=sampling, backend=a.backend,
@@ -346,7 +390,12 @@ EXAMPLES = {
     "extrapolate": """example:
   rlextra extrapolate runs/grpo/checkpoint-100 runs/grpo/checkpoint-200 --to-step 400 -o step400
   rlextra extrapolate 0=base/ runs/grpo/checkpoint-200 --alpha 1.5 -o alpha1.5
-  rlextra extrapolate runs/grpo/ --fit lsq --min-r2 0.7 --to-step 1000 -o lsq1000""",
+  rlextra extrapolate runs/grpo/ --method lsq --min-r2 0.7 --to-step 1000 -o lsq1000
+  rlextra extrapolate runs/grpo/ --method rank1 --rank 2 --to-step 1000 -o rank1000""",
+    "backtest": """example:
+  rlextra backtest runs/grpo/ -o reports/backtest
+  rlextra backtest runs/grpo/ -o reports/backtest --methods two-point,rank1 --rank 2 --pairs first
+  rlextra backtest runs/add2/ -o reports/bt-acc --task arithmetic --k 4 --max-new-tokens 6""",
     "tiny-model": """example:
   rlextra tiny-model -o models/tiny-add2 --task arithmetic --digits 2 --ops +""",
     "train": """example:
@@ -442,13 +491,30 @@ def build_parser() -> argparse.ArgumentParser:
     tgt = e.add_mutually_exclusive_group(required=True)
     tgt.add_argument("--to-step", type=float, help="target step T")
     tgt.add_argument("--alpha", type=float, help="alpha = (T - b) / (s - b), b/s = first/last step")
-    e.add_argument("--fit", choices=["auto", "two-point", "lsq"], default="auto",
-                   help="two-point for 2 checkpoints, least squares for 3+ (auto picks by count)")
-    e.add_argument("--min-r2", type=float, help="lsq: parameters with R^2 below this keep their newest value")
+    e.add_argument("--method", "--fit", dest="method", choices=["auto", "two-point", "lsq", "rank1"],
+                   default="auto", help="two-point (2 checkpoints), lsq (3+), rank1 (2+, top --rank "
+                   "singular directions); auto: two-point for 2, lsq for more (--fit: older name)")
+    _method_params(e)
     e.add_argument("--norms", choices=["copy", "extrapolate"], default="copy",
                    help="norm weights: copied from the newest checkpoint (default, as the paper) or extrapolated")
     e.add_argument("--max-shard-size", default="5GB", help="largest output shard (default 5GB)")
     e.set_defaults(func=cmd_extrapolate)
+
+    bt = sub.add_parser("backtest", help="how far ahead each method extrapolates this run, checked on its "
+                        "later checkpoints", formatter_class=fmt, epilog=EXAMPLES["backtest"])
+    _series_args(bt, chunked=False)
+    bt.add_argument("-o", "--output", required=True, help="report folder (backtest.json, .csv, plots)")
+    bt.add_argument("--methods", default="two-point,lsq,rank1", help="comma-separated (default %(default)s)")
+    bt.add_argument("--pairs", choices=["all", "first"], default="all",
+                    help="two-point windows (b, s): every pair (default) or b = the first checkpoint only")
+    _method_params(bt)
+    bt.add_argument("--norms", choices=["copy", "extrapolate"], default="copy",
+                    help="norm weights: copied from s (default, as extrapolate) or extrapolated")
+    _task_args(bt, default=None)  # accuracy rows only when --task is given
+    _sampling_args(bt)
+    bt.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    bt.add_argument("--no-plots", action="store_true")
+    bt.set_defaults(func=cmd_backtest)
 
     tm = sub.add_parser("tiny-model", help="a ~1M-parameter Llama with a char tokenizer, warmed up on a task",
                         formatter_class=fmt, epilog=EXAMPLES["tiny-model"])
@@ -507,12 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", help="HF model folder")
     ev.add_argument("-o", "--output", required=True, help="summary JSON (generations go to *.generations.jsonl)")
     _task_args(ev)
-    ev.add_argument("--k", type=int, default=4, help="samples per problem (default 4)")
-    ev.add_argument("--temperature", type=float, default=0.6, help="0 for greedy (default 0.6)")
-    ev.add_argument("--top-p", type=float, default=0.95)
-    ev.add_argument("--top-k", type=int, default=0, help="0 = off (default; HF generate's own default is 50)")
-    ev.add_argument("--max-new-tokens", type=int, default=512)
-    ev.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
+    _sampling_args(ev)
     ev.add_argument("--backend", choices=["auto", "hf", "rlextra", "vllm"], default="auto",
                     help="auto: vLLM when installed and a GPU is present, else HF generate; rlextra: "
                          "rlextra's decoder (each prompt encoded once for its k samples)")
@@ -521,7 +582,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--to-step", type=float, help="with --extrapolate-from: target step T")
     ev.add_argument("--alpha", type=float, help="with --extrapolate-from: alpha = (T - b) / (s - b)")
     ev.add_argument("--steps", help="with --extrapolate-from: steps of BASE,MODEL if their names lack them")
-    ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ev.add_argument("-q", "--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)

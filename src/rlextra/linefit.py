@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rlextra.errors import RLExtraError
+
 
 @dataclass
 class LineResult:
@@ -155,6 +157,22 @@ def two_point(y_b, y_s, alpha: float):
     if hasattr(y_b, "lerp"):
         return y_b.lerp(y_s, alpha)
     return y_b + alpha * (y_s - y_b)
+
+
+def resolve_target(steps: Sequence[float], to_step: float | None = None,
+                   alpha: float | None = None) -> tuple[float, float]:
+    """(T, alpha) from exactly one of them, alpha = (T - b) / (s - b) with b, s the first and last
+    of ``steps``: the one place where the step and the paper's alpha are converted."""
+    if (to_step is None) == (alpha is None):
+        raise RLExtraError("give exactly one of --to-step T or --alpha A")
+    if len(steps) < 2:
+        raise RLExtraError(f"alpha needs 2 or more steps, got {list(steps)}")
+    b, s = float(steps[0]), float(steps[-1])
+    if s == b:
+        raise RLExtraError(f"first and last steps are both {b:g}; alpha is undefined")
+    if to_step is not None:
+        return float(to_step), (float(to_step) - b) / (s - b)
+    return b + float(alpha) * (s - b), float(alpha)
 
 
 def line_weights(steps: Sequence[float], target: float) -> np.ndarray:

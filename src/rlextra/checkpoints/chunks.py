@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from rlextra.checkpoints.reader import TensorRef, decoded_is_finite, to_float64
+from rlextra.checkpoints.reader import TensorRef, decoded_is_finite, to_float64, to_torch
 from rlextra.errors import RLExtraError
 
 DEFAULT_CHUNK_SIZE = 1 << 18  # elements of one tensor read from one checkpoint at a time
@@ -42,3 +42,15 @@ def raise_nonfinite(refs: list[TensorRef], steps: list[int], start: int, stop: i
             raise RLExtraError(f"{ref.file}: tensor '{ref.name}' (step {step}) contains NaN or Inf")
     raise RLExtraError(f"tensor '{refs[0].name}': {otherwise}")
 
+
+
+def read_tensor(ref: TensorRef, device=None):
+    """The whole tensor as fp32 torch, shaped, on ``device`` (for methods that need the matrix,
+    such as an SVD). Memory: one fp32 copy of the tensor; no NaN/Inf check, as read_values."""
+    import torch
+
+    if not ref.is_float:
+        raise RLExtraError(f"{ref.file}: tensor '{ref.name}' has dtype {ref.dtype}, "
+                           "which rlextra cannot do arithmetic on")
+    t = to_torch(ref.read_raw(0, ref.numel), ref.dtype).reshape(ref.shape)
+    return t.to(device=device or "cpu", dtype=torch.float32)

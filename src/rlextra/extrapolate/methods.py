@@ -12,8 +12,9 @@ Every method here is a read of the same least-squares line (``rlextra.linefit``)
   snapshot of the window:
 
   1. **Singular vectors of the newest update.** U_r, V_r are the top-r left/right singular vectors
-     of D_s = W_s - W_b (exact SVD; ``torch.svd_lowrank`` with a fixed seed when the smaller side
-     exceeds 1024, e.g. a 150k x 3.5k embedding). They do not depend on T.
+     of D_s = W_s - W_b (exact SVD when the smaller side is at most 256, else
+     ``torch.svd_lowrank`` with r + 10 columns, 4 power iterations and a fixed seed, e.g. for a
+     150k x 3.5k embedding). They do not depend on T.
   2. **Linear coefficients.** Each snapshot's r x r core C_k = U_r^T D_k V_r (C_b = 0) is fitted
      by the least-squares line in the step over the window and read at T: C_T = sum_k w_k C_k,
      with w from ``line_weights``. This equals projecting the lsq-predicted update onto the
@@ -54,7 +55,7 @@ from rlextra.linefit import line_weights, two_point
 
 METHODS = ("two-point", "lsq", "rank1")
 MIN_CHECKPOINTS = {"two-point": 2, "lsq": 3, "rank1": 2}
-LOWRANK_ABOVE = 1024  # smaller side of a matrix above which rank1 uses torch.svd_lowrank
+LOWRANK_ABOVE = 256  # smaller side of a matrix above which rank1 uses torch.svd_lowrank
 
 
 def check_method(method: str, k: int, *, rank: int = 1, min_r2: float | None = None) -> None:
@@ -71,6 +72,21 @@ def check_method(method: str, k: int, *, rank: int = 1, min_r2: float | None = N
         raise RLExtraError("--min-r2 needs --method lsq (a two-point line always has R^2 = 1)")
     if int(rank) != rank or rank < 1:
         raise RLExtraError(f"--rank must be a positive integer, got {rank}")
+
+
+def check_device(device: str | None):
+    """A torch device from a user's --device, with a one-line error when it is unknown or absent."""
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise RLExtraError(f"--device '{device}' is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RLExtraError(f"--device {device}: no CUDA device is available")
+    return dev
 
 
 class WindowPredictor:

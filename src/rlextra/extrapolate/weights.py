@@ -1,11 +1,13 @@
 """Weight extrapolation: a checkpoint at step T from checkpoints at earlier steps, without training.
 
-Two-point (the paper's method): W_T = W_b + alpha (W_s - W_b), alpha = (T - b) / (s - b).
-Least squares over K >= 3 checkpoints: each parameter's fitted line evaluated at T, optionally
-gated by that parameter's own R^2. Both are the line-fit kernel's ``value_at`` (two-point is the
-K = 2 line). Two-point arithmetic is fp32 (as the paper), least squares float64; results are
-saved in the newest input's dtype; normalisation weights and
-non-float tensors are copied from the newest checkpoint by default, as in the paper.
+Methods (``rlextra.extrapolate.methods``): two-point (the paper's), W_T = W_b + alpha (W_s - W_b),
+alpha = (T - b) / (s - b); least squares over K >= 3 checkpoints, optionally gated by each
+parameter's own R^2; rank1 (rank r), the top-r singular directions of the newest update moved
+along their fitted line. Two-point and least squares stream chunk by chunk (two-point in fp32 as
+the paper, least squares with the float64 kernel); rank1 reads one whole tensor from each of the K
+checkpoints (its SVD needs the matrix), so its memory is the largest tensor times K in fp32.
+Results are saved in the newest input's dtype; normalisation weights and non-float tensors are
+copied from the newest checkpoint by default, as in the paper.
 """
 
 from __future__ import annotations
@@ -19,14 +21,22 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_values
+from rlextra.checkpoints.chunks import (DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_tensor,
+                                       read_values)
 from rlextra.checkpoints.reader import decoded_is_finite, from_float64, from_torch, to_torch
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import (StreamingSafetensorsWriter, TensorSpec, atomic_output_dir,
                                         copy_side_files, parse_size)
 from rlextra.errors import RLExtraError
-from rlextra.linefit import LineFit, two_point
+from rlextra.extrapolate.methods import WindowPredictor, check_device, check_method
+from rlextra.linefit import LineFit, resolve_target, two_point  # resolve_target: also re-exported
 
+FORMULAS = {
+    "two-point": "W_T = W_b + alpha * (W_s - W_b)",
+    "lsq": "W_T = a + b*T, per-parameter least-squares line over K checkpoints",
+    "rank1": "W_T = W_s + U_r (C_T - C_s) V_r^T; U_r, V_r: top-r singular vectors of W_s - W_b; "
+             "C_k = U_r^T (W_k - W_b) V_r fitted linearly in the step; 1-D tensors: their own line",
+}
 _NORM = re.compile(r"norm|(^|\.)ln(_\w*)?\.", re.IGNORECASE)
 
 
@@ -35,46 +45,37 @@ def is_norm_weight(name: str) -> bool:
     return bool(_NORM.search(name))
 
 
-def resolve_target(steps: Sequence[int], to_step: float | None, alpha: float | None) -> tuple[float, float]:
-    """(T, alpha) from either; alpha is relative to the first and last steps (b, s)."""
-    b, s = steps[0], steps[-1]
-    if (to_step is None) == (alpha is None):
-        raise RLExtraError("give exactly one of --to-step T or --alpha A")
-    if to_step is not None:
-        return float(to_step), (float(to_step) - b) / (s - b)
-    return b + float(alpha) * (s - b), float(alpha)
-
-
 def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path],
                         out_dir: str | Path, *, to_step: float | None = None,
-                        alpha: float | None = None, fit: str = "auto", min_r2: float | None = None,
-                        norms: str = "copy", max_shard_size: str | int = "5GB",
-                        overwrite: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                        steps: Sequence[int] | None = None, allow_pickle: bool = False,
-                        allow_mixed_dtypes: bool = False, progress: bool = True) -> Path:
+                        alpha: float | None = None, method: str = "auto", rank: int = 1,
+                        min_r2: float | None = None, norms: str = "copy", device: str | None = None,
+                        max_shard_size: str | int = "5GB", overwrite: bool = False,
+                        chunk_size: int = DEFAULT_CHUNK_SIZE, steps: Sequence[int] | None = None,
+                        allow_pickle: bool = False, allow_mixed_dtypes: bool = False,
+                        progress: bool = True, fit: str | None = None) -> Path:
     """Write the model at step ``to_step`` (or at ``alpha``) as a new HF folder; return its path.
 
-    ``fit``: 'two-point' (exactly 2 checkpoints), 'lsq' (3 or more), or 'auto' (by count).
+    ``method``: 'two-point' (exactly 2 checkpoints), 'lsq' (3 or more), 'rank1' (2 or more, with
+    ``rank``), or 'auto' (two-point for 2, lsq for more). ``fit`` is its older name.
     ``min_r2``: with lsq, a parameter whose own R^2 is below it keeps its newest value.
     ``norms``: 'copy' (from the newest checkpoint, the paper's choice) or 'extrapolate'.
+    ``device``: where rank1 computes (e.g. 'cuda'; default CPU).
     """
+    if fit is not None:
+        method = fit
     series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
         checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
     k = len(series)
     if k < 2:
         raise RLExtraError(f"extrapolation needs at least 2 checkpoints, got {k}")
-    if fit == "auto":
-        fit = "two-point" if k == 2 else "lsq"
-    if fit == "two-point" and k != 2:
-        raise RLExtraError(f"--fit two-point takes exactly 2 checkpoints, got {k}; use --fit lsq")
-    if fit == "lsq" and k < 3:
-        raise RLExtraError("--fit lsq needs at least 3 checkpoints (with 2 it is two-point)")
-    if fit not in ("two-point", "lsq"):
-        raise RLExtraError(f"unknown --fit '{fit}' (two-point, lsq)")
-    if min_r2 is not None and fit != "lsq":
-        raise RLExtraError("--min-r2 needs --fit lsq (a two-point line always has R^2 = 1)")
+    if method == "auto":
+        method = "two-point" if k == 2 else "lsq"
+    check_method(method, k, rank=rank, min_r2=min_r2)
     if norms not in ("copy", "extrapolate"):
         raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
+    if device is not None and method != "rank1":
+        raise RLExtraError("--device applies to --method rank1 (two-point and lsq stream on the CPU)")
+    check_device(device)
     target, alpha = resolve_target(series.steps, to_step, alpha)
     if not np.isfinite(target):
         raise RLExtraError(f"target step {target} is not finite")
@@ -92,19 +93,22 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
             for spec in specs:
                 ref = newest.tensors[spec.name]
                 copy = not ref.is_float or (norms == "copy" and is_norm_weight(spec.name))
+                if not copy and method == "rank1":
+                    writer.write(spec.name, _extrapolate_whole(series, spec, target, rank, device))
+                    bar.update(ref.numel)
+                    counts["extrapolated"] += 1
+                    continue
                 for start, stop in chunk_ranges(ref.numel, chunk_size):
                     if copy:
                         writer.write(spec.name, ref.read_raw(start, stop))
                     else:
                         writer.write(spec.name, _extrapolate_chunk(series, spec, start, stop, target,
-                                                                   alpha, fit, min_r2, counts))
+                                                                   alpha, method, min_r2, counts))
                     bar.update(stop - start)
                 key = "extrapolated" if not copy else ("copied_non_float" if not ref.is_float else "copied_norm")
                 counts[key] += 1
         writer.close()
         copied = copy_side_files([c.path for c in reversed(series.checkpoints)], tmp)
-        formula = ("W_T = W_b + alpha * (W_s - W_b)" if fit == "two-point" else
-                   "W_T = a + b*T, per-parameter least-squares line over K checkpoints")
         provenance = {
             "rlextra_version": rlextra.__version__,
             "created_by": "rlextra extrapolate",
@@ -112,9 +116,11 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
             "steps": series.steps,
             "target_step": target,
             "alpha": alpha,
-            "fit": fit,
-            "formula": formula,
-            "options": {"min_r2": min_r2, "norms": norms, "max_shard_size": str(max_shard_size),
+            "method": method,
+            "method_params": {"rank": rank} if method == "rank1" else
+                             {"min_r2": min_r2} if method == "lsq" else {},
+            "formula": FORMULAS[method],
+            "options": {"norms": norms, "device": device, "max_shard_size": str(max_shard_size),
                         "chunk_size": chunk_size, "dtype_source": str(newest.path)},
             "tensors": {"extrapolated": counts["extrapolated"], "copied_norm": counts["copied_norm"],
                         "copied_non_float": counts["copied_non_float"]},
@@ -123,6 +129,20 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
         }
         (tmp / "rlextra.json").write_text(json.dumps(provenance, indent=1) + "\n")
     return Path(out_dir)
+
+
+def _extrapolate_whole(series: CheckpointSeries, spec: TensorSpec, target: float, rank: int,
+                       device: str | None) -> np.ndarray:
+    """One whole tensor by rank1 (1-D tensors: their own line), encoded and checked finite."""
+    refs = series.refs(spec.name)
+    values = [read_tensor(r, device) for r in refs]
+    pred = WindowPredictor("rank1", series.steps, values, rank=rank, check=False).at(target)
+    raw = from_torch(pred.reshape(-1).cpu(), spec.dtype)
+    if not decoded_is_finite(raw, spec.dtype):
+        raise_nonfinite(refs, series.steps, 0, refs[-1].numel,
+                        otherwise=f"extrapolated value is NaN/Inf in {spec.dtype} at step {target:g} "
+                                  "(alpha too large?); nothing written")
+    return raw
 
 
 def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, stop: int,

@@ -1,0 +1,281 @@
+"""Backtest: how far ahead can a run be extrapolated, and with which method? Measured on the run's
+own later checkpoints.
+
+For a run with K real checkpoints at steps t_0 < ... < t_{K-1}:
+
+* two-point predicts from every window (b, s) of two checkpoints (``pairs='all'``; or only
+  b = t_0 with ``pairs='first'``); lsq and rank1 from all the checkpoints up to s (t_0 ... s; lsq
+  needs 3, rank1 2). Each prediction is read at every later real checkpoint T, with
+  alpha = (T - b) / (s - b), b being the window's first step.
+* ``weight_error = ||W_pred - W_T|| / ||W_T - W_s||`` over all float tensors (norms copied from s
+  by default, as ``extrapolate`` does), and per module type (attention, mlp, embeddings, norms,
+  other). 1.0 means no better than stopping at s; below 1 the extrapolation helps.
+* With a task: held-out avg@k of each prediction, of the real checkpoints, and of logits
+  extrapolation of (b, s) to T (method ``logits``), all with the same sampler and seed.
+* The recommendation, per method: the largest alpha such that every row with alpha up to it has
+  weight error below 1 (and accuracy at least the real s's, when measured); "not safe" when even
+  the smallest alpha fails. RL-Extra's jump of n steps after m real ones is alpha = (m + n) / m,
+  so the safe n/m is that alpha minus 1.
+
+The weight pass reads one tensor from all K checkpoints at a time (fp32, on ``device``), so memory
+is about K + 2 times the largest tensor in fp32; every window and target is computed from those
+copies, rank1's SVD once per window and tensor. Nothing is written into the run's folders; the
+output folder is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import rlextra
+from rlextra.checkpoints.chunks import read_tensor
+from rlextra.checkpoints.series import CheckpointSeries, load_series
+from rlextra.checkpoints.writer import atomic_output_dir
+from rlextra.errors import RLExtraError
+from rlextra.extrapolate.methods import METHODS, MIN_CHECKPOINTS, WindowPredictor, check_device, check_method
+from rlextra.extrapolate.weights import is_norm_weight
+
+MODULE_TYPES = ("attention", "mlp", "embeddings", "norms", "other")
+_EMBED = re.compile(r"embed|(^|\.)wte\.|(^|\.)wpe\.|lm_head|embed_out|word_embeddings", re.IGNORECASE)
+_ATTN = re.compile(r"attn|attention|(^|\.|_)(q|k|v|o|qkv|query|key|value)(_proj)?\.", re.IGNORECASE)
+_MLP = re.compile(r"mlp|ffn|feed_forward|(gate|up|down)_proj|(^|\.)(fc\d|c_fc|c_proj|w[123])\.",
+                  re.IGNORECASE)
+
+
+def module_type(name: str) -> str:
+    """attention, mlp, embeddings, norms or other, from a parameter's name."""
+    if is_norm_weight(name):
+        return "norms"
+    for kind, pattern in (("embeddings", _EMBED), ("attention", _ATTN), ("mlp", _MLP)):
+        if pattern.search(name):
+            return kind
+    return "other"
+
+
+@dataclass(frozen=True)
+class Window:
+    """One prediction source: a method and the indices of the checkpoints it reads."""
+
+    method: str
+    idx: tuple[int, ...]
+
+
+def plan_windows(k: int, methods: Sequence[str], pairs: str = "all") -> list[Window]:
+    """Windows with at least one later checkpoint to predict."""
+    out = []
+    for m in methods:
+        for s in range(1, k - 1):
+            if m == "two-point":
+                bases = range(s) if pairs == "all" else [0]
+                out += [Window(m, (b, s)) for b in bases]
+            elif s + 1 >= MIN_CHECKPOINTS[m]:
+                out.append(Window(m, tuple(range(s + 1))))
+    return out
+
+
+def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], out_dir: str | Path, *,
+             methods: Sequence[str] = METHODS, rank: int = 1, min_r2: float | None = None,
+             norms: str = "copy", pairs: str = "all", device: str | None = None, task=None,
+             sampling=None, steps: Sequence[int] | None = None, allow_pickle: bool = False,
+             allow_mixed_dtypes: bool = False, overwrite: bool = False, plots: bool = True,
+             progress: bool = True) -> dict:
+    """Run the grid, write ``out_dir`` (backtest.json, backtest.csv, plots), return the json's content.
+
+    ``task`` (a TaskSpec or Task) adds the accuracy rows, sampled with ``sampling`` (a
+    SamplingConfig). Rows: {method, b, s, target, alpha, window, weight_error, per_module,
+    accuracy}; ``recommendation``: per method, the largest safe alpha and the matching n/m.
+    """
+    methods = list(dict.fromkeys(methods))
+    for m in methods:
+        if m not in METHODS:
+            raise RLExtraError(f"unknown method '{m}' in --methods ({', '.join(METHODS)})")
+        check_method(m, MIN_CHECKPOINTS[m], rank=rank, min_r2=min_r2 if m == "lsq" else None)
+    if pairs not in ("all", "first"):
+        raise RLExtraError(f"unknown --pairs '{pairs}' (all, first)")
+    if norms not in ("copy", "extrapolate"):
+        raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
+    dev = check_device(device)
+    items = [] if isinstance(checkpoints, CheckpointSeries) else \
+        [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    given = [Path(str(c).split("=", 1)[-1]) for c in items]  # a run folder too: never written into
+    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
+        checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
+    k = len(series)
+    if k < 3:
+        raise RLExtraError(f"a backtest needs at least 3 checkpoints (2 to predict from, 1 to check), got {k}")
+    windows = plan_windows(k, methods, pairs)
+    if not windows:
+        raise RLExtraError(f"no method of {methods} has a window on {k} checkpoints (lsq needs 4)")
+    inputs = [c.path for c in series.checkpoints] + [p for p in given if p.exists()]
+    with atomic_output_dir(Path(out_dir), inputs=inputs, overwrite=overwrite) as tmp:
+        rows = _weight_rows(series, windows, rank, min_r2, norms, dev, progress)
+        result = {"rlextra_version": rlextra.__version__, "steps": series.steps,
+                  "inputs": [str(c.path.resolve()) for c in series.checkpoints],
+                  "methods": methods, "options": {"rank": rank, "min_r2": min_r2, "norms": norms,
+                                                  "pairs": pairs, "device": device}}
+        if task is not None:
+            result["real_accuracy"] = _accuracy_rows(series, rows, task, sampling, rank, min_r2, norms,
+                                                     device, progress)
+            result["sampling"] = (sampling.to_dict() if sampling is not None else None)
+        result["rows"] = rows
+        result["recommendation"] = recommend(rows, result.get("real_accuracy"))
+        (tmp / "backtest.json").write_text(json.dumps(result, indent=1) + "\n")
+        (tmp / "backtest.csv").write_text(rows_csv(rows))
+        if plots:
+            from rlextra.extrapolate.backtest_plots import plot_backtest_accuracy, plot_backtest_error
+
+            plot_backtest_error(rows, tmp / "weight_error.png")
+            if task is not None:
+                plot_backtest_accuracy(rows, result["real_accuracy"], tmp / "accuracy.png")
+    return result
+
+
+def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min_r2: float | None,
+                 norms: str, device, progress: bool) -> list[dict]:
+    """One pass over the tensors; every window and later target accumulates squared errors."""
+    import torch
+
+    steps = series.steps
+    k = len(steps)
+    targets = {w: list(range(w.idx[-1] + 1, k)) for w in windows}
+    n_rows = sum(len(t) for t in targets.values())
+    num = {(w, t): dict.fromkeys(MODULE_TYPES, 0.0) for w in windows for t in targets[w]}
+    den = {(w, t): dict.fromkeys(MODULE_TYPES, 0.0) for w in windows for t in targets[w]}
+    names = [n for n in series.names if series.newest.tensors[n].is_float]
+    with tqdm(total=len(names) * n_rows, unit="pred", desc="backtest", disable=not progress) as bar, \
+            torch.no_grad():
+        for name in names:
+            kind = module_type(name)
+            vals = [read_tensor(r, device) for r in series.refs(name)]
+            copy = norms == "copy" and is_norm_weight(name)
+            for w in windows:
+                wp = None if copy else WindowPredictor(
+                    w.method, [steps[i] for i in w.idx], [vals[i] for i in w.idx], rank=rank,
+                    min_r2=min_r2 if w.method == "lsq" else None, check=False)
+                w_s = vals[w.idx[-1]]
+                for t in targets[w]:
+                    pred = w_s if wp is None else wp.at(steps[t])
+                    num[w, t][kind] += float(torch.linalg.vector_norm(pred - vals[t])) ** 2
+                    den[w, t][kind] += float(torch.linalg.vector_norm(vals[t] - w_s)) ** 2
+                    bar.update(1)
+            del vals
+    rows = []
+    for w in windows:
+        b, s = steps[w.idx[0]], steps[w.idx[-1]]
+        for t in targets[w]:
+            n, d = num[w, t], den[w, t]
+            rows.append({"method": w.method, "b": b, "s": s, "target": steps[t], "alpha": (steps[t] - b) / (s - b),
+                         "window": [steps[i] for i in w.idx],
+                         "weight_error": _ratio(sum(n.values()), sum(d.values())),
+                         "per_module": {m: _ratio(n[m], d[m]) for m in MODULE_TYPES if d[m] > 0 or n[m] > 0}})
+    return rows
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(np.sqrt(num / den)) if den > 0 else None
+
+
+def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, rank: int,
+                   min_r2: float | None, norms: str, device: str | None, progress: bool) -> dict:
+    """avg@k of the real checkpoints, of each prediction, and of logits extrapolation for each
+    two-point window. Every call into the evaluation code is here. A prediction is evaluated as
+    ``extrapolate`` writes it (a temporary folder, in the newest input's dtype), so its accuracy
+    is that of the checkpoint a user would get."""
+    from rlextra.evaluation.generate import SamplingConfig
+    from rlextra.evaluation.run import evaluate
+    from rlextra.extrapolate.weights import extrapolate_weights
+    from rlextra.tasks import TaskSpec, load_task
+
+    sampling = sampling or SamplingConfig(k=4)
+    task = load_task(task) if isinstance(task, TaskSpec) else task
+    key = f"avg@{sampling.k}"
+    by_step = {c.step: c for c in series.checkpoints}
+    path = {c.step: c.path for c in series.checkpoints}
+
+    def acc(model, **kw) -> float:
+        return evaluate(model, task, sampling=sampling, backend="hf", progress=False, **kw)["metrics"][key]
+
+    two_point = [r for r in rows if r["method"] == "two-point"]
+    total = len(path) + len(rows) + len(two_point)
+    with tqdm(total=total, unit="eval", desc="backtest accuracy", disable=not progress) as bar, \
+            tempfile.TemporaryDirectory(prefix="rlextra-backtest-") as scratch:
+        real = {}
+        for step, p in path.items():
+            real[step] = acc(p)
+            bar.update(1)
+        for i, r in enumerate(rows):
+            sub = CheckpointSeries([by_step[t] for t in r["window"]])
+            out = extrapolate_weights(sub, Path(scratch) / f"p{i}", to_step=r["target"], method=r["method"],
+                                      rank=rank, min_r2=min_r2 if r["method"] == "lsq" else None, norms=norms,
+                                      device=device if r["method"] == "rank1" else None, progress=False)
+            r["accuracy"] = acc(out)
+            r["accuracy_real_s"], r["accuracy_real_target"] = real[r["s"]], real[r["target"]]
+            bar.update(1)
+            shutil.rmtree(out, ignore_errors=True)
+        for r in two_point:
+            rows.append({"method": "logits", "b": r["b"], "s": r["s"], "target": r["target"], "alpha": r["alpha"],
+                         "window": r["window"], "weight_error": None, "per_module": {},
+                         "accuracy": acc(path[r["s"]], extrapolate_from=path[r["b"]], to_step=r["target"],
+                                         steps=[r["b"], r["s"]]),
+                         "accuracy_real_s": real[r["s"]], "accuracy_real_target": real[r["target"]]})
+            bar.update(1)
+    return {"metric": key, "by_step": {str(s): a for s, a in real.items()}}
+
+
+def recommend(rows: list[dict], real_accuracy: dict | None = None) -> dict:
+    """Per method: the largest alpha up to which every row is safe (weight error < 1, and accuracy
+    >= the real s's when measured); None and "not safe" when the smallest alpha already fails."""
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["alpha"])
+        safe_alpha = None
+        for alpha in sorted({r["alpha"] for r in mine}):
+            if not all(_row_ok(r) for r in mine if r["alpha"] == alpha):
+                break
+            safe_alpha = alpha
+        errors = [r["weight_error"] for r in mine if r["weight_error"] is not None]
+        out[method] = {
+            "max_safe_alpha": safe_alpha,
+            "max_safe_n_over_m": None if safe_alpha is None else safe_alpha - 1.0,
+            "verdict": "not safe" if safe_alpha is None else f"safe up to alpha {safe_alpha:.3g}",
+            "rows": len(mine),
+            "median_weight_error": float(np.median(errors)) if errors else None,
+        }
+    return out
+
+
+def _row_ok(r: dict) -> bool:
+    if r["weight_error"] is not None and not r["weight_error"] < 1.0:
+        return False
+    if r.get("accuracy") is not None and r["accuracy"] < r["accuracy_real_s"]:
+        return False
+    return True
+
+
+CSV_FIELDS = ["method", "b", "s", "target", "alpha", "window", "weight_error"] + \
+    [f"error_{m}" for m in MODULE_TYPES] + ["accuracy", "accuracy_real_s", "accuracy_real_target"]
+
+
+def rows_csv(rows: list[dict]) -> str:
+    """The rows as a CSV table (window as steps joined by spaces; empty cells where not measured)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        cells = {f: r.get(f) for f in CSV_FIELDS}
+        cells["window"] = " ".join(str(s) for s in r["window"])
+        for m in MODULE_TYPES:
+            cells[f"error_{m}"] = r["per_module"].get(m)
+        w.writerow({f: "" if v is None else v for f, v in cells.items()})
+    return buf.getvalue()

@@ -1,0 +1,170 @@
+"""Backtest on planted series: the methods' weight errors and the recommendation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import planted_series, write_ckpt
+from rlextra.cli import main
+from rlextra.errors import RLExtraError
+from rlextra.extrapolate.backtest import backtest, module_type, plan_windows, recommend
+
+STEPS = [0, 10, 20, 30, 40, 50]
+ATTN, MLP = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"
+EMB = "model.embed_tokens.weight"
+NORM, BIAS = "model.layers.0.input_layernorm.weight", "model.layers.0.self_attn.q_proj.bias"
+SHAPES = {ATTN: (24, 16), MLP: (32, 16), EMB: (40, 16)}
+
+
+def _write_run(root, values):
+    """values[name]: array (K, *shape) over STEPS; one trainer checkpoint per step."""
+    for k, s in enumerate(STEPS):
+        write_ckpt(root / f"checkpoint-{s}", {n: v[k] for n, v in values.items()})
+    return root
+
+
+def _rank1_drift(noise, seed=0):
+    """Each matrix moves along one fixed rank-1 direction, linearly in the step, plus iid noise."""
+    rng = np.random.default_rng(seed)
+    t = np.asarray(STEPS, dtype=float).reshape(-1, 1, 1)
+    out = {}
+    for name, (m, n) in SHAPES.items():
+        w0 = rng.normal(0, 0.02, (m, n))
+        direction = np.outer(rng.normal(size=m), rng.normal(size=n)) / np.sqrt(m * n)
+        out[name] = w0 + 2e-4 * t * direction + rng.normal(0, noise, (len(STEPS), m, n))
+    lines = planted_series(STEPS, {BIAS: (24,)}, noise=0.0, seed=seed + 1)
+    out[BIAS] = lines[BIAS]
+    out[NORM] = 1.0 + 1e-4 * np.asarray(STEPS, dtype=float).reshape(-1, 1) * np.ones((1, 16))
+    return out
+
+
+def _by(rows, method):
+    return {(r["b"], r["s"], r["target"]): r for r in rows if r["method"] == method}
+
+
+def test_rank1_drift_with_noise_rank1_beats_two_point(tmp_path):
+    run = _write_run(tmp_path / "run", _rank1_drift(noise=2e-4))
+    res = backtest(run, tmp_path / "bt", progress=False)
+    rank1, two = _by(res["rows"], "rank1"), _by(res["rows"], "two-point")
+    common = sorted(set(rank1) & set(two))  # windows starting at step 0: same (b, s, T)
+    assert len(common) == len(rank1) == 10
+    ratios = [rank1[c]["weight_error"] / two[c]["weight_error"] for c in common]
+    assert max(ratios) < 1.0 and np.median(ratios) < 0.7, ratios
+    assert all(r["weight_error"] < 1 for r in rank1.values())
+    assert res["recommendation"]["rank1"]["max_safe_alpha"] == max(r["alpha"] for r in rank1.values())
+    # per module: attention/mlp/embeddings all measured; norms are copied from s, error exactly 1
+    r = next(iter(rank1.values()))
+    assert set(r["per_module"]) == {"attention", "mlp", "embeddings", "norms"}
+    assert r["per_module"]["norms"] == pytest.approx(1.0)
+
+
+def test_pure_linear_drift_every_method_is_far_below_one(tmp_path):
+    vals = _rank1_drift(noise=0.0)
+    run = _write_run(tmp_path / "run", vals)
+    res = backtest(run, tmp_path / "bt", norms="extrapolate", progress=False)
+    assert {r["method"] for r in res["rows"]} == {"two-point", "lsq", "rank1"}
+    worst = {m: max(r["weight_error"] for r in res["rows"] if r["method"] == m)
+             for m in ("two-point", "lsq", "rank1")}
+    assert all(w < 0.02 for w in worst.values()), worst
+    assert all(v["verdict"].startswith("safe up to alpha") for v in res["recommendation"].values())
+
+
+def test_full_rank_linear_drift_rank1_only_removes_its_directions(tmp_path):
+    """rlextra's rank1 keeps the residual at s: on a full-rank drift it helps, but far less than lsq."""
+    vals = planted_series(STEPS, SHAPES, noise=0.0)
+    res = backtest(_write_run(tmp_path / "run", vals), tmp_path / "bt", methods=["lsq", "rank1"],
+                   progress=False)
+    lsq = [r["weight_error"] for r in res["rows"] if r["method"] == "lsq"]
+    rank1 = [r["weight_error"] for r in res["rows"] if r["method"] == "rank1"]
+    assert max(lsq) < 0.01 and 0.5 < min(rank1) and max(rank1) < 1.0
+
+
+def test_random_walk_is_not_safe(tmp_path):
+    rng = np.random.default_rng(5)
+    vals = {n: np.cumsum(rng.normal(0, 1e-3, (len(STEPS),) + s), axis=0) for n, s in SHAPES.items()}
+    res = backtest(_write_run(tmp_path / "run", vals), tmp_path / "bt", progress=False)
+    errors = [r["weight_error"] for r in res["rows"]]
+    assert min(errors) >= 1.0, min(errors)
+    assert {v["verdict"] for v in res["recommendation"].values()} == {"not safe"}
+    assert all(v["max_safe_alpha"] is None for v in res["recommendation"].values())
+
+
+def test_outputs_cli_and_nothing_written_into_the_run(tmp_path, capsys):
+    run = _write_run(tmp_path / "run", _rank1_drift(noise=1e-4))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    out = tmp_path / "bt"
+    assert main(["backtest", str(run), "-o", str(out), "--methods", "two-point,rank1", "--pairs", "first",
+                 "--rank", "2", "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "rank1" in printed and "alpha" in printed
+    res = json.loads((out / "backtest.json").read_text())
+    assert {r["method"] for r in res["rows"]} == {"two-point", "rank1"}
+    assert all(r["b"] == 0 for r in res["rows"]) and res["options"]["rank"] == 2
+    row = res["rows"][0]
+    assert set(row) >= {"method", "b", "s", "target", "alpha", "window", "weight_error", "per_module"}
+    assert row["alpha"] == (row["target"] - row["b"]) / (row["s"] - row["b"])
+    csv_lines = (out / "backtest.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,b,s,target,alpha,window,weight_error")
+    assert len(csv_lines) == len(res["rows"]) + 1
+    assert (out / "weight_error.png").stat().st_size > 0
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert main(["backtest", str(run), "-o", str(run / "bt")]) == 2  # refuses to write into the run
+    assert "into or over input" in capsys.readouterr().err
+    assert not (run / "bt").exists()
+
+
+def test_errors_and_grid():
+    assert [w.idx for w in plan_windows(4, ["two-point"])] == [(0, 1), (0, 2), (1, 2)]
+    assert [w.idx for w in plan_windows(4, ["lsq", "rank1"])] == [(0, 1, 2), (0, 1), (0, 1, 2)]
+    assert plan_windows(3, ["lsq"]) == []
+    assert [module_type(n) for n in (ATTN, MLP, EMB, NORM, "lm_head.weight", "model.layers.0.mlp.down_proj.weight",
+                                     "transformer.h.0.attn.c_attn.weight", "score.weight")] == \
+        ["attention", "mlp", "embeddings", "norms", "embeddings", "mlp", "attention", "other"]
+    rows = [{"method": "lsq", "alpha": a, "weight_error": e}
+            for a, e in ((1.5, 0.4), (2.0, 0.9), (3.0, 1.2), (4.0, 0.5))]
+    assert recommend(rows)["lsq"]["max_safe_alpha"] == 2.0 and recommend(rows)["lsq"]["max_safe_n_over_m"] == 1.0
+
+
+def test_too_few_checkpoints_and_bad_methods(tmp_path):
+    for s in (0, 10):
+        write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {"w": np.ones((2, 2)) * s})
+    with pytest.raises(RLExtraError, match="at least 3 checkpoints"):
+        backtest(tmp_path / "run", tmp_path / "bt", progress=False)
+    with pytest.raises(RLExtraError, match="unknown method 'svd'"):
+        backtest(tmp_path / "run", tmp_path / "bt", methods=["svd"], progress=False)
+    assert not (tmp_path / "bt").exists()
+
+
+def test_accuracy_rows_through_the_cli(tmp_path, capsys):
+    """A tiny Llama drifting exactly linearly: the two-point prediction of step 20 is the real step
+    20 (greedy, same sampler), so their accuracies agree; logits extrapolation is its own row."""
+    import torch
+
+    from rlextra.rl.models import char_tokenizer, save_model, tiny_llama
+
+    tok = char_tokenizer()
+    model = tiny_llama(tok, hidden=32, layers=1, intermediate=64, seed=0)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    slope = {n: 2e-3 * torch.randn(p.shape, generator=g) for n, p in base.items()}
+    for s in (0, 10, 20):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(base[n] + s * slope[n])
+        save_model(model, tok, tmp_path / "run" / f"checkpoint-{s}")
+    out = tmp_path / "bt"
+    assert main(["backtest", str(tmp_path / "run"), "-o", str(out), "--methods", "two-point,rank1",
+                 "--task", "arithmetic", "--digits", "1", "--n-train", "10", "--n-test", "6", "--k", "1",
+                 "--temperature", "0", "--max-new-tokens", "3", "--norms", "extrapolate", "-q"]) == 0
+    res = json.loads((out / "backtest.json").read_text())
+    assert res["real_accuracy"]["metric"] == "avg@1" and set(res["real_accuracy"]["by_step"]) == {"0", "10", "20"}
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"two-point", "rank1", "logits"}
+    assert rows["logits"]["weight_error"] is None and rows["logits"]["target"] == 20
+    assert rows["two-point"]["weight_error"] < 1e-3
+    real_20 = res["real_accuracy"]["by_step"]["20"]
+    assert rows["two-point"]["accuracy"] == real_20 == rows["two-point"]["accuracy_real_target"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
+    assert (out / "accuracy.png").stat().st_size > 0
+    assert "logits" in capsys.readouterr().out
