@@ -286,13 +286,13 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from rlextra.evaluation.run import evaluate
 
-    _set_threads(a.threads)
     sampling = _sampling(a)
     if (a.extrapolate_from is None) != (a.to_step is None and a.alpha is None):
         raise RLExtraError("--extrapolate-from goes with --to-step T or --alpha A")
+    _set_threads(a.threads)
     summary = evaluate(a.model, _task_spec(a), Path(a.output), sampling=sampling, backend=a.backend,
                        progress=not a.quiet, extrapolate_from=a.extrapolate_from, to_step=a.to_step,
-                       alpha=a.alpha, steps=_steps(a.steps))
+                       alpha=a.alpha, steps=_steps(a.steps), overwrite=a.overwrite)
     m = summary["metrics"]
     print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
     print(f"summary: {a.output}")
@@ -301,28 +301,35 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from rlextra.evaluation.generate import format_prompts
-    from rlextra.evaluation.run import write_atomic
     from rlextra.extrapolate.logits import DecodeConfig, load_extrapolator
+    from rlextra.io import atomic_output_file, check_output
 
-    _set_threads(a.threads)
-    prompts = _read_prompts(Path(a.prompts))
-    ex = load_extrapolator(a.checkpoints, to_step=a.to_step, alpha=a.alpha, steps=_steps(a.steps))
-    texts = format_prompts(ex.tokenizer, prompts, a.chat)
+    inputs = [_spec_path(c) for c in a.checkpoints] + [a.prompts]
+    check_output(a.output, inputs=inputs, overwrite=a.overwrite, kind="file")
     cfg = DecodeConfig(k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
                        max_new_tokens=a.max_new_tokens, stop=a.stop, batch_size=a.batch_size, seed=a.seed)
+    prompts = _read_prompts(Path(a.prompts))
+    _set_threads(a.threads)
+    ex = load_extrapolator(a.checkpoints, to_step=a.to_step, alpha=a.alpha, steps=_steps(a.steps))
+    texts = format_prompts(ex.tokenizer, prompts, a.chat)
     outs = ex.generate(texts, cfg, progress=not a.quiet)
     meta = {"steps": ex.steps, "target_step": ex.target, "weights": ex.weights}
     lines = [json.dumps({"prompt": p, "sample": j, "completion": c, **meta})
              for p, comps in zip(prompts, outs) for j, c in enumerate(comps)]
-    out = Path(a.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, "\n".join(lines) + "\n")
-    print(f"{len(lines)} generations (steps {ex.steps} -> {ex.target:g}) in {out}")
+    with atomic_output_file(a.output, inputs=inputs, overwrite=a.overwrite) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"{len(lines)} generations (steps {ex.steps} -> {ex.target:g}) in {a.output}")
     return 0
 
 
+def _spec_path(item: str) -> str:
+    """The path of a CKPT argument (STEP=PATH names a step)."""
+    step, sep, path = item.partition("=")
+    return path if sep and step.isdigit() and not Path(item).exists() else item
+
+
 def _read_prompts(path: Path) -> list[str]:
-    from rlextra.jsonl import read_jsonl
+    from rlextra.io import read_jsonl
 
     prompts = []
     for i, row in read_jsonl(path):
@@ -332,20 +339,18 @@ def _read_prompts(path: Path) -> list[str]:
             prompts.append(row["prompt"])
         else:
             raise RLExtraError(f"{path}:{i}: expected a string or an object with a 'prompt' string")
+    if not prompts:
+        raise RLExtraError(f"{path}: no prompts")
     return prompts
 
 
 def cmd_loop(a: argparse.Namespace) -> int:
-    from rlextra.rl.loop import LoopConfig, TrainingCommandFailed, run_loop
+    from rlextra.rl.loop import LoopConfig, run_loop
 
     m, n = _pair(a.rl_extra)
     cfg = LoopConfig(train_command=a.train_command, model=a.model, workdir=a.workdir, m=m, n=n,
                      cycles=a.cycles, start_step=a.start_step, norms=a.norms, max_shard_size=a.max_shard_size)
-    try:
-        final = run_loop(cfg, progress=not a.quiet)
-    except TrainingCommandFailed as exc:
-        print(f"rlextra: error: {exc}", file=sys.stderr)
-        return exc.code
+    final = run_loop(cfg, progress=not a.quiet)  # TrainingCommandFailed exits with the command's code
     print(f"final model (effective step {cfg.start_step + cfg.cycles * (m + n)}): {final}")
     return 0
 
@@ -566,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other GRPOConfig field, e.g. use_vllm=true, gradient_checkpointing=true")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("-q", "--quiet", action="store_true")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, kept="finished checkpoints in {output} are kept; "
+                                       "run the same command again to resume")
 
     ev = sub.add_parser("eval", help="avg@k / pass@k of a model folder on a task", formatter_class=fmt,
                         epilog=EXAMPLES["eval"])
@@ -583,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--alpha", type=float, help="with --extrapolate-from: alpha = (T - b) / (s - b)")
     ev.add_argument("--steps", help="with --extrapolate-from: steps of BASE,MODEL if their names lack them")
     ev.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
     ev.add_argument("-q", "--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
@@ -606,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=32, help="rows decoded together")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     g.add_argument("-q", "--quiet", action="store_true")
     g.set_defaults(func=cmd_generate)
 
@@ -622,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--norms", choices=["copy", "extrapolate"], default="copy")
     lp.add_argument("--max-shard-size", default="5GB")
     lp.add_argument("-q", "--quiet", action="store_true")
-    lp.set_defaults(func=cmd_loop)
+    lp.set_defaults(func=cmd_loop, kept="finished phases in {workdir} are kept (loop_state.json); "
+                                      "run the same command again to resume")
 
     cg = sub.add_parser("convert-gguf", help="a GGUF causal LM as a safetensors HF folder (dequantized)",
                         formatter_class=fmt, epilog=EXAMPLES["convert-gguf"])
@@ -642,20 +651,57 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     d.add_argument("--overwrite", action="store_true")
-    d.set_defaults(func=cmd_demo)
+    d.set_defaults(func=cmd_demo, kept="the partial run in {output} is kept; "
+                                     "pass --overwrite to start again")
     return p
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _os_error(exc: OSError) -> str:
+    """'PATH: reason' for an OSError (disk full, permission, a parent that is a file, ...)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{where}: {reason}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every failure ends in one line on stderr and a non-zero exit code:
+    2 for bad input, 1 for a system error (OSError, memory) or a bug, 128+N for signal N."""
+    import os
+
+    from rlextra.io import Terminated, interruptible
+
     args = build_parser().parse_args(argv)
+    kept = getattr(args, "kept", None)
     try:
-        return args.func(args)
+        with interruptible():
+            return args.func(args)
     except RLExtraError as exc:
-        print(f"rlextra: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rlextra: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        print(f"rlextra: error: {_one_line(str(exc))}", file=sys.stderr)
+        code = getattr(exc, "code", 2)  # a failed training command passes on its own exit code
+        return code if isinstance(code, int) and 0 < code < 256 else 2
+    except KeyboardInterrupt as exc:
+        what = "terminated by " + exc.args[0] if isinstance(exc, Terminated) else "interrupted"
+        note = kept.format(**vars(args)) if kept else "nothing was written"
+        print(f"rlextra: {what}; {note}", file=sys.stderr)
+        return 128 + exc.signum if isinstance(exc, Terminated) else 130
+    except OSError as exc:
+        print(f"rlextra: error: {_one_line(_os_error(exc))}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("rlextra: error: out of memory", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: one line, and the traceback on request
+        if os.environ.get("RLEXTRA_DEBUG"):
+            raise
+        print(f"rlextra: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+              "(set RLEXTRA_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

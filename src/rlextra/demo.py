@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,7 +82,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
     torch.set_num_threads(threads)
     from rlextra.analysis import analyze_weights
     from rlextra.analysis.outputs import analyze_outputs
-    from rlextra.errors import RLExtraError
+    from rlextra.io import fresh_output_dir
     from rlextra.evaluation.generate import SamplingConfig
     from rlextra.evaluation.run import evaluate, load_model
     from rlextra.extrapolate import extrapolate_weights
@@ -93,12 +92,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
 
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
     cfg.seed = seed
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise RLExtraError(f"{out}: already exists; pass --overwrite to replace it")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_output_dir(out, overwrite=overwrite)  # refused or claimed before any work
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     spec = TaskSpec("arithmetic", cfg.ops, cfg.digits, cfg.n_train, cfg.n_test, seed)

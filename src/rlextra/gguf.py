@@ -40,11 +40,14 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, *, dtype: str = "fl
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlextra.checkpoints.writer import atomic_output_dir
+    from rlextra.io import atomic_output_dir, check_output
 
     gguf_file = Path(gguf_file)
+    if gguf_file.is_dir():
+        raise RLExtraError(f"{gguf_file}: is a folder; give the .gguf file itself")
     if not gguf_file.is_file():
         raise RLExtraError(f"{gguf_file}: no such file")
+    check_output(out_dir, inputs=[gguf_file], overwrite=overwrite)
     try:
         import gguf  # noqa: F401
     except ImportError:
@@ -61,7 +64,7 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, *, dtype: str = "fl
     ids = tok(probe, return_tensors="pt")
     with torch.no_grad():
         ref = model(**ids).logits
-    with atomic_output_dir(Path(out_dir), inputs=[gguf_file.parent], overwrite=overwrite) as tmp:
+    with atomic_output_dir(Path(out_dir), inputs=[gguf_file], overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=getattr(torch, dtype)).eval()

@@ -1,24 +1,5 @@
-"""JSON Lines input with one-line errors that name the file and line."""
+"""JSON Lines input; the reader lives in ``rlextra.io`` with the rest of rlextra's file handling."""
 
-from __future__ import annotations
+from rlextra.io import read_jsonl
 
-import json
-from pathlib import Path
-
-from rlextra.errors import RLExtraError
-
-
-def read_jsonl(path: str | Path) -> list[tuple[int, object]]:
-    """(line number, parsed value) for every non-blank line of a JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise RLExtraError(f"{path}: no such file")
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append((i, json.loads(line)))
-                except ValueError as exc:
-                    raise RLExtraError(f"{path}:{i}: not valid JSON ({exc})") from None
-    return rows
+__all__ = ["read_jsonl"]

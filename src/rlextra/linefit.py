@@ -11,12 +11,15 @@ Two-point extrapolation is the K = 2 case: the line through both points.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from rlextra.errors import RLExtraError
+
+MAX_ALPHA = 1e6  # rlextra's bound: |alpha| past this is a typo, and overflows every float dtype's range
 
 
 @dataclass
@@ -171,7 +174,15 @@ def resolve_target(steps: Sequence[float], to_step: float | None = None,
     if s == b:
         raise RLExtraError(f"first and last steps are both {b:g}; alpha is undefined")
     if to_step is not None:
-        return float(to_step), (float(to_step) - b) / (s - b)
+        target = float(to_step)
+        if not math.isfinite(target):
+            raise RLExtraError(f"--to-step {to_step}: must be a finite number")
+        alpha = (target - b) / (s - b)
+        if not abs(alpha) <= MAX_ALPHA:
+            raise RLExtraError(f"--to-step {to_step}: alpha {alpha:.3g} is out of range (|alpha| <= {MAX_ALPHA:g})")
+        return target, alpha
+    if not (math.isfinite(float(alpha)) and abs(float(alpha)) <= MAX_ALPHA):
+        raise RLExtraError(f"--alpha {alpha}: must be a finite number with |alpha| <= {MAX_ALPHA:g}")
     return b + float(alpha) * (s - b), float(alpha)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlextra.errors import RLExtraError
-from rlextra.jsonl import read_jsonl
+from rlextra.io import read_jsonl
 
 # the paper's instruction, appended to each problem after a space (its published evaluation does so)
 MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
@@ -46,6 +46,13 @@ class TaskSpec:
     seed: int = 0
     limit: int | None = None  # first N problems of a math set
     instruction: str | None = None  # math sets: appended to each problem (default: MATH_INSTRUCTION)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_train, int) or self.n_train < 0:
+            raise RLExtraError(f"--n-train {self.n_train}: must be an integer >= 0")
+        for option, value in (("--n-test", self.n_test), ("--limit", self.limit)):
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise RLExtraError(f"{option} {value}: must be at least 1 (leave it out for the default)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -246,6 +253,10 @@ def math_task(name_or_path: str, limit: int | None = None, n_test: int | None = 
         problems = _rows_to_problems(rows, repo, q, a, gsm8k=name_or_path == "gsm8k", instruction=instruction)
     if limit:
         problems = problems[:limit]
+    if not problems:
+        raise RLExtraError(f"{name_or_path}: no problems")
+    if n_test and n_test > len(problems):
+        raise RLExtraError(f"--n-test {n_test}: {name_or_path} has only {len(problems)} problems")
     spec = TaskSpec(name=str(name_or_path), limit=limit, seed=seed, n_test=n_test, n_train=0,
                     instruction=instruction)
     if n_test:

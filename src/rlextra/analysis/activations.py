@@ -26,11 +26,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.analysis.probes import Encoded, load_checkpoint, padded_batches, prepare_probes
+from rlextra.analysis.probes import Encoded, load_checkpoint, padded_batches, prepare_probes, probe_inputs
 from rlextra.analysis.report import r2_summary
 from rlextra.checkpoints.series import CheckpointSeries, load_series
-from rlextra.checkpoints.writer import atomic_output_dir
 from rlextra.errors import RLExtraError
+from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
 
 DEFAULT_MAX_TOKENS = 256
@@ -79,9 +79,15 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
     """
     if max_tokens is not None and max_tokens < 1:
         raise RLExtraError(f"--max-tokens must be at least 1, got {max_tokens}")
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(checkpoints, steps)
+    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
+        checkpoints, steps, pickle_flag=None)
+    inputs = probe_inputs(series, probes)
+    if out_dir is not None:
+        check_output(out_dir, inputs=inputs, overwrite=overwrite)
     if len(series) < 3:
         raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
+    if batch_size < 1:
+        raise RLExtraError(f"--batch-size must be at least 1, got {batch_size}")
     probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,
                                           sampling=sampling, seed=seed)
     n_tok = sum(len(r) for _, r in encoded)
@@ -139,7 +145,7 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
         "per_layer": per_layer,
     }
     if out_dir is not None:
-        _write(report, probes, examples, Path(out_dir), plots, overwrite, [c.path for c in series.checkpoints])
+        _write(report, probes, examples, Path(out_dir), plots, overwrite, inputs)
     return report
 
 

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 import rlextra
 from rlextra.analysis.probes import (Encoded, encode_probes, example_candidates, load_checkpoint, load_probes,
-                                     padded_batches, prepare_probes)
+                                     padded_batches, prepare_probes, probe_inputs)
 from rlextra.analysis.report import r2_summary
 from rlextra.checkpoints.series import CheckpointSeries, load_series
-from rlextra.checkpoints.writer import atomic_output_dir
 from rlextra.errors import RLExtraError
+from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
 
 __all__ = ["TOKEN_FILTERS", "analyze_outputs", "encode_probes", "load_probes", "teacher_force", "token_filter_mask"]
@@ -80,11 +80,19 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     ``logprob``/``logit`` summarise the tokens ``token_filter`` keeps; ``by_filter`` holds the
     kept count and both summaries under each filter, so the two can be compared from one run.
     """
+    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
+        checkpoints, steps, pickle_flag=None)
+    inputs = probe_inputs(series, probes)
+    if out_dir is not None:
+        check_output(out_dir, inputs=inputs, overwrite=overwrite)
     if token_filter not in TOKEN_FILTERS:
         raise RLExtraError(f"--token-filter must be one of {', '.join(TOKEN_FILTERS)}, got '{token_filter}'")
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(checkpoints, steps)
     if len(series) < 3:
         raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
+    if not (np.isfinite(min_logprob_change) and min_logprob_change >= 0):
+        raise RLExtraError(f"--min-logprob-change must be a finite number >= 0, got {min_logprob_change}")
+    if batch_size < 1:
+        raise RLExtraError(f"--batch-size must be at least 1, got {batch_size}")
     probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,
                                           sampling=sampling, seed=seed)
     n_tok = sum(len(r) for _, r in encoded)
@@ -124,7 +132,7 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         "mean_token_logprob": mean_lp,
     }
     if out_dir is not None:
-        _write(report, probes, examples, Path(out_dir), plots, overwrite, [c.path for c in series.checkpoints])
+        _write(report, probes, examples, Path(out_dir), plots, overwrite, inputs)
     return report
 
 

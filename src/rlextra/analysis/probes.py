@@ -13,7 +13,7 @@ import numpy as np
 
 from rlextra.checkpoints.series import CheckpointSeries
 from rlextra.errors import RLExtraError
-from rlextra.jsonl import read_jsonl
+from rlextra.io import read_jsonl
 
 Encoded = Sequence[tuple[list[int], list[int]]]
 
@@ -63,12 +63,19 @@ def encode_probes(tokenizer, probes: Sequence[dict]) -> list[tuple[list[int], li
     return enc
 
 
+def probe_inputs(series: CheckpointSeries, probes) -> list[Path]:
+    """Everything an analysis reads, for the output guard: the checkpoints and a probes file."""
+    return [c.path for c in series.checkpoints] + ([Path(probes)] if isinstance(probes, (str, Path)) else [])
+
+
 def prepare_probes(series: CheckpointSeries, *, probes: str | Path | list[dict] | None, generate: int | None,
                    task=None, sampling=None, seed: int = 0) -> tuple[list[dict], Encoded, int]:
     """The probe rows (read, given, or sampled from the first checkpoint), their token ids, and the
     pad id, with the first checkpoint's tokenizer."""
     if (probes is None) == (generate is None):
         raise RLExtraError("give probes (--probes FILE) or a number of responses to generate (--generate N)")
+    if generate is not None and generate < 1:
+        raise RLExtraError(f"--generate must be at least 1, got {generate}")
     if generate is not None:
         from rlextra.evaluation.generate import SamplingConfig
         from rlextra.tasks import TaskSpec, load_task

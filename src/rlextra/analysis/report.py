@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from rlextra.checkpoints.writer import atomic_output_dir
 from rlextra.errors import RLExtraError
+from rlextra.io import atomic_output_dir, check_output, read_json
 
 FINE_BINS = 10_000  # medians are read off this histogram: resolution 1e-4
 REPORT_BINS = 20
@@ -99,42 +99,89 @@ def finalize_report(meta: dict, summaries: Sequence[tuple[dict, dict]], hist: np
 
 
 def write_weight_report(report: dict, accumulators: dict, out_dir: Path, *, plots: bool = True,
-                        overwrite: bool = False, inputs: Sequence[Path] = (),
-                        staged: Path | None = None) -> None:
-    """weights.json, weights.csv, accumulators.json and PNG plots, written atomically (plus the
-    files already written into ``staged``, moved in before the rename)."""
+                        overwrite: bool = False, inputs: Sequence[Path] = ()) -> None:
+    """The report files (``write_weight_files``) as a new folder, atomically."""
     with atomic_output_dir(out_dir, inputs=inputs, overwrite=overwrite) as tmp:
-        for f in sorted(staged.iterdir()) if staged is not None else []:
-            f.rename(tmp / f.name)
-        (tmp / "weights.json").write_text(json.dumps(report, indent=1) + "\n")
-        (tmp / "accumulators.json").write_text(json.dumps(accumulators) + "\n")
-        with open(tmp / "weights.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            for row in report["tensors"]:
-                writer.writerow({k: row[k] for k in CSV_FIELDS})
-        if plots:
-            from rlextra.analysis import plots as P
+        write_weight_files(report, accumulators, tmp, plots=plots)
 
-            P.plot_r2_histogram(report["global"], tmp / "r2_histogram.png")
-            P.plot_r2_heatmap(report, tmp / "r2_heatmap.png")
-            P.plot_trajectories(report["steps"], accumulators["examples"], tmp / "trajectories.png")
+
+def write_weight_files(report: dict, accumulators: dict, tmp: Path, *, plots: bool = True) -> None:
+    """weights.json, weights.csv, accumulators.json and PNG plots into a folder being built."""
+    (tmp / "weights.json").write_text(json.dumps(report, indent=1) + "\n")
+    (tmp / "accumulators.json").write_text(json.dumps(accumulators) + "\n")
+    with open(tmp / "weights.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in report["tensors"]:
+            writer.writerow({k: row[k] for k in CSV_FIELDS})
+    if plots:
+        from rlextra.analysis import plots as P
+
+        P.plot_r2_histogram(report["global"], tmp / "r2_histogram.png")
+        P.plot_r2_heatmap(report, tmp / "r2_heatmap.png")
+        P.plot_trajectories(report["steps"], accumulators["examples"], tmp / "trajectories.png")
 
 
 def _load_shard(folder: Path) -> tuple[dict, dict]:
-    try:
-        report = json.loads((folder / "weights.json").read_text())
-        acc = json.loads((folder / "accumulators.json").read_text())
-    except FileNotFoundError as exc:
-        raise RLExtraError(f"{exc.filename}: missing; is {folder} an 'analyze weights' output?") from None
-    except ValueError as exc:
-        raise RLExtraError(f"{folder}: unreadable report ({exc})") from None
+    if not folder.is_dir():
+        raise RLExtraError(f"{folder}: no such folder (an 'analyze weights --shard' output)")
+    for name in ("weights.json", "accumulators.json"):
+        if not (folder / name).is_file():
+            raise RLExtraError(f"{folder / name}: missing; is {folder} an 'analyze weights' output?")
+    report, acc = read_json(folder / "weights.json"), read_json(folder / "accumulators.json")
+    problem = _shard_problem(report, acc)
+    if problem:
+        raise RLExtraError(f"{folder}: malformed shard report ({problem})")
     return report, acc
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _shard_problem(report, acc) -> str | None:
+    """What is wrong with a shard's weights.json/accumulators.json, or None (the fields merge reads)."""
+    if not isinstance(report, dict) or not isinstance(acc, dict):
+        return "weights.json and accumulators.json must hold JSON objects"
+    sh = report.get("shard")
+    if not (isinstance(sh, dict) and isinstance(sh.get("index"), int) and isinstance(sh.get("count"), int)):
+        return "weights.json: 'shard' must be {index, count}; was it written with --shard?"
+    if not (isinstance(report.get("steps"), list) and all(_num(t) for t in report["steps"])):
+        return "weights.json: 'steps' must be a list of numbers"
+    opts = report.get("options")
+    if not (isinstance(opts, dict) and "min_change" in opts and "min_distinct" in opts):
+        return "weights.json: 'options' lacks min_change/min_distinct"
+    rows = report.get("tensors")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str)
+                                             and all(f in r for f in CSV_FIELDS) for r in rows):
+        return f"weights.json: 'tensors' must be a list of rows with {', '.join(CSV_FIELDS)}"
+    for key in ("n_fitted", "n_analyzed", "n_constant", "n_filtered", "numel"):
+        if not all(isinstance(r[key], int) for r in rows):
+            return f"weights.json: tensor field '{key}' must be an integer"
+    hist = acc.get("hist_fine")
+    if not (isinstance(hist, list) and len(hist) == FINE_BINS and all(isinstance(h, int) and h >= 0 for h in hist)):
+        return f"accumulators.json: 'hist_fine' must be {FINE_BINS} non-negative integers"
+    sums = acc.get("tensors")
+    if not (isinstance(sums, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                           and _num(t.get("sum_r2")) and isinstance(t.get("n_above"), int)
+                                           for t in sums)):
+        return "accumulators.json: 'tensors' must be a list of {name, sum_r2, n_above}"
+    missing = {r["name"] for r in rows} - {t["name"] for t in sums}
+    if missing:
+        return f"accumulators.json lacks tensor '{sorted(missing)[0]}'"
+    ex = acc.get("examples")
+    if not (isinstance(ex, list) and all(isinstance(e, dict) and isinstance(e.get("tensor"), str)
+                                         and _num(e.get("r2")) and isinstance(e.get("values"), list)
+                                         and all(_num(v) for v in e["values"]) for e in ex)):
+        return "accumulators.json: 'examples' must be a list of {tensor, r2, values}"
+    return None
 
 
 def merge_weight_reports(shard_dirs: Sequence[str | Path], out_dir: str | Path | None = None, *,
                          plots: bool = True, overwrite: bool = False) -> dict:
     """Combine the reports of ``--shard i/N`` runs into the report of one full run."""
+    if out_dir is not None:
+        check_output(out_dir, inputs=shard_dirs, overwrite=overwrite)
     loaded = [(Path(d), *_load_shard(Path(d))) for d in shard_dirs]
     if not loaded:
         raise RLExtraError("no shard folders given")

@@ -12,21 +12,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.analysis.report import (FINE_BINS, finalize_report, tensor_summary, write_weight_report)
+from rlextra.analysis.report import FINE_BINS, finalize_report, tensor_summary, write_weight_files
 from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_values
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, parse_size
 from rlextra.errors import RLExtraError
+from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
 
 N_EXAMPLE_TENSORS = 6
@@ -72,8 +72,10 @@ def fine_histogram(r2: np.ndarray) -> np.ndarray:
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """'i/N' -> (i, N); None -> rank/world size from torchrun/accelerate, if more than one."""
     if text is None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+        world, rank = _env_int("WORLD_SIZE", "1"), _env_int("RANK", "0")
+        if world < 1 or not 0 <= rank < world:
+            raise RLExtraError(f"RANK={rank} WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+        return (rank, world) if world > 1 else None
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
@@ -81,6 +83,14 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not (n >= 1 and 0 <= i < n):
         raise RLExtraError(f"--shard {text}: need 0 <= i < N")
     return i, n
+
+
+def _env_int(name: str, default: str) -> int:
+    text = os.environ.get(name, default)
+    try:
+        return int(text)
+    except ValueError:
+        raise RLExtraError(f"{name}={text!r}: expected an integer (set by torchrun/accelerate)") from None
 
 
 def assign_shards(sizes: dict[str, int], n_shards: int) -> dict[str, int]:
@@ -126,16 +136,27 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     """
     series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
         checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
+    inputs = [c.path for c in series.checkpoints]
+    if out_dir is not None:
+        check_output(out_dir, inputs=inputs, overwrite=overwrite)
     if len(series) < 3:
         raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
     if sample is not None and not 0 < sample <= 1:
         raise RLExtraError(f"--sample must be in (0, 1], got {sample}")
-    if min_distinct is not None and min_distinct < 2:
-        raise RLExtraError(f"--min-distinct must be at least 2, got {min_distinct}")
+    if min_change is not None and not (math.isfinite(min_change) and min_change >= 0):
+        raise RLExtraError(f"--min-change must be a finite number >= 0, got {min_change}")
+    if min_distinct is not None and not 2 <= min_distinct <= len(series):
+        raise RLExtraError(f"--min-distinct must be between 2 and the number of checkpoints "
+                           f"({len(series)}), got {min_distinct}")
+    if chunk_size < 1:
+        raise RLExtraError(f"--chunk-size must be at least 1, got {chunk_size}")
     newest = series.newest.tensors
     wanted = [n for n in series.names if n.endswith(".weight")] if only_weights else list(series.names)
     float_names = [n for n in wanted if newest[n].is_float]
     skipped = [n for n in series.names if n not in set(float_names)]  # non-float, or not *.weight
+    if not float_names:
+        raise RLExtraError(f"{series.newest.path}: no floating-point tensors to analyse"
+                           + (" (only *.weight)" if only_weights else ""))
     mine = float_names
     if shard is not None and shard[1] > 1:
         owner = assign_shards({n: newest[n].numel for n in float_names}, shard[1])
@@ -143,37 +164,27 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     examples_wanted = set(example_tensors(float_names))
     if save_maps and (out_dir is None or sample is not None):
         raise RLExtraError("--save-maps needs an output folder and full coverage (no --sample)")
-    with _staging(out_dir, save_maps) as staged:
+    writing = atomic_output_dir(out_dir, inputs=inputs, overwrite=overwrite) if out_dir is not None \
+        else contextlib.nullcontext(None)
+    with writing as tmp:
         maps = None
-        if staged is not None:
+        if save_maps:
             specs = [TensorSpec(n, "F32", newest[n].shape, newest[n].numel * 4) for n in mine]
-            maps = {k: StreamingSafetensorsWriter(staged, specs, parse_size("5GB"), prefix=k)
+            maps = {k: StreamingSafetensorsWriter(tmp, specs, parse_size("5GB"), prefix=k)
                     for k in ("r2", "slope")}
-        return _analyze(series, mine, skipped, examples_wanted, maps, out_dir, sample=sample, seed=seed,
-                        only_weights=only_weights,
-                        min_change=min_change, min_distinct=min_distinct, chunk_size=chunk_size,
-                        shard=shard, plots=plots, progress=progress, overwrite=overwrite, staged=staged)
-
-
-@contextlib.contextmanager
-def _staging(out_dir: str | Path | None, enabled: bool) -> Iterator[Path | None]:
-    """A scratch folder beside out_dir for files streamed before the report (the maps); removed after."""
-    if not enabled:
-        yield None
-        return
-    staged = Path(out_dir).parent / f".{Path(out_dir).name}.maps-{os.getpid()}"
-    shutil.rmtree(staged, ignore_errors=True)
-    staged.mkdir(parents=True)
-    try:
-        yield staged
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+        report, accumulators = _analyze(series, mine, skipped, examples_wanted, maps, sample=sample, seed=seed,
+                                        only_weights=only_weights, min_change=min_change,
+                                        min_distinct=min_distinct, chunk_size=chunk_size, shard=shard,
+                                        progress=progress)
+        if tmp is not None:
+            write_weight_files(report, accumulators, tmp, plots=plots)
+    return report
 
 
 def _analyze(series: CheckpointSeries, mine: list[str], skipped: list[str], examples_wanted: set[str],
-             maps: dict | None, out_dir, *, sample, seed, only_weights, min_change, min_distinct, chunk_size, shard,
-             plots, progress, overwrite, staged) -> dict:
-    """The streaming pass over this process's tensors, then the report (see analyze_weights)."""
+             maps: dict | None, *, sample, seed, only_weights, min_change, min_distinct, chunk_size, shard,
+             progress) -> tuple[dict, dict]:
+    """The streaming pass over this process's tensors; the report and its accumulators."""
     newest = series.newest.tensors
     stats: dict[str, _TensorStats] = {}
     examples: list[dict] = []
@@ -243,7 +254,4 @@ def _analyze(series: CheckpointSeries, mine: list[str], skipped: list[str], exam
     if maps is not None:
         for w in maps.values():
             w.close()
-    if out_dir is not None:
-        write_weight_report(report, accumulators, Path(out_dir), plots=plots, overwrite=overwrite,
-                            inputs=[c.path for c in series.checkpoints], staged=staged)
-    return report
+    return report, accumulators

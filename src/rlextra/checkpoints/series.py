@@ -25,6 +25,7 @@ PICKLE_INDEX = "pytorch_model.bin.index.json"
 # or a step-like word. "Qwen2.5-1.5B" or "llama3" are not steps.
 _STEP_NAME = re.compile(r"(?:^|[-_.]|step|ckpt|checkpoint|iter)(\d+)$", re.IGNORECASE)
 _SPEC = re.compile(r"^(\d+)=(.+)$")
+MAX_STEP = 2**53  # steps are fitted as float64: beyond this, consecutive integers collide
 
 
 @dataclass
@@ -81,7 +82,7 @@ def step_from_trainer_state(path: Path) -> int | None:
         return None
     try:
         return int(json.loads(state.read_text())["global_step"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise RLExtraError(f"{state}: cannot read global_step ({exc})") from None
 
 
@@ -111,16 +112,21 @@ def _weight_files(folder: Path) -> bool:
     return any((folder / n).is_file() for n in names)
 
 
-def index_model_dir(folder: Path, *, allow_pickle: bool = False) -> dict[str, TensorRef]:
-    """Tensor index of one model folder, from safetensors (single or sharded) or an opt-in pickle."""
+def index_model_dir(folder: Path, *, allow_pickle: bool = False,
+                    pickle_flag: str | None = "--allow-pickle") -> dict[str, TensorRef]:
+    """Tensor index of one model folder, from safetensors (single or sharded) or an opt-in pickle.
+
+    ``pickle_flag`` is the option that opts in, named in the refusal; None where there is none.
+    """
     if (folder / SAFE_INDEX).is_file():
         return _index_sharded(folder / SAFE_INDEX, read_safetensors_index)
     if (folder / SAFE_SINGLE).is_file():
         return read_safetensors_index(folder / SAFE_SINGLE)
     pickles = [folder / n for n in (PICKLE_INDEX,) + PICKLE_NAMES if (folder / n).is_file()]
     if not allow_pickle:
-        raise RLExtraError(f"{pickles[0]}: pickle checkpoint refused; pass --allow-pickle "
-                           "(allow_pickle=True) only if you trust it, or convert it to safetensors")
+        how = (f"pass {pickle_flag} (allow_pickle=True) only if you trust it, or convert it to safetensors"
+               if pickle_flag else "this command reads safetensors only; convert it to safetensors")
+        raise RLExtraError(f"{pickles[0]}: pickle checkpoint refused (loading a pickle can run code); {how}")
     if pickles[0].name == PICKLE_INDEX:
         return _index_sharded(pickles[0], read_pickle_checkpoint)
     return read_pickle_checkpoint(pickles[0])
@@ -128,9 +134,15 @@ def index_model_dir(folder: Path, *, allow_pickle: bool = False) -> dict[str, Te
 
 def _index_sharded(index_file: Path, read_one) -> dict[str, TensorRef]:
     try:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
+        weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise RLExtraError(f"{index_file}: not a valid shard index ({exc})") from None
+        raise RLExtraError(f"{index_file}: not a valid shard index ({type(exc).__name__}: {exc})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in weight_map.items()):
+        raise RLExtraError(f"{index_file}: 'weight_map' must map tensor names to shard file names")
+    for shard in weight_map.values():
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise RLExtraError(f"{index_file}: shard '{shard}' is not a file name in the same folder")
     refs: dict[str, TensorRef] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = index_file.parent / shard
@@ -174,7 +186,8 @@ def _run_children(run_dir: Path) -> list[Path]:
 
 def load_series(paths_or_run_dir: str | Path | Sequence[str | Path],
                 steps: Sequence[int] | None = None, *, allow_pickle: bool = False,
-                allow_mixed_dtypes: bool = False, min_checkpoints: int = 1) -> CheckpointSeries:
+                allow_mixed_dtypes: bool = False, min_checkpoints: int = 1,
+                pickle_flag: str | None = "--allow-pickle") -> CheckpointSeries:
     """Discover, index and validate a checkpoint series, sorted by step.
 
     ``paths_or_run_dir``: one run folder, or model folders (``STEP=PATH`` names a step, e.g. a
@@ -199,7 +212,12 @@ def load_series(paths_or_run_dir: str | Path | Sequence[str | Path],
         if step is None:
             raise RLExtraError(f"{given}: cannot tell its step; name it as STEP={given} "
                                "(e.g. 0=... for the base model) or pass --steps")
-        checkpoints.append(Checkpoint(int(step), folder, index_model_dir(folder, allow_pickle=allow_pickle), layout))
+        if not 0 <= int(step) < MAX_STEP:
+            raise RLExtraError(f"{given}: step {step} is out of range (0 <= step < 2^53)")
+        tensors = index_model_dir(folder, allow_pickle=allow_pickle, pickle_flag=pickle_flag)
+        if not tensors:
+            raise RLExtraError(f"{folder}: holds no tensors")
+        checkpoints.append(Checkpoint(int(step), folder, tensors, layout))
     checkpoints.sort(key=lambda c: c.step)
     series = CheckpointSeries(checkpoints)
     validate_series(series, allow_mixed_dtypes=allow_mixed_dtypes, min_checkpoints=min_checkpoints)
@@ -231,6 +249,24 @@ def validate_series(series: CheckpointSeries, *, allow_mixed_dtypes: bool = Fals
             if t.dtype != r.dtype and not (allow_mixed_dtypes and t.is_float and r.is_float):
                 raise RLExtraError(f"{t.file}: tensor '{name}' has dtype {t.dtype}, but {r.dtype} in "
                                    f"{r.file} (pass --allow-mixed-dtypes to fit across float dtypes)")
+
+
+def check_model_dir(path: str | Path, *, allow_pickle: bool = False,
+                    pickle_flag: str | None = None) -> Path:
+    """Pre-flight check of a model folder before a library loads it: config.json present, every
+    weight file read through the checked reader (headers, offsets, sizes), pickles only on opt-in.
+
+    Returns the folder holding the weights. One-line errors name the file at fault.
+    """
+    path = Path(path)
+    if path.is_dir() and not any((path / n).exists() for n in ("config.json", "actor", "huggingface")):
+        raise RLExtraError(f"{path}: not a model folder (no config.json)")
+    folder, _ = resolve_model_dir(path)
+    if not (folder / "config.json").is_file():
+        raise RLExtraError(f"{folder}: not a model folder (no config.json)")
+    if not index_model_dir(folder, allow_pickle=allow_pickle, pickle_flag=pickle_flag):
+        raise RLExtraError(f"{folder}: holds no tensors")
+    return folder
 
 
 def _sorted_diff(a: Iterable[str], b: Iterable[str]) -> list[str]:

@@ -3,26 +3,24 @@
 safetensors' ``save_file`` needs every tensor of a shard in memory at once; for a 70B model that
 is gigabytes per shard. Here the header is written first (all shapes are known in advance) and
 tensor data is streamed chunk by chunk, so memory stays at one chunk. Every finished shard is
-re-opened with the safetensors library to prove it is valid. The folder is built beside the
-target and renamed into place only when complete.
+re-opened with the safetensors library to prove it is valid. Folders are built beside the
+target and renamed into place only when complete (``rlextra.io.atomic_output_dir``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from rlextra.checkpoints.reader import read_safetensors_index
 from rlextra.errors import RLExtraError
+from rlextra.io import atomic_output_dir  # noqa: F401  (re-exported: where callers found it)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -82,6 +80,12 @@ class StreamingSafetensorsWriter:
         self._written = 0  # bytes of that tensor written so far
         self._handle = None
         self._shard = -1
+        self._skip_empty()
+
+    def _skip_empty(self) -> None:
+        """Zero-element tensors get no write calls (a chunked reader yields no chunk for them)."""
+        while self._pos < len(self._order) and self._order[self._pos][1].nbytes == 0:
+            self._pos += 1
 
     def write(self, name: str, raw: np.ndarray) -> None:
         """Append the next chunk (storage dtype, flat) of tensor name; tensors in plan order."""
@@ -100,8 +104,14 @@ class StreamingSafetensorsWriter:
         if self._written == spec.nbytes:
             self._pos += 1
             self._written = 0
+            self._skip_empty()
 
     def _open_shard(self, shard: int) -> None:
+        while self._shard + 1 < shard:  # shards holding only zero-element tensors: header only
+            self._open_one(self._shard + 1)
+        self._open_one(shard)
+
+    def _open_one(self, shard: int) -> None:
         self._close_handle()
         header: dict = {"__metadata__": self.metadata}
         offset = 0
@@ -123,9 +133,12 @@ class StreamingSafetensorsWriter:
 
     def close(self) -> None:
         """Finish: check completeness, validate every shard, write the index when sharded."""
-        self._close_handle()
         if self._pos != len(self._order):
+            self._close_handle()
             raise RuntimeError(f"only {self._pos} of {len(self._order)} tensors written")
+        if self._shard < len(self.shards) - 1:
+            self._open_shard(len(self.shards) - 1)
+        self._close_handle()
         for f in self.files:
             read_safetensors_index(self.folder / f)
         if len(self.files) > 1:
@@ -145,38 +158,3 @@ def copy_side_files(sources: Sequence[Path], dest: Path) -> list[str]:
                     shutil.copy2(f, dest / f.name)
                     copied.append(f.name)
     return copied
-
-
-def check_output_target(target: Path, inputs: Sequence[Path], overwrite: bool) -> None:
-    """Refuse to write into (or over) an input folder, or over an existing target without overwrite."""
-    target = Path(target).resolve()
-    for inp in inputs:
-        inp = Path(inp).resolve()
-        if target == inp or inp in target.parents or target in inp.parents:
-            raise RLExtraError(f"{target}: output would be written into or over input {inp}")
-    if target.exists() and not overwrite:
-        raise RLExtraError(f"{target}: already exists; pass --overwrite to replace it")
-    if target.exists() and not target.is_dir():
-        raise RLExtraError(f"{target}: exists and is not a folder")
-
-
-@contextlib.contextmanager
-def atomic_output_dir(target: Path, *, inputs: Sequence[Path] = (), overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside target; rename it to target on success, delete it on error."""
-    target = Path(target)
-    check_output_target(target, inputs, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -20,6 +20,11 @@ class SamplingConfig:
     batch_size: int = 32
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from rlextra.extrapolate.logits import check_sampling
+
+        check_sampling(self)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -46,6 +51,9 @@ def generate_hf(model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig,
     """k completions for each prompt with model.generate; prompts are batched with left padding."""
     import torch
 
+    from rlextra.extrapolate.logits import check_prompt_lengths
+
+    check_prompt_lengths(tokenizer, prompts, model.config)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Sequence
 
 from rlextra.errors import RLExtraError
+from rlextra.io import atomic_output_file, check_output
 from rlextra.evaluation.generate import SamplingConfig, format_prompts, generate_hf, generate_vllm, vllm_available
 from rlextra.metrics import summarize
 from rlextra.tasks import Task, TaskSpec, load_task
@@ -18,11 +19,11 @@ def load_model(path: str | Path):
     """A causal LM and its tokenizer from a local folder (safetensors), in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise RLExtraError(f"{path}: not a model folder (no config.json)")
+    from rlextra.checkpoints import check_model_dir
+
+    path = check_model_dir(path)  # safetensors only, read through the checked reader first
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise RLExtraError(f"{path}: cannot load the model ({str(exc).splitlines()[0]})") from None
     try:
@@ -31,12 +32,6 @@ def load_model(path: str | Path):
         raise RLExtraError(f"{path}: cannot load a tokenizer; copy the tokenizer files of the run into it "
                            f"({str(exc).splitlines()[0]})") from None
     return model.eval(), tokenizer
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _decode_config(sampling: SamplingConfig):
@@ -57,14 +52,24 @@ def evaluate(model: str | Path | tuple, task: Task | TaskSpec, out_file: str | P
              limit: int | None = None, progress: bool = True,
              completions: Sequence[Sequence[str]] | None = None, label: str | None = None,
              extrapolate_from: str | Path | None = None, to_step: float | None = None,
-             alpha: float | None = None, steps: Sequence[int] | None = None) -> dict:
+             alpha: float | None = None, steps: Sequence[int] | None = None, overwrite: bool = False) -> dict:
     """Sample, grade and summarise; with out_file, write the summary JSON and a generations JSONL.
 
     ``model`` is a folder, or a (model, tokenizer) pair already loaded. With ``extrapolate_from``
     (an earlier checkpoint b of the same run, ``model`` being s), completions come from Logits
     Extrapolation decoding to ``to_step`` (or ``alpha``). ``completions`` skips generation.
+    Existing output files are replaced only with ``overwrite``.
     """
     sampling = sampling or SamplingConfig()
+    inputs = [p for p in (model, extrapolate_from) if isinstance(p, (str, Path))]
+    if completions is None:
+        from rlextra.checkpoints import check_model_dir
+
+        for p in inputs:  # before anything loads or is written
+            check_model_dir(p)
+    if out_file is not None:
+        for f in (out_file, generations_path(Path(out_file))):
+            check_output(f, inputs=inputs, overwrite=overwrite, kind="file")
     task = load_task(task) if isinstance(task, TaskSpec) else task
     pool = task.test if split == "test" else task.train
     problems = pool[:limit] if limit else pool
@@ -109,11 +114,13 @@ def evaluate(model: str | Path | tuple, task: Task | TaskSpec, out_file: str | P
     }
     if out_file is not None:
         out_file = Path(out_file)
-        out_file.parent.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps({"problem": i, "sample": j, "prompt": p.prompt, "answer": p.answer,
                              "completion": c, "extracted": task.extract(c), "correct": ok})
                  for i, (p, comps, oks) in enumerate(zip(problems, completions, correct))
                  for j, (c, ok) in enumerate(zip(comps, oks))]
-        write_atomic(generations_path(out_file), "\n".join(lines) + "\n")
-        write_atomic(out_file, json.dumps(summary, indent=1) + "\n")
+        with contextlib.ExitStack() as stack:
+            gen_tmp, sum_tmp = (stack.enter_context(atomic_output_file(f, inputs=inputs, overwrite=overwrite))
+                                for f in (generations_path(out_file), out_file))
+            gen_tmp.write_text("\n".join(lines) + "\n")
+            sum_tmp.write_text(json.dumps(summary, indent=1) + "\n")
     return summary

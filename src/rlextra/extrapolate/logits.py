@@ -10,12 +10,33 @@ then sampling (or greedy argmax at temperature 0).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from rlextra.errors import RLExtraError
 from rlextra.linefit import line_weights
+
+
+def check_sampling(cfg) -> None:
+    """One-line errors for sampling settings out of range (shared by the sampling configs)."""
+    checks = [
+        (isinstance(cfg.k, int) and cfg.k >= 1, "--k", "at least 1"),
+        (isinstance(cfg.max_new_tokens, int) and cfg.max_new_tokens >= 1, "--max-new-tokens", "at least 1"),
+        (isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "--batch-size", "at least 1"),
+        (isinstance(cfg.top_k, int) and cfg.top_k >= 0, "--top-k", "0 (off) or more"),
+        (math.isfinite(cfg.temperature) and cfg.temperature >= 0, "--temperature", "a finite number >= 0"),
+        (math.isfinite(cfg.top_p) and 0 < cfg.top_p <= 1, "--top-p", "in (0, 1]"),
+    ]
+    for ok, option, need in checks:
+        if not ok:
+            value = getattr(cfg, option[2:].replace("-", "_"))
+            raise RLExtraError(f"{option} {value}: must be {need}")
+    for s in getattr(cfg, "stop", ()):
+        if not isinstance(s, str) or not s:
+            raise RLExtraError(f"--stop {s!r}: a stop string must be non-empty text")
 
 
 @dataclass
@@ -31,8 +52,25 @@ class DecodeConfig:
     batch_size: int = 32  # rows (prompts x samples) decoded together; whole prompts per batch
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_sampling(self)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_prompt_lengths(tokenizer, prompts: Sequence[str], model_config, source: str = "prompt") -> None:
+    """Refuse prompts longer than the model's context (max_position_embeddings), naming the first."""
+    text_cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    limit = getattr(text_cfg, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit < 1:
+        return
+    special = not getattr(tokenizer, "chat_template", None)
+    for i, p in enumerate(prompts):
+        n = len(tokenizer(p, add_special_tokens=special)["input_ids"])
+        if n > limit:
+            raise RLExtraError(f"{source} {i + 1}: {n} tokens, longer than the model's context of {limit} "
+                               "(max_position_embeddings)")
 
 
 def filter_logits(z, temperature: float, top_k: int, top_p: float):
@@ -121,6 +159,7 @@ class LogitExtrapolator:
         import torch
 
         cfg = cfg or DecodeConfig()
+        check_prompt_lengths(self.tokenizer, prompts, self.models[0].config)
         per_batch = max(1, cfg.batch_size // max(1, cfg.k))
         gen = torch.Generator().manual_seed(cfg.seed)
         texts: list[str] = []

@@ -25,10 +25,10 @@ from rlextra.checkpoints.chunks import (DEFAULT_CHUNK_SIZE, chunk_ranges, raise_
                                        read_values)
 from rlextra.checkpoints.reader import decoded_is_finite, from_float64, from_torch, to_torch
 from rlextra.checkpoints.series import CheckpointSeries, load_series
-from rlextra.checkpoints.writer import (StreamingSafetensorsWriter, TensorSpec, atomic_output_dir,
-                                        copy_side_files, parse_size)
+from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, copy_side_files, parse_size
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import WindowPredictor, check_device, check_method
+from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit, resolve_target, two_point  # resolve_target: also re-exported
 
 FORMULAS = {
@@ -65,12 +65,19 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
         method = fit
     series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
         checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
+    inputs = [c.path for c in series.checkpoints]
+    check_output(out_dir, inputs=inputs, overwrite=overwrite)
     k = len(series)
     if k < 2:
         raise RLExtraError(f"extrapolation needs at least 2 checkpoints, got {k}")
     if method == "auto":
         method = "two-point" if k == 2 else "lsq"
     check_method(method, k, rank=rank, min_r2=min_r2)
+    if min_r2 is not None and not 0 <= min_r2 <= 1:
+        raise RLExtraError(f"--min-r2 {min_r2}: must be a number in [0, 1]")
+    if chunk_size < 1:
+        raise RLExtraError(f"--chunk-size {chunk_size}: must be at least 1")
+    max_shard_bytes = parse_size(max_shard_size)
     if norms not in ("copy", "extrapolate"):
         raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
     if device is not None and method != "rank1":
@@ -84,9 +91,8 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
     specs = [TensorSpec(n, newest.tensors[n].dtype, newest.tensors[n].shape, newest.tensors[n].nbytes)
              for n in series.names]
     counts = {"extrapolated": 0, "copied_norm": 0, "copied_non_float": 0, "kept_low_r2": 0}
-    inputs = [c.path for c in series.checkpoints]
     with atomic_output_dir(Path(out_dir), inputs=inputs, overwrite=overwrite) as tmp:
-        writer = StreamingSafetensorsWriter(tmp, specs, parse_size(max_shard_size))
+        writer = StreamingSafetensorsWriter(tmp, specs, max_shard_bytes)
         total = sum(newest.tensors[s.name].numel for s in specs)
         with tqdm(total=total, unit="param", unit_scale=True, desc="extrapolate",
                   disable=not progress) as bar:

@@ -14,14 +14,13 @@ output is in the cycle's train.log.
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlextra.errors import RLExtraError
+from rlextra.io import check_output, read_json, write_atomic
 
 PLACEHOLDERS = ("model", "output_dir", "start_step", "num_steps", "end_step", "cycle")
 
@@ -38,6 +37,21 @@ class LoopConfig:
     norms: str = "copy"
     max_shard_size: str = "5GB"
 
+    def __post_init__(self) -> None:
+        from rlextra.checkpoints.series import MAX_STEP
+        from rlextra.checkpoints.writer import parse_size
+
+        if self.m < 1 or self.n < 0:
+            raise RLExtraError(f"--rl-extra {self.m},{self.n}: need M >= 1 and N >= 0")
+        if self.cycles < 1:
+            raise RLExtraError(f"--cycles {self.cycles}: must be at least 1")
+        if not 0 <= self.start_step <= MAX_STEP - 1 - self.cycles * (self.m + self.n):
+            raise RLExtraError(f"--start-step {self.start_step}: steps must stay in 0 .. 2^53")
+        if self.norms not in ("copy", "extrapolate"):
+            raise RLExtraError(f"unknown --norms '{self.norms}' (copy, extrapolate)")
+        parse_size(self.max_shard_size)
+        _render(self.train_command, {p: "x" for p in PLACEHOLDERS})  # a bad template fails now
+
 
 class TrainingCommandFailed(RLExtraError):
     def __init__(self, code: int, log: Path) -> None:
@@ -46,38 +60,50 @@ class TrainingCommandFailed(RLExtraError):
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
-    os.replace(tmp, path)
+    import json
+
+    write_atomic(path, json.dumps(state, indent=1) + "\n")
+
+
+def _load_state(path: Path, cfg: LoopConfig) -> dict:
+    state = read_json(path)
+    ok = (isinstance(state, dict) and isinstance(state.get("config"), dict) and isinstance(state.get("cycles"), list)
+          and all(isinstance(c, dict) and (not c.get("extrapolated") or (
+              isinstance(c["extrapolated"], str) and isinstance(c.get("end_step"), int)))
+              for c in state["cycles"]))
+    if not ok:
+        raise RLExtraError(f"{path}: not a loop state (needs 'config' and 'cycles'); use a new --workdir")
+    keys = ("m", "n", "start_step", "model")
+    if {k: state["config"].get(k) for k in keys} != {k: asdict(cfg)[k] for k in keys}:
+        raise RLExtraError(f"{path}: written by a loop with other m/n/start/model; use a new --workdir")
+    state["config"] = asdict(cfg)
+    return state
 
 
 def _render(template: str, values: dict) -> str:
     try:
         return template.format(**{k: shlex.quote(str(v)) if isinstance(v, (str, Path)) else v
                                   for k, v in values.items()})
-    except (KeyError, IndexError) as exc:
+    except (KeyError, IndexError, AttributeError) as exc:
         raise RLExtraError(f"--train-command has an unknown placeholder {exc}; "
                            f"use {', '.join('{' + p + '}' for p in PLACEHOLDERS)}") from None
+    except ValueError as exc:  # a lone '{' or '}'
+        raise RLExtraError(f"--train-command: {exc} (write a literal brace as {{{{ or }}}})") from None
 
 
 def run_loop(cfg: LoopConfig, progress: bool = True) -> Path:
     """Run (or resume) the cycles; return the final model folder."""
-    from rlextra.checkpoints import load_series
+    from rlextra.checkpoints import check_model_dir, load_series
     from rlextra.extrapolate import extrapolate_weights
 
-    if cfg.m < 1 or cfg.n < 0 or cfg.cycles < 1:
-        raise RLExtraError(f"need m >= 1, n >= 0, cycles >= 1 (got {cfg.m}, {cfg.n}, {cfg.cycles})")
-    work = Path(cfg.workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    check_model_dir(cfg.model, allow_pickle=False)  # before any training command runs
+    work = check_output(cfg.workdir, inputs=[cfg.model], overwrite=True, option="--workdir")
     state_path = work / "loop_state.json"
-    if state_path.is_file():
-        state = json.loads(state_path.read_text())
-        if {k: state["config"][k] for k in ("m", "n", "start_step", "model")} != \
-                {k: asdict(cfg)[k] for k in ("m", "n", "start_step", "model")}:
-            raise RLExtraError(f"{state_path}: written by a loop with other m/n/start/model; use a new --workdir")
-        state["config"] = asdict(cfg)
+    if state_path.exists():
+        state = _load_state(state_path, cfg)
     else:
         state = {"config": asdict(cfg), "cycles": []}
+    work.mkdir(parents=True, exist_ok=True)
     model, start = cfg.model, cfg.start_step
     for c in range(cfg.cycles):
         if c < len(state["cycles"]) and state["cycles"][c].get("extrapolated"):

@@ -119,13 +119,18 @@ def build_tiny_model(out: Path, spec, *, warmup_steps: int = 900, seed: int = 0,
     """
     import json
 
-    from rlextra.checkpoints.writer import atomic_output_dir
     from rlextra.errors import RLExtraError
+    from rlextra.io import atomic_output_dir, check_output
     from rlextra.tasks import load_task
     from rlextra.rl.train import heldout_accuracy
 
+    check_output(out, overwrite=overwrite)  # before the warm-up, not after it
     if spec.name != "arithmetic":
         raise RLExtraError("tiny models are for the arithmetic task; use a pretrained model for math")
+    if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
+        raise RLExtraError(f"--warmup-steps {warmup_steps}: must be an integer >= 0")
+    if not (math.isfinite(lr) and lr > 0):
+        raise RLExtraError(f"learning rate {lr}: must be a finite number > 0")
     task = load_task(spec)
     tok = char_tokenizer()
     model = tiny_llama(tok, seed=seed)

@@ -54,6 +54,28 @@ class TrainConfig:
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # more GRPOConfig fields, passed through
 
+    def __post_init__(self) -> None:
+        import math
+
+        ints = [("--steps", self.max_steps, 1), ("--save-every", self.save_every, 1),
+                ("--prompts-per-step", self.prompts_per_step, 1),
+                ("--num-generations", self.num_generations, 2),  # GRPO's advantage needs a group
+                ("--max-completion-length", self.max_completion_length, 1),
+                ("--warmup-steps", self.warmup_steps, 0), ("--eval-problems", self.eval_problems, 0),
+                ("--rl-extra-warmup", self.rl_extra_warmup, 0)]
+        for option, value, low in ints:
+            if not (isinstance(value, int) and value >= low):
+                raise RLExtraError(f"{option} {value}: must be an integer >= {low}")
+        floats = [("--lr", self.learning_rate, 0.0, False), ("--temperature", self.temperature, 0.0, False),
+                  ("--beta", self.beta, 0.0, True)]
+        for option, value, low, inclusive in floats:
+            if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+                raise RLExtraError(f"{option} {value}: must be a finite number {'>=' if inclusive else '>'} {low:g}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise RLExtraError(f"--top-p {self.top_p}: must be in (0, 1]")
+        if self.rl_extra is not None and not (self.rl_extra[0] >= 1 and self.rl_extra[1] >= 0):
+            raise RLExtraError(f"--rl-extra {self.rl_extra}: need M >= 1 and N >= 0")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["task"] = self.task.to_dict()
@@ -204,6 +226,20 @@ def grpo_config(cfg: TrainConfig):
         raise RLExtraError(f"GRPOConfig: {exc}") from None
 
 
+def check_run_dir(output_dir: str | Path, model_dir: str | Path | None) -> Path:
+    """The run folder, checked before any model loads: not the model or inside it, and either new,
+    empty, or a previous run (resumed). With ``model_dir``, the model folder is checked too."""
+    from rlextra.checkpoints import check_model_dir
+    from rlextra.io import check_output
+
+    if model_dir is not None:
+        check_model_dir(model_dir)
+    run = check_output(output_dir, inputs=[model_dir] if model_dir is not None else [], overwrite=True)
+    if run.is_dir() and any(run.iterdir()) and not ((run / "run.json").is_file() or last_checkpoint(run)):
+        raise RLExtraError(f"{run}: exists and is not an rlextra run folder; give a new or empty -o")
+    return run
+
+
 def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | None = None) -> Path:
     """Run (or resume) GRPO; return the run folder holding the checkpoint series."""
     import warnings
@@ -215,13 +251,13 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     # TRL 1.16 calls transformers' renamed gradient_checkpointing API on every step; not actionable
     warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
-    run = Path(cfg.output_dir)
+    run = check_run_dir(cfg.output_dir, cfg.model if model is None else None)
     args = grpo_config(cfg)  # bad options fail here, before anything is written
     task = load_task(cfg.task)
     train_task, check_task = split_safe_check(task, cfg.rl_extra_safe_prompts) if cfg.rl_extra_safe else (task, None)
     run.mkdir(parents=True, exist_ok=True)
     if model is None:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto", use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     tokenizer.padding_side = "left"
     info = {"rlextra_version": rlextra.__version__, "config": cfg.to_dict()}
