@@ -188,3 +188,14 @@ def test_only_weights_leaves_biases_out(tmp_path):
     assert only["n_params_analyzed"] == 20
     want = np.concatenate([numpy_r2(steps, vals["layer.q.weight"]), numpy_r2(steps, vals["norm.weight"])])
     assert only["global"]["mean_r2"] == pytest.approx(want.mean(), rel=1e-9)
+
+
+def test_zero_element_tensor_with_save_maps(tmp_path):
+    from safetensors.torch import load_file
+
+    ckpts = [write_ckpt(tmp_path / f"checkpoint-{s}", {"a.weight": np.arange(6.0).reshape(2, 3) * s,
+                                                       "b.empty": np.zeros((0, 128))}) for s in range(3)]
+    rep = analyze_weights(ckpts, tmp_path / "out", save_maps=True, plots=False, progress=False)
+    assert rep["n_params"] == 6
+    maps = load_file(str(tmp_path / "out" / "r2.safetensors"))
+    assert tuple(maps["b.empty"].shape) == (0, 128) and tuple(maps["a.weight"].shape) == (2, 3)

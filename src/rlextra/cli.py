@@ -301,7 +301,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from rlextra.evaluation.generate import format_prompts
-    from rlextra.extrapolate.logits import DecodeConfig, load_extrapolator
+    from rlextra.extrapolate.logits import DecodeConfig, check_prompt_lengths, load_extrapolator
     from rlextra.io import atomic_output_file, check_output
 
     inputs = [_spec_path(c) for c in a.checkpoints] + [a.prompts]
@@ -312,6 +312,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     _set_threads(a.threads)
     ex = load_extrapolator(a.checkpoints, to_step=a.to_step, alpha=a.alpha, steps=_steps(a.steps))
     texts = format_prompts(ex.tokenizer, prompts, a.chat)
+    check_prompt_lengths(ex.tokenizer, texts, ex.models[0].config, source=f"{a.prompts}: prompt")
     outs = ex.generate(texts, cfg, progress=not a.quiet)
     meta = {"steps": ex.steps, "target_step": ex.target, "weights": ex.weights}
     lines = [json.dumps({"prompt": p, "sample": j, "completion": c, **meta})

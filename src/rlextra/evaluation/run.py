@@ -68,8 +68,8 @@ def evaluate(model: str | Path | tuple, task: Task | TaskSpec, out_file: str | P
         for p in inputs:  # before anything loads or is written
             check_model_dir(p)
     if out_file is not None:
-        for f in (out_file, generations_path(Path(out_file))):
-            check_output(f, inputs=inputs, overwrite=overwrite, kind="file")
+        out_file = check_output(out_file, inputs=inputs, overwrite=overwrite, kind="file")
+        check_output(generations_path(out_file), inputs=inputs, overwrite=overwrite, kind="file")
     task = load_task(task) if isinstance(task, TaskSpec) else task
     pool = task.test if split == "test" else task.train
     problems = pool[:limit] if limit else pool

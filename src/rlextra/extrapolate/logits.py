@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from tqdm.auto import tqdm
@@ -242,7 +243,10 @@ def load_extrapolator(checkpoints, *, to_step: float | None = None, alpha: float
     from rlextra.evaluation.run import load_model
     from rlextra.extrapolate.weights import resolve_target
 
-    series = load_series(checkpoints, steps)
+    items = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if steps is None and len(items) == 1 and (Path(str(items[0])) / "config.json").is_file():
+        steps = [0]  # one model folder: plain decoding, its step does not matter
+    series = load_series(items, steps, pickle_flag=None)
     target = resolve_target(series.steps, to_step, alpha)[0] if len(series) > 1 else series.steps[0]
     loaded = [load_model(c.path) for c in series.checkpoints]
     return LogitExtrapolator([m for m, _ in loaded], series.steps, loaded[-1][1], to_step=target)
