@@ -57,6 +57,7 @@ def ws(tmp_path_factory):
     (root / "probes.jsonl").write_text('{"prompt": "1+1=", "response": "2"}\n')
     (root / "file.txt").write_text("a file\n")
     (root / "existing").mkdir()
+    (root / "here").mkdir()  # the working folder of every case: "-o ." points here, never at the repo
     (root / "existing" / "keep.txt").write_text("keep\n")
     (root / "out.jsonl").write_text("old\n")
     # bad model folders
@@ -209,6 +210,7 @@ CASES = [
 def test_bad_input_is_refused_cleanly(ws, argv, must, must_not, env, capsys, monkeypatch):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.chdir(ws / "here")
     argv = [a.replace("{R}", str(ws)) for a in argv]
     before = _snapshot(ws)
     rc = main(argv)
@@ -299,3 +301,22 @@ def test_two_writers_one_target_exactly_one_succeeds(tmp_path):
         got = load_file(str(out / "model.safetensors"))["w"]
         assert torch.all(got == wins[0])  # the winner's content, whole
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_disk_full_mid_write_is_one_line_and_leaves_nothing(ws, capsys, monkeypatch):
+    import errno
+
+    from rlextra.checkpoints.writer import StreamingSafetensorsWriter
+
+    def full(self, name, raw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.folder / self.files[0]))
+
+    monkeypatch.setattr(StreamingSafetensorsWriter, "write", full)
+    monkeypatch.chdir(ws / "here")
+    before = _snapshot(ws)
+    rc = main(["extrapolate", *[a.replace("{R}", str(ws)) for a in TWO], "--to-step", "20", "-q",
+               "-o", str(ws / "new" / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.rstrip() == f"rlextra: error: {ws / 'new' / 'out' / 'model.safetensors'}: {os.strerror(errno.ENOSPC)}"
+    assert _snapshot(ws) == before

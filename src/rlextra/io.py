@@ -232,15 +232,37 @@ def _atomic(target: str | Path, kind: str, inputs: Sequence[str | Path], overwri
                     raise RuntimeError(f"nothing was written to the temporary file for {out}")
                 _replace(tmp, out)
                 tmp = None
-        except BaseException:
+        except BaseException as exc:
             if tmp is not None:
                 _remove(tmp)
+                if isinstance(exc, OSError) and isinstance(exc.filename, str) \
+                        and exc.filename.startswith(str(tmp)):  # name the target, not the temporary
+                    exc.filename = str(out) + exc.filename[len(str(tmp)):]
             _remove_empty(made)
             raise
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C/SIGTERM/SIGHUP for a few system calls that must not be split."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP") else set())
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _replace(tmp: Path, out: Path) -> None:
     """Move tmp to out; an old out is moved aside first and put back if the move fails."""
+    with _signals_deferred():  # never stop between moving the old target aside and the new one in
+        _swap(tmp, out)
+
+
+def _swap(tmp: Path, out: Path) -> None:
     old = None
     if out.is_dir() and not out.is_symlink():
         old = out.parent / f".{_short(out.name)}.old-{uuid.uuid4().hex[:8]}"
