@@ -105,6 +105,7 @@ NEW = "{R}/new/out"
 EX = ["extrapolate", *TWO, "-q"]
 AW = ["analyze", "weights", *S, "-q", "--no-plots"]
 AO = ["analyze", "outputs", *S, "-q", "--no-plots"]
+AA = ["analyze", "activations", *S, "-q", "--no-plots"]
 
 # (id, argv, words the one-line error must contain, words it must not contain, environment)
 CASES = [
@@ -133,6 +134,10 @@ CASES = [
      ["into or over input"], [], {}),
     ("outputs-o-probes", AO + ["--probes", "{R}/probes.jsonl", "-o", "{R}/probes.jsonl", "--overwrite"],
      ["into or over input"], [], {}),
+    ("activations-o-input", AA + ["--probes", "{R}/probes.jsonl", "-o", "{R}/run/checkpoint-20/r"],
+     ["into or over input"], [], {}),
+    ("activations-o-probes", AA + ["--probes", "{R}/probes.jsonl", "-o", "{R}/probes.jsonl", "--overwrite"],
+     ["into or over input"], [], {}),
     ("merge-o-shard", ["analyze", "merge", "{R}/badhist", "-o", "{R}/badhist"], ["into or over input"], [], {}),
     ("tiny-model-o-existing", ["tiny-model", "-o", "{R}/existing", "-q"], ["already exists"], [], {}),
     ("demo-o-file", ["demo", "-o", "{R}/file.txt"], ["not a folder"], [], {}),
@@ -149,6 +154,8 @@ CASES = [
     ("generate-pickle", ["generate", "{R}/bin", "--prompts", "{R}/prompts.jsonl", "-o", "{R}/g.jsonl", "-q"],
      ["pickle checkpoint refused"], ["--allow-pickle"], {}),
     ("outputs-pickle", ["analyze", "outputs", "{R}/binrun", "--probes", "{R}/probes.jsonl", "-o", NEW, "-q"],
+     ["pickle checkpoint refused"], ["--allow-pickle"], {}),
+    ("activations-pickle", ["analyze", "activations", "{R}/binrun", "--probes", "{R}/probes.jsonl", "-o", NEW, "-q"],
      ["pickle checkpoint refused"], ["--allow-pickle"], {}),
     ("weights-pickle-names-flag", ["analyze", "weights", "{R}/binrun", "-o", NEW, "-q"], ["--allow-pickle"], [], {}),
     ("train-truncated", ["train", "--model", "{R}/trunc", "-o", NEW, "-q"], ["not a valid safetensors"], [], {}),
@@ -195,6 +202,9 @@ CASES = [
     ("weights-world-size-abc", AW + ["-o", NEW], ["WORLD_SIZE"], [], {"WORLD_SIZE": "abc"}),
     ("weights-rank-5-of-2", AW + ["-o", NEW], ["RANK=5"], [], {"WORLD_SIZE": "2", "RANK": "5"}),
     ("outputs-generate-negative", AO + ["--generate", "-195", "-o", NEW], ["--generate"], [], {}),
+    ("activations-generate-negative", AA + ["--generate", "-195", "-o", NEW], ["--generate"], [], {}),
+    ("activations-max-tokens-negative", AA + ["--probes", "{R}/probes.jsonl", "--max-tokens", "-3", "-o", NEW],
+     ["--max-tokens"], [], {}),
     ("outputs-min-change-nan", AO + ["--probes", "{R}/probes.jsonl", "--min-logprob-change", "nan", "-o", NEW],
      ["--min-logprob-change"], [], {}),
     ("train-num-generations-1", TRAIN + ["-o", NEW, "--num-generations", "1"], ["--num-generations"], [], {}),
