@@ -61,7 +61,7 @@ class TrainConfig:
                 ("--prompts-per-step", self.prompts_per_step, 1),
                 ("--num-generations", self.num_generations, 2),  # GRPO's advantage needs a group
                 ("--max-completion-length", self.max_completion_length, 1),
-                ("--warmup-steps", self.warmup_steps, 0), ("--eval-problems", self.eval_problems, 0),
+                ("warmup_steps (lr warm-up)", self.warmup_steps, 0), ("--eval-problems", self.eval_problems, 0),
                 ("--rl-extra-warmup", self.rl_extra_warmup, 0)]
         for option, value, low in ints:
             if not (isinstance(value, int) and value >= low):
