@@ -212,6 +212,14 @@ CASES = [
     ("train-save-every-0", TRAIN + ["-o", NEW, "--save-every", "0"], ["--save-every"], [], {}),
     ("train-top-p-0", TRAIN + ["-o", NEW, "--top-p", "0"], ["--top-p"], [], {}),
     ("tiny-model-warmup-neg", ["tiny-model", "-o", NEW, "--warmup-steps", "-1", "-q"], ["--warmup-steps"], [], {}),
+    ("generate-threads-0", GEN + ["-o", NEW, "--threads", "0"], ["--threads"], [], {}),
+    ("eval-seed-negative", EVAL + ["-o", NEW, "--seed", "-1"], ["--seed"], [], {}),
+    ("weights-seed-negative", AW + ["-o", NEW, "--seed", "-1"], ["--seed"], [], {}),
+    ("outputs-seed-negative", AO + ["--probes", "{R}/probes.jsonl", "--seed", "-1", "-o", NEW], ["--seed"], [], {}),
+    ("extrapolate-chunk-size-0", EX + ["--to-step", "20", "--chunk-size", "0", "-o", NEW], ["--chunk-size"], [], {}),
+    ("extrapolate-shard-size", EX + ["--to-step", "20", "--max-shard-size", "lots", "-o", NEW], ["lots"], [], {}),
+    ("eval-top-k-negative", EVAL + ["-o", NEW, "--top-k", "-1"], ["--top-k"], [], {}),
+    ("eval-batch-size-0", EVAL + ["-o", NEW, "--batch-size", "0"], ["--batch-size"], [], {}),
     ("loop-cycles-0", LOOP + ["--workdir", NEW, "--cycles", "0"], ["--cycles"], [], {}),
 ]
 

@@ -225,6 +225,8 @@ def _sampling(a: argparse.Namespace):
 def _set_threads(n: int) -> None:
     import torch
 
+    if n < 1:
+        raise RLExtraError(f"--threads {n}: must be at least 1")
     torch.set_num_threads(n)
 
 

@@ -74,6 +74,8 @@ def prepare_probes(series: CheckpointSeries, *, probes: str | Path | list[dict] 
     pad id, with the first checkpoint's tokenizer."""
     if (probes is None) == (generate is None):
         raise RLExtraError("give probes (--probes FILE) or a number of responses to generate (--generate N)")
+    if seed < 0:
+        raise RLExtraError(f"--seed must be an integer >= 0, got {seed}")
     if generate is not None and generate < 1:
         raise RLExtraError(f"--generate must be at least 1, got {generate}")
     if generate is not None:

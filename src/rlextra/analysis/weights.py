@@ -141,6 +141,8 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         check_output(out_dir, inputs=inputs, overwrite=overwrite)
     if len(series) < 3:
         raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
+    if seed < 0:
+        raise RLExtraError(f"--seed must be an integer >= 0, got {seed}")
     if sample is not None and not 0 < sample <= 1:
         raise RLExtraError(f"--sample must be in (0, 1], got {sample}")
     if min_change is not None and not (math.isfinite(min_change) and min_change >= 0):

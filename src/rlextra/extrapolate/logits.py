@@ -30,6 +30,7 @@ def check_sampling(cfg) -> None:
         (isinstance(cfg.top_k, int) and cfg.top_k >= 0, "--top-k", "0 (off) or more"),
         (math.isfinite(cfg.temperature) and cfg.temperature >= 0, "--temperature", "a finite number >= 0"),
         (math.isfinite(cfg.top_p) and 0 < cfg.top_p <= 1, "--top-p", "in (0, 1]"),
+        (isinstance(cfg.seed, int) and cfg.seed >= 0, "--seed", "an integer >= 0"),
     ]
     for ok, option, need in checks:
         if not ok:

@@ -62,7 +62,7 @@ class TrainConfig:
                 ("--num-generations", self.num_generations, 2),  # GRPO's advantage needs a group
                 ("--max-completion-length", self.max_completion_length, 1),
                 ("warmup_steps (lr warm-up)", self.warmup_steps, 0), ("--eval-problems", self.eval_problems, 0),
-                ("--rl-extra-warmup", self.rl_extra_warmup, 0)]
+                ("--rl-extra-warmup", self.rl_extra_warmup, 0), ("--seed", self.seed, 0)]
         for option, value, low in ints:
             if not (isinstance(value, int) and value >= low):
                 raise RLExtraError(f"{option} {value}: must be an integer >= {low}")
