@@ -89,6 +89,8 @@ class StreamingSafetensorsWriter:
 
     def write(self, name: str, raw: np.ndarray) -> None:
         """Append the next chunk (storage dtype, flat) of tensor name; tensors in plan order."""
+        if raw.size == 0:  # nothing to append (zero-element tensors are complete from the start)
+            return
         if self._pos >= len(self._order):
             raise RuntimeError(f"tensor {name} written past the plan")
         shard, spec = self._order[self._pos]

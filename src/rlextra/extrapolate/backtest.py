@@ -41,10 +41,10 @@ from tqdm.auto import tqdm
 import rlextra
 from rlextra.checkpoints.chunks import read_tensor
 from rlextra.checkpoints.series import CheckpointSeries, load_series
-from rlextra.checkpoints.writer import atomic_output_dir
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, MIN_CHECKPOINTS, WindowPredictor, check_device, check_method
 from rlextra.extrapolate.weights import is_norm_weight
+from rlextra.io import atomic_output_dir
 
 MODULE_TYPES = ("attention", "mlp", "embeddings", "norms", "other")
 _EMBED = re.compile(r"embed|(^|\.)wte\.|(^|\.)wpe\.|lm_head|embed_out|word_embeddings", re.IGNORECASE)

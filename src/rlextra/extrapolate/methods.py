@@ -68,6 +68,8 @@ def check_method(method: str, k: int, *, rank: int = 1, min_r2: float | None = N
         raise RLExtraError(f"--method {method} needs at least {need} checkpoints, got {k}{hint}")
     if method == "two-point" and k != 2:
         raise RLExtraError(f"--method two-point takes exactly 2 checkpoints, got {k}; use --method lsq or rank1")
+    if min_r2 is not None and not 0 <= min_r2 <= 1:
+        raise RLExtraError(f"--min-r2 {min_r2}: must be a number in [0, 1]")
     if min_r2 is not None and method != "lsq":
         raise RLExtraError("--min-r2 needs --method lsq (a two-point line always has R^2 = 1)")
     if int(rank) != rank or rank < 1:
@@ -114,7 +116,7 @@ class WindowPredictor:
         device = values[0].device
         self.ys = [v.detach().to(device=device, dtype=torch.float32) for v in values]
         self.basis = None
-        if method == "rank1" and len(shape) >= 2:
+        if method == "rank1" and len(shape) >= 2 and all(d > 0 for d in shape):  # else its own line
             self._prepare_rank(shape)
 
     def _prepare_rank(self, shape: tuple[int, ...]) -> None:

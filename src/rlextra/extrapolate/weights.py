@@ -73,8 +73,6 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
     if method == "auto":
         method = "two-point" if k == 2 else "lsq"
     check_method(method, k, rank=rank, min_r2=min_r2)
-    if min_r2 is not None and not 0 <= min_r2 <= 1:
-        raise RLExtraError(f"--min-r2 {min_r2}: must be a number in [0, 1]")
     if chunk_size < 1:
         raise RLExtraError(f"--chunk-size {chunk_size}: must be at least 1")
     max_shard_bytes = parse_size(max_shard_size)
