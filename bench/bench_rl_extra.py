@@ -17,7 +17,7 @@ part in the choice. Reported per seed: real steps and training seconds to first 
 accuracy (same seed), accuracy at equal real steps, and the speed-up (GRPO's steps / the variant's).
 
 Usage: python bench/bench_rl_extra.py [--steps 200] [--seeds 1,2,3] [--select-seed 100]
-       [--cycles 10,10 20,20] [--variants paper keep lsq rank1] [--write-results]
+       [--candidates paper:10,10 keep:20,20 ...] [--baselines-only] [--out FILE] [--write-results]
 """
 
 from __future__ import annotations
@@ -90,8 +90,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--select-seed", type=int, default=100)
-    ap.add_argument("--cycles", nargs="+", default=["10,10", "20,20"])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--candidates", nargs="+", default=[f"{v}:{c}" for c in ("10,10", "20,20") for v in VARIANTS],
+                    help="VARIANT:M,N pairs tried on the selection seed")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="only the GRPO runs of the reported seeds (another process can run them meanwhile)")
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "rl_extra")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "rl_extra.json")
     ap.add_argument("--write-results", action="store_true")
@@ -118,19 +120,24 @@ def main() -> None:
         print(key, [(r["step"], r["acc"]) for r in curves[key]], flush=True)
         return curves[key]
 
+    seeds = [int(s) for s in a.seeds.split(",")]
+    if a.baselines_only:
+        for seed in seeds:
+            one(f"grpo-seed{seed}", seed)
+        return
     sel_grpo = one(f"grpo-seed{a.select_seed}", a.select_seed)
     choice, best, selection = None, None, []
-    for cyc in a.cycles:
+    for cand in a.candidates:
+        v, cyc = cand.split(":")
         m, n = (int(x) for x in cyc.split(","))
-        for v in a.variants:
-            c = compare(sel_grpo, one(f"{v}-{m}x{n}-seed{a.select_seed}", a.select_seed, (m, n), **VARIANTS[v]))
-            selection.append({"variant": v, "m": m, "n": n, **c})
-            score = (c["extra_steps"] is not None, -(c["extra_steps"] or 0), c["extra_final"])
-            if best is None or score > best:
-                choice, best = (v, m, n), score
+        c = compare(sel_grpo, one(f"{v}-{m}x{n}-seed{a.select_seed}", a.select_seed, (m, n), **VARIANTS[v]))
+        selection.append({"variant": v, "m": m, "n": n, **c})
+        score = (c["extra_steps"] is not None, -(c["extra_steps"] or 0), c["extra_final"])
+        if best is None or score > best:
+            choice, best = (v, m, n), score
     v, m, n = choice
     results = []
-    for seed in (int(s) for s in a.seeds.split(",")):
+    for seed in seeds:
         grpo = one(f"grpo-seed{seed}", seed)
         row = {"seed": seed, "variant": compare(grpo, one(f"{v}-{m}x{n}-seed{seed}", seed, (m, n), **VARIANTS[v])),
                "safe": compare(grpo, one(f"{v}-{m}x{n}-safe-seed{seed}", seed, (m, n), rl_extra_safe=True,
@@ -163,7 +170,7 @@ def report(state: dict, a) -> str:
         f"Machine: {state['machine']}, 1 torch thread, other jobs sharing the cores (seconds are indicative). "
         f"Demo regime, {a.steps} real steps, checkpoints every 10, avg@4 (T=0.6, top-p 0.95) on 200 held-out "
         f"problems. Chosen on seed {a.select_seed}: variant **{c['variant']}**, m, n = {c['m']}, {c['n']} "
-        f"(among {', '.join(a.variants)} x {', '.join(a.cycles)}).",
+        f"(among {', '.join(a.candidates)}).",
         f"Command: `OMP_NUM_THREADS=1 {state['command']}`; curves: `bench/results/{a.out.name}`.",
         "",
         "Selection seed:",
