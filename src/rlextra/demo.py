@@ -84,8 +84,8 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
     from rlextra.analysis import analyze_weights
     from rlextra.analysis.outputs import analyze_outputs
     from rlextra.errors import RLExtraError
-    from rlextra.evaluation.generate import SamplingConfig
-    from rlextra.evaluation.run import evaluate, load_model
+    from rlextra.decoding import SamplingConfig, load_decoder
+    from rlextra.evaluation import evaluate
     from rlextra.extrapolate import extrapolate_weights
     from rlextra.rl.models import build_tiny_model
     from rlextra.tasks import TaskSpec, load_task
@@ -153,13 +153,12 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
                           ("extrapolated", extra_dirs),
                           ("rl_extra", {st: run_extra / f"checkpoint-{st}" for st in real_steps})):
         for st, folder in folders.items():
-            summary = evaluate(load_model(folder), task, out / "eval" / f"{kind}-{st}.json",
+            summary = evaluate(load_decoder(folder, backend="hf"), task, out / "eval" / f"{kind}-{st}.json",
                                sampling=sampling, progress=False, label=str(folder))
             results[kind][st] = summary["metrics"]
     for target in cfg.extrapolate_to:
-        summary = evaluate(run / f"checkpoint-{s}", task, out / "eval" / f"logits-{target}.json",
-                           sampling=sampling, progress=False, extrapolate_from=run / f"checkpoint-{b}",
-                           to_step=target)
+        summary = evaluate(load_decoder([run / f"checkpoint-{b}", run / f"checkpoint-{s}"], to_step=target),
+                           task, out / "eval" / f"logits-{target}.json", sampling=sampling, progress=False)
         results["logits"][target] = summary["metrics"]
     timings["evaluation"] = time.perf_counter() - t
 

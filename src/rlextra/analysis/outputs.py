@@ -29,6 +29,7 @@ from rlextra.analysis.report import r2_summary
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import atomic_output_dir
 from rlextra.errors import RLExtraError
+from rlextra.hf import model_device
 from rlextra.linefit import LineFit
 
 __all__ = ["TOKEN_FILTERS", "analyze_outputs", "encode_probes", "load_probes", "teacher_force", "token_filter_mask"]
@@ -44,7 +45,7 @@ def teacher_force(model, encoded: Encoded, pad_id: int, batch_size: int = 8) -> 
 
     vocab = model.config.get_text_config().vocab_size if hasattr(model.config, "get_text_config") \
         else model.config.vocab_size
-    device = next(model.parameters()).device
+    device = model_device(model)
     lps, lgs = [], []
     with torch.no_grad():
         for batch, ids, mask, pos in padded_batches(
@@ -74,7 +75,8 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                     out_dir: str | Path | None = None, *, probes: str | Path | list[dict] | None = None,
                     generate: int | None = None, task=None, sampling=None, steps: Sequence[int] | None = None,
                     token_filter: str = "endpoints", min_logprob_change: float = 0.2, batch_size: int = 8,
-                    seed: int = 0, plots: bool = True, progress: bool = True, overwrite: bool = False) -> dict:
+                    seed: int = 0, plots: bool = True, progress: bool = True, overwrite: bool = False,
+                    device: str | None = "auto", dtype: str | None = "auto", allow_pickle: bool = False) -> dict:
     """Teacher-force the probes through every checkpoint; report token log-prob/logit linearity.
 
     ``logprob``/``logit`` summarise the tokens ``token_filter`` keeps; ``by_filter`` holds the
@@ -82,18 +84,20 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     """
     if token_filter not in TOKEN_FILTERS:
         raise RLExtraError(f"--token-filter must be one of {', '.join(TOKEN_FILTERS)}, got '{token_filter}'")
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(checkpoints, steps)
+    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle)  # where each checkpoint runs
+    series = checkpoints if isinstance(checkpoints, CheckpointSeries) \
+        else load_series(checkpoints, steps, allow_pickle=allow_pickle)
     if len(series) < 3:
         raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
     probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,
-                                          sampling=sampling, seed=seed)
+                                          sampling=sampling, seed=seed, **load)
     n_tok = sum(len(r) for _, r in encoded)
     lp_fit = LineFit(series.steps, n_tok, track_range=True)
     lg_fit = LineFit(series.steps, n_tok)
     cand = example_candidates(n_tok, seed)
     traj, mean_lp = [], []
     for cp in tqdm(series.checkpoints, desc="teacher-forcing checkpoints", disable=not progress):
-        model, _ = load_checkpoint(cp.path)
+        model, _ = load_checkpoint(cp.path, **load)
         lp, lg = teacher_force(model, encoded, pad, batch_size)
         del model
         if not (np.isfinite(lp).all() and np.isfinite(lg).all()):
