@@ -45,7 +45,8 @@ class HFGenerate:
         cfg = cfg or SamplingConfig()
         tok = self.tokenizer
         torch.manual_seed(cfg.seed)
-        kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not cfg.greedy, num_return_sequences=cfg.k,
+        n_seq = 1 if cfg.greedy else cfg.k  # greedy samples are all the same: decode once, copy
+        kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not cfg.greedy, num_return_sequences=n_seq,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         if cfg.greedy:
             kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -64,7 +65,7 @@ class HFGenerate:
                 seqs = self.model.generate(**enc, **kwargs)
                 texts = [_cut_at_stop(t, cfg.stop) for t in
                          tok.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
-                out.extend(texts[j * cfg.k:(j + 1) * cfg.k] for j in range(len(batch)))
+                out.extend(texts[j * n_seq:(j + 1) * n_seq] * (cfg.k // n_seq) for j in range(len(batch)))
         return out
 
 
