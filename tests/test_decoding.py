@@ -1,6 +1,7 @@
 """The decoding package on CPU: config checks, eager vs static steps, stop strings, devices, dtypes."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -196,3 +197,28 @@ def test_two_gpus_mix_on_the_first(folders):
     two = load_engine(folders, to_step=20, devices="cuda:0,cuda:1", dtype="float32", mode="eager")
     assert [d.index for d in two.devices] == [0, 1] and two.mix_device.index == 0
     assert two.generate(PROMPTS, cfg, progress=False) == one.generate(PROMPTS, cfg, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["eager", "static"])
+def test_eager_attention_models_decode_like_hf(pair, mode):
+    """The per-step 4D masks rlextra builds (to avoid host syncs) match transformers' for eager attention."""
+    tok, _ = pair
+    m = tiny_llama(tok, hidden=32, layers=2, intermediate=64, seed=2).eval()
+    m.config._attn_implementation = "eager"
+    cfg = SamplingConfig(k=1, temperature=0, max_new_tokens=8)
+    ours = DecodingEngine([m], None, tok, mode=mode)
+    assert ours._mask_kinds == ["eager"]
+    assert ours.generate(PROMPTS, cfg, progress=False) == HFGenerate(m, tok).generate(PROMPTS, cfg, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_step_on_cpu_equals_eager_and_reuses_buckets(pair):
+    """The GPU default path (static caches + torch.compile'd step) traced and run by inductor on CPU."""
+    tok, models = pair
+    cfg = SamplingConfig(k=1, temperature=0, max_new_tokens=6, batch_size=4)
+    eager = DecodingEngine(models, [0, 10], tok, to_step=25, mode="eager").generate(PROMPTS[:3], cfg, progress=False)
+    compiled = DecodingEngine(models, [0, 10], tok, to_step=25, mode="compiled")
+    assert compiled.generate(PROMPTS[:3], cfg, progress=False) == eager
+    assert compiled.mode == "compiled"  # no fallback happened
+    assert compiled.generate(PROMPTS[:3], cfg, progress=False) == eager

@@ -74,6 +74,15 @@ def _select(cache, idx) -> None:
         cache.reorder_cache(idx)
 
 
+def _own_mask_kind(model) -> str | None:
+    """'sdpa' or 'eager' when a plain padding mask is right for every layer (full attention only)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    impl = getattr(cfg, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", None)
+    layer_types = getattr(cfg, "layer_types", None)
+    full = all(t == "full_attention" for t in layer_types) if layer_types else getattr(cfg, "sliding_window", None) is None
+    return impl if impl in ("sdpa", "eager") and full else None
+
+
 def _bucket_rows(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -160,6 +169,7 @@ class DecodingEngine:
         self.eos_ids = sorted(eos)
         self._eos = torch.tensor(self.eos_ids, dtype=torch.long, device=self.mix_device)
         self._cache_kw = [_cache_kwarg(m) for m in models]
+        self._mask_kinds = [_own_mask_kind(m) for m in models]
         if len(models) == 1:
             self.name = "rlextra"
         else:
@@ -313,9 +323,9 @@ class DecodingEngine:
             masks = [torch.cat([mk, mk.new_ones((len(active), 1))], dim=1) for mk in masks]
             last_pos = last_pos + 1
             logits = []
-            for m, c, kw, mk, d in zip(self.models, caches, self._cache_kw, masks, self.devices):
-                o = m(input_ids=nxt[:, None].to(d), attention_mask=mk, position_ids=last_pos.to(d),
-                      use_cache=True, **{kw: c})
+            for i, (m, c, kw, mk, d) in enumerate(zip(self.models, caches, self._cache_kw, masks, self.devices)):
+                o = m(input_ids=nxt[:, None].to(d), attention_mask=self._step_mask(i, mk),
+                      position_ids=last_pos.to(d), use_cache=True, **{kw: c})
                 logits.append(o.logits[:, -1, :])
 
     def _static_cache(self, i: int, rows: int, length: int):
@@ -330,16 +340,24 @@ class DecodingEngine:
             cache.reset()
         return cache
 
-    def _step_masks(self, i: int, mask2d, cache, position_ids):
-        """The 4D mask of one decoding step, built outside the compiled step (as HF generate does)."""
-        import torch
-        from transformers.masking_utils import create_masks_for_generate
+    def _step_mask(self, i: int, mask2d):
+        """Model i's attention mask for a one-token step over the kv positions of ``mask2d``.
 
-        m = self.models[i]
-        make = getattr(m, "create_masks_for_generate", create_masks_for_generate)
-        return make(config=m.config, inputs_embeds=torch.empty((mask2d.shape[0], 1, 0), dtype=m.dtype,
-                                                                device=mask2d.device),
-                    attention_mask=mask2d, cache=cache, position_ids=position_ids)
+        For SDPA and eager attention the 4D mask is built here: transformers' own mask
+        preparation reads mask values on the host (a synchronisation per model per token). The
+        new token may attend to every kept position, so the padding mask is the whole mask.
+        Other attention kernels get the 2D mask and prepare their own.
+        """
+        import torch
+
+        kind = self._mask_kinds[i]
+        if kind is None:
+            return mask2d
+        keep = mask2d[:, None, None, :].bool()
+        if kind == "sdpa":
+            return keep
+        dtype = self.models[i].dtype
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
 
     def _decode_static(self, ids, mask, cfg: SamplingConfig, gen, out_ids: list[list[int]]) -> None:
         """Static caches and bucketed shapes; the per-token step compiled in 'compiled' mode."""
@@ -386,9 +404,8 @@ class DecodingEngine:
             logits = []
             for i, (dev, cache, fn) in enumerate(zip(self.devices, caches, steps)):
                 masks[i][:, col] = 1
-                pos = last_pos.to(dev)
-                o = fn(input_ids=nxt[:, None].to(dev), attention_mask=self._step_masks(i, masks[i][:, :col + 1], cache, pos),
-                       position_ids=pos,
+                o = fn(input_ids=nxt[:, None].to(dev), attention_mask=self._step_mask(i, masks[i]),
+                       position_ids=last_pos.to(dev),
                        use_cache=True, logits_to_keep=1, **{self._cache_kw[i]: cache})
                 logits.append(o.logits[:, -1, :])
 
