@@ -212,7 +212,8 @@ def test_eager_attention_models_decode_like_hf(pair, mode):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_step_on_cpu_equals_eager_and_reuses_buckets(pair):
     """The GPU default path (static caches + torch.compile'd step) traced and run by inductor on CPU."""
     tok, models = pair

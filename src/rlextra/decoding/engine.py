@@ -79,7 +79,10 @@ def _own_mask_kind(model) -> str | None:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     impl = getattr(cfg, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", None)
     layer_types = getattr(cfg, "layer_types", None)
-    full = all(t == "full_attention" for t in layer_types) if layer_types else getattr(cfg, "sliding_window", None) is None
+    if layer_types:
+        full = all(t == "full_attention" for t in layer_types)
+    else:
+        full = getattr(cfg, "sliding_window", None) is None
     return impl if impl in ("sdpa", "eager") and full else None
 
 
