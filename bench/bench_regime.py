@@ -35,8 +35,8 @@ CANDIDATES = {
 
 
 def curves(name: str, work: Path, seed: int = 0, save_every: int = 20) -> dict:
-    from rlextra.evaluation.generate import SamplingConfig
-    from rlextra.evaluation.run import evaluate, load_model
+    from rlextra.decoding import SamplingConfig, load_decoder
+    from rlextra.evaluation import evaluate
     from rlextra.rl.models import build_tiny_model
     from rlextra.rl.train import TrainConfig, train
     from rlextra.tasks import TaskSpec, load_task
@@ -58,7 +58,7 @@ def curves(name: str, work: Path, seed: int = 0, save_every: int = 20) -> dict:
     rows = []
     for line in (run / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        acc = evaluate(load_model(run / f"checkpoint-{r['step']}"), task, None, sampling=sampling,
+        acc = evaluate(load_decoder(run / f"checkpoint-{r['step']}", backend="hf"), task, None, sampling=sampling,
                        progress=False)["metrics"]["avg@4"]
         rows.append({"step": r["step"], "mean_reward": r["mean_reward"], "avg@4": acc})
     shutil.rmtree(run)

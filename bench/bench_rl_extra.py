@@ -42,8 +42,8 @@ VARIANTS = {
 
 def run(model_dir: Path, out: Path, seed: int, steps: int, demo, rl_extra=None, **extra) -> list[dict]:
     """Train, then evaluate every checkpoint; rows of step, effective step, seconds, accuracy."""
-    from rlextra.evaluation.generate import SamplingConfig
-    from rlextra.evaluation.run import evaluate, load_model
+    from rlextra.decoding import SamplingConfig, load_decoder
+    from rlextra.evaluation import evaluate
     from rlextra.rl.train import TrainConfig, train
     from rlextra.tasks import load_task
 
@@ -60,7 +60,8 @@ def run(model_dir: Path, out: Path, seed: int, steps: int, demo, rl_extra=None, 
     rows = []
     for line in (out / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        m = evaluate(load_model(out / f"checkpoint-{r['step']}"), task, None, sampling=sampling, progress=False)
+        m = evaluate(load_decoder(out / f"checkpoint-{r['step']}", backend="hf"), task, None, sampling=sampling,
+                     progress=False)
         rows.append({"step": r["step"], "effective_step": r.get("effective_step", r["step"]),
                      "seconds": r["train_seconds"], "acc": round(m["metrics"]["avg@4"], 4)})
     jumps = out / "rl_extra.jsonl"

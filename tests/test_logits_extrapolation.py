@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from rlextra.cli import main
-from rlextra.extrapolate.logits import DecodeConfig, LogitExtrapolator, filter_logits
+from rlextra.decoding import DecodingEngine, SamplingConfig, filter_logits
 from rlextra.linefit import line_weights
 from rlextra.rl.models import char_tokenizer, save_model, tiny_llama
 
 PROMPTS = ["12+3=", "7+7=", "123+456=", "9*9="]
-GREEDY = DecodeConfig(k=1, temperature=0, max_new_tokens=8)
+GREEDY = SamplingConfig(k=1, temperature=0, max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +30,14 @@ def hf_greedy(model, tok, prompts, n=8):
 @pytest.mark.parametrize("alpha,which", [(1.0, 1), (0.0, 0)])
 def test_alpha_endpoints_equal_each_models_own_greedy_generate(pair, alpha, which):
     tok, models = pair
-    got = LogitExtrapolator(models, [100, 300], tok, alpha=alpha).generate(PROMPTS, GREEDY, progress=False)
+    got = DecodingEngine(models, [100, 300], tok, alpha=alpha).generate(PROMPTS, GREEDY, progress=False)
     assert [g[0] for g in got] == hf_greedy(models[which], tok, PROMPTS)
 
 
 def test_batch_equals_one_by_one_with_rows_finishing_early(pair):
     tok, models = pair
-    ex = LogitExtrapolator(models, [0, 10], tok, to_step=25)
-    cfg = DecodeConfig(k=1, temperature=0, max_new_tokens=10, stop=["="], batch_size=4)
+    ex = DecodingEngine(models, [0, 10], tok, to_step=25)
+    cfg = SamplingConfig(k=1, temperature=0, max_new_tokens=10, stop=["="], batch_size=4)
     batch = [g[0] for g in ex.generate(PROMPTS, cfg, progress=False)]
     single = [ex.generate([p], cfg, progress=False)[0][0] for p in PROMPTS]
     assert batch == single
@@ -54,8 +54,8 @@ def test_k_model_variant_with_collinear_logits_equals_two_point(pair):
         with torch.no_grad():
             m.lm_head.weight.copy_(a + t * b)
         ms.append(m)
-    three = LogitExtrapolator(ms, [0, 10, 20], tok, to_step=35)
-    two = LogitExtrapolator([ms[0], ms[2]], [0, 20], tok, to_step=35)
+    three = DecodingEngine(ms, [0, 10, 20], tok, to_step=35)
+    two = DecodingEngine([ms[0], ms[2]], [0, 20], tok, to_step=35)
     x = tok(PROMPTS[:1], return_tensors="pt")["input_ids"]
     z3 = three._mix([m(x).logits[:, -1] for m in ms])
     z2 = two._mix([m(x).logits[:, -1] for m in (ms[0], ms[2])])
@@ -102,10 +102,10 @@ def test_generate_cli_and_eval_backend(pair, tmp_path):
 
 def test_k_samples_share_one_prefill_and_are_seeded(pair):
     tok, models = pair
-    ex = LogitExtrapolator(models, [0, 10], tok, to_step=15)
+    ex = DecodingEngine(models, [0, 10], tok, to_step=15)
     one = ex.generate(PROMPTS, GREEDY, progress=False)
-    three = ex.generate(PROMPTS, DecodeConfig(k=3, temperature=0, max_new_tokens=8, batch_size=6), progress=False)
+    three = ex.generate(PROMPTS, SamplingConfig(k=3, temperature=0, max_new_tokens=8, batch_size=6), progress=False)
     assert three == [[o[0]] * 3 for o in one]
-    hot = DecodeConfig(k=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=7)
+    hot = SamplingConfig(k=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=7)
     a, b = ex.generate(PROMPTS, hot, progress=False), ex.generate(PROMPTS, hot, progress=False)
     assert a == b and len(a) == len(PROMPTS) and all(len(x) == 2 for x in a)

@@ -6,8 +6,8 @@ import pytest
 
 from rlextra.checkpoints import load_series
 from rlextra.cli import main
-from rlextra.evaluation.generate import SamplingConfig
-from rlextra.evaluation.run import evaluate, generations_path
+from rlextra.decoding import SamplingConfig
+from rlextra.evaluation import evaluate, generations_path
 from rlextra.rl.models import build_tiny_model
 from rlextra.tasks import TaskSpec
 from rlextra.rl.train import TrainConfig, train

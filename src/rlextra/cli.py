@@ -10,6 +10,7 @@ from typing import Sequence
 
 from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE
 from rlextra.errors import RLExtraError
+from rlextra.hf import DEVICE_HELP, DTYPE_HELP, DTYPES
 
 
 def _steps(text: str | None) -> list[int] | None:
@@ -186,6 +187,7 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8, help="probes per forward pass")
     p.add_argument("--seed", type=int, default=0)
+    _device_args(p)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-plots", action="store_true")
@@ -194,32 +196,60 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
 
 def _probe_kwargs(a: argparse.Namespace) -> dict:
     """The keyword arguments both teacher-forced analyses take from _probe_args."""
-    from rlextra.evaluation.generate import SamplingConfig
+    from rlextra.decoding import SamplingConfig
 
     _set_threads(a.threads)
     sampling = SamplingConfig(k=1, temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
                               seed=a.seed)
     return dict(probes=a.probes, generate=a.generate, task=_task_spec(a), sampling=sampling,
                 steps=_steps(a.steps), batch_size=a.batch_size, seed=a.seed, plots=not a.no_plots,
-                progress=not a.quiet, overwrite=a.overwrite)
+                progress=not a.quiet, overwrite=a.overwrite, **_device_kwargs(a))
 
 
-def _sampling_args(p: argparse.ArgumentParser) -> None:
+def _device_args(p: argparse.ArgumentParser, *, load: bool = True, several: bool = False,
+                 dtype_help: str = DTYPE_HELP) -> None:
+    """Where models run and in which dtype; with several, one device per model and the step mode."""
+    from rlextra.decoding.engine import MODES
+
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default="auto", help=DEVICE_HELP)
+    g.add_argument("--dtype", default="auto", choices=DTYPES, help=dtype_help)
+    if several:
+        g.add_argument("--devices", metavar="DEV,DEV,...",
+                       help="one device per checkpoint, e.g. cuda:0,cuda:1; logits are mixed on the first")
+        g.add_argument("--decode-mode", choices=MODES, default="auto",
+                       help="rlextra's engine: compiled (static KV caches + CUDA graphs), eager, or static "
+                            "(static caches, not compiled); auto = compiled on CUDA, eager on CPU")
+    if load:
+        g.add_argument("--allow-pickle", action="store_true",
+                       help="also load .bin/.pt pickle weights (only for files you trust)")
+
+
+def _device_kwargs(a: argparse.Namespace) -> dict:
+    kw = dict(device=a.device, dtype=a.dtype, allow_pickle=a.allow_pickle)
+    if hasattr(a, "devices"):
+        kw.update(devices=a.devices, mode=a.decode_mode)
+    return kw
+
+
+def _sampling_args(p: argparse.ArgumentParser, *, k: int = 4,
+                   batch_help: str = "sequences decoded together (default 32)") -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--k", type=int, default=4, help="samples per problem (default 4)")
+    g.add_argument("--k", type=int, default=k, help=f"samples per prompt (default {k})")
     g.add_argument("--temperature", type=float, default=0.6, help="0 for greedy (default 0.6)")
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--top-k", type=int, default=0, help="0 = off (default; HF generate's own default is 50)")
     g.add_argument("--max-new-tokens", type=int, default=512)
-    g.add_argument("--batch-size", type=int, default=32, help="sequences per generate call")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--batch-size", type=int, default=32, help=batch_help)
     g.add_argument("--seed", type=int, default=0)
 
 
 def _sampling(a: argparse.Namespace):
-    from rlextra.evaluation.generate import SamplingConfig
+    from rlextra.decoding import SamplingConfig
 
     return SamplingConfig(k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-                          max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, seed=a.seed)
+                          max_new_tokens=a.max_new_tokens, stop=a.stop, batch_size=a.batch_size, seed=a.seed)
 
 
 def _set_threads(n: int) -> None:
@@ -248,7 +278,7 @@ def cmd_tiny_model(a: argparse.Namespace) -> int:
 
     _set_threads(a.threads)
     out, acc = build_tiny_model(Path(a.output), _task_spec(a), warmup_steps=a.warmup_steps, seed=a.seed,
-                                overwrite=a.overwrite, progress=not a.quiet)
+                                overwrite=a.overwrite, progress=not a.quiet, device=a.device, dtype=a.dtype)
     print(f"tiny model with warm-up in {out}; held-out greedy accuracy {acc:.3f}")
     return 0
 
@@ -286,15 +316,20 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from rlextra.evaluation.run import evaluate
+    from rlextra.decoding import load_decoder
+    from rlextra.evaluation import check_outputs, evaluate
 
     sampling = _sampling(a)
     if (a.extrapolate_from is None) != (a.to_step is None and a.alpha is None):
         raise RLExtraError("--extrapolate-from goes with --to-step T or --alpha A")
     _set_threads(a.threads)
-    summary = evaluate(a.model, _task_spec(a), Path(a.output), sampling=sampling, backend=a.backend,
-                       progress=not a.quiet, extrapolate_from=a.extrapolate_from, to_step=a.to_step,
-                       alpha=a.alpha, steps=_steps(a.steps), overwrite=a.overwrite)
+    models = [a.extrapolate_from, a.model] if a.extrapolate_from else a.model
+    inputs = [_spec_path(m) for m in ([a.extrapolate_from, a.model] if a.extrapolate_from else [a.model])]
+    check_outputs(a.output, inputs, a.overwrite)  # before any model loads
+    decoder = load_decoder(models, backend=a.backend, to_step=a.to_step, alpha=a.alpha, steps=_steps(a.steps),
+                           **_device_kwargs(a))
+    summary = evaluate(decoder, _task_spec(a), Path(a.output), sampling=sampling, progress=not a.quiet,
+                       overwrite=a.overwrite)
     m = summary["metrics"]
     print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
     print(f"summary: {a.output}")
@@ -302,17 +337,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from rlextra.evaluation.generate import format_prompts
-    from rlextra.extrapolate.logits import DecodeConfig, check_prompt_lengths, load_extrapolator
+    from rlextra.decoding import check_prompt_lengths, load_engine
+    from rlextra.hf import format_prompts
     from rlextra.io import atomic_output_file, check_output
 
     inputs = [_spec_path(c) for c in a.checkpoints] + [a.prompts]
     check_output(a.output, inputs=inputs, overwrite=a.overwrite, kind="file")
-    cfg = DecodeConfig(k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-                       max_new_tokens=a.max_new_tokens, stop=a.stop, batch_size=a.batch_size, seed=a.seed)
+    cfg = _sampling(a)
     prompts = _read_prompts(Path(a.prompts))
     _set_threads(a.threads)
-    ex = load_extrapolator(a.checkpoints, to_step=a.to_step, alpha=a.alpha, steps=_steps(a.steps))
+    ex = load_engine(a.checkpoints, to_step=a.to_step, alpha=a.alpha, steps=_steps(a.steps), **_device_kwargs(a))
     texts = format_prompts(ex.tokenizer, prompts, a.chat)
     check_prompt_lengths(ex.tokenizer, texts, ex.models[0].config, source=f"{a.prompts}: prompt")
     outs = ex.generate(texts, cfg, progress=not a.quiet)
@@ -530,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     _task_args(tm)
     tm.add_argument("--warmup-steps", type=int, default=900, help="supervised warm-up steps (default 900)")
     tm.add_argument("--seed", type=int, default=0)
+    _device_args(tm, load=False, dtype_help="auto (float32: a new model has no stored dtype), bfloat16, float16, "
+                                            "float32: the dtype it is trained and saved in")
     tm.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     tm.add_argument("--overwrite", action="store_true")
     tm.add_argument("-q", "--quiet", action="store_true")
@@ -585,12 +621,13 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(ev)
     ev.add_argument("--backend", choices=["auto", "hf", "rlextra", "vllm"], default="auto",
                     help="auto: vLLM when installed and a GPU is present, else HF generate; rlextra: "
-                         "rlextra's decoder (each prompt encoded once for its k samples)")
+                         "rlextra's engine (each prompt encoded once for its k samples)")
     ev.add_argument("--extrapolate-from", metavar="BASE",
                     help="Logits Extrapolation decoding: MODEL is step s, BASE an earlier step b of the run")
     ev.add_argument("--to-step", type=float, help="with --extrapolate-from: target step T")
     ev.add_argument("--alpha", type=float, help="with --extrapolate-from: alpha = (T - b) / (s - b)")
     ev.add_argument("--steps", help="with --extrapolate-from: steps of BASE,MODEL if their names lack them")
+    _device_args(ev, several=True)
     ev.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
     ev.add_argument("-q", "--quiet", action="store_true")
@@ -607,14 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--alpha", type=float, help="alpha = (T - b) / (s - b), b/s = first/last step")
     g.add_argument("--steps", help="comma-separated steps, one per CKPT")
     g.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
-    g.add_argument("--k", type=int, default=1, help="samples per prompt")
-    g.add_argument("--temperature", type=float, default=0.6, help="0 for greedy")
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--top-k", type=int, default=0, help="0 = off")
-    g.add_argument("--max-new-tokens", type=int, default=512)
-    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    g.add_argument("--batch-size", type=int, default=32, help="rows decoded together")
-    g.add_argument("--seed", type=int, default=0)
+    _sampling_args(g, k=1, batch_help="rows (prompts x samples) decoded together (default 32)")
+    _device_args(g, several=True)
     g.add_argument("--threads", type=int, default=1)
     g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     g.add_argument("-q", "--quiet", action="store_true")

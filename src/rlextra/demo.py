@@ -82,9 +82,9 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
     torch.set_num_threads(threads)
     from rlextra.analysis import analyze_weights
     from rlextra.analysis.outputs import analyze_outputs
+    from rlextra.decoding import SamplingConfig, load_decoder
+    from rlextra.evaluation import evaluate
     from rlextra.io import fresh_output_dir
-    from rlextra.evaluation.generate import SamplingConfig
-    from rlextra.evaluation.run import evaluate, load_model
     from rlextra.extrapolate import extrapolate_weights
     from rlextra.rl.models import build_tiny_model
     from rlextra.tasks import TaskSpec, load_task
@@ -147,13 +147,12 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, threads: int = 1,
                           ("extrapolated", extra_dirs),
                           ("rl_extra", {st: run_extra / f"checkpoint-{st}" for st in real_steps})):
         for st, folder in folders.items():
-            summary = evaluate(load_model(folder), task, out / "eval" / f"{kind}-{st}.json",
+            summary = evaluate(load_decoder(folder, backend="hf"), task, out / "eval" / f"{kind}-{st}.json",
                                sampling=sampling, progress=False, label=str(folder))
             results[kind][st] = summary["metrics"]
     for target in cfg.extrapolate_to:
-        summary = evaluate(run / f"checkpoint-{s}", task, out / "eval" / f"logits-{target}.json",
-                           sampling=sampling, progress=False, extrapolate_from=run / f"checkpoint-{b}",
-                           to_step=target)
+        summary = evaluate(load_decoder([run / f"checkpoint-{b}", run / f"checkpoint-{s}"], to_step=target),
+                           task, out / "eval" / f"logits-{target}.json", sampling=sampling, progress=False)
         results["logits"][target] = summary["metrics"]
     timings["evaluation"] = time.perf_counter() - t
 

@@ -30,6 +30,7 @@ from rlextra.analysis.probes import Encoded, load_checkpoint, padded_batches, pr
 from rlextra.analysis.report import r2_summary
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.errors import RLExtraError
+from rlextra.hf import model_device
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
 
@@ -45,7 +46,7 @@ def hidden_states(model, encoded: Encoded, pad_id: int, tokens: np.ndarray,
     """
     import torch
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     per_layer: list[list[np.ndarray]] = []
     offset = 0
     with torch.no_grad():
@@ -71,7 +72,8 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
                         generate: int | None = None, task=None, sampling=None,
                         steps: Sequence[int] | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS,
                         batch_size: int = 8, seed: int = 0, plots: bool = True, progress: bool = True,
-                        overwrite: bool = False) -> dict:
+                        overwrite: bool = False,
+                        device: str | None = "auto", dtype: str | None = "auto", allow_pickle: bool = False) -> dict:
     """Teacher-force the probes through every checkpoint; report the linearity of each layer's output.
 
     Returns (and with out_dir writes, as activations.json plus PNG plots) a report whose
@@ -79,8 +81,9 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
     """
     if max_tokens is not None and max_tokens < 1:
         raise RLExtraError(f"--max-tokens must be at least 1, got {max_tokens}")
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
-        checkpoints, steps, pickle_flag=None)
+    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle)  # where each checkpoint runs
+    series = checkpoints if isinstance(checkpoints, CheckpointSeries) \
+        else load_series(checkpoints, steps, allow_pickle=allow_pickle)
     inputs = probe_inputs(series, probes)
     if out_dir is not None:
         check_output(out_dir, inputs=inputs, overwrite=overwrite)
@@ -89,7 +92,7 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
     if batch_size < 1:
         raise RLExtraError(f"--batch-size must be at least 1, got {batch_size}")
     probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,
-                                          sampling=sampling, seed=seed)
+                                          sampling=sampling, seed=seed, **load)
     n_tok = sum(len(r) for _, r in encoded)
     rng = np.random.default_rng(seed)
     tokens = np.arange(n_tok) if max_tokens is None or max_tokens >= n_tok \
@@ -99,7 +102,7 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
     traj: list[list[np.ndarray]] = []
     hidden = 0
     for cp in tqdm(series.checkpoints, desc="teacher-forcing checkpoints", disable=not progress):
-        model, _ = load_checkpoint(cp.path)
+        model, _ = load_checkpoint(cp.path, **load)
         states = hidden_states(model, encoded, pad, tokens, batch_size)
         del model
         if not fits:

@@ -28,6 +28,7 @@ from rlextra.analysis.probes import (Encoded, encode_probes, example_candidates,
 from rlextra.analysis.report import r2_summary
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.errors import RLExtraError
+from rlextra.hf import model_device
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
 
@@ -44,7 +45,7 @@ def teacher_force(model, encoded: Encoded, pad_id: int, batch_size: int = 8) -> 
 
     vocab = model.config.get_text_config().vocab_size if hasattr(model.config, "get_text_config") \
         else model.config.vocab_size
-    device = next(model.parameters()).device
+    device = model_device(model)
     lps, lgs = [], []
     with torch.no_grad():
         for batch, ids, mask, pos in padded_batches(
@@ -74,14 +75,16 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                     out_dir: str | Path | None = None, *, probes: str | Path | list[dict] | None = None,
                     generate: int | None = None, task=None, sampling=None, steps: Sequence[int] | None = None,
                     token_filter: str = "endpoints", min_logprob_change: float = 0.2, batch_size: int = 8,
-                    seed: int = 0, plots: bool = True, progress: bool = True, overwrite: bool = False) -> dict:
+                    seed: int = 0, plots: bool = True, progress: bool = True, overwrite: bool = False,
+                    device: str | None = "auto", dtype: str | None = "auto", allow_pickle: bool = False) -> dict:
     """Teacher-force the probes through every checkpoint; report token log-prob/logit linearity.
 
     ``logprob``/``logit`` summarise the tokens ``token_filter`` keeps; ``by_filter`` holds the
     kept count and both summaries under each filter, so the two can be compared from one run.
     """
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
-        checkpoints, steps, pickle_flag=None)
+    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle)  # where each checkpoint runs
+    series = checkpoints if isinstance(checkpoints, CheckpointSeries) \
+        else load_series(checkpoints, steps, allow_pickle=allow_pickle)
     inputs = probe_inputs(series, probes)
     if out_dir is not None:
         check_output(out_dir, inputs=inputs, overwrite=overwrite)
@@ -94,14 +97,14 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     if batch_size < 1:
         raise RLExtraError(f"--batch-size must be at least 1, got {batch_size}")
     probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,
-                                          sampling=sampling, seed=seed)
+                                          sampling=sampling, seed=seed, **load)
     n_tok = sum(len(r) for _, r in encoded)
     lp_fit = LineFit(series.steps, n_tok, track_range=True)
     lg_fit = LineFit(series.steps, n_tok)
     cand = example_candidates(n_tok, seed)
     traj, mean_lp = [], []
     for cp in tqdm(series.checkpoints, desc="teacher-forcing checkpoints", disable=not progress):
-        model, _ = load_checkpoint(cp.path)
+        model, _ = load_checkpoint(cp.path, **load)
         lp, lg = teacher_force(model, encoded, pad, batch_size)
         del model
         if not (np.isfinite(lp).all() and np.isfinite(lg).all()):

@@ -18,11 +18,12 @@ from rlextra.io import read_jsonl
 Encoded = Sequence[tuple[list[int], list[int]]]
 
 
-def load_checkpoint(path: str | Path):
-    """(model, tokenizer) of one checkpoint folder, in eval mode: the analyses' only model loader."""
-    from rlextra.evaluation.run import load_model
+def load_checkpoint(path: str | Path, *, device: str | None = "auto", dtype: str | None = "auto",
+                    allow_pickle: bool = False):
+    """(model, tokenizer) of one checkpoint folder, in eval mode on ``device``: the analyses' only model loader."""
+    from rlextra.hf import load_model
 
-    return load_model(path)
+    return load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
 
 
 def load_probes(path: str | Path) -> list[dict]:
@@ -39,19 +40,25 @@ def load_probes(path: str | Path) -> list[dict]:
     return probes
 
 
-def generate_probes(model_dir: str | Path, task, n: int, sampling) -> list[dict]:
-    """n responses sampled from one checkpoint on the task's held-out prompts (k=1 each)."""
-    from rlextra.evaluation.generate import format_prompts, generate_hf
+def generate_probes(model_dir: str | Path, task, n: int, sampling, **load) -> list[dict]:
+    """n responses sampled from one checkpoint on the task's held-out prompts (k=1 each, HF generate).
 
-    model, tok = load_checkpoint(model_dir)
+    ``load``: device, dtype, allow_pickle, as ``load_checkpoint`` takes them.
+    """
+    from rlextra.decoding import HFGenerate
+    from rlextra.hf import format_prompts
+
+    model, tok = load_checkpoint(model_dir, **load)
     prompts = format_prompts(tok, [p.prompt for p in task.test[:n]], task.conversational)
-    outs = generate_hf(model, tok, prompts, sampling, progress=False)
+    outs = HFGenerate(model, tok).generate(prompts, sampling, progress=False)
     return [{"prompt": p, "response": o[0]} for p, o in zip(prompts, outs) if o[0]]
 
 
 def encode_probes(tokenizer, probes: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
     """Token ids of each prompt and response (tokenised separately, then concatenated)."""
-    special = not getattr(tokenizer, "chat_template", None)
+    from rlextra.hf import prompt_special_tokens
+
+    special = prompt_special_tokens(tokenizer)
     enc = []
     for p in probes:
         prompt = tokenizer(p["prompt"], add_special_tokens=special)["input_ids"]
@@ -69,9 +76,11 @@ def probe_inputs(series: CheckpointSeries, probes) -> list[Path]:
 
 
 def prepare_probes(series: CheckpointSeries, *, probes: str | Path | list[dict] | None, generate: int | None,
-                   task=None, sampling=None, seed: int = 0) -> tuple[list[dict], Encoded, int]:
+                   task=None, sampling=None, seed: int = 0, **load) -> tuple[list[dict], Encoded, int]:
     """The probe rows (read, given, or sampled from the first checkpoint), their token ids, and the
-    pad id, with the first checkpoint's tokenizer."""
+    pad id, with the first checkpoint's tokenizer. ``load``: device, dtype, allow_pickle."""
+    from rlextra.hf import load_tokenizer
+
     if (probes is None) == (generate is None):
         raise RLExtraError("give probes (--probes FILE) or a number of responses to generate (--generate N)")
     if seed < 0:
@@ -79,15 +88,15 @@ def prepare_probes(series: CheckpointSeries, *, probes: str | Path | list[dict] 
     if generate is not None and generate < 1:
         raise RLExtraError(f"--generate must be at least 1, got {generate}")
     if generate is not None:
-        from rlextra.evaluation.generate import SamplingConfig
+        from rlextra.decoding import SamplingConfig
         from rlextra.tasks import TaskSpec, load_task
 
         task = load_task(task or TaskSpec())
-        probes = generate_probes(series.checkpoints[0].path, task, generate, sampling or SamplingConfig(seed=seed))
+        probes = generate_probes(series.checkpoints[0].path, task, generate, sampling or SamplingConfig(seed=seed),
+                                 **load)
     elif not isinstance(probes, list):
         probes = load_probes(probes)
-    first_model, tokenizer = load_checkpoint(series.checkpoints[0].path)
-    del first_model
+    tokenizer = load_tokenizer(series.checkpoints[0].path)
     encoded = encode_probes(tokenizer, probes)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     return probes, encoded, pad

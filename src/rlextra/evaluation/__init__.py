@@ -1,1 +1,5 @@
-"""Generation backends (HF, vLLM) and the evaluate-a-checkpoint loop; metrics live in rlextra.metrics."""
+"""Evaluation: a decoder's completions on a task, graded and summarised; held-out accuracy."""
+
+from rlextra.evaluation.evaluate import check_outputs, evaluate, generations_path, heldout_accuracy
+
+__all__ = ["check_outputs", "evaluate", "generations_path", "heldout_accuracy"]

@@ -43,7 +43,7 @@ from rlextra.checkpoints.chunks import read_tensor
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, MIN_CHECKPOINTS, WindowPredictor, check_device, check_method
-from rlextra.extrapolate.weights import is_norm_weight
+from rlextra.hf import is_norm_weight
 from rlextra.io import atomic_output_dir
 
 MODULE_TYPES = ("attention", "mlp", "embeddings", "norms", "other")
@@ -192,8 +192,8 @@ def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, r
     two-point window. Every call into the evaluation code is here. A prediction is evaluated as
     ``extrapolate`` writes it (a temporary folder, in the newest input's dtype), so its accuracy
     is that of the checkpoint a user would get."""
-    from rlextra.evaluation.generate import SamplingConfig
-    from rlextra.evaluation.run import evaluate
+    from rlextra.decoding import SamplingConfig, load_decoder
+    from rlextra.evaluation import evaluate
     from rlextra.extrapolate.weights import extrapolate_weights
     from rlextra.tasks import TaskSpec, load_task
 
@@ -203,8 +203,11 @@ def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, r
     by_step = {c.step: c for c in series.checkpoints}
     path = {c.step: c.path for c in series.checkpoints}
 
-    def acc(model, **kw) -> float:
-        return evaluate(model, task, sampling=sampling, backend="hf", progress=False, **kw)["metrics"][key]
+    def acc(models, **kw) -> float:
+        """One folder through HF generate; several (with a target) through logits extrapolation."""
+        backend = "hf" if isinstance(models, (str, Path)) else "auto"
+        return evaluate(load_decoder(models, backend=backend, **kw), task, sampling=sampling,
+                        progress=False)["metrics"][key]
 
     two_point = [r for r in rows if r["method"] == "two-point"]
     total = len(path) + len(rows) + len(two_point)
@@ -226,7 +229,7 @@ def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, r
         for r in two_point:
             rows.append({"method": "logits", "b": r["b"], "s": r["s"], "target": r["target"], "alpha": r["alpha"],
                          "window": r["window"], "weight_error": None, "per_module": {},
-                         "accuracy": acc(path[r["s"]], extrapolate_from=path[r["b"]], to_step=r["target"],
+                         "accuracy": acc([path[r["b"]], path[r["s"]]], to_step=r["target"],
                                          steps=[r["b"], r["s"]]),
                          "accuracy_real_s": real[r["s"]], "accuracy_real_target": real[r["target"]]})
             bar.update(1)

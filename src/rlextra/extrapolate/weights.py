@@ -13,7 +13,6 @@ copied from the newest checkpoint by default, as in the paper.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +27,7 @@ from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, copy_side_files, parse_size
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import WindowPredictor, check_device, check_method
+from rlextra.hf import is_norm_weight  # re-exported: rlextra.extrapolate.is_norm_weight
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit, resolve_target, two_point  # resolve_target: also re-exported
 
@@ -37,12 +37,6 @@ FORMULAS = {
     "rank1": "W_T = W_s + U_r (C_T - C_s) V_r^T; U_r, V_r: top-r singular vectors of W_s - W_b; "
              "C_k = U_r^T (W_k - W_b) V_r fitted linearly in the step; 1-D tensors: their own line",
 }
-_NORM = re.compile(r"norm|(^|\.)ln(_\w*)?\.", re.IGNORECASE)
-
-
-def is_norm_weight(name: str) -> bool:
-    """LayerNorm/RMSNorm parameters by name (input_layernorm, model.norm, ln_f, q_norm, ...)."""
-    return bool(_NORM.search(name))
 
 
 def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path],

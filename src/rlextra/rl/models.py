@@ -92,7 +92,8 @@ def warmup_sft(model, tokenizer, problems: Sequence[Problem], steps: int = 300, 
             ids[r, width - n:] = torch.tensor(p + a)  # left padded, as generation sees it
             labels[r, width - len(a):] = torch.tensor(a)
             mask[r, width - n:] = 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        dev = next(model.parameters()).device
+        loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -112,17 +113,20 @@ def save_model(model, tokenizer, folder: Path) -> Path:
 
 
 def build_tiny_model(out: Path, spec, *, warmup_steps: int = 900, seed: int = 0, lr: float = 1e-3,
-                     label_noise: float = 0.0, overwrite: bool = False, progress: bool = True) -> tuple[Path, float]:
+                     label_noise: float = 0.0, overwrite: bool = False, progress: bool = True,
+                     device: str | None = "auto", dtype: str | None = "auto") -> tuple[Path, float]:
     """Tiny Llama + char tokenizer, warmed up on an arithmetic task, saved atomically to out.
 
-    Returns the folder and the held-out greedy accuracy after warm-up.
+    Trained and saved in ``dtype`` on ``device``; dtype auto is float32 (a new model has no stored
+    dtype, and the warm-up is short). Returns the folder and the held-out greedy accuracy.
     """
     import json
 
     from rlextra.errors import RLExtraError
+    from rlextra.evaluation import heldout_accuracy
+    from rlextra.hf import resolve_device, resolve_dtype
     from rlextra.io import atomic_output_dir, check_output
     from rlextra.tasks import load_task
-    from rlextra.rl.train import heldout_accuracy
 
     check_output(out, overwrite=overwrite)  # before the warm-up, not after it
     if spec.name != "arithmetic":
@@ -133,7 +137,11 @@ def build_tiny_model(out: Path, spec, *, warmup_steps: int = 900, seed: int = 0,
         raise RLExtraError(f"learning rate {lr}: must be a finite number > 0")
     task = load_task(spec)
     tok = char_tokenizer()
-    model = tiny_llama(tok, seed=seed)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, "cpu")  # 'auto' stays float32 here, on any device
+    model = tiny_llama(tok, seed=seed).to(dev)
+    if torch_dtype != "auto":
+        model = model.to(torch_dtype)
     losses = warmup_sft(model, tok, task.train, steps=warmup_steps, lr=lr, seed=seed, progress=progress,
                         label_noise=label_noise)
     acc = heldout_accuracy(model, tok, task, len(task.test), max_new_tokens=spec.digits * 2 + 2)

@@ -56,7 +56,7 @@ from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, predict_tensor
-from rlextra.extrapolate.weights import is_norm_weight
+from rlextra.hf import is_norm_weight
 
 STATE_FILE = "rl_extra_state.json"
 ANCHOR_FILE = "rl_extra_anchor.safetensors"

@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 import rlextra
 from rlextra.errors import RLExtraError
+from rlextra.evaluation import evaluate, heldout_accuracy
 from rlextra.tasks import Task, TaskSpec, load_task
 
 
@@ -91,20 +92,6 @@ def last_checkpoint(run: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int) -> float:
-    """Greedy accuracy on the first n held-out problems (model left in its previous mode)."""
-    from rlextra.evaluation.generate import SamplingConfig
-    from rlextra.evaluation.run import evaluate
-
-    was_training = model.training
-    model.eval()
-    summary = evaluate((model, tokenizer), task, sampling=SamplingConfig(
-        k=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=64), limit=n, progress=False)
-    if was_training:
-        model.train()
-    return summary["metrics"]["avg@1"]
-
-
 def split_safe_check(task: Task, n: int) -> tuple[Task, Task]:
     """Set the last n training problems aside for the safe-mode check: (training task, check task).
 
@@ -120,8 +107,7 @@ def split_safe_check(task: Task, n: int) -> tuple[Task, Task]:
 
 def reward_scorer(check: Task, tokenizer, cfg: TrainConfig):
     """model -> mean reward on the check batch, sampled like training (temperature, top-p), fixed seed."""
-    from rlextra.evaluation.generate import SamplingConfig
-    from rlextra.evaluation.run import evaluate
+    from rlextra.decoding import DecodingEngine, SamplingConfig
 
     sampling = SamplingConfig(k=cfg.rl_extra_safe_samples, temperature=cfg.temperature, top_p=cfg.top_p,
                               max_new_tokens=cfg.max_completion_length, batch_size=64, seed=cfg.seed)
@@ -129,7 +115,8 @@ def reward_scorer(check: Task, tokenizer, cfg: TrainConfig):
     def score(model) -> float:
         was_training = model.training
         model.eval()
-        summary = evaluate((model, tokenizer), check, sampling=sampling, backend="rlextra", progress=False)
+        summary = evaluate(DecodingEngine([model], None, tokenizer, mode="eager"), check, sampling=sampling,
+                           progress=False)
         if was_training:
             model.train()
         return summary["metrics"][f"avg@{sampling.k}"]

@@ -1,0 +1,8 @@
+"""Decoding: one sampling config, one K-model engine (K = 1 is plain decoding), single-model backends."""
+
+from rlextra.decoding.backends import HFGenerate, VLLMGenerate, load_decoder, vllm_available
+from rlextra.decoding.config import Decoder, SamplingConfig, check_prompt_lengths, check_sampling
+from rlextra.decoding.engine import DecodingEngine, filter_logits, load_engine
+
+__all__ = ["Decoder", "DecodingEngine", "HFGenerate", "SamplingConfig", "VLLMGenerate", "check_prompt_lengths",
+           "check_sampling", "filter_logits", "load_decoder", "load_engine", "vllm_available"]

@@ -1,0 +1,99 @@
+"""Evaluate a decoder on a task: sample k completions per held-out problem, grade, summarise."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from rlextra.decoding import Decoder, HFGenerate, SamplingConfig, load_decoder
+from rlextra.errors import RLExtraError
+from rlextra.hf import format_prompts
+from rlextra.io import atomic_output_file, check_output
+from rlextra.metrics import summarize
+from rlextra.tasks import Task, TaskSpec, load_task
+
+
+def generations_path(out_file: Path) -> Path:
+    """Where the per-generation JSONL of a summary file goes: beside it, same stem."""
+    return out_file.with_suffix(".generations.jsonl")
+
+
+def decoder_inputs(decoder) -> list[Path]:
+    """The model folders a decoder reads (a folder itself, or what load_decoder recorded)."""
+    if isinstance(decoder, (str, Path)):
+        return [Path(decoder)]
+    return [Path(p) for p in getattr(decoder, "paths", ())]
+
+
+def check_outputs(out_file: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False) -> Path:
+    """Refuse an existing summary or generations file (unless overwrite) or one that is an input."""
+    out_file = check_output(out_file, inputs=inputs, overwrite=overwrite, kind="file")
+    check_output(generations_path(out_file), inputs=inputs, overwrite=overwrite, kind="file")
+    return out_file
+
+
+def evaluate(decoder: Decoder | str | Path | None, task: Task | TaskSpec, out_file: str | Path | None = None, *,
+             sampling: SamplingConfig | None = None, split: str = "test", limit: int | None = None,
+             progress: bool = True, completions: Sequence[Sequence[str]] | None = None,
+             label: str | None = None, overwrite: bool = False) -> dict:
+    """Sample, grade and summarise; with out_file, write the summary JSON and a generations JSONL.
+
+    ``decoder`` is any decoder (``rlextra.decoding.load_decoder`` makes one from folders; a
+    folder alone is loaded with the default backend). ``completions`` skips generation.
+    Existing output files are replaced only with ``overwrite``; they are checked before a
+    folder given as ``decoder`` is loaded.
+    """
+    sampling = sampling or SamplingConfig()
+    inputs = decoder_inputs(decoder)
+    if out_file is not None:  # before anything loads or is written
+        out_file = check_outputs(out_file, inputs, overwrite)
+    task = load_task(task) if isinstance(task, TaskSpec) else task
+    if split not in ("test", "train"):
+        raise RLExtraError(f"split '{split}': expected test or train")
+    pool = task.test if split == "test" else task.train
+    problems = pool[:limit] if limit else pool
+    t0 = time.perf_counter()
+    if isinstance(decoder, (str, Path)):
+        decoder = load_decoder(decoder)
+    if completions is None:
+        if decoder is None:
+            raise RLExtraError("evaluate needs a decoder or the completions to grade")
+        prompts = format_prompts(decoder.tokenizer, [p.prompt for p in problems], task.conversational)
+        completions = decoder.generate(prompts, sampling, progress=progress)
+    elif len(completions) != len(problems):
+        raise RLExtraError(f"{len(completions)} completion lists for {len(problems)} problems")
+    correct = [[task.grade(c, p.answer) for c in comps] for comps, p in zip(completions, problems)]
+    metrics = summarize(correct, ks=[1, sampling.k])
+    summary = {
+        "model": label or (decoder.label if decoder is not None else "given completions"),
+        "task": task.spec.to_dict(), "split": split, "sampling": sampling.to_dict(),
+        "backend": decoder.name if decoder is not None else "given",
+        "metrics": metrics, "seconds": round(time.perf_counter() - t0, 3),
+        "per_problem": [{"index": i, "answer": p.answer, "n_correct": sum(c)}
+                        for i, (p, c) in enumerate(zip(problems, correct))],
+    }
+    if out_file is not None:
+        lines = [json.dumps({"problem": i, "sample": j, "prompt": p.prompt, "answer": p.answer,
+                             "completion": c, "extracted": task.extract(c), "correct": ok})
+                 for i, (p, comps, oks) in enumerate(zip(problems, completions, correct))
+                 for j, (c, ok) in enumerate(zip(comps, oks))]
+        with contextlib.ExitStack() as stack:
+            gen_tmp, sum_tmp = (stack.enter_context(atomic_output_file(f, inputs=inputs, overwrite=overwrite))
+                                for f in (generations_path(out_file), out_file))
+            gen_tmp.write_text("\n".join(lines) + "\n")
+            sum_tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int) -> float:
+    """Greedy accuracy (HF generate) on the first n held-out problems; the model keeps its mode."""
+    was_training = model.training
+    model.eval()
+    summary = evaluate(HFGenerate(model, tokenizer), task, sampling=SamplingConfig(
+        k=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=64), limit=n, progress=False)
+    if was_training:
+        model.train()
+    return summary["metrics"]["avg@1"]

@@ -1,0 +1,131 @@
+"""What every model-touching module shares: device and dtype choice, model and tokenizer loading.
+
+Models load straight onto their device (no CPU copy first) from safetensors only, unless the
+caller allows pickle files it trusts. Tokenizers are prepared once for batched decoding: left
+padding, a pad token (eos when the tokenizer has none), and special tokens added to prompts only
+when there is no chat template (a template already writes them).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+from rlextra.errors import RLExtraError
+
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default auto)"
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+DTYPE_HELP = "auto (bfloat16 on GPUs that support it, else the checkpoint's own dtype), bfloat16, float16, float32"
+
+_NORM = re.compile(r"norm|(^|\.)ln(_\w*)?\.", re.IGNORECASE)
+
+
+def is_norm_weight(name: str) -> bool:
+    """LayerNorm/RMSNorm parameters by name (input_layernorm, model.norm, ln_f, q_norm, ...)."""
+    return bool(_NORM.search(name))
+
+
+def resolve_device(device: str | None = "auto", option: str = "--device"):
+    """A torch.device from 'auto', 'cpu', 'cuda' or 'cuda:N'; CUDA without CUDA is a one-line error."""
+    import torch
+
+    name = (device or "auto").strip()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if not m:
+        raise RLExtraError(f"{option} {name}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise RLExtraError(f"{option} {name}: CUDA is not available on this machine (use --device cpu)")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise RLExtraError(f"{option} {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return torch.device(name)
+
+
+def resolve_devices(devices: str | Sequence[str] | None, n: int, device: str | None = "auto") -> list:
+    """One torch.device per model: a comma list of exactly n devices, or ``device`` for all."""
+    if devices is None or devices == "":
+        return [resolve_device(device)] * n
+    names = [d.strip() for d in devices.split(",")] if isinstance(devices, str) else list(devices)
+    if len(names) != n:
+        raise RLExtraError(f"--devices: {len(names)} device(s) for {n} model(s); give one per model")
+    return [resolve_device(d, "--devices") for d in names]
+
+
+def resolve_dtype(dtype: str | None, device) -> object:
+    """A torch dtype, or 'auto' (the checkpoint's own dtype) where no choice is needed."""
+    import torch
+
+    name = dtype or "auto"
+    if name not in DTYPES:
+        raise RLExtraError(f"--dtype {name}: expected one of {', '.join(DTYPES)}")
+    if name == "auto":
+        if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return "auto"
+    return getattr(torch, name)
+
+
+def model_device(model):
+    """The device of a model's first parameter (where its inputs go)."""
+    return next(model.parameters()).device
+
+
+def load_model(path: str | Path, *, device: str | None = "auto", dtype: str | None = "auto",
+               allow_pickle: bool = False):
+    """(model, tokenizer) from a local folder, the model in eval mode directly on ``device``.
+
+    Every weight file is read through rlextra's checked reader first (headers, offsets, sizes;
+    pickles only with ``allow_pickle``), so a damaged folder is a one-line error, not a crash.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from rlextra.checkpoints import check_model_dir
+
+    path = check_model_dir(path, allow_pickle=allow_pickle, pickle_flag="--allow-pickle")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=str(dev),
+                                                     use_safetensors=None if allow_pickle else True)
+    except (OSError, ValueError) as exc:
+        raise RLExtraError(f"{path}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    return model.eval(), load_tokenizer(path)
+
+
+def load_tokenizer(path: str | Path):
+    """The folder's tokenizer, prepared for batched decoding (see ``prepare_tokenizer``)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise RLExtraError(f"{path}: cannot load a tokenizer; copy the tokenizer files of the run into it "
+                           f"({str(exc).splitlines()[0]})") from None
+    return prepare_tokenizer(tokenizer)
+
+
+def prepare_tokenizer(tokenizer):
+    """Left padding (decoding appends on the right) and a pad token (eos when there is none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise RLExtraError("the tokenizer has neither a pad token nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def prompt_special_tokens(tokenizer) -> bool:
+    """Whether encoding a prompt should add special tokens: not when a chat template wrote them."""
+    return not getattr(tokenizer, "chat_template", None)
+
+
+def format_prompts(tokenizer, prompts: Sequence[str], conversational: bool) -> list[str]:
+    """Chat-template conversational prompts when the tokenizer has a template; plain text otherwise."""
+    if conversational and getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                              add_generation_prompt=True) for p in prompts]
+    return list(prompts)
