@@ -19,10 +19,12 @@ import argparse
 import datetime
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # synthetic.py: the planted-drift series fixture
 PROMPTS = [f"Question {i}: what is {i * 37 % 91} plus {i * 53 % 97}? " + "Think step by step. " * (i % 4)
            for i in range(16)]
 
@@ -45,7 +47,7 @@ def make_model(seed: int):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlextra.synthetic import smollm2_135m_config
+    from synthetic import smollm2_135m_config
 
     cfg = smollm2_135m_config()
     cfg.eos_token_id = None
