@@ -82,6 +82,9 @@ def test_duplicate_and_unparseable_steps(tmp_path):
 def test_too_few(tmp_path):
     write_ckpt(tmp_path / "step_1", T)
     assert "at least 2" in _err([tmp_path / "step_1"], min_checkpoints=2)
+    loaded = load_series([tmp_path / "step_1"])
+    assert load_series(loaded) is loaded  # a loaded series passes through, checked again
+    assert "at least 2" in _err(loaded, min_checkpoints=2)
 
 
 def test_truncated_and_corrupt_files(tmp_path):

@@ -79,9 +79,7 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
     """
     if max_tokens is not None and max_tokens < 1:
         raise RLExtraError(f"--max-tokens must be at least 1, got {max_tokens}")
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(checkpoints, steps)
-    if len(series) < 3:
-        raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
+    series = load_series(checkpoints, steps, min_checkpoints=3)
     probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,
                                           sampling=sampling, seed=seed)
     n_tok = sum(len(r) for _, r in encoded)

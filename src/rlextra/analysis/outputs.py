@@ -82,9 +82,7 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     """
     if token_filter not in TOKEN_FILTERS:
         raise RLExtraError(f"--token-filter must be one of {', '.join(TOKEN_FILTERS)}, got '{token_filter}'")
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(checkpoints, steps)
-    if len(series) < 3:
-        raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
+    series = load_series(checkpoints, steps, min_checkpoints=3)
     probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,
                                           sampling=sampling, seed=seed)
     n_tok = sum(len(r) for _, r in encoded)

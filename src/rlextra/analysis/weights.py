@@ -124,10 +124,8 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     shapes; R^2 is NaN where a parameter never moved), streamed like the analysis itself.
     Returns the report dict.
     """
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
-        checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
-    if len(series) < 3:
-        raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
+    series = load_series(checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes,
+                         min_checkpoints=3)
     if sample is not None and not 0 < sample <= 1:
         raise RLExtraError(f"--sample must be in (0, 1], got {sample}")
     if min_distinct is not None and min_distinct < 2:
