@@ -112,6 +112,7 @@ def test_output_rules(series_dir, tmp_path):
         analyze_weights(run, run / "checkpoint-0" / "report", progress=False)
 
 
+@pytest.mark.slow
 def test_two_processes_then_merge_equals_single_run(series_dir, tmp_path):
     run, _, _ = series_dir
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -10,6 +10,7 @@ from rlextra.checkpoints import load_series, read_values
 from rlextra.cli import main
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "-o", str(out)]) == 0

@@ -61,6 +61,7 @@ def tiny(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", SPEC, warmup_steps=30, progress=False)[0]
 
 
+@pytest.mark.slow
 def test_grpo_with_rl_extra_logs_saves_and_resumes_the_schedule(tiny, tmp_path):
     cfg = TrainConfig(model=str(tiny), output_dir=str(tmp_path / "run"), task=SPEC, max_steps=4, save_every=2,
                       learning_rate=1e-4, prompts_per_step=4, num_generations=4, max_completion_length=3,
@@ -99,6 +100,7 @@ def test_ddp_two_processes_apply_the_same_jumps(tmp_path):
     assert ranks[0]["jump_steps"] == ranks[1]["jump_steps"] == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_zero_length_jumps_leave_grpo_unchanged(tiny, tmp_path):
     """RL-Extra with n = 0 must reproduce plain GRPO exactly: the callback touches nothing else."""
     from safetensors.torch import load_file
@@ -195,6 +197,7 @@ def test_bad_rl_extra_options_are_one_line_errors():
             RLExtraCallback(**kwargs)
 
 
+@pytest.mark.slow
 def test_grpo_safe_mode_logs_every_decision(tiny, tmp_path):
     cfg = TrainConfig(model=str(tiny), output_dir=str(tmp_path / "run"), task=SPEC, max_steps=4, save_every=4,
                       learning_rate=1e-3, prompts_per_step=4, num_generations=4, max_completion_length=3,

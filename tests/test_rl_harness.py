@@ -27,6 +27,7 @@ def tiny(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_grpo_run_is_a_loadable_series_and_resumes(tiny, tmp_path):
     cfg = TrainConfig(model=str(tiny), output_dir=str(tmp_path / "run"), task=SPEC, max_steps=4, save_every=2,
                       learning_rate=1e-4, prompts_per_step=4, num_generations=4, max_completion_length=3,
