@@ -1,7 +1,7 @@
 """Side-by-side benchmark: weight analysis and weight extrapolation on a 135M-parameter series.
 
 Series: >= 8 bf16 checkpoints of the SmolLM2-135M architecture (random init, planted drift plus
-noise; rlextra.synthetic). Every method runs in its own fresh process, one after another, and
+noise; tests/synthetic.py). Every method runs in its own fresh process, one after another, and
 reports wall time and peak RSS minus the RSS right after its imports (torch, transformers and
 the method's own modules are imported first in every process, so baselines are comparable).
 
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # synthetic.py: the planted-drift series fixture
 
 
 def status_kb(field: str) -> int:
@@ -142,7 +143,7 @@ def ensure_series(work: Path, checkpoints: int) -> Path:
     if len(sorted(run.glob("checkpoint-*"))) != checkpoints:
         import torch
 
-        from rlextra.synthetic import smollm2_135m_config, write_synthetic_series
+        from synthetic import smollm2_135m_config, write_synthetic_series
 
         torch.set_num_threads(1)
         shutil.rmtree(run, ignore_errors=True)

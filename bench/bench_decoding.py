@@ -36,6 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE.parent / "tests"))  # synthetic.py: the planted-drift series fixture
 PROMPTS = [f"Question {i}: what is {i * 37 % 91} plus {i * 53 % 97}? " + "Think step by step. " * (i % 4)
            for i in range(16)]
 
@@ -51,7 +52,7 @@ def qwen25_15b_config():
 
 
 def shape_config(name: str):
-    from rlextra.synthetic import smollm2_135m_config
+    from synthetic import smollm2_135m_config
 
     if name == "smollm2-135m":
         return smollm2_135m_config()

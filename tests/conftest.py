@@ -31,6 +31,16 @@ def write_ckpt(folder: Path, tensors: dict[str, np.ndarray | torch.Tensor], dtyp
     return folder
 
 
+def numpy_r2(t, vals):
+    """The reference R^2: squared Pearson correlation of each column of vals (K, ...) with the
+    steps t, computed directly in numpy; NaN for constant columns."""
+    y = np.asarray(vals).reshape(len(t), -1)
+    tc = np.asarray(t, float) - np.mean(t)
+    yc = y - y.mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (tc @ yc) ** 2 / ((tc @ tc) * (yc * yc).sum(0))
+
+
 def planted_series(steps, shapes, slope_scale=1e-2, noise=1e-3, seed=0):
     """values[name] of shape (K, *shape): w0 + slope * t + noise, with known slopes."""
     rng = np.random.default_rng(seed)

@@ -8,6 +8,7 @@ from rlextra.analysis.outputs import analyze_outputs, encode_probes, load_probes
 from rlextra.cli import main
 from rlextra.errors import RLExtraError
 from rlextra.rl.models import char_tokenizer, save_model, tiny_llama
+from rlextra.tasks import TaskSpec, load_task
 
 PROBES = [{"prompt": "12+3=", "response": "15"}, {"prompt": "7+7=", "response": "14\n7+"},
           {"prompt": "123+456=", "response": "579"}]
@@ -70,7 +71,12 @@ def test_generate_probes_via_cli(tmp_path, capsys):
                "--n-train", "20", "--n-test", "10", "--max-new-tokens", "4", "-o", str(tmp_path / "o"), "-q"])
     assert rc == 0
     assert "logit: R^2" in capsys.readouterr().out
-    assert 1 <= len((tmp_path / "o" / "probes.jsonl").read_text().splitlines()) <= 5
+    probes = [json.loads(x) for x in (tmp_path / "o" / "probes.jsonl").read_text().splitlines()]
+    held_out = [p.prompt for p in load_task(TaskSpec(digits=1, n_train=20, n_test=10)).test[:5]]
+    # one sampled response per held-out prompt, in order; a prompt drops out only if its response is empty
+    assert [p["prompt"] for p in probes] == [q for q in held_out if q in {p["prompt"] for p in probes}]
+    assert probes and all(p["response"] for p in probes)
+    assert json.loads((tmp_path / "o" / "outputs.json").read_text())["n_probes"] == len(probes)
 
 
 def test_bad_probes(tmp_path):

@@ -8,19 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import planted_series, write_ckpt
+from conftest import numpy_r2, planted_series, write_ckpt
 from rlextra.analysis import analyze_weights, merge_weight_reports
 from rlextra.analysis.weights import sample_indices
 from rlextra.errors import RLExtraError
-
-
-def numpy_r2(t, vals):
-    """Direct computation: squared Pearson correlation per column, NaN for constant columns."""
-    y = vals.reshape(len(t), -1)
-    tc = np.asarray(t, float) - np.mean(t)
-    yc = y - y.mean(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (tc @ yc) ** 2 / ((tc @ tc) * (yc * yc).sum(0))
 
 
 def test_matches_direct_numpy_computation(series_dir, tmp_path):
@@ -121,6 +112,7 @@ def test_output_rules(series_dir, tmp_path):
         analyze_weights(run, run / "checkpoint-0" / "report", progress=False)
 
 
+@pytest.mark.slow
 def test_two_processes_then_merge_equals_single_run(series_dir, tmp_path):
     run, _, _ = series_dir
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

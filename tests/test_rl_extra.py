@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def tiny(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", SPEC, warmup_steps=30, progress=False)[0]
 
 
+@pytest.mark.slow
 def test_grpo_with_rl_extra_logs_saves_and_resumes_the_schedule(tiny, tmp_path):
     cfg = TrainConfig(model=str(tiny), output_dir=str(tmp_path / "run"), task=SPEC, max_steps=4, save_every=2,
                       learning_rate=1e-4, prompts_per_step=4, num_generations=4, max_completion_length=3,
@@ -83,6 +85,13 @@ def test_grpo_with_rl_extra_logs_saves_and_resumes_the_schedule(tiny, tmp_path):
         train(cfg)
 
 
+def _free_port() -> int:
+    """A port nothing listens on now, so concurrent test runs on one machine do not collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_apply_the_same_jumps(tmp_path):
     worker = Path(__file__).with_name("ddp_rl_extra_worker.py")
@@ -90,7 +99,7 @@ def test_ddp_two_processes_apply_the_same_jumps(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(worker.parent), os.environ.get("PYTHONPATH")])),
            "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", "29517", str(worker), str(tmp_path)],
+                        "--master_port", str(_free_port()), str(worker), str(tmp_path)],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
@@ -99,6 +108,7 @@ def test_ddp_two_processes_apply_the_same_jumps(tmp_path):
     assert ranks[0]["jump_steps"] == ranks[1]["jump_steps"] == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_zero_length_jumps_leave_grpo_unchanged(tiny, tmp_path):
     """RL-Extra with n = 0 must reproduce plain GRPO exactly: the callback touches nothing else."""
     from safetensors.torch import load_file
@@ -195,6 +205,7 @@ def test_bad_rl_extra_options_are_one_line_errors():
             RLExtraCallback(**kwargs)
 
 
+@pytest.mark.slow
 def test_grpo_safe_mode_logs_every_decision(tiny, tmp_path):
     cfg = TrainConfig(model=str(tiny), output_dir=str(tmp_path / "run"), task=SPEC, max_steps=4, save_every=4,
                       learning_rate=1e-3, prompts_per_step=4, num_generations=4, max_completion_length=3,
@@ -221,7 +232,7 @@ def test_fsdp2_two_processes_jump_their_local_shards(tmp_path, method):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(worker.parent), os.environ.get("PYTHONPATH")]))}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", "29518", str(worker), str(tmp_path), method],
+                        "--master_port", str(_free_port()), str(worker), str(tmp_path), method],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import write_ckpt
-from rlextra.checkpoints import load_series
+from rlextra.checkpoints import load_series, read_values
 from rlextra.errors import RLExtraError
 
 T = {"a.weight": np.ones((2, 3)), "b.norm.weight": np.zeros(3)}
@@ -41,7 +41,7 @@ def test_sharded_safetensors_with_index(tmp_path):
         "a.weight": "model-00001-of-00002.safetensors", "b.norm.weight": "model-00002-of-00002.safetensors"}}))
     s = load_series([d])
     assert s.steps == [5] and sorted(s.newest.tensors) == ["a.weight", "b.norm.weight"]
-    np.testing.assert_array_equal(s.newest.tensors["a.weight"].read(0, 6), np.ones(6))
+    np.testing.assert_array_equal(read_values(s.newest.tensors["a.weight"], 0, 6), np.ones(6))
 
 
 def _err(*args, **kw):
@@ -82,6 +82,9 @@ def test_duplicate_and_unparseable_steps(tmp_path):
 def test_too_few(tmp_path):
     write_ckpt(tmp_path / "step_1", T)
     assert "at least 2" in _err([tmp_path / "step_1"], min_checkpoints=2)
+    loaded = load_series([tmp_path / "step_1"])
+    assert load_series(loaded) is loaded  # a loaded series passes through, checked again
+    assert "at least 2" in _err(loaded, min_checkpoints=2)
 
 
 def test_truncated_and_corrupt_files(tmp_path):
@@ -101,7 +104,7 @@ def test_pickle_needs_opt_in(tmp_path):
     msg = _err([d])
     assert "pytorch_model.bin" in msg and "--allow-pickle" in msg
     s = load_series([d], allow_pickle=True)
-    np.testing.assert_array_equal(s.newest.tensors["a.weight"].read(0, 6), np.ones(6))
+    np.testing.assert_array_equal(read_values(s.newest.tensors["a.weight"], 0, 6), np.ones(6))
 
 
 def test_verl_without_merged_weights_explains(tmp_path):

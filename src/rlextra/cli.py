@@ -393,7 +393,7 @@ def cmd_loop(a: argparse.Namespace) -> int:
 
 
 def cmd_convert_gguf(a: argparse.Namespace) -> int:
-    from rlextra.gguf import convert_gguf, smollm2_gguf_path
+    from rlextra.checkpoints.gguf import convert_gguf, smollm2_gguf_path
 
     if (a.gguf is None) == (not a.smollm2):
         raise RLExtraError("give a GGUF file or --smollm2")

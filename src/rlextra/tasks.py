@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -66,7 +66,6 @@ class Task:
     grade: Callable[[str, str], bool]
     extract: Callable[[str], str | None]
     conversational: bool = False  # math prompts go through the model's chat template
-    meta: dict = field(default_factory=dict)
 
     def reward(self, completions: list, answer: list[str], **kwargs) -> list[float]:
         """TRL reward function: 1.0 when the completion's answer checks out, else 0.0."""

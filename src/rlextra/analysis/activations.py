@@ -82,13 +82,10 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
     if max_tokens is not None and max_tokens < 1:
         raise RLExtraError(f"--max-tokens must be at least 1, got {max_tokens}")
     load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle)  # where each checkpoint runs
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) \
-        else load_series(checkpoints, steps, allow_pickle=allow_pickle)
+    series = load_series(checkpoints, steps, allow_pickle=allow_pickle, min_checkpoints=3)
     inputs = probe_inputs(series, probes)
     if out_dir is not None:
         check_output(out_dir, inputs=inputs, overwrite=overwrite)
-    if len(series) < 3:
-        raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
     if batch_size < 1:
         raise RLExtraError(f"--batch-size must be at least 1, got {batch_size}")
     probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,

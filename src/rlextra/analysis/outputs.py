@@ -83,15 +83,12 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     kept count and both summaries under each filter, so the two can be compared from one run.
     """
     load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle)  # where each checkpoint runs
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) \
-        else load_series(checkpoints, steps, allow_pickle=allow_pickle)
+    series = load_series(checkpoints, steps, allow_pickle=allow_pickle, min_checkpoints=3)
     inputs = probe_inputs(series, probes)
     if out_dir is not None:
         check_output(out_dir, inputs=inputs, overwrite=overwrite)
     if token_filter not in TOKEN_FILTERS:
         raise RLExtraError(f"--token-filter must be one of {', '.join(TOKEN_FILTERS)}, got '{token_filter}'")
-    if len(series) < 3:
-        raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
     if not (np.isfinite(min_logprob_change) and min_logprob_change >= 0):
         raise RLExtraError(f"--min-logprob-change must be a finite number >= 0, got {min_logprob_change}")
     if batch_size < 1:

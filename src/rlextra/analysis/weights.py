@@ -15,7 +15,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -134,13 +134,11 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     shapes; R^2 is NaN where a parameter never moved), streamed like the analysis itself.
     Returns the report dict.
     """
-    series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
-        checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
+    series = load_series(checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes,
+                         min_checkpoints=3)
     inputs = [c.path for c in series.checkpoints]
     if out_dir is not None:
         check_output(out_dir, inputs=inputs, overwrite=overwrite)
-    if len(series) < 3:
-        raise RLExtraError(f"analysis needs at least 3 checkpoints, got {len(series)}")
     if seed < 0:
         raise RLExtraError(f"--seed must be an integer >= 0, got {seed}")
     if sample is not None and not 0 < sample <= 1:
@@ -152,6 +150,8 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                            f"({len(series)}), got {min_distinct}")
     if chunk_size < 1:
         raise RLExtraError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if save_maps and (out_dir is None or sample is not None):
+        raise RLExtraError("--save-maps needs an output folder and full coverage (no --sample)")
     newest = series.newest.tensors
     wanted = [n for n in series.names if n.endswith(".weight")] if only_weights else list(series.names)
     float_names = [n for n in wanted if newest[n].is_float]
@@ -163,37 +163,57 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     if shard is not None and shard[1] > 1:
         owner = assign_shards({n: newest[n].numel for n in float_names}, shard[1])
         mine = [n for n in float_names if owner[n] == shard[0]]
-    examples_wanted = set(example_tensors(float_names))
-    if save_maps and (out_dir is None or sample is not None):
-        raise RLExtraError("--save-maps needs an output folder and full coverage (no --sample)")
+    options = {"sample": sample, "seed": seed, "min_change": min_change, "min_distinct": min_distinct,
+               "only_weights": only_weights, "chunk_size": chunk_size}
+    maps_specs = [TensorSpec(n, "F32", newest[n].shape, newest[n].numel * 4) for n in mine]
     writing = atomic_output_dir(out_dir, inputs=inputs, overwrite=overwrite) if out_dir is not None \
         else contextlib.nullcontext(None)
-    with writing as tmp:
-        maps = None
-        if save_maps:
-            specs = [TensorSpec(n, "F32", newest[n].shape, newest[n].numel * 4) for n in mine]
-            maps = {k: StreamingSafetensorsWriter(tmp, specs, parse_size("5GB"), prefix=k)
-                    for k in ("r2", "slope")}
-        report, accumulators = _analyze(series, mine, skipped, examples_wanted, maps, sample=sample, seed=seed,
-                                        only_weights=only_weights, min_change=min_change,
-                                        min_distinct=min_distinct, chunk_size=chunk_size, shard=shard,
-                                        progress=progress)
+    with writing as tmp:  # the maps stream straight into the folder being built
+        with MapsWriter(tmp, maps_specs) if save_maps else contextlib.nullcontext() as maps:
+            stats = stream_weight_stats(series, mine, sample=sample, seed=seed, min_change=min_change,
+                                        min_distinct=min_distinct, chunk_size=chunk_size,
+                                        example_names=example_tensors(float_names),
+                                        on_fit=maps.write if maps is not None else None, progress=progress)
+            if maps is not None:
+                maps.finish()
+        report, accumulators = weight_report(series, stats, options, shard=shard, skipped=skipped)
         if tmp is not None:
             write_weight_files(report, accumulators, tmp, plots=plots)
     return report
 
 
-def _analyze(series: CheckpointSeries, mine: list[str], skipped: list[str], examples_wanted: set[str],
-             maps: dict | None, *, sample, seed, only_weights, min_change, min_distinct, chunk_size, shard,
-             progress) -> tuple[dict, dict]:
-    """The streaming pass over this process's tensors; the report and its accumulators."""
+@dataclass
+class WeightStats:
+    """What the streaming pass returns: running sums per tensor and the example trajectories."""
+
+    tensors: dict[str, _TensorStats]
+    examples: list[dict]
+
+    def histogram(self) -> np.ndarray:
+        """The fine R^2 histogram over every tensor."""
+        return sum((st.hist for st in self.tensors.values()), np.zeros(FINE_BINS, dtype=np.int64))
+
+
+FitSink = Callable[[str, np.ndarray, np.ndarray], None]
+
+
+def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sample: float | None = None,
+                        seed: int = 0, min_change: float | None = None, min_distinct: int | None = None,
+                        chunk_size: int = DEFAULT_CHUNK_SIZE, example_names: Sequence[str] = (),
+                        on_fit: FitSink | None = None, progress: bool = False) -> WeightStats:
+    """The streaming pass: fit each named tensor chunk by chunk across the series; no file output.
+
+    ``on_fit(name, r2, slope)`` receives every chunk's per-parameter fit in order (the maps
+    writer); ``example_names`` are the tensors that contribute one example trajectory each.
+    """
     newest = series.newest.tensors
+    examples_wanted = set(example_names)
     stats: dict[str, _TensorStats] = {}
     examples: list[dict] = []
-    total = sum(newest[n].numel for n in mine)
+    total = sum(newest[n].numel for n in names)
     with tqdm(total=total, unit="param", unit_scale=True, desc="analyze weights",
               disable=not progress) as bar:
-        for name in mine:
+        for name in names:
             refs = series.refs(name)
             st = stats[name] = _TensorStats()
             idx = sample_indices(name, refs[0].numel, sample, seed) if sample else None
@@ -221,9 +241,8 @@ def _analyze(series: CheckpointSeries, mine: list[str], skipped: list[str], exam
                     raise_nonfinite(refs, series.steps, start, stop)
                 res = fit.result()
                 r2 = res.r2()
-                if maps is not None:
-                    maps["r2"].write(name, r2.astype(np.float32))
-                    maps["slope"].write(name, res.slope.astype(np.float32))
+                if on_fit is not None:
+                    on_fit(name, r2, res.slope)
                 keep = np.ones(n, dtype=bool)
                 if min_change is not None:
                     keep &= fit.value_range() > min_change  # strict, as the paper's script
@@ -239,21 +258,55 @@ def _analyze(series: CheckpointSeries, mine: list[str], skipped: list[str], exam
                                          "values": [float(t[j]) for t in traj]})
                         want_example = False
                 bar.update(stop - start)
+    return WeightStats(stats, examples)
 
+
+def weight_report(series: CheckpointSeries, stats: WeightStats, options: dict, *,
+                  shard: tuple[int, int] | None = None, skipped: Sequence[str] = ()) -> tuple[dict, dict]:
+    """Finalise the streamed statistics into (report, accumulators), as weights.json/accumulators.json hold them."""
+    newest = series.newest.tensors
     meta = {
         "rlextra_version": rlextra.__version__,
         "kind": "weights",
         "steps": series.steps,
         "checkpoints": [{"step": c.step, "path": str(c.path)} for c in series.checkpoints],
-        "options": {"sample": sample, "seed": seed, "min_change": min_change,
-                    "min_distinct": min_distinct, "only_weights": only_weights, "chunk_size": chunk_size},
+        "options": options,
         "shard": None if shard is None or shard[1] == 1 else {"index": shard[0], "count": shard[1]},
-        "skipped_tensors": skipped,
+        "skipped_tensors": list(skipped),
     }
-    summaries = [tensor_summary(name, newest[name].numel, st) for name, st in stats.items()]
-    hist = sum((st.hist for st in stats.values()), np.zeros(FINE_BINS, dtype=np.int64))
-    report, accumulators = finalize_report(meta, summaries, hist, examples)
-    if maps is not None:
-        for w in maps.values():
+    summaries = [tensor_summary(name, newest[name].numel, st) for name, st in stats.tensors.items()]
+    return finalize_report(meta, summaries, stats.histogram(), stats.examples)
+
+
+class MapsWriter:
+    """Streams every parameter's R^2 and slope (float32) into r2/slope safetensors in ``folder``.
+
+    A context manager over the folder being built (the atomic output folder, so the maps appear
+    with the report or not at all): ``finish()`` closes and validates both files; leaving the
+    block early (an error) closes what is open, and the folder's owner removes it.
+    """
+
+    def __init__(self, folder: Path, specs: Sequence[TensorSpec]) -> None:
+        self.folder = Path(folder)
+        self.specs = list(specs)
+        self._writers: dict[str, StreamingSafetensorsWriter] = {}
+
+    def __enter__(self) -> "MapsWriter":
+        self._writers = {k: StreamingSafetensorsWriter(self.folder, self.specs, parse_size("5GB"), prefix=k)
+                         for k in ("r2", "slope")}
+        return self
+
+    def write(self, name: str, r2: np.ndarray, slope: np.ndarray) -> None:
+        """The next chunk of tensor name's R^2 and slope (tensors in order)."""
+        self._writers["r2"].write(name, r2.astype(np.float32))
+        self._writers["slope"].write(name, slope.astype(np.float32))
+
+    def finish(self) -> Path:
+        """Close and validate both files; return the folder that holds them."""
+        for w in self._writers.values():
             w.close()
-    return report, accumulators
+        return self.folder
+
+    def __exit__(self, *exc) -> None:
+        for w in self._writers.values():
+            w._close_handle()

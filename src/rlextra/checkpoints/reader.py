@@ -29,7 +29,6 @@ STORAGE = {
     "U16": (np.uint16, False), "U8": (np.uint8, False), "BOOL": (np.bool_, False),
     "F8_E4M3": (np.uint8, False), "F8_E5M2": (np.uint8, False),
 }
-_FP8 = {"F8_E4M3", "F8_E5M2"}
 
 
 def to_float64(raw: np.ndarray, dtype: str) -> np.ndarray:
@@ -125,13 +124,6 @@ class TensorRef:
                                "truncated or changed while reading?") from None
         # writable (copy-on-write, never written back) so torch.from_numpy accepts it silently
         return np.frombuffer(window, dtype=np_dtype, count=stop - start, offset=begin - aligned)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Elements [start, stop) decoded to float64; the tensor must be floating point."""
-        if self.dtype in _FP8:
-            raise RLExtraError(f"{self.file}: tensor '{self.name}' has dtype {self.dtype}, "
-                               "which rlextra cannot do arithmetic on")
-        return to_float64(self.read_raw(start, stop), self.dtype)
 
 
 def read_safetensors_index(path: Path) -> dict[str, TensorRef]:

@@ -184,7 +184,7 @@ def _run_children(run_dir: Path) -> list[Path]:
     return found
 
 
-def load_series(paths_or_run_dir: str | Path | Sequence[str | Path],
+def load_series(paths_or_run_dir: CheckpointSeries | str | Path | Sequence[str | Path],
                 steps: Sequence[int] | None = None, *, allow_pickle: bool = False,
                 allow_mixed_dtypes: bool = False, min_checkpoints: int = 1,
                 pickle_flag: str | None = "--allow-pickle") -> CheckpointSeries:
@@ -192,8 +192,13 @@ def load_series(paths_or_run_dir: str | Path | Sequence[str | Path],
 
     ``paths_or_run_dir``: one run folder, or model folders (``STEP=PATH`` names a step, e.g. a
     base model as ``0=path/to/base``). Steps come from ``steps``, else the ``STEP=`` prefix, else
-    the folder name, else trainer_state.json.
+    the folder name, else trainer_state.json. A series already loaded is returned as it is, once
+    checked against ``min_checkpoints`` (its dtypes were checked as its loader asked; ``steps``
+    does not apply to it).
     """
+    if isinstance(paths_or_run_dir, CheckpointSeries):
+        validate_series(paths_or_run_dir, allow_mixed_dtypes=True, min_checkpoints=min_checkpoints)
+        return paths_or_run_dir
     items = [paths_or_run_dir] if isinstance(paths_or_run_dir, (str, Path)) else list(paths_or_run_dir)
     if not items:
         raise RLExtraError("no checkpoints given")

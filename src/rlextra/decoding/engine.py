@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from rlextra.decoding.config import SamplingConfig, check_prompt_lengths
 from rlextra.errors import RLExtraError
 from rlextra.hf import model_device, prepare_tokenizer, prompt_special_tokens
-from rlextra.linefit import line_weights
+from rlextra.linefit import line_weights, resolve_target
 
 MODES = ("auto", "eager", "static", "compiled")
 CACHE_LEN_BUCKET = 128
@@ -424,7 +424,6 @@ def load_engine(checkpoints: str | Path | Sequence[str | Path], *, to_step: floa
     ``device``. One checkpoint is plain decoding.
     """
     from rlextra.checkpoints import load_series
-    from rlextra.extrapolate.weights import resolve_target
     from rlextra.hf import load_model, resolve_devices
 
     items = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)

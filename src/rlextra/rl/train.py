@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 import rlextra
 from rlextra.errors import RLExtraError
 from rlextra.evaluation import evaluate, heldout_accuracy
+from rlextra.rl.callbacks import RewardProgressCallback, SeriesCallback
 from rlextra.tasks import Task, TaskSpec, load_task
 
 
@@ -125,69 +123,15 @@ def reward_scorer(check: Task, tokenizer, cfg: TrainConfig):
 
 
 def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer, rl_extra=None):
-    class SeriesCallback(TrainerCallback):
-        """Saves checkpoint-0 and appends one metrics.jsonl line per checkpoint."""
-
-        def __init__(self) -> None:
-            self.rewards: list[float] = []
-            self.t0 = time.perf_counter()
-
-        def _log(self, step: int, model) -> None:
-            row = {"step": step,
-                   "mean_reward": sum(self.rewards) / len(self.rewards) if self.rewards else None}
-            if rl_extra is not None:
-                row["effective_step"] = step + rl_extra.extra_steps
-            row["train_seconds"] = round(time.perf_counter() - self.t0, 3)  # this process, since start
-            if cfg.eval_problems:
-                row["heldout_accuracy"] = heldout_accuracy(model, tokenizer, task, cfg.eval_problems,
-                                                           cfg.max_completion_length)
-            with open(run / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            self.rewards = []
-
-        def on_train_begin(self, args, state, control, model=None, **kw):
-            base = run / "checkpoint-0"
-            if state.global_step == 0 and not (base / "trainer_state.json").is_file():
-                tmp = run / ".checkpoint-0.tmp"
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-                (tmp / "trainer_state.json").write_text(json.dumps({"global_step": 0}))
-                tmp.rename(base)
-                self._log(0, model)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "reward" in logs:
-                self.rewards.append(float(logs["reward"]))
-
-        def on_save(self, args, state, control, model=None, **kw):
-            self._log(state.global_step, model)
-
-    callbacks = [SeriesCallback()] + ([rl_extra] if rl_extra is not None else [])
+    heldout = None
+    if cfg.eval_problems:
+        def heldout(model) -> float:
+            return heldout_accuracy(model, tokenizer, task, cfg.eval_problems, cfg.max_completion_length)
+    callbacks = [SeriesCallback(run, tokenizer, rl_extra=rl_extra, heldout=heldout)] \
+        + ([rl_extra] if rl_extra is not None else [])
     if cfg.progress:
         callbacks.append(RewardProgressCallback())
     return callbacks
-
-
-class RewardProgressCallback(TrainerCallback):
-    """One progress bar with the latest mean reward, instead of a dict printed per step."""
-
-    def __init__(self) -> None:
-        self.bar = None
-
-    def on_train_begin(self, args, state, control, **kw):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="GRPO", unit="step")
-
-    def on_step_end(self, args, state, control, **kw):
-        self.bar.update(state.global_step - self.bar.n)
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        if logs and "reward" in logs:
-            self.bar.set_postfix(reward=f"{float(logs['reward']):.3f}")
-
-    def on_train_end(self, args, state, control, **kw):
-        self.bar.close()
 
 
 def grpo_config(cfg: TrainConfig):

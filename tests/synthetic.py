@@ -1,6 +1,6 @@
-"""Synthetic checkpoint series with a planted linear drift plus noise.
+"""Test fixture: synthetic checkpoint series with a planted linear drift plus noise.
 
-Used by tests, benchmarks and the quick demo: a real transformers model (Llama architecture)
+Used by the tests and by bench/ (which puts tests/ on sys.path): a real transformers model (Llama architecture)
 whose weights move as w(t) = w0 + (t / t_max) * drift * d + noise * e_t with d, e_t ~ N(0, 1),
 so the true per-parameter R^2 is known in distribution and the output loads with
 ``AutoModelForCausalLM``.

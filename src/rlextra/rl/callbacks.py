@@ -1,0 +1,81 @@
+"""Trainer callbacks that make a GRPO run a checkpoint series: checkpoint-0, metrics.jsonl, a reward bar.
+
+Module-level and given what they need, so they plug into any transformers/TRL trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import TrainerCallback
+
+
+class SeriesCallback(TrainerCallback):
+    """Saves checkpoint-0 and appends one metrics.jsonl line per checkpoint.
+
+    ``heldout(model) -> accuracy`` adds a held-out accuracy to each line; ``rl_extra`` (an
+    RLExtraCallback) adds the effective step, counting the steps its jumps skipped.
+    """
+
+    def __init__(self, run: str | Path, tokenizer, *, rl_extra=None,
+                 heldout: Callable[[Any], float] | None = None) -> None:
+        self.run = Path(run)
+        self.tokenizer = tokenizer
+        self.rl_extra = rl_extra
+        self.heldout = heldout
+        self.rewards: list[float] = []
+        self.t0 = time.perf_counter()
+
+    def _log(self, step: int, model) -> None:
+        row = {"step": step,
+               "mean_reward": sum(self.rewards) / len(self.rewards) if self.rewards else None}
+        if self.rl_extra is not None:
+            row["effective_step"] = step + self.rl_extra.extra_steps
+        row["train_seconds"] = round(time.perf_counter() - self.t0, 3)  # this process, since start
+        if self.heldout is not None:
+            row["heldout_accuracy"] = self.heldout(model)
+        with open(self.run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.rewards = []
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        base = self.run / "checkpoint-0"
+        if state.global_step == 0 and not (base / "trainer_state.json").is_file():
+            tmp = self.run / ".checkpoint-0.tmp"
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": 0}))
+            tmp.rename(base)
+            self._log(0, model)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "reward" in logs:
+            self.rewards.append(float(logs["reward"]))
+
+    def on_save(self, args, state, control, model=None, **kw):
+        self._log(state.global_step, model)
+
+
+class RewardProgressCallback(TrainerCallback):
+    """One progress bar with the latest mean reward, instead of a dict printed per step."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="GRPO", unit="step")
+
+    def on_step_end(self, args, state, control, **kw):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "reward" in logs:
+            self.bar.set_postfix(reward=f"{float(logs['reward']):.3f}")
+
+    def on_train_end(self, args, state, control, **kw):
+        self.bar.close()
