@@ -316,6 +316,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
+    from rlextra.checkpoints import check_model_dir
     from rlextra.decoding import load_decoder
     from rlextra.evaluation import check_outputs, evaluate
 
@@ -325,7 +326,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     _set_threads(a.threads)
     models = [a.extrapolate_from, a.model] if a.extrapolate_from else a.model
     inputs = [_spec_path(m) for m in ([a.extrapolate_from, a.model] if a.extrapolate_from else [a.model])]
-    check_outputs(a.output, inputs, a.overwrite)  # before any model loads
+    for p in inputs:  # the model folders first, then the outputs, before any model loads
+        check_model_dir(p, allow_pickle=a.allow_pickle, pickle_flag="--allow-pickle")
+    check_outputs(a.output, inputs, a.overwrite)
     decoder = load_decoder(models, backend=a.backend, to_step=a.to_step, alpha=a.alpha, steps=_steps(a.steps),
                            **_device_kwargs(a))
     summary = evaluate(decoder, _task_spec(a), Path(a.output), sampling=sampling, progress=not a.quiet,

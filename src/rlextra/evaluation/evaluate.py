@@ -48,6 +48,10 @@ def evaluate(decoder: Decoder | str | Path | None, task: Task | TaskSpec, out_fi
     """
     sampling = sampling or SamplingConfig()
     inputs = decoder_inputs(decoder)
+    if isinstance(decoder, (str, Path)) and completions is None:
+        from rlextra.checkpoints import check_model_dir
+
+        check_model_dir(decoder)  # a bad folder is named before the outputs are checked
     if out_file is not None:  # before anything loads or is written
         out_file = check_outputs(out_file, inputs, overwrite)
     task = load_task(task) if isinstance(task, TaskSpec) else task
