@@ -15,7 +15,7 @@ def test_demo_quick(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert all(f"[demo {i}/6]" in printed for i in range(1, 7))
+    assert all(f"[demo {i}/7]" in printed for i in range(1, 8))
     res = json.loads((out / "results.json").read_text())
     frac = res["linearity"]["frac_r2_above_0.7"]
     # the fraction the demo reports is the one of its own run: recomputed over every parameter
@@ -25,7 +25,12 @@ def test_demo_quick(tmp_path, capsys):
                          for n in floats])
     assert frac == pytest.approx(float(np.mean(r2[np.isfinite(r2)] > 0.7)), abs=1e-4)
     report = (out / "report.md").read_text()
-    assert f"{100 * frac:.1f}% have R² > 0.7" in report
+    assert f"**{100 * frac:.1f}%**" in report  # rlextra's full-coverage figure
+    paper = res["linearity_paper_filters"]
+    assert paper["n_params_analyzed"] < res["linearity"]["n_params_analyzed"]  # the paper's filters drop some
+    assert f"**{100 * paper['frac_r2_above_0.7']:.1f}%**" in report
+    assert res["output_linearity"]["filter"]["token_filter"] == "endpoints"
+    assert 0 < res["activation_linearity"]["n_analyzed"]
     steps = sorted(int(s) for s in res["eval"]["real"])
     assert steps == [0, 5, 10, 15, 20]
     assert sorted(int(s) for s in res["eval"]["extrapolated"]) == [15, 20, 30]
@@ -39,4 +44,11 @@ def test_demo_quick(tmp_path, capsys):
     for png in ("accuracy_vs_step.png", "weights/r2_histogram.png", "weights/r2_heatmap.png"):
         assert (out / png).stat().st_size > 1000
     assert (out / "extrapolated" / "step-30" / "rlextra.json").exists()
+    # every scored model went through the same decoder (rlextra's engine) with the same sampling
+    evals = [json.loads(p.read_text()) for p in (out / "eval").glob("*.json")]
+    assert len(evals) == 5 + 5 + 3 + 3
+    assert all(e["backend"] == "rlextra" or e["backend"].startswith("logits-extrapolation") for e in evals)
+    assert len({json.dumps(e["sampling"], sort_keys=True) for e in evals}) == 1
+    bt = json.loads((out / "backtest" / "backtest.json").read_text())
+    assert set(res["backtest_recommendation"]) == {"two-point", "lsq", "rank1"} == set(bt["recommendation"])
     assert main(["demo", "--quick", "-o", str(out)]) == 2  # exists: needs --overwrite
