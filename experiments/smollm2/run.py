@@ -140,7 +140,8 @@ def main() -> None:
             "--save-every", str(tr["save_every"]), "--lr", str(tr["lr"]),
             "--prompts-per-step", str(tr["prompts_per_step"]), "--num-generations", str(tr["num_generations"]),
             "--max-completion-length", str(tr["max_completion_length"]), "--eval-problems", "0",
-            "--seed", str(cfg["seed"]), "--rl-extra", f"{rx['m']},{rx['n']}",
+            "--seed", str(cfg["seed"]), "--rl-extra", f"{rx['m']},{rx['n']}", "--rl-extra-method", rx["method"],
+            "--rl-extra-snapshots", str(rx["snapshots"]),
             skip=(extra_run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
     for st in steps:
         out = WORK / "eval" / f"rl-extra-{st}.json"
@@ -325,10 +326,11 @@ Not run yet (the last stage of `run.py`, the costliest: {cfg['train']['steps']} 
     verdict = (f"RL-Extra first reaches GRPO's final {target:.3f} at real step {e} (GRPO: step {g}), "
                f"{g / e:.2f}x fewer real steps" if e else f"RL-Extra never reaches GRPO's final {target:.3f}")
     met = e is not None and e <= 0.5 * g
-    return f"""## RL-Extra {m},{n} against GRPO (the paper's procedure: two-point jump, optimizer reset)
+    return f"""## RL-Extra {m},{n} against GRPO ({cfg['rl_extra']['method']} jump over {cfg['rl_extra']['snapshots']} snapshots, optimizer reset)
 
-m and n were fixed before the run (n = m, as in the paper's m = n = 100 setting, scaled to this
-run), same seed and settings as GRPO, one seed only (CPU budget).
+The variant is the one `bench/bench_rl_extra.py` chose on the demo task's selection seed; m and n
+were fixed before the run (n = m, as the demo's 20,20 and the paper's m = n = 100, scaled to this
+run's length). Same seed and settings as GRPO, one seed only (CPU budget).
 
 | real step | GRPO held-out avg@{k} | RL-Extra held-out avg@{k} |
 |---|---|---|
