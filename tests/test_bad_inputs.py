@@ -257,11 +257,18 @@ def _big_series(root: Path, k: int) -> list[str]:
             for i in range(k)]
 
 
+def _default_signals() -> None:
+    """In the child: default SIGTERM/SIGHUP, whatever the suite inherited (nohup ignores SIGHUP,
+    and an ignored signal stays ignored across exec, which rlextra then rightly respects)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _signal_mid_write(argv: list[str], watch: Path, pattern: str, signum: int) -> subprocess.CompletedProcess:
     """Start the CLI, wait for its temporary output to appear, then send signum."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "src"),
                                                        os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "rlextra.cli", *argv], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "rlextra.cli", *argv], env=env, preexec_fn=_default_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not any(p.is_dir() and any(p.iterdir()) for p in watch.glob(pattern)):
