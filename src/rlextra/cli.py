@@ -290,8 +290,9 @@ def _pair(text: str | None) -> tuple[int, int] | None:
         m, n = (int(x) for x in text.split(","))
     except ValueError:
         raise RLExtraError(f"--rl-extra expects M,N (real steps, extrapolated steps), got '{text}'") from None
-    if m < 1 or n < 0:
-        raise RLExtraError(f"--rl-extra {text}: need M >= 1 and N >= 0")
+    from rlextra.rl.rl_extra import check_cycle
+
+    check_cycle(m, n)
     return m, n
 
 

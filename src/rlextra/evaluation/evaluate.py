@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from rlextra.decoding import Decoder, HFGenerate, SamplingConfig, load_decoder
 from rlextra.errors import RLExtraError
@@ -92,12 +92,21 @@ def evaluate(decoder: Decoder | str | Path | None, task: Task | TaskSpec, out_fi
     return summary
 
 
-def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int) -> float:
-    """Greedy accuracy (HF generate) on the first n held-out problems; the model keeps its mode."""
+@contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Score a model that is being trained: eval mode inside, its previous mode restored after."""
     was_training = model.training
     model.eval()
-    summary = evaluate(HFGenerate(model, tokenizer), task, sampling=SamplingConfig(
-        k=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=64), limit=n, progress=False)
-    if was_training:
-        model.train()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int) -> float:
+    """Greedy accuracy (HF generate) on the first n held-out problems; the model keeps its mode."""
+    with eval_mode(model):
+        summary = evaluate(HFGenerate(model, tokenizer), task, sampling=SamplingConfig(
+            k=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=64), limit=n, progress=False)
     return summary["metrics"]["avg@1"]

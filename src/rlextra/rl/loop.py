@@ -41,8 +41,9 @@ class LoopConfig:
         from rlextra.checkpoints.series import MAX_STEP
         from rlextra.checkpoints.writer import parse_size
 
-        if self.m < 1 or self.n < 0:
-            raise RLExtraError(f"--rl-extra {self.m},{self.n}: need M >= 1 and N >= 0")
+        from rlextra.rl.rl_extra import check_cycle
+
+        check_cycle(self.m, self.n)
         if self.cycles < 1:
             raise RLExtraError(f"--cycles {self.cycles}: must be at least 1")
         if not 0 <= self.start_step <= MAX_STEP - 1 - self.cycles * (self.m + self.n):

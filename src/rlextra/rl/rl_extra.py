@@ -64,9 +64,10 @@ OPTIMIZER_POLICIES = ("reset", "keep")
 
 
 def check_cycle(m: int, n: int) -> None:
-    """The one check of an RL-Extra cycle's m (real steps) and n (extrapolated steps)."""
+    """The one check of an RL-Extra cycle's m (real steps) and n (extrapolated steps): callback, loop, CLI."""
     if isinstance(m, bool) or isinstance(n, bool) or int(m) != m or int(n) != n or m < 1 or n < 0:
-        raise RLExtraError(f"RL-Extra needs m >= 1 real steps and n >= 0 extrapolated steps, got {m}, {n}")
+        raise RLExtraError(f"--rl-extra {m},{n}: RL-Extra needs M >= 1 real steps and N >= 0 extrapolated "
+                           f"steps (m >= 1, n >= 0)")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 import rlextra
 from rlextra.errors import RLExtraError
-from rlextra.evaluation import evaluate, heldout_accuracy
+from rlextra.evaluation import eval_mode, evaluate, heldout_accuracy
 from rlextra.rl.callbacks import RewardProgressCallback, SeriesCallback
 from rlextra.tasks import Task, TaskSpec, load_task
 
@@ -72,8 +72,10 @@ class TrainConfig:
                 raise RLExtraError(f"{option} {value}: must be a finite number {'>=' if inclusive else '>'} {low:g}")
         if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise RLExtraError(f"--top-p {self.top_p}: must be in (0, 1]")
-        if self.rl_extra is not None and not (self.rl_extra[0] >= 1 and self.rl_extra[1] >= 0):
-            raise RLExtraError(f"--rl-extra {self.rl_extra}: need M >= 1 and N >= 0")
+        if self.rl_extra is not None:
+            from rlextra.rl.rl_extra import check_cycle
+
+            check_cycle(*self.rl_extra)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -111,12 +113,9 @@ def reward_scorer(check: Task, tokenizer, cfg: TrainConfig):
                               max_new_tokens=cfg.max_completion_length, batch_size=64, seed=cfg.seed)
 
     def score(model) -> float:
-        was_training = model.training
-        model.eval()
-        summary = evaluate(DecodingEngine([model], None, tokenizer, mode="eager"), check, sampling=sampling,
-                           progress=False)
-        if was_training:
-            model.train()
+        with eval_mode(model):
+            summary = evaluate(DecodingEngine([model], None, tokenizer, mode="eager"), check, sampling=sampling,
+                               progress=False)
         return summary["metrics"][f"avg@{sampling.k}"]
 
     return score
