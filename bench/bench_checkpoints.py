@@ -183,25 +183,36 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=HERE / "_work")
     ap.add_argument("--checkpoints", type=int, default=8)
     ap.add_argument("--worker")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each method, interleaved; the table reports the median wall time")
     ap.add_argument("--write-results", action="store_true", help="append a section to bench/RESULTS.md")
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(worker(a.worker, a.work)))
         return
     ensure_series(a.work, a.checkpoints)
-    results = {}
-    for method in ["reference_analysis", "rlextra_full", "rlextra_sample", "rlextra_full_plots",
-                   "reference_extrapolate", "mergekit", "rlextra_extrapolate"]:
-        print(f"running {method} ...", flush=True)
-        results[method] = run_worker(method, a.work)
-        print("  ", results[method], flush=True)
-    results["cp_floor"] = cp_floor(a.work)
-    print("  ", results["cp_floor"])
+    runs: dict[str, list[dict]] = {}
+    for i in range(a.repeats):  # interleaved, so a burst of load on the machine hits every method alike
+        for method in ["reference_analysis", "rlextra_full", "rlextra_sample", "rlextra_full_plots",
+                       "reference_extrapolate", "mergekit", "rlextra_extrapolate", "cp_floor"]:
+            print(f"running {method} ({i + 1}/{a.repeats}) ...", flush=True)
+            r = cp_floor(a.work) if method == "cp_floor" else run_worker(method, a.work)
+            runs.setdefault(method, []).append(r)
+            print("  ", r, flush=True)
+    results = {m: _median_run(rs) for m, rs in runs.items()}
     table = render(results, a)
     print(table)
     if a.write_results:
         with open(HERE / "RESULTS.md", "a") as f:
             f.write(table + "\n")
+
+
+def _median_run(rs: list[dict]) -> dict:
+    """The run with the median wall time, with every run's wall time beside it."""
+    ok = sorted((r for r in rs if "error" not in r), key=lambda r: r["wall_s"])
+    if not ok:
+        return rs[0]
+    return {**ok[(len(ok) - 1) // 2], "walls": [round(r["wall_s"], 3) for r in rs if "error" not in r]}
 
 
 def render(res: dict, a) -> str:
@@ -217,6 +228,8 @@ def render(res: dict, a) -> str:
             return f"| {m} | failed: {r['error'][:120]} | | |"
         mem = f"{r['mem_mb']:.0f}" if "mem_mb" in r else "n/a"
         extra = f"{r['params_fitted']:,} fitted, mean R² {r['mean_r2']:.4f}" if "params_fitted" in r else ""
+        if len(r.get("walls", [])) > 1:
+            extra = (extra + "; " if extra else "") + "runs " + ", ".join(f"{w:.2f}" for w in r["walls"])
         return f"| {m} | {r['wall_s']:.2f} | {mem} | {extra} |"
 
     cpu = platform.processor() or platform.machine()
@@ -225,7 +238,8 @@ def render(res: dict, a) -> str:
         "",
         f"Machine: {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, 1 torch/BLAS thread. "
         f"Series: {a.checkpoints} bf16 checkpoints of the SmolLM2-135M architecture (134.5M params), page cache warm.",
-        f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_checkpoints.py --checkpoints {a.checkpoints} --write-results`",
+        f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_checkpoints.py --checkpoints {a.checkpoints} "
+        f"--repeats {a.repeats} --write-results` (wall s: the median of {a.repeats} interleaved runs)",
         "",
         "| method | wall s | peak RSS - post-import RSS, MB | notes |",
         "|---|---|---|---|",

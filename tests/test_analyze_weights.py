@@ -35,7 +35,8 @@ def test_matches_direct_numpy_computation(series_dir, tmp_path):
     assert g["frac_r2_above_0.7"] == pytest.approx((all_r2 > 0.7).mean())
     assert sum(g["histogram"]["counts"]) == all_r2.size
     out = tmp_path / "out"
-    assert json.loads((out / "weights.json").read_text()) == json.loads(json.dumps(rep))
+    # the returned report is the file's, plus where it was written
+    assert {**json.loads((out / "weights.json").read_text()), "output": str(out)} == json.loads(json.dumps(rep))
     assert len((out / "weights.csv").read_text().strip().splitlines()) == len(vals) + 1
     for png in ("r2_histogram.png", "r2_heatmap.png", "trajectories.png"):
         assert (out / png).stat().st_size > 1000
@@ -191,3 +192,19 @@ def test_zero_element_tensor_with_save_maps(tmp_path):
     assert rep["n_params"] == 6
     maps = load_file(str(tmp_path / "out" / "r2.safetensors"))
     assert tuple(maps["b.empty"].shape) == (0, 128) and tuple(maps["a.weight"].shape) == (2, 3)
+
+
+def test_launched_ranks_write_one_folder_each(series_dir, tmp_path, monkeypatch):
+    """Under torchrun (RANK/WORLD_SIZE set) each rank analyses its own shard into out/shard-i-of-N."""
+    run, _, _ = series_dir
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    reps = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        reps.append(analyze_weights(run, tmp_path / "out", progress=False, plots=False))
+        assert reps[-1]["output"] == str(tmp_path / "out" / f"shard-{rank:05d}-of-00002")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["shard-00000-of-00002", "shard-00001-of-00002"]
+    merged = merge_weight_reports([reps[0]["output"], reps[1]["output"]], None)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert merged["global"] == analyze_weights(run, None, progress=False)["global"]

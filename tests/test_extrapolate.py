@@ -20,7 +20,7 @@ def _load(folder):
 def test_two_point_matches_formula_and_copies_norms(series_dir, tmp_path):
     run, steps, vals = series_dir
     out = extrapolate_weights([run / "checkpoint-10", run / "checkpoint-30"], tmp_path / "x",
-                              to_step=70, progress=False)
+                              to_step=70, progress=False).path
     got = _load(out)
     alpha = (70 - 10) / (30 - 10)
     want = vals[MAT][1] + alpha * (vals[MAT][3] - vals[MAT][1])
@@ -34,7 +34,7 @@ def test_two_point_matches_formula_and_copies_norms(series_dir, tmp_path):
 def test_alpha_and_norm_extrapolation(series_dir, tmp_path):
     run, steps, vals = series_dir
     out = extrapolate_weights([run / "checkpoint-0", run / "checkpoint-20"], tmp_path / "x",
-                              alpha=2.5, norms="extrapolate", progress=False)
+                              alpha=2.5, norms="extrapolate", progress=False).path
     got = _load(out)
     want = vals[NORM][0] + 2.5 * (vals[NORM][2] - vals[NORM][0])
     np.testing.assert_allclose(got[NORM], want, rtol=1e-6)
@@ -43,12 +43,12 @@ def test_alpha_and_norm_extrapolation(series_dir, tmp_path):
 
 def test_lsq_matches_polyfit_and_min_r2_gates(series_dir, tmp_path):
     run, steps, vals = series_dir
-    out = extrapolate_weights(run, tmp_path / "lsq", to_step=100, fit="lsq", progress=False)
+    out = extrapolate_weights(run, tmp_path / "lsq", to_step=100, fit="lsq", progress=False).path
     got = _load(out)
     y = vals[MAT].reshape(len(steps), -1)
     coef = np.polyfit(steps, y, 1)
     np.testing.assert_allclose(got[MAT].reshape(-1), coef[0] * 100 + coef[1], rtol=2e-6, atol=1e-8)
-    gated = _load(extrapolate_weights(run, tmp_path / "g", to_step=100, min_r2=0.9, progress=False))
+    gated = _load(extrapolate_weights(run, tmp_path / "g", to_step=100, min_r2=0.9, progress=False).path)
     r2 = numpy_r2(steps, y)
     low = r2 < 0.9
     assert 0 < low.sum() < low.size
@@ -63,7 +63,7 @@ def test_bf16_kept_nonfloat_copied_and_sharded(tmp_path):
         write_ckpt(tmp_path / f"step_{s}", {**{n: v[k] for n, v in vals.items()},
                                             "pos_ids": torch.arange(5)}, dtype=torch.bfloat16)
     out = extrapolate_weights([tmp_path / "step_0", tmp_path / "step_10"], tmp_path / "x", to_step=20,
-                              max_shard_size="10KB", chunk_size=1000, progress=False)
+                              max_shard_size="10KB", chunk_size=1000, progress=False).path
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert shards == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
@@ -166,12 +166,13 @@ def test_rank1_cli_recovers_a_planted_rank1_line_and_records_method(tmp_path, ca
     assert prov["method"] == "rank1" and prov["method_params"] == {"rank": 1}
     assert prov["target_step"] == 60 and "U_r" in prov["formula"]
     lsq = extrapolate_weights(run, tmp_path / "l", to_step=60, method="lsq", min_r2=0.5, progress=False)
-    assert json.loads((lsq / "rlextra.json").read_text())["method_params"] == {"min_r2": 0.5}
+    assert json.loads((lsq.path / "rlextra.json").read_text()) == lsq.provenance  # returned as written
+    assert lsq.provenance["method_params"] == {"min_r2": 0.5} and (lsq.method, lsq.target_step) == ("lsq", 60)
 
 
 def test_rank1_bf16_and_two_checkpoints(tmp_path):
     run, w0, drift, _, _ = _rank1_run(tmp_path, steps=(0, 20), dtype=torch.bfloat16)
-    out = extrapolate_weights(run, tmp_path / "x", alpha=2, method="rank1", progress=False)
+    out = extrapolate_weights(run, tmp_path / "x", alpha=2, method="rank1", progress=False).path
     got = load_file(str(out / "model.safetensors"))[MAT]
     assert got.dtype == torch.bfloat16
     w_b, w_s = (load_file(str(run / f"checkpoint-{t}" / "model.safetensors"))[MAT].float() for t in (0, 20))
@@ -202,7 +203,7 @@ def test_zero_element_tensors_are_written(tmp_path, k, fit):
     ckpts = [write_ckpt(tmp_path / f"c{s}", {"a.weight": np.full((3, 4), float(s)), "b.empty": np.zeros((0, 128)),
                                              "z.empty": np.zeros((0,))}) for s in range(k)]
     out = extrapolate_weights([f"{s}={c}" for s, c in enumerate(ckpts)], tmp_path / "out", to_step=k + 1,
-                              method=fit, max_shard_size=8, progress=False)
+                              method=fit, max_shard_size=8, progress=False).path
     from rlextra.checkpoints import load_series, read_values
 
     got = load_series([f"0={out}"]).newest.tensors

@@ -12,7 +12,7 @@ import torch
 from rlextra.errors import RLExtraError
 from rlextra.rl.models import build_tiny_model, char_tokenizer, tiny_llama
 from rlextra.rl.rl_extra import ANCHOR_FILE, STATE_FILE, RLExtraCallback
-from rlextra.rl.train import TrainConfig, train
+from rlextra.rl import TrainConfig, train
 from rlextra.tasks import TaskSpec
 
 NORM = "model.layers.0.input_layernorm.weight"

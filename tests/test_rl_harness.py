@@ -10,7 +10,8 @@ from rlextra.cli import main
 from rlextra.decoding import SamplingConfig
 from rlextra.evaluation import evaluate, generations_path
 from rlextra.rl.models import build_tiny_model
-from rlextra.rl.train import TrainConfig, heldout_accuracy, train
+from rlextra.evaluation import heldout_accuracy
+from rlextra.rl import TrainConfig, train
 from rlextra.tasks import TaskSpec, load_task
 
 SPEC = TaskSpec("arithmetic", ops="+", digits=1, n_train=60, n_test=20, seed=0)

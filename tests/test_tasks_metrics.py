@@ -81,7 +81,7 @@ def test_pass_at_k_matches_closed_form():
             for k in range(1, n + 1):
                 want = 1 - comb(n - c, k) / comb(n, k)
                 assert pass_at_k(n, c, k) == pytest.approx(want, abs=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(RLExtraError, match="0 <= c <= n"):
         pass_at_k(4, 5, 1)
 
 

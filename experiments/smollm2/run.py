@@ -12,6 +12,7 @@ greedily, which leaves GRPO room to improve and makes every sample cheap on a CP
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import shutil
@@ -91,9 +92,16 @@ def check_layout() -> None:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description="SmolLM2-135M-Instruct end to end (resumable)")
+    ap.add_argument("--seed", type=int, help="another training seed: GRPO and RL-Extra only (same task, model "
+                    "and settings), into work/seed-N/; the analyses stay on config.json's seed")
+    a = ap.parse_args()
     cfg = json.loads((HERE / "config.json").read_text())
     WORK.mkdir(exist_ok=True)
     check_layout()
+    if a.seed is not None and a.seed != cfg["seed"]:
+        run_seed(cfg, a.seed)
+        return
     model, run = WORK / "model", WORK / "run"
     task = make_task(cfg)
     task_args = ["--task", rel(task), "--n-test", str(cfg["task"]["n_test"]), "--task-seed", str(cfg["seed"]),
@@ -148,6 +156,89 @@ def main() -> None:
         rlextra("eval", rel(extra_run / f"checkpoint-{st}"), *task_args, *eval_args, "-o", rel(out),
                 skip=out.exists())
     write_results(cfg, steps)
+
+
+def _train_args(cfg: dict, model: Path, out: Path, seed: int, rl_extra: bool) -> list[str]:
+    tr, rx = cfg["train"], cfg["rl_extra"]
+    args = ["train", "--model", rel(model), "-o", rel(out), *_task_args(cfg), "--steps", str(tr["steps"]),
+            "--save-every", str(tr["save_every"]), "--lr", str(tr["lr"]),
+            "--prompts-per-step", str(tr["prompts_per_step"]), "--num-generations", str(tr["num_generations"]),
+            "--max-completion-length", str(tr["max_completion_length"]), "--eval-problems", "0", "--seed", str(seed)]
+    if rl_extra:
+        args += ["--rl-extra", f"{rx['m']},{rx['n']}", "--rl-extra-method", rx["method"],
+                 "--rl-extra-snapshots", str(rx["snapshots"])]
+    return args
+
+
+def _task_args(cfg: dict) -> list[str]:
+    return ["--task", rel(WORK / "task.jsonl"), "--n-test", str(cfg["task"]["n_test"]), "--task-seed",
+            str(cfg["seed"]), "--instruction", cfg["task"]["instruction"]]
+
+
+def _eval_args(cfg: dict) -> list[str]:
+    ev = cfg["eval"]
+    return ["--k", str(ev["k"]), "--temperature", str(ev["temperature"]), "--top-p", str(ev["top_p"]),
+            "--max-new-tokens", str(ev["max_new_tokens"]), "--backend", "rlextra", "-q"]
+
+
+def run_seed(cfg: dict, seed: int) -> None:
+    """GRPO and RL-Extra with another training seed (same task, model and settings), both evaluated
+    at every checkpoint with the same sampler and seed as the main run."""
+    if not (WORK / "model" / "config.json").exists() or not (WORK / "task.jsonl").exists():
+        sys.exit("run the main seed first (it converts the model and writes the task)")
+    out = WORK / f"seed-{seed}"
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    tr = cfg["train"]
+    steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
+    for name, rl_extra in (("run", False), ("run-rl-extra", True)):
+        run = out / name
+        rlextra(*_train_args(cfg, WORK / "model", run, seed, rl_extra),
+                skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
+        for st in steps:
+            dst = out / "eval" / f"{'rl-extra' if rl_extra else 'real'}-{st}.json"
+            rlextra("eval", rel(run / f"checkpoint-{st}"), *_task_args(cfg), *_eval_args(cfg), "-o", rel(dst),
+                    skip=dst.exists())
+    if (WORK / "eval" / f"rl-extra-{steps[-1]}.json").exists():
+        write_results(cfg, steps)
+
+
+def seeds_section(cfg: dict, steps: list[int]) -> str:
+    """GRPO against RL-Extra on every training seed that has both curves complete."""
+    key = f"avg@{cfg['eval']['k']}"
+    evals = {cfg["seed"]: WORK / "eval"}
+    evals.update({int(d.name.split("-")[1]): d / "eval" for d in sorted(WORK.glob("seed-*")) if d.is_dir()})
+    done = {sd: e for sd, e in evals.items()
+            if all((e / f"{kind}-{st}.json").exists() for kind in ("real", "rl-extra") for st in steps)}
+    if len(done) < 2:
+        return ""
+    read = lambda e, name: json.loads((e / f"{name}.json").read_text())["metrics"][key]  # noqa: E731
+    lines, met_all, worst_gap = [], True, 0.0
+    for sd, e in sorted(done.items()):
+        real = {st: read(e, f"real-{st}") for st in steps}
+        extra = {st: read(e, f"rl-extra-{st}") for st in steps}
+        target = real[steps[-1]]
+        g = next(st for st in steps if real[st] >= target)
+        x = next((st for st in steps if extra[st] >= target), None)
+        met = x is not None and x <= 0.5 * g
+        met_all &= met
+        worst_gap = min(worst_gap, extra[steps[-1]] - real[steps[-1]])
+        lines.append(f"| {sd} | {real[steps[0]]:.3f} | {real[steps[-1]]:.3f} | {g} | {extra[steps[-1]]:.3f} | "
+                     f"{x if x is not None else 'never'} | {'met' if met else 'missed'} |")
+    m, n = cfg["rl_extra"]["m"], cfg["rl_extra"]["n"]
+    return f"""## Every seed: GRPO against RL-Extra {m},{n}
+
+Same task, model, settings and evaluation; only the training seed differs (`python
+experiments/smollm2/run.py --seed N`, outputs in `work/seed-N/`). "Reached" is the first evaluated real
+step whose held-out {key} is at least GRPO's final one on that seed (checkpoints every {cfg['train']['save_every']} steps).
+
+| training seed | GRPO step 0 | GRPO step {steps[-1]} | GRPO reaches its final at | RL-Extra step {steps[-1]} | RL-Extra reaches GRPO's final at | target (<= 0.5x GRPO's steps) |
+|---|---|---|---|---|---|---|
+{chr(10).join(lines)}
+
+Target 1 (every seed): **{'met' if met_all else 'missed'}**. RL-Extra's final accuracy against GRPO's, worst seed:
+{worst_gap:+.3f}.
+
+"""
 
 
 def _m(name: str, key: str):
@@ -253,7 +344,7 @@ Extrapolation from steps {b} and {s}; real checkpoints exist up to step {last}.
 |---|---|---|---|---|
 {rows}
 
-""" + backtest_section(cfg) + rl_extra_section(cfg, steps, real) + """## Where this agrees with the paper and where not
+""" + backtest_section(cfg) + rl_extra_section(cfg, steps, real) + seeds_section(cfg, steps) + """## Where this agrees with the paper and where not
 
 """ + verdicts(gf, g, ep, ga, real, weights, logits, s, last, n_samples=cfg["task"]["n_test"] * k) + f"""
 

@@ -113,7 +113,7 @@ def _run(out: Path, cfg: DemoConfig, threads: int) -> None:
     from rlextra.extrapolate import extrapolate_weights
     from rlextra.extrapolate.backtest import backtest
     from rlextra.rl.models import build_tiny_model
-    from rlextra.rl.train import TrainConfig, train
+    from rlextra.rl import TrainConfig, train
     from rlextra.tasks import load_task
 
     seed = cfg.seed
@@ -163,7 +163,7 @@ def _run(out: Path, cfg: DemoConfig, threads: int) -> None:
     t = time.perf_counter()
     extra_dirs = {target: extrapolate_weights([run / f"checkpoint-{b}", run / f"checkpoint-{s}"],
                                               out / "extrapolated" / f"step-{target}", to_step=target,
-                                              progress=False)
+                                              progress=False).path
                   for target in cfg.extrapolate_to}
     timings["extrapolation"] = time.perf_counter() - t
 

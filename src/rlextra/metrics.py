@@ -6,12 +6,14 @@ from typing import Sequence
 
 import numpy as np
 
+from rlextra.errors import RLExtraError
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased estimate of pass@k from n samples of which c are correct (Chen et al., 2021):
     1 - C(n - c, k) / C(n, k), computed as a stable product."""
     if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+        raise RLExtraError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
     if n - c < k:
         return 1.0
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
@@ -20,7 +22,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def summarize(correct: Sequence[Sequence[bool]], ks: Sequence[int] | None = None) -> dict:
     """avg@n (mean accuracy over all samples) and pass@k for each k, averaged over problems."""
     if not correct:
-        raise ValueError("no problems to summarize")
+        raise RLExtraError("no problems to summarize (an empty task or split?)")
     n = len(correct[0])
     ks = sorted({k for k in (ks or [1, n]) if 1 <= k <= n})
     per_problem = [sum(map(bool, c)) for c in correct]

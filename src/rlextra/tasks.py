@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlextra.errors import RLExtraError
+from rlextra.fields import option
 from rlextra.io import read_jsonl
 
 # the paper's instruction, appended to each problem after a space (its published evaluation does so)
@@ -38,21 +39,24 @@ class Problem:
 class TaskSpec:
     """Everything needed to rebuild a task; stored with runs and eval results."""
 
-    name: str = "arithmetic"  # arithmetic, gsm8k, math500, aime24, aime25, or a .jsonl/.parquet path
-    ops: str = "+"
-    digits: int = 2
-    n_train: int = 4000
-    n_test: int | None = None  # held-out size: 200 for arithmetic; math sets: all problems
-    seed: int = 0
-    limit: int | None = None  # first N problems of a math set
-    instruction: str | None = None  # math sets: appended to each problem (default: MATH_INSTRUCTION)
+    name: str = option("arithmetic", "arithmetic, gsm8k, math500, aime24, aime25, a .jsonl/.parquet with "
+                       "problem/answer fields, or a Hugging Face dataset id", flag="--task")
+    ops: str = option("+", "arithmetic: operations drawn from '+-*'")
+    digits: int = option(2, "arithmetic: digits per operand")
+    n_train: int = option(4000, "arithmetic: training problems")
+    n_test: int | None = option(None, "held-out problems (arithmetic: 200; math sets: all)")
+    seed: int = option(0, "seed of the problem set and split", flag="--task-seed")
+    limit: int | None = option(None, "math sets: use only the first N problems")
+    instruction: str | None = option(None, "math sets: text appended to each problem after a space (default, "
+                                     "the paper's: \"Let's think step by step and output the final answer "
+                                     "within \\boxed{}.\"; '' for none)")
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_train, int) or self.n_train < 0:
             raise RLExtraError(f"--n-train {self.n_train}: must be an integer >= 0")
-        for option, value in (("--n-test", self.n_test), ("--limit", self.limit)):
+        for flag, value in (("--n-test", self.n_test), ("--limit", self.limit)):
             if value is not None and not (isinstance(value, int) and value >= 1):
-                raise RLExtraError(f"{option} {value}: must be at least 1 (leave it out for the default)")
+                raise RLExtraError(f"{flag} {value}: must be at least 1 (leave it out for the default)")
 
     def to_dict(self) -> dict:
         return asdict(self)

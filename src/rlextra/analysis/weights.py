@@ -123,7 +123,7 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                     out_dir: str | Path | None = None, *, steps: Sequence[int] | None = None,
                     sample: float | None = None, seed: int = 0, min_change: float | None = None,
                     min_distinct: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    shard: tuple[int, int] | None = None, plots: bool = True,
+                    shard: tuple[int, int] | str | None = "auto", plots: bool = True,
                     progress: bool = True, overwrite: bool = False, allow_pickle: bool = False,
                     allow_mixed_dtypes: bool = False, save_maps: bool = False, only_weights: bool = False) -> dict:
     """Fit a line to every scalar parameter over the series; return (and write) weights.json.
@@ -132,8 +132,18 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     PNG plots into it, atomically. ``save_maps`` adds every parameter's own R^2 and slope (per
     step) as ``r2.safetensors`` and ``slope.safetensors`` (float32, the model's tensor names and
     shapes; R^2 is NaN where a parameter never moved), streamed like the analysis itself.
-    Returns the report dict.
+    ``shard``: (i, N) or 'i/N' analyses shard i of N (tensors split by size); 'auto' (the default)
+    takes it from RANK/WORLD_SIZE when launched by torchrun/accelerate with more than one process,
+    each rank then writing into ``out_dir/shard-IIIII-of-NNNNN`` (merge them with
+    ``merge_weight_reports``); None analyses everything.
+    Returns the report dict, with 'output': the folder written (None without out_dir).
     """
+    if shard == "auto":
+        shard = parse_shard(None)
+        if shard is not None and out_dir is not None:  # one folder per rank
+            out_dir = Path(out_dir) / f"shard-{shard[0]:05d}-of-{shard[1]:05d}"
+    elif isinstance(shard, str):
+        shard = parse_shard(shard)
     series = load_series(checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes,
                          min_checkpoints=3)
     inputs = [c.path for c in series.checkpoints]
@@ -179,7 +189,7 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         report, accumulators = weight_report(series, stats, options, shard=shard, skipped=skipped)
         if tmp is not None:
             write_weight_files(report, accumulators, tmp, plots=plots)
-    return report
+    return {**report, "output": None if out_dir is None else str(out_dir)}
 
 
 @dataclass

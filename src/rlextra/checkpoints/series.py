@@ -157,6 +157,13 @@ def _index_sharded(index_file: Path, read_one) -> dict[str, TensorRef]:
     return refs
 
 
+def spec_path(item: str | Path) -> Path:
+    """The folder of one checkpoint argument: STEP=PATH names a step, unless the whole text is a path."""
+    text = str(item)
+    m = _SPEC.match(text) if not Path(text).exists() else None
+    return Path(m.group(2)) if m else Path(text)
+
+
 def _expand(items: Sequence[str | Path]) -> list[tuple[Path, int | None]]:
     """Paths with any STEP=PATH prefix split off; a lone run folder is expanded to its checkpoints."""
     out = []

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Protocol, Sequence
 
 from rlextra.errors import RLExtraError
+from rlextra.fields import option
 
 
 def check_sampling(cfg) -> None:
@@ -57,14 +58,14 @@ class SamplingConfig:
     top-p, as HF generate orders them. ``stop`` strings end a completion and are cut from it.
     """
 
-    k: int = 1
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 0
-    max_new_tokens: int = 512
-    stop: list[str] = field(default_factory=list)
-    batch_size: int = 32  # rows (prompts x samples) decoded together; whole prompts per batch
-    seed: int = 0
+    k: int = option(1, "samples per prompt")
+    temperature: float = option(0.6, "0 for greedy")
+    top_p: float = option(0.95, "nucleus sampling threshold, in (0, 1]")
+    top_k: int = option(0, "0 = off (HF generate's own default would be 50)")
+    max_new_tokens: int = option(512, "new tokens per completion at most")
+    stop: list[str] = option(help="stop string (repeatable); cut from the completion", default_factory=list)
+    batch_size: int = option(32, "rows (prompts x samples) decoded together; whole prompts per batch")
+    seed: int = option(0, "seed of the sampler")
 
     def __post_init__(self) -> None:
         self.stop = list(self.stop or [])

@@ -1,5 +1,6 @@
 """Evaluation: a decoder's completions on a task, graded and summarised; held-out accuracy."""
 
-from rlextra.evaluation.evaluate import check_outputs, eval_mode, evaluate, generations_path, heldout_accuracy
+from rlextra.evaluation.evaluate import (check_outputs, eval_mode, evaluate, evaluate_checkpoint, generations_path,
+                                         heldout_accuracy)
 
-__all__ = ["check_outputs", "eval_mode", "evaluate", "generations_path", "heldout_accuracy"]
+__all__ = ["check_outputs", "eval_mode", "evaluate", "evaluate_checkpoint", "generations_path", "heldout_accuracy"]

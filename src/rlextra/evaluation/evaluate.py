@@ -92,6 +92,33 @@ def evaluate(decoder: Decoder | str | Path | None, task: Task | TaskSpec, out_fi
     return summary
 
 
+def evaluate_checkpoint(model: str | Path, task: Task | TaskSpec, out_file: str | Path | None = None, *,
+                        sampling: SamplingConfig | None = None, backend: str = "auto",
+                        extrapolate_from: str | Path | None = None, to_step: float | None = None,
+                        alpha: float | None = None, steps: Sequence[int] | None = None, device: str | None = "auto",
+                        dtype: str | None = "auto", devices: str | Sequence[str] | None = None, mode: str = "auto",
+                        allow_pickle: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+    """``rlextra eval``: load a model folder (or, with ``extrapolate_from``, decode with the logits
+    of BASE and MODEL extrapolated to ``to_step`` / ``alpha``) and evaluate it on the task.
+
+    The folders and outputs are checked before any model loads. Returns the summary.
+    """
+    from rlextra.checkpoints import check_model_dir, spec_path
+
+    if (extrapolate_from is None) != (to_step is None and alpha is None):
+        raise RLExtraError("--extrapolate-from goes with --to-step T or --alpha A")
+    models = [str(extrapolate_from), str(model)] if extrapolate_from is not None else [str(model)]
+    inputs = [spec_path(m) for m in models]
+    for path in inputs:  # the model folders first, then the outputs, before any model loads
+        check_model_dir(path, allow_pickle=allow_pickle, pickle_flag="--allow-pickle")
+    if out_file is not None:
+        check_outputs(out_file, inputs, overwrite)
+    decoder = load_decoder(models if extrapolate_from is not None else models[0], backend=backend,
+                           to_step=to_step, alpha=alpha, steps=steps, device=device, dtype=dtype, devices=devices,
+                           allow_pickle=allow_pickle, mode=mode)
+    return evaluate(decoder, task, out_file, sampling=sampling, progress=progress, overwrite=overwrite)
+
+
 @contextlib.contextmanager
 def eval_mode(model) -> Iterator[None]:
     """Score a model that is being trained: eval mode inside, its previous mode restored after."""

@@ -221,7 +221,7 @@ def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, r
             sub = CheckpointSeries([by_step[t] for t in r["window"]])
             out = extrapolate_weights(sub, Path(scratch) / f"p{i}", to_step=r["target"], method=r["method"],
                                       rank=rank, min_r2=min_r2 if r["method"] == "lsq" else None, norms=norms,
-                                      device=device if r["method"] == "rank1" else None, progress=False)
+                                      device=device if r["method"] == "rank1" else None, progress=False).path
             r["accuracy"] = acc(out)
             r["accuracy_real_s"], r["accuracy_real_target"] = real[r["s"]], real[r["target"]]
             bar.update(1)

@@ -13,6 +13,7 @@ copied from the newest checkpoint by default, as in the paper.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,8 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.checkpoints.chunks import (DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_tensor,
-                                       read_values)
+from rlextra.checkpoints.chunks import chunk_ranges, raise_nonfinite, read_tensor, read_values
 from rlextra.checkpoints.reader import decoded_is_finite, from_float64, from_torch, to_torch
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, copy_side_files, parse_size
@@ -30,6 +30,31 @@ from rlextra.extrapolate.methods import WindowPredictor, check_device, check_met
 from rlextra.hf import is_norm_weight  # re-exported: rlextra.extrapolate.is_norm_weight
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit, resolve_target, two_point  # resolve_target: also re-exported
+
+# elements per tensor chunk: memory only (the analysis's histograms are not involved); 1M elements
+# read from each checkpoint at a time keeps per-chunk overhead small (bench/bench_checkpoints.py)
+EXTRAPOLATE_CHUNK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Extrapolation:
+    """What ``extrapolate_weights`` wrote: the model folder and its provenance (rlextra.json)."""
+
+    path: Path
+    provenance: dict
+
+    @property
+    def method(self) -> str:
+        return self.provenance["method"]
+
+    @property
+    def target_step(self) -> float:
+        return self.provenance["target_step"]
+
+    @property
+    def alpha(self) -> float:
+        return self.provenance["alpha"]
+
 
 FORMULAS = {
     "two-point": "W_T = W_b + alpha * (W_s - W_b)",
@@ -44,10 +69,12 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
                         alpha: float | None = None, method: str = "auto", rank: int = 1,
                         min_r2: float | None = None, norms: str = "copy", device: str | None = None,
                         max_shard_size: str | int = "5GB", overwrite: bool = False,
-                        chunk_size: int = DEFAULT_CHUNK_SIZE, steps: Sequence[int] | None = None,
+                        chunk_size: int = EXTRAPOLATE_CHUNK_SIZE, steps: Sequence[int] | None = None,
                         allow_pickle: bool = False, allow_mixed_dtypes: bool = False,
-                        progress: bool = True, fit: str | None = None) -> Path:
-    """Write the model at step ``to_step`` (or at ``alpha``) as a new HF folder; return its path.
+                        progress: bool = True, fit: str | None = None) -> Extrapolation:
+    """Write the model at step ``to_step`` (or at ``alpha``) as a new HF folder.
+
+    Returns an ``Extrapolation``: the folder (``.path``) and its provenance, as in rlextra.json.
 
     ``method``: 'two-point' (exactly 2 checkpoints), 'lsq' (3 or more), 'rank1' (2 or more, with
     ``rank``), or 'auto' (two-point for 2, lsq for more). ``fit`` is its older name.
@@ -126,7 +153,7 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
             "side_files": copied,
         }
         (tmp / "rlextra.json").write_text(json.dumps(provenance, indent=1) + "\n")
-    return Path(out_dir)
+    return Extrapolation(Path(out_dir), provenance)
 
 
 def _extrapolate_whole(series: CheckpointSeries, spec: TensorSpec, target: float, rank: int,

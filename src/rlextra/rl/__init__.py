@@ -1,13 +1,21 @@
-"""The RLVR harness: verifiable tasks, small models, GRPO training through TRL, and RL-Extra.
+"""The RLVR harness: GRPO training through TRL into a checkpoint series, and RL-Extra.
 
 ``train``/``TrainConfig`` run (or resume) GRPO into a checkpoint series; ``RLExtraCallback`` (with
-``SafeMode``) plugs the RL-Extra jump into any transformers/TRL trainer. Imported eagerly, although
-transformers takes seconds to import: the function ``train`` shares its name with the module
-``rlextra.rl.train``, which a lazy export would let the submodule shadow. So ``rlextra.rl.train``
-is the function; the module's other names come with ``from rlextra.rl.train import ...``.
+``SafeMode``) plugs the RL-Extra jump into any transformers/TRL trainer. Exported lazily: TRL and
+transformers take seconds to import, and ``TrainConfig`` (``rlextra.rl.config``) needs neither.
 """
 
-from rlextra.rl.rl_extra import RLExtraCallback, SafeMode
-from rlextra.rl.train import TrainConfig, train
+from __future__ import annotations
 
-__all__ = ["RLExtraCallback", "SafeMode", "TrainConfig", "train"]
+import importlib
+
+_EXPORTS = {"train": "rlextra.rl.grpo", "TrainConfig": "rlextra.rl.config",
+            "RLExtraCallback": "rlextra.rl.rl_extra", "SafeMode": "rlextra.rl.rl_extra"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rlextra.rl' has no attribute {name!r}")

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlextra.errors import RLExtraError
+from rlextra.fields import option
 from rlextra.io import check_output, read_json, write_atomic
 
 PLACEHOLDERS = ("model", "output_dir", "start_step", "num_steps", "end_step", "cycle")
@@ -33,15 +34,15 @@ class LoopConfig:
     m: int
     n: int
     cycles: int
-    start_step: int = 0
-    norms: str = "copy"
-    max_shard_size: str = "5GB"
+    start_step: int = option(0, "effective step of --model")
+    norms: str = option("copy", "norm weights at a jump: copied (as the paper) or extrapolated",
+                        choices=("copy", "extrapolate"))
+    max_shard_size: str = option("5GB", "largest shard of each extrapolated checkpoint")
 
     def __post_init__(self) -> None:
         from rlextra.checkpoints.series import MAX_STEP
         from rlextra.checkpoints.writer import parse_size
-
-        from rlextra.rl.rl_extra import check_cycle
+        from rlextra.rl.config import check_cycle
 
         check_cycle(self.m, self.n)
         if self.cycles < 1:

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from rlextra.errors import RLExtraError
 from rlextra.tasks import Problem
 
 ARITHMETIC_CHARS = "0123456789+-*= \n"
@@ -67,7 +68,7 @@ def warmup_sft(model, tokenizer, problems: Sequence[Problem], steps: int = 300, 
     from tqdm.auto import tqdm
 
     if not 0.0 <= label_noise < 1.0:
-        raise ValueError(f"label_noise must be in [0, 1), got {label_noise}")
+        raise RLExtraError(f"label_noise {label_noise}: must be in [0, 1)")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -122,7 +123,6 @@ def build_tiny_model(out: Path, spec, *, warmup_steps: int = 900, seed: int = 0,
     """
     import json
 
-    from rlextra.errors import RLExtraError
     from rlextra.evaluation import heldout_accuracy
     from rlextra.hf import resolve_device, resolve_dtype
     from rlextra.io import atomic_output_dir, check_output

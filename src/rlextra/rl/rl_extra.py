@@ -57,17 +57,11 @@ from transformers import TrainerCallback
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, predict_tensor
 from rlextra.hf import is_norm_weight
+from rlextra.rl.config import check_cycle  # re-exported: rlextra.rl.rl_extra.check_cycle
 
 STATE_FILE = "rl_extra_state.json"
 ANCHOR_FILE = "rl_extra_anchor.safetensors"
 OPTIMIZER_POLICIES = ("reset", "keep")
-
-
-def check_cycle(m: int, n: int) -> None:
-    """The one check of an RL-Extra cycle's m (real steps) and n (extrapolated steps): callback, loop, CLI."""
-    if isinstance(m, bool) or isinstance(n, bool) or int(m) != m or int(n) != n or m < 1 or n < 0:
-        raise RLExtraError(f"--rl-extra {m},{n}: RL-Extra needs M >= 1 real steps and N >= 0 extrapolated "
-                           f"steps (m >= 1, n >= 0)")
 
 
 @dataclass
@@ -93,6 +87,13 @@ def _local(p):
 
 def _is_zero3(p) -> bool:
     return hasattr(p, "ds_id")
+
+
+def _regex(flag: str, text: str | None):
+    try:
+        return re.compile(text) if text else None
+    except re.error as exc:
+        raise RLExtraError(f"{flag} {text!r}: not a regular expression ({exc})") from None
 
 
 class RLExtraCallback(TrainerCallback):
@@ -124,8 +125,8 @@ class RLExtraCallback(TrainerCallback):
         self.method, self.n_snapshots, self.rank = method, snapshots, rank
         self.safe = safe
         self.norms = norms
-        self.include = re.compile(include) if include else None
-        self.exclude = re.compile(exclude) if exclude else None
+        self.include, self.exclude = (_regex(flag, text) for flag, text in
+                                      (("--rl-extra-include", include), ("--rl-extra-exclude", exclude)))
         self.snapshots: list[tuple[int, dict]] = []  # (step, {name: fp32 CPU tensor}); [0] is the anchor
         self.cycle_start: int | None = None
         self.extra_steps = 0

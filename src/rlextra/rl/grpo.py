@@ -12,76 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import rlextra
 from rlextra.errors import RLExtraError
 from rlextra.evaluation import eval_mode, evaluate, heldout_accuracy
 from rlextra.rl.callbacks import RewardProgressCallback, SeriesCallback
+from rlextra.rl.config import TrainConfig
 from rlextra.tasks import Task, TaskSpec, load_task
-
-
-@dataclass
-class TrainConfig:
-    model: str
-    output_dir: str
-    task: TaskSpec = field(default_factory=TaskSpec)
-    max_steps: int = 100
-    save_every: int = 10
-    learning_rate: float = 1e-6
-    warmup_steps: int = 0  # linear lr warm-up, then constant (a jump/extrapolation never moves it)
-    prompts_per_step: int = 8
-    num_generations: int = 8
-    max_completion_length: int = 512
-    temperature: float = 1.0
-    top_p: float = 1.0
-    beta: float = 0.0
-    seed: int = 0
-    eval_problems: int = 200  # held-out problems graded greedily at every checkpoint; 0 = off
-    rl_extra: tuple[int, int] | None = None  # (m, n): m real steps, then a jump of n extrapolated steps
-    rl_extra_warmup: int = 0  # real steps before the first cycle
-    rl_extra_optimizer: str = "reset"  # "reset" after each jump (the paper's procedure) or "keep" (ours)
-    rl_extra_method: str = "two-point"  # jump method: two-point (the paper's), lsq or rank1 (ours)
-    rl_extra_snapshots: int | None = None  # snapshots per cycle for lsq/rank1 (default 3)
-    rl_extra_rank: int = 1  # rank of the rank1 jump
-    rl_extra_safe: bool = False  # safe mode: score each jump, roll back and halve n when it loses reward
-    rl_extra_safe_prompts: int = 32  # training problems set aside for the safe-mode check
-    rl_extra_safe_samples: int = 4  # samples per prompt in the check
-    rl_extra_safe_tolerance: float = 0.02  # allowed drop of mean reward before a rollback
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # more GRPOConfig fields, passed through
-
-    def __post_init__(self) -> None:
-        import math
-
-        ints = [("--steps", self.max_steps, 1), ("--save-every", self.save_every, 1),
-                ("--prompts-per-step", self.prompts_per_step, 1),
-                ("--num-generations", self.num_generations, 2),  # GRPO's advantage needs a group
-                ("--max-completion-length", self.max_completion_length, 1),
-                ("warmup_steps (lr warm-up)", self.warmup_steps, 0), ("--eval-problems", self.eval_problems, 0),
-                ("--rl-extra-warmup", self.rl_extra_warmup, 0), ("--seed", self.seed, 0)]
-        for option, value, low in ints:
-            if not (isinstance(value, int) and value >= low):
-                raise RLExtraError(f"{option} {value}: must be an integer >= {low}")
-        floats = [("--lr", self.learning_rate, 0.0, False), ("--temperature", self.temperature, 0.0, False),
-                  ("--beta", self.beta, 0.0, True)]
-        for option, value, low, inclusive in floats:
-            if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
-                raise RLExtraError(f"{option} {value}: must be a finite number {'>=' if inclusive else '>'} {low:g}")
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise RLExtraError(f"--top-p {self.top_p}: must be in (0, 1]")
-        if self.rl_extra is not None:
-            from rlextra.rl.rl_extra import check_cycle
-
-            check_cycle(*self.rl_extra)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["task"] = self.task.to_dict()
-        d["rl_extra"] = list(self.rl_extra) if self.rl_extra else None
-        return d
 
 
 def last_checkpoint(run: Path) -> Path | None:
@@ -200,7 +138,8 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
             if check_task else None
         rl_extra = RLExtraCallback(*cfg.rl_extra, warmup_steps=cfg.rl_extra_warmup, optimizer=cfg.rl_extra_optimizer,
                                    method=cfg.rl_extra_method, snapshots=cfg.rl_extra_snapshots,
-                                   rank=cfg.rl_extra_rank, safe=safe)
+                                   rank=cfg.rl_extra_rank, safe=safe, norms=cfg.rl_extra_norms,
+                                   include=cfg.rl_extra_include, exclude=cfg.rl_extra_exclude)
     trainer = GRPOTrainer(model=model, reward_funcs=[task.reward], args=args,
                           train_dataset=datasets.Dataset.from_list(train_task.dataset_rows("train")),
                           processing_class=tokenizer,

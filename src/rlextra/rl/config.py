@@ -1,0 +1,91 @@
+"""What a GRPO run is configured by: ``TrainConfig`` (one field per ``rlextra train`` option, with
+its help) and the one check of an RL-Extra cycle. Light to import: the CLI derives its options here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rlextra.errors import RLExtraError
+from rlextra.fields import option
+from rlextra.tasks import TaskSpec
+
+
+def check_cycle(m: int, n: int) -> None:
+    """The one check of an RL-Extra cycle's m (real steps) and n (extrapolated steps): callback, loop, CLI."""
+    if isinstance(m, bool) or isinstance(n, bool) or int(m) != m or int(n) != n or m < 1 or n < 0:
+        raise RLExtraError(f"--rl-extra {m},{n}: RL-Extra needs M >= 1 real steps and N >= 0 extrapolated "
+                           f"steps (m >= 1, n >= 0)")
+
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    output_dir: str
+    task: TaskSpec = field(default_factory=TaskSpec)
+    max_steps: int = option(100, "optimizer steps", flag="--steps")
+    save_every: int = option(10, "checkpoint every k steps")
+    learning_rate: float = option(1e-6, "learning rate: linear warm-up over --lr-warmup-steps, then constant",
+                                  flag="--lr")
+    warmup_steps: int = option(0, "steps of linear lr warm-up (a jump or extrapolation never moves the lr)",
+                               flag="--lr-warmup-steps")
+    prompts_per_step: int = option(8, "prompts per optimizer step")
+    num_generations: int = option(8, "samples per prompt (the GRPO group)")
+    max_completion_length: int = option(512, "new tokens per sample at most")
+    temperature: float = option(1.0, "sampling temperature of the rollouts")
+    top_p: float = option(1.0, "nucleus threshold of the rollouts")
+    beta: float = option(0.0, "KL coefficient (0 as in the paper)")
+    seed: int = option(0, "training seed")
+    eval_problems: int = option(200, "held-out problems graded greedily at each checkpoint (0: off)")
+    rl_extra: tuple[int, int] | None = option(
+        None, "RL-Extra: after every M real steps jump N extrapolated steps (use a constant lr)", metavar="M,N")
+    rl_extra_warmup: int = option(0, "real steps before the first RL-Extra cycle")
+    rl_extra_optimizer: str = option(
+        "reset", "after each jump: reset the optimizer state (the paper's procedure, which restarts its trainer "
+        "each cycle) or keep Adam's moments (rlextra's option)", choices=("reset", "keep"))
+    rl_extra_method: str = option(
+        "two-point", "jump: two-point (the paper's), or lsq / rank1 over snapshots of the cycle (rlextra's)",
+        choices=("two-point", "lsq", "rank1"))
+    rl_extra_snapshots: int | None = option(None, "snapshots per cycle kept in CPU memory for lsq/rank1 (default 3)")
+    rl_extra_rank: int = option(1, "rank of the rank1 jump")
+    rl_extra_norms: str = option("copy", "norm weights at a jump: kept (copy, as the paper) or extrapolated",
+                                 choices=("copy", "extrapolate"))
+    rl_extra_include: str | None = option(None, "jump only parameters whose name matches this regex", metavar="REGEX")
+    rl_extra_exclude: str | None = option(None, "leave parameters whose name matches this regex where they are",
+                                          metavar="REGEX")
+    rl_extra_safe: bool = option(False, "safe mode (rlextra's): score each jump on a fixed set-aside batch of "
+                                        "training prompts; roll back and halve N when the mean reward drops by "
+                                        "more than the tolerance")
+    rl_extra_safe_prompts: int = option(32, "training prompts set aside for the safe-mode check")
+    rl_extra_safe_samples: int = option(4, "samples per prompt in the safe-mode check")
+    rl_extra_safe_tolerance: float = option(0.02, "allowed drop of mean reward before a rollback")
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # more GRPOConfig fields, passed through
+
+    def __post_init__(self) -> None:
+        ints = [("--steps", self.max_steps, 1), ("--save-every", self.save_every, 1),
+                ("--prompts-per-step", self.prompts_per_step, 1),
+                ("--num-generations", self.num_generations, 2),  # GRPO's advantage needs a group
+                ("--max-completion-length", self.max_completion_length, 1),
+                ("--lr-warmup-steps", self.warmup_steps, 0), ("--eval-problems", self.eval_problems, 0),
+                ("--rl-extra-warmup", self.rl_extra_warmup, 0), ("--seed", self.seed, 0)]
+        for option, value, low in ints:
+            if not (isinstance(value, int) and value >= low):
+                raise RLExtraError(f"{option} {value}: must be an integer >= {low}")
+        floats = [("--lr", self.learning_rate, 0.0, False), ("--temperature", self.temperature, 0.0, False),
+                  ("--beta", self.beta, 0.0, True)]
+        for option, value, low, inclusive in floats:
+            if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+                raise RLExtraError(f"{option} {value}: must be a finite number {'>=' if inclusive else '>'} {low:g}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise RLExtraError(f"--top-p {self.top_p}: must be in (0, 1]")
+        if self.rl_extra is not None:
+            check_cycle(*self.rl_extra)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["task"] = self.task.to_dict()
+        d["rl_extra"] = list(self.rl_extra) if self.rl_extra else None
+        return d
