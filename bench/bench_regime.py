@@ -38,7 +38,7 @@ def curves(name: str, work: Path, seed: int = 0, save_every: int = 20) -> dict:
     from rlextra.decoding import SamplingConfig, load_decoder
     from rlextra.evaluation import evaluate
     from rlextra.rl.models import build_tiny_model
-    from rlextra.rl.train import TrainConfig, train
+    from rlextra.rl import TrainConfig, train
     from rlextra.tasks import TaskSpec, load_task
 
     digits, ops, wsteps, wlr, noise, lr, prompts, gens, steps = CANDIDATES[name]

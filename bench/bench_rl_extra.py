@@ -44,7 +44,7 @@ def run(model_dir: Path, out: Path, seed: int, steps: int, demo, rl_extra=None, 
     """Train, then evaluate every checkpoint; rows of step, effective step, seconds, accuracy."""
     from rlextra.decoding import SamplingConfig, load_decoder
     from rlextra.evaluation import evaluate
-    from rlextra.rl.train import TrainConfig, train
+    from rlextra.rl import TrainConfig, train
     from rlextra.tasks import load_task
 
     shutil.rmtree(out, ignore_errors=True)
