@@ -392,19 +392,34 @@ def backtest_section(cfg: dict) -> str:
     m, n = cfg["rl_extra"]["m"], cfg["rl_extra"]["n"]
     at_m = recommend([r for r in bt["rows"] if r["s"] - r["b"] == m])
     f3 = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    alpha = (m + n) / m
+    at_jump = {r["method"]: r["weight_error"] for r in bt["rows"]
+               if r["s"] - r["b"] == m and abs(r["alpha"] - alpha) < 1e-9}
+    if at_jump:
+        jump_note = ("At exactly that jump (window " + f"({bt['steps'][0]}, {bt['steps'][0] + m}), alpha {alpha:g}) "
+                     + ", ".join(f"{meth} has weight error {err:.3f}" for meth, err in at_jump.items())
+                     + ": the backtest predicts that " + ("the jump lands farther from the real checkpoint than "
+                     "not jumping at all" if min(at_jump.values()) >= 1 else "at least one method's jump lands "
+                     "closer to the real checkpoint than not jumping") + ".")
+    else:
+        jump_note = "No backtest row has exactly that window and alpha."
+    for src, dst in (("backtest.json", "backtest.json"), ("backtest.csv", "backtest.csv"),
+                     ("weight_error.png", "backtest_weight_error.png")):
+        shutil.copy(WORK / "backtest" / src, OUT / dst)
     rows = "\n".join(f"| {meth} | {f3(v['median_weight_error'])} | {v['verdict']} | "
                       f"{at_m.get(meth, {}).get('verdict', 'no window')} |" for meth, v in bt["recommendation"].items())
     return f"""## Backtest: how far is it safe to extrapolate this run?
 
 `rlextra backtest` predicted every later real checkpoint from windows starting at step
 {bt['steps'][0]}, with each method; weight error = ||W_pred - W_T|| / ||W_T - W_s|| (below 1: better
-than stopping at s). Plot: `work/backtest/weight_error.png`.
+than stopping at s).
 
 | method | median weight error | all windows | windows of m = {m} steps (RL-Extra's) |
 |---|---|---|---|
 {rows}
 
-For RL-Extra {m},{n} the jump is alpha = {(m + n) / m:.2f} over a window of {m} steps.
+For RL-Extra {m},{n} the jump is alpha = {(m + n) / m:.2f} over a window of {m} steps. {jump_note}
+The table's rows are in `backtest.json` / `backtest.csv` beside this file; plot: `backtest_weight_error.png`.
 
 """
 
