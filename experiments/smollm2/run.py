@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=HERE / "config.json",
                     help="experiment config (default config.json); one with a \"name\" writes into "
                          "experiments/smollm2/NAME/ (RESULTS.md, plots, work/)")
+    ap.add_argument("--control", action="store_true",
+                    help="only the control run: --rl-extra M,0 (the optimizer reset every M steps, no jump)")
     a = ap.parse_args()
     cfg = json.loads(a.config.read_text())
     global OUT, WORK, CONFIG
@@ -117,6 +119,10 @@ def main() -> None:
     check_layout()
     if a.seed is not None and a.seed != cfg["seed"]:
         run_seed(cfg, a.seed, model_source)
+        return
+    if a.control:
+        make_task(cfg)
+        run_control(cfg, model_source)
         return
     model, run = model_source, WORK / "run"
     make_task(cfg)
@@ -161,6 +167,25 @@ def main() -> None:
         rlextra("eval", rel(extra_run / f"checkpoint-{st}"), *task_args, *eval_args, "-o", rel(out),
                 skip=out.exists())
     write_results(cfg, steps)
+    if cfg["rl_extra"].get("control"):
+        run_control(cfg, model)
+
+
+def run_control(cfg: dict, model: Path) -> None:
+    """GRPO with the optimizer reset every m steps and no jump (--rl-extra M,0): what RL-Extra's
+    restart alone does, so the jump's own effect can be read off the difference."""
+    tr = cfg["train"]
+    steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
+    run = WORK / "run-control"
+    (WORK / "eval").mkdir(exist_ok=True)
+    rlextra(*_train_args(cfg, model, run, cfg["seed"], rl_extra=False), "--rl-extra", f"{cfg['rl_extra']['m']},0",
+            skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
+    for st in steps:
+        out = WORK / "eval" / f"control-{st}.json"
+        rlextra("eval", rel(run / f"checkpoint-{st}"), *_task_args(cfg), *_eval_args(cfg), "-o", rel(out),
+                skip=out.exists())
+    if (WORK / "eval" / f"real-{steps[-1]}.json").exists():
+        write_results(cfg, steps)
 
 
 def _train_args(cfg: dict, model: Path, out: Path, seed: int, rl_extra: bool) -> list[str]:
@@ -435,10 +460,20 @@ Not run yet (the last stage of `run.py`, the costliest: {cfg['train']['steps']} 
 
 """
     extra = {st: _m(f"rl-extra-{st}", f"avg@{k}") for st in steps}
+    has_control = all((WORK / "eval" / f"control-{st}.json").exists() for st in steps)
+    control = {st: _m(f"control-{st}", f"avg@{k}") for st in steps} if has_control else {}
     target = real[steps[-1]]
     g = next(st for st in steps if real[st] >= target)
     e = next((st for st in steps if extra[st] >= target), None)
-    rows = "\n".join(f"| {st} | {real[st]:.3f} | {extra[st]:.3f} |" for st in steps)
+    rows = "\n".join(f"| {st} | {real[st]:.3f} | {extra[st]:.3f} |" + (f" {control[st]:.3f} |" if control else "")
+                     for st in steps)
+    c = next((st for st in steps if control.get(st, -1) >= target), None)
+    control_note = "" if not control else (
+        f"\n\nControl (`--rl-extra {m},0`: the same optimizer reset every {m} steps, no jump): "
+        + (f"reaches GRPO's final {target:.3f} at real step {c}" if c is not None else
+           f"never reaches GRPO's final {target:.3f}")
+        + f", {control[steps[-1]]:.3f} at step {steps[-1]}. What the jump adds over the reset alone is the "
+        "difference between the RL-Extra and control columns.")
     verdict = (f"RL-Extra first reaches GRPO's final {target:.3f} at real step {e} (GRPO: step {g}), "
                f"{g / e:.2f}x fewer real steps" if e else f"RL-Extra never reaches GRPO's final {target:.3f}")
     met = e is not None and e <= 0.5 * g
@@ -448,11 +483,11 @@ The variant is the one `bench/bench_rl_extra.py` chose on the demo task's select
 were fixed before the run (n = m, as the demo's 20,20 and the paper's m = n = 100, scaled to this
 run's length). Same seed and settings as GRPO, one seed only (CPU budget).
 
-| real step | GRPO held-out avg@{k} | RL-Extra held-out avg@{k} |
-|---|---|---|
+| real step | GRPO held-out avg@{k} | RL-Extra held-out avg@{k} |{' control (reset only) |' if control else ''}
+|---|---|---|{'---|' if control else ''}
 {rows}
 
-{verdict}. Target (GRPO's final accuracy in at most 0.5x GRPO's real steps): **{'met' if met else 'missed'}**.
+{verdict}. Target (GRPO's final accuracy in at most 0.5x GRPO's real steps): **{'met' if met else 'missed'}**.{control_note}
 
 """
 

@@ -247,11 +247,19 @@ class RLExtraCallback(TrainerCallback):
             if offset in self.snapshot_offsets() and offset > self.snapshots[-1][0] - self.cycle_start:
                 self.snapshots.append((step, self._copy(model)))
             return
+        record = None
         if self.n > 0:
             record = self.jump(model, optimizer, step)
-            if state.is_world_process_zero:
-                with open(Path(args.output_dir) / "rl_extra.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+        elif self.n_initial == 0 and self.optimizer == "reset":
+            # the control run (m, 0): the paper's trainer restart every m steps, without a jump
+            if optimizer is not None:
+                optimizer.state.clear()
+            record = {"real_step": step, "m": self.m, "n": 0, "method": None, "decision": "optimizer reset only",
+                      "effective_step": step + self.extra_steps}
+            self.jumps.append(record)
+        if record is not None and state.is_world_process_zero:
+            with open(Path(args.output_dir) / "rl_extra.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         self.take_anchor(model, step)
 
     def on_log(self, args, state, control, logs=None, **kw):
