@@ -477,11 +477,13 @@ Not run yet (the last stage of `run.py`, the costliest: {cfg['train']['steps']} 
     verdict = (f"RL-Extra first reaches GRPO's final {target:.3f} at real step {e} (GRPO: step {g}), "
                f"{g / e:.2f}x fewer real steps" if e else f"RL-Extra never reaches GRPO's final {target:.3f}")
     met = e is not None and e <= 0.5 * g
+    plot = "![GRPO against RL-Extra](rl_extra_vs_grpo.png)\n\n" if plot_rl_extra(cfg, steps) else ""
     return f"""## RL-Extra {m},{n} against GRPO ({cfg['rl_extra']['method']} jump over {cfg['rl_extra']['snapshots']} snapshots, optimizer reset)
 
+{plot}
 The variant is the one `bench/bench_rl_extra.py` chose on the demo task's selection seed; m and n
 were fixed before the run (n = m, as the demo's 20,20 and the paper's m = n = 100, scaled to this
-run's length). Same seed and settings as GRPO, one seed only (CPU budget).
+run's length). Same seed and settings as GRPO (other seeds: the next section).
 
 | real step | GRPO held-out avg@{k} | RL-Extra held-out avg@{k} |{' control (reset only) |' if control else ''}
 |---|---|---|{'---|' if control else ''}
@@ -490,6 +492,40 @@ run's length). Same seed and settings as GRPO, one seed only (CPU budget).
 {verdict}. Target (GRPO's final accuracy in at most 0.5x GRPO's real steps): **{'met' if met else 'missed'}**.{control_note}
 
 """
+
+
+def plot_rl_extra(cfg: dict, steps: list[int]) -> bool:
+    """GRPO, RL-Extra and (when run) the reset-only control against real steps, every seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"avg@{cfg['eval']['k']}"
+    evals = {cfg["seed"]: WORK / "eval", **{int(d.name.split("-")[1]): d / "eval" for d in sorted(WORK.glob("seed-*"))}}
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    drawn = False
+    for i, (sd, e) in enumerate(sorted(evals.items())):
+        for kind, label, color in (("real", "GRPO", "tab:blue"), ("rl-extra", "RL-Extra", "tab:red"),
+                                   ("control", "control (reset only)", "tab:gray")):
+            pts = [(st, json.loads((e / f"{kind}-{st}.json").read_text())["metrics"][key])
+                   for st in steps if (e / f"{kind}-{st}.json").exists()]
+            if len(pts) == len(steps):
+                ax.plot(*zip(*pts), marker="o", ms=3, color=color, ls=("-", "--", ":")[i % 3],
+                        label=f"{label}, seed {sd}")
+                drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    m, n = cfg["rl_extra"]["m"], cfg["rl_extra"]["n"]
+    ax.set(xlabel="real optimizer steps", ylabel=f"held-out {key}", ylim=(0, 1.03),
+           title=f"SmolLM2-135M-Instruct: GRPO against RL-Extra {m},{n} ({cfg['rl_extra']['method']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(OUT / "rl_extra_vs_grpo.png", dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _seconds(command: str, sec: float | None) -> str:
