@@ -40,7 +40,8 @@ class TrainConfig:
     seed: int = option(0, "training seed")
     eval_problems: int = option(200, "held-out problems graded greedily at each checkpoint (0: off)")
     rl_extra: tuple[int, int] | None = option(
-        None, "RL-Extra: after every M real steps jump N extrapolated steps (use a constant lr)", metavar="M,N")
+        None, "RL-Extra: after every M real steps jump N extrapolated steps (use a constant lr); M,0 with the "
+        "reset policy is the control run: the optimizer restarts every M steps, no jump", metavar="M,N")
     rl_extra_warmup: int = option(0, "real steps before the first RL-Extra cycle")
     rl_extra_optimizer: str = option(
         "reset", "after each jump: reset the optimizer state (the paper's procedure, which restarts its trainer "
