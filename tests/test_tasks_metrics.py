@@ -44,6 +44,16 @@ BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
     (r"so the result is $\frac{14}{3}$", "3", False),
     (r"Therefore $x = \frac{14}{3}$.", r"\frac{14}{3}", True),
     (r"The answer is \(\frac{3}{56}\)", r"\frac{3}{56}", True),
+    # an answer that is still the operation is not an answer (math-verify would evaluate it)
+    ("30 * 4 is calculated by", "120", False),
+    ("94 + 91 is a", "185", False),
+    (r"\boxed{3 \times 4}", "12", False),
+    ("12 - 5", "7", False),
+    ("The answer is 120.", "120", True),
+    (r"\boxed{14/3}", r"\frac{14}{3}", True),                             # a fraction is a number
+    (r"\boxed{-3}", "-3", True),
+    (r"\boxed{1,000}", "1000", True),
+    (r"\boxed{x+1}", "x+1", True),                                        # gold not a number: no rule
 ])
 def test_grade_math_hard_cases(completion, answer, ok):
     assert grade_math(completion, answer) is ok

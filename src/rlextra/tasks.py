@@ -159,6 +159,29 @@ _DECIMAL = re.compile(r"\d\.\d|(?<![\d.])\.\d")  # a decimal number in a gold an
 EXACT_GOLD_FLOAT_ROUNDING = 15
 
 
+# a number as a gold answer: 42, -3, 3.5, .25, 1,000, 14/3, \frac{14}{3}, \dfrac{1}{2}, \frac12
+_NUMBER = re.compile(r"[-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d*)?|[-+]?\.\d+|[-+]?\d+/\d+"
+                     r"|[-+]?\\[dt]?frac(\{\d+\}\{\d+\}|\d\d)")
+# an operation between two operands: 30 * 4, 94+91, 7 - 2, 2^3, 3 \times 4, 6 \div 2 (a leading sign is not)
+_OPERATION = re.compile(r"[\d)}]\s*([-+*/×÷^]|\\times|\\cdot|\\div)\s*[\d(\\{]")
+# decorations that are not operations: units in \text{}, degrees, percent, dollars
+_DECORATION = re.compile(r"\\(text|mathrm|mbox)\{[^{}]*\}|\^\s*\{?\\circ\}?|\\?%|\\\$|\$")
+
+
+def _is_number(text: str) -> bool:
+    return _NUMBER.fullmatch(text.strip().replace(" ", "")) is not None
+
+
+def restates_an_operation(pred_text: str, answer: str) -> bool:
+    """A predicted answer that is an unevaluated operation (30 * 4, 94 + 91) where the gold answer
+    is a number: math-verify would evaluate it and call it right, so a model that echoes the
+    question would be rewarded. rlextra's rule: such an answer is wrong."""
+    if not _is_number(answer):
+        return False
+    cleaned = _DECORATION.sub(" ", pred_text)
+    return not _is_number(cleaned) and _OPERATION.search(cleaned) is not None  # 14/3 is a number
+
+
 def _timeout() -> int | None:
     """math-verify's timeouts use signal.alarm: main thread only."""
     return 5 if threading.current_thread() is threading.main_thread() else None
@@ -188,7 +211,8 @@ def grade_math(completion: str, answer: str) -> bool:
 
     A decimal answer matches an exact gold (fraction, surd, integer) only when it is that value
     (to 15 places): '0.5' for '\\frac{1}{2}' is right, '4.666666666' for '\\frac{14}{3}' is not. When
-    the gold is itself a decimal, math-verify's default rounding (6 places) applies.
+    the gold is itself a decimal, math-verify's default rounding (6 places) applies. When the gold is
+    a number, an answer that is still an operation ('30 * 4' for 120) is wrong (rlextra's rule).
     """
     from math_verify import parse, verify
 
@@ -203,6 +227,8 @@ def grade_math(completion: str, answer: str) -> bool:
         if not pred:
             return False
         pred_text = str(pred[-1])
+    if restates_an_operation(pred_text, answer):
+        return False
     gold = parse(f"${answer}$", parsing_timeout=timeout)
     if not gold or not pred:
         return pred_text.strip() == answer.strip()
