@@ -105,8 +105,9 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=HERE / "config.json",
                     help="experiment config (default config.json); one with a \"name\" writes into "
                          "experiments/smollm2/NAME/ (RESULTS.md, plots, work/)")
-    ap.add_argument("--control", action="store_true",
-                    help="only the control run: --rl-extra M,0 (the optimizer reset every M steps, no jump)")
+    ap.add_argument("--only", choices=["rl-extra", "control"],
+                    help="only that run and its evaluations (to run it beside the main pipeline): rl-extra, or "
+                         "control (--rl-extra M,0: the optimizer reset every M steps, no jump)")
     a = ap.parse_args()
     cfg = json.loads(a.config.read_text())
     global OUT, WORK, CONFIG
@@ -120,9 +121,9 @@ def main() -> None:
     if a.seed is not None and a.seed != cfg["seed"]:
         run_seed(cfg, a.seed, model_source)
         return
-    if a.control:
+    if a.only:
         make_task(cfg)
-        run_control(cfg, model_source)
+        run_variant(cfg, model_source, a.only)
         return
     model, run = model_source, WORK / "run"
     make_task(cfg)
@@ -159,29 +160,24 @@ def main() -> None:
         out = WORK / "eval" / f"{name}.json"
         rlextra("eval", *head, *task_args, *eval_args, "-o", rel(out), skip=out.exists())
     write_results(cfg, steps)  # RESULTS.md without the RL-Extra run, which comes last (the costliest)
-    extra_run = WORK / "run-rl-extra"
-    rlextra(*_train_args(cfg, model, extra_run, cfg["seed"], rl_extra=True),
-            skip=(extra_run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
-    for st in steps:
-        out = WORK / "eval" / f"rl-extra-{st}.json"
-        rlextra("eval", rel(extra_run / f"checkpoint-{st}"), *task_args, *eval_args, "-o", rel(out),
-                skip=out.exists())
-    write_results(cfg, steps)
+    run_variant(cfg, model, "rl-extra")
     if cfg["rl_extra"].get("control"):
-        run_control(cfg, model)
+        run_variant(cfg, model, "control")
 
 
-def run_control(cfg: dict, model: Path) -> None:
-    """GRPO with the optimizer reset every m steps and no jump (--rl-extra M,0): what RL-Extra's
-    restart alone does, so the jump's own effect can be read off the difference."""
+def run_variant(cfg: dict, model: Path, name: str) -> None:
+    """RL-Extra ('rl-extra'), or the control ('control': --rl-extra M,0, the optimizer reset every m
+    steps and no jump, so the jump's own effect is the difference), trained and evaluated."""
     tr = cfg["train"]
     steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
-    run = WORK / "run-control"
+    run = WORK / f"run-{name}"
     (WORK / "eval").mkdir(exist_ok=True)
-    rlextra(*_train_args(cfg, model, run, cfg["seed"], rl_extra=False), "--rl-extra", f"{cfg['rl_extra']['m']},0",
-            skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
+    args = _train_args(cfg, model, run, cfg["seed"], rl_extra=name == "rl-extra")
+    if name == "control":
+        args += ["--rl-extra", f"{cfg['rl_extra']['m']},0"]
+    rlextra(*args, skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
     for st in steps:
-        out = WORK / "eval" / f"control-{st}.json"
+        out = WORK / "eval" / f"{name}-{st}.json"
         rlextra("eval", rel(run / f"checkpoint-{st}"), *_task_args(cfg), *_eval_args(cfg), "-o", rel(out),
                 skip=out.exists())
     if (WORK / "eval" / f"real-{steps[-1]}.json").exists():
