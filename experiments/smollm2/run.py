@@ -5,7 +5,7 @@ recorded, with the numbers it produced, in RESULTS.md. Stages whose outputs exis
 training resumes from its last checkpoint, so an interrupted run continues where it stopped.
 
 Task (config.json): chat prompts "What is a + b?" and "What is a * b?" with the operand ranges of
-the config (two-digit sums, two-digit by one-digit products), followed by "Answer with only the
+the config (one-digit operands: all 200 problems, 64 held out), followed by "Answer with only the
 number.", graded by math-verify under rlextra's rule that an unevaluated operation is no answer.
 ``--seed N`` adds GRPO and RL-Extra runs with another training seed; ``--only rl-extra|control``
 runs one of those beside the main pipeline; ``--config`` takes another config (with a "name", its
@@ -32,7 +32,7 @@ WORK = OUT / "work"
 COMMANDS: list[tuple[str, float]] = []
 # work/ of an earlier layout (prompts joined by a newline, the range token filter only) would mix
 # with this one's outputs: refuse it instead
-LAYOUT = 4
+LAYOUT = 5
 # the paper's criterion for "linear": more than 70% of coordinates with R^2 above 0.7
 PAPER_R2, PAPER_FRACTION = 0.7, 0.7
 
