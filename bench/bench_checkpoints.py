@@ -78,6 +78,8 @@ def worker(method: str, work: Path) -> dict:
         info = reference_analysis(series, AutoModelForCausalLM, torch, np)
     elif method == "rlextra_extrapolate":
         rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, progress=False)
+    elif method == "rlextra_extrapolate_chunk256k":  # the chunk size extrapolation had before (the analysis's)
+        rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, chunk_size=1 << 18, progress=False)
     elif method == "reference_extrapolate":
         reference_extrapolate(series[:2], out, AutoModelForCausalLM, torch)
     elif method == "mergekit":
@@ -178,11 +180,16 @@ def cp_floor(work: Path) -> dict:
     return {"method": "cp_floor", "wall_s": wall}
 
 
+METHODS = ["reference_analysis", "rlextra_full", "rlextra_sample", "rlextra_full_plots", "reference_extrapolate",
+           "mergekit", "rlextra_extrapolate", "rlextra_extrapolate_chunk256k", "cp_floor"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=HERE / "_work")
     ap.add_argument("--checkpoints", type=int, default=8)
     ap.add_argument("--worker")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (default: all)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each method, interleaved; the table reports the median wall time")
     ap.add_argument("--write-results", action="store_true", help="append a section to bench/RESULTS.md")
@@ -193,8 +200,7 @@ def main() -> None:
     ensure_series(a.work, a.checkpoints)
     runs: dict[str, list[dict]] = {}
     for i in range(a.repeats):  # interleaved, so a burst of load on the machine hits every method alike
-        for method in ["reference_analysis", "rlextra_full", "rlextra_sample", "rlextra_full_plots",
-                       "reference_extrapolate", "mergekit", "rlextra_extrapolate", "cp_floor"]:
+        for method in [m for m in METHODS if m in a.methods.split(",")]:
             print(f"running {method} ({i + 1}/{a.repeats}) ...", flush=True)
             r = cp_floor(a.work) if method == "cp_floor" else run_worker(method, a.work)
             runs.setdefault(method, []).append(r)
@@ -239,7 +245,8 @@ def render(res: dict, a) -> str:
         f"Machine: {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, 1 torch/BLAS thread. "
         f"Series: {a.checkpoints} bf16 checkpoints of the SmolLM2-135M architecture (134.5M params), page cache warm.",
         f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_checkpoints.py --checkpoints {a.checkpoints} "
-        f"--repeats {a.repeats} --write-results` (wall s: the median of {a.repeats} interleaved runs)",
+        f"--repeats {a.repeats}" + ("" if a.methods == ",".join(METHODS) else f" --methods {a.methods}")
+        + f" --write-results` (wall s: the median of {a.repeats} interleaved runs)",
         "",
         "| method | wall s | peak RSS - post-import RSS, MB | notes |",
         "|---|---|---|---|",
@@ -255,6 +262,7 @@ def render(res: dict, a) -> str:
         f"| extrapolate time / mergekit time | {ratio('rlextra_extrapolate', 'mergekit', 'wall_s')} | <= 0.5 |",
         f"| extrapolate memory / mergekit memory | {ratio('rlextra_extrapolate', 'mergekit', 'mem_mb')} | <= 0.25 |",
         f"| extrapolate time / cp floor | {ratio('rlextra_extrapolate', 'cp_floor', 'wall_s')} | <= 3 |",
+        f"| extrapolate time, 1M-element chunks / 256K | {ratio('rlextra_extrapolate', 'rlextra_extrapolate_chunk256k', 'wall_s')} | < 1 |",
         "",
     ]
     return "\n".join(lines)
