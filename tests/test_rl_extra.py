@@ -131,20 +131,26 @@ def test_ddp_two_processes_apply_the_same_jumps(tmp_path):
 
 @pytest.mark.slow
 def test_zero_length_jumps_leave_grpo_unchanged(tiny, tmp_path):
-    """RL-Extra with n = 0 must reproduce plain GRPO exactly: the callback touches nothing else."""
+    """RL-Extra with n = 0 and the optimizer kept must reproduce plain GRPO exactly: the callback
+    touches nothing else. With the reset policy, (m, 0) is the control run: same data, the optimizer
+    restarted at step 2, so the weights differ."""
     from safetensors.torch import load_file
 
-    def run(name, rl_extra):
+    def run(name, rl_extra, optimizer="reset"):
         cfg = TrainConfig(model=str(tiny), output_dir=str(tmp_path / name), task=SPEC, max_steps=4, save_every=4,
                           learning_rate=1e-3, prompts_per_step=4, num_generations=4, max_completion_length=3,
-                          eval_problems=0, progress=False, rl_extra=rl_extra)
+                          eval_problems=0, progress=False, rl_extra=rl_extra, rl_extra_optimizer=optimizer)
         return load_file(str(train(cfg) / "checkpoint-4" / "model.safetensors"))
 
-    plain, extra = run("plain", None), run("extra", (2, 0))
+    plain, extra = run("plain", None), run("extra", (2, 0), optimizer="keep")
     base = load_file(str(tiny / "model.safetensors"))
     assert any(not torch.equal(plain[k], base[k]) for k in plain)  # training moved the weights
     for k in plain:
         torch.testing.assert_close(extra[k], plain[k], rtol=0, atol=0)
+    control = run("control", (2, 0))
+    assert any(not torch.equal(control[k], plain[k]) for k in plain)
+    assert json.loads((tmp_path / "control" / "rl_extra.jsonl").read_text().splitlines()[0])["decision"] == \
+        "optimizer reset only"
 
 
 def _drive(cb, model, args, steps, delta, opt=None):
