@@ -287,8 +287,10 @@ def write_results(cfg: dict, steps: list[int]) -> None:
     reward = {r["step"]: r["mean_reward"] for r in metrics if r.get("mean_reward") is not None}
     real = {st: _m(f"real-{st}", key) for st in steps}
     b, s = cfg["extrapolate"]["from"]
-    weights = {t: _m(f"weights-{t}", key) for t in cfg["extrapolate"]["to"]}
-    logits = {t: _m(f"logits-{t}", key) for t in cfg["extrapolate"]["to"]}
+    done = [t for t in cfg["extrapolate"]["to"]  # targets whose two evaluations both exist
+            if all((WORK / "eval" / f"{kind}-{t}.json").exists() for kind in ("weights", "logits"))]
+    weights = {t: _m(f"weights-{t}", key) for t in done}
+    logits = {t: _m(f"logits-{t}", key) for t in done}
     plot_accuracy_curve(real, weights, reward, OUT / "accuracy_vs_step.png",
                         title=f"SmolLM2-135M-Instruct, held-out {key} (T={cfg['eval']['temperature']})",
                         extra_label=f"weight extrapolation from steps {b}, {s}", logits=logits,
@@ -307,7 +309,7 @@ def write_results(cfg: dict, steps: list[int]) -> None:
     f3 = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     last = steps[-1]
     rows = "\n".join(f"| {t} | {(t - b) / (s - b):.2f} | {weights[t]:.3f} | {logits[t]:.3f} | "
-                     f"{f3(real.get(t)) if t in real else 'beyond the run'} |" for t in cfg["extrapolate"]["to"])
+                     f"{f3(real.get(t)) if t in real else 'beyond the run'} |" for t in done)
     text = f"""# SmolLM2-135M-Instruct: RLVR linearity on a real pretrained model (CPU)
 
 Produced by `bash experiments/smollm2/run.sh{'' if OUT == HERE else ' --config ' + rel(CONFIG)}` (config: `{rel(CONFIG)}`),
