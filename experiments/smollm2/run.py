@@ -483,7 +483,7 @@ Not run yet (the last stage of `run.py`, the costliest: {cfg['train']['steps']} 
 {plot}
 The variant is the one `bench/bench_rl_extra.py` chose on the demo task's selection seed; m and n
 were fixed before the run (n = m, as the demo's 20,20 and the paper's m = n = 100, scaled to this
-run's length). Same seed and settings as GRPO (other seeds: the next section).
+run's length). Same seed and settings as GRPO; one training seed (`--seed N` adds more).
 
 | real step | GRPO held-out avg@{k} | RL-Extra held-out avg@{k} |{' control (reset only) |' if control else ''}
 |---|---|---|{'---|' if control else ''}
