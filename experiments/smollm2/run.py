@@ -177,13 +177,19 @@ def run_variant(cfg: dict, model: Path, name: str) -> None:
     args = _train_args(cfg, model, run, cfg["seed"], rl_extra=name == "rl-extra")
     if name == "control":
         args += ["--rl-extra", f"{cfg['rl_extra']['m']},0"]
-    rlextra(*args, skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
-    for st in steps:
-        out = WORK / "eval" / f"{name}-{st}.json"
-        rlextra("eval", rel(run / f"checkpoint-{st}"), *_task_args(cfg), *_eval_args(cfg), "-o", rel(out),
-                skip=out.exists())
+    _train_and_evaluate(cfg, args, run, WORK / "eval", name)
     if (WORK / "eval" / f"real-{steps[-1]}.json").exists():
         write_results(cfg, steps)
+
+
+def _train_and_evaluate(cfg: dict, train_args: list[str], run: Path, eval_dir: Path, prefix: str) -> None:
+    """Train (or resume) one run, then evaluate every checkpoint into eval_dir/PREFIX-STEP.json."""
+    tr = cfg["train"]
+    rlextra(*train_args, skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
+    for st in range(0, tr["steps"] + 1, tr["save_every"]):
+        out = eval_dir / f"{prefix}-{st}.json"
+        rlextra("eval", rel(run / f"checkpoint-{st}"), *_task_args(cfg), *_eval_args(cfg), "-o", rel(out),
+                skip=out.exists())
 
 
 def _train_args(cfg: dict, model: Path, out: Path, seed: int, rl_extra: bool) -> list[str]:
@@ -220,12 +226,8 @@ def run_seed(cfg: dict, seed: int, model: Path) -> None:
     steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
     for name, rl_extra in (("run", False), ("run-rl-extra", True)):
         run = out / name
-        rlextra(*_train_args(cfg, model, run, seed, rl_extra),
-                skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
-        for st in steps:
-            dst = out / "eval" / f"{'rl-extra' if rl_extra else 'real'}-{st}.json"
-            rlextra("eval", rel(run / f"checkpoint-{st}"), *_task_args(cfg), *_eval_args(cfg), "-o", rel(dst),
-                    skip=dst.exists())
+        _train_and_evaluate(cfg, _train_args(cfg, model, run, seed, rl_extra), run, out / "eval",
+                            "rl-extra" if rl_extra else "real")
     if (WORK / "eval" / f"rl-extra-{steps[-1]}.json").exists():
         write_results(cfg, steps)
 
