@@ -107,9 +107,10 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=HERE / "config.json",
                     help="experiment config (default config.json); one with a \"name\" writes into "
                          "experiments/smollm2/NAME/ (RESULTS.md, plots, work/)")
-    ap.add_argument("--only", choices=["rl-extra", "control"],
-                    help="only that run and its evaluations (to run it beside the main pipeline): rl-extra, or "
-                         "control (--rl-extra M,0: the optimizer reset every M steps, no jump)")
+    ap.add_argument("--only", choices=["grpo", "rl-extra", "control"],
+                    help="only that run and its evaluations (to run it beside the main pipeline, or to judge a "
+                         "task on its GRPO curve before the analyses): grpo, rl-extra, or control (--rl-extra M,0: "
+                         "the optimizer reset every M steps, no jump)")
     a = ap.parse_args()
     cfg = json.loads(a.config.read_text())
     global OUT, WORK, CONFIG
@@ -122,6 +123,14 @@ def main() -> None:
     check_layout()
     if a.seed is not None and a.seed != cfg["seed"]:
         run_seed(cfg, a.seed, model_source)
+        return
+    if a.only == "grpo":
+        make_task(cfg)
+        rlextra("convert-gguf", "--smollm2", "-o", rel(model_source), skip=(model_source / "config.json").exists())
+        run = WORK / "run"
+        (WORK / "eval").mkdir(exist_ok=True)
+        _train_and_evaluate(cfg, _train_args(cfg, model_source, run, cfg["seed"], rl_extra=False), run,
+                            WORK / "eval", "real")
         return
     if a.only:
         make_task(cfg)
