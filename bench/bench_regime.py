@@ -2,7 +2,8 @@
 
 Each candidate is a warm-up (SFT steps, lr) and a GRPO setting (lr, prompts x samples, steps). For
 each, the script trains on the demo task with the demo's seed, evaluates every checkpoint on the
-held-out problems (avg@4, temperature 0.6, top-p 0.95) and records the mean training reward. The
+held-out problems (avg@4, temperature 0.6, top-p 0.95) with the demo's decoder (rlextra's engine, float32,
+sampling seed 0; `--backend hf` for HF generate) and records the mean training reward. The
 criterion, fixed before any run: held-out avg@4 rises by at least 0.20 over the run and is still
 rising at mid-run, with the GRPO part short enough for a 10-minute demo on 2 cores. Linearity
 (R^2) and extrapolation results are never computed here, so they cannot steer the choice.
@@ -34,7 +35,7 @@ CANDIDATES = {
 }
 
 
-def curves(name: str, work: Path, seed: int = 0, save_every: int = 20) -> dict:
+def curves(name: str, work: Path, seed: int = 0, save_every: int = 20, backend: str = "rlextra") -> dict:
     from rlextra.decoding import SamplingConfig, load_decoder
     from rlextra.evaluation import evaluate
     from rlextra.rl.models import build_tiny_model
@@ -58,18 +59,21 @@ def curves(name: str, work: Path, seed: int = 0, save_every: int = 20) -> dict:
     rows = []
     for line in (run / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        acc = evaluate(load_decoder(run / f"checkpoint-{r['step']}", backend="hf"), task, None, sampling=sampling,
-                       progress=False)["metrics"]["avg@4"]
+        decoder = load_decoder(run / f"checkpoint-{r['step']}", backend=backend, device="cpu", dtype="float32")
+        acc = evaluate(decoder, task, None, sampling=sampling, progress=False)["metrics"]["avg@4"]
         rows.append({"step": r["step"], "mean_reward": r["mean_reward"], "avg@4": acc})
     shutil.rmtree(run)
     return {"candidate": dict(zip(["digits", "ops", "warmup_steps", "warmup_lr", "label_noise", "lr", "prompts", "gens",
                                    "steps"],
-                                  CANDIDATES[name])), "train_seconds": round(train_s, 1), "curve": rows}
+                                  CANDIDATES[name])), "train_seconds": round(train_s, 1), "decoder": backend,
+            "curve": rows}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
+    ap.add_argument("--backend", default="rlextra", choices=["rlextra", "hf"],
+                    help="the decoder that scores every checkpoint (default: rlextra's engine, as the demo uses)")
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "regime")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "regime.json")
     a = ap.parse_args()
@@ -79,7 +83,7 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     results = json.loads(a.out.read_text()) if a.out.exists() else {}
     for name in a.candidates:
-        results[name] = curves(name, a.work)
+        results[name] = curves(name, a.work, backend=a.backend)
         c = results[name]["curve"]
         print(name, f"{results[name]['train_seconds']}s",
               " ".join(f"{r['step']}:{r['avg@4']:.3f}/{(r['mean_reward'] or 0):.2f}" for r in c), flush=True)
