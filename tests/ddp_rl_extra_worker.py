@@ -42,6 +42,9 @@ def main(out: str) -> None:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"world_size": args.world_size, "params_sha": h.hexdigest(),
                    "jump_steps": [j["real_step"] for j in cb.jumps]}, f)
+    # leave together: a rank that exits while its peer still holds the gloo pairs can abort the peer
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -113,16 +113,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(worker_name: str, tmp_path: Path, *args: str, **env_extra: str) -> None:
+    """Run a test worker on 2 CPU processes (gloo); on failure, show each rank's own stderr (torchrun's
+    summary only says which rank died and with which signal)."""
+    worker = Path(__file__).with_name(worker_name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env_extra,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(worker.parent), os.environ.get("PYTHONPATH")]))}
+    logs = tmp_path / "torchrun-logs"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(_free_port()), "--log-dir", str(logs), "--redirects", "3",
+                        str(worker), str(tmp_path), *args], capture_output=True, text=True, env=env, timeout=300)
+    if r.returncode != 0:
+        ranks = "\n".join(f"--- {f.relative_to(logs)}\n{f.read_text()[-1500:]}" for f in sorted(logs.rglob("stderr.log")))
+        pytest.fail(f"torchrun exited {r.returncode}\n{r.stderr[-1500:]}\n{ranks}")
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_apply_the_same_jumps(tmp_path):
-    worker = Path(__file__).with_name("ddp_rl_extra_worker.py")
     # CPU and gloo explicitly, so the test behaves the same on a machine with a CUDA GPU
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(worker.parent), os.environ.get("PYTHONPATH")])),
-           "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(_free_port()), str(worker), str(tmp_path)],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    _torchrun("ddp_rl_extra_worker.py", tmp_path, ACCELERATE_USE_CPU="true")
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert all(x["world_size"] == 2 for x in ranks)
     assert ranks[0]["params_sha"] == ranks[1]["params_sha"]
@@ -255,13 +264,7 @@ def test_grpo_safe_mode_logs_every_decision(tiny, tmp_path):
 @pytest.mark.parametrize("method", ["two-point", "lsq", "rank1"])
 def test_fsdp2_two_processes_jump_their_local_shards(tmp_path, method):
     """FSDP2 (fully_shard) on CPU with gloo: the shard-wise jump equals the jump of the full tensors."""
-    worker = Path(__file__).with_name("fsdp_rl_extra_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(worker.parent), os.environ.get("PYTHONPATH")]))}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(_free_port()), str(worker), str(tmp_path), method],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _torchrun("fsdp_rl_extra_worker.py", tmp_path, method)
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert ranks[0]["digest"] == ranks[1]["digest"]
     if method == "rank1":  # needs whole matrices: refused on shards, nothing moved
