@@ -2,7 +2,8 @@
 
 Every run starts from the demo's warmed-up tiny model and uses the demo's GRPO settings for the
 same number of real optimizer steps, checkpointing every 10; every checkpoint is evaluated on the
-200 held-out problems (avg@4, temperature 0.6, top-p 0.95, fixed seed).
+200 held-out problems (avg@4, temperature 0.6, top-p 0.95, fixed seed) with the demo's decoder
+(rlextra's engine, float32).
 
 Variants (``rlextra train --rl-extra M,N`` plus):
   paper   two-point jump, optimizer state reset after each jump (the paper's procedure)
@@ -60,8 +61,8 @@ def run(model_dir: Path, out: Path, seed: int, steps: int, demo, rl_extra=None, 
     rows = []
     for line in (out / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        m = evaluate(load_decoder(out / f"checkpoint-{r['step']}", backend="hf"), task, None, sampling=sampling,
-                     progress=False)
+        decoder = load_decoder(out / f"checkpoint-{r['step']}", backend="rlextra", device="cpu", dtype="float32")
+        m = evaluate(decoder, task, None, sampling=sampling, progress=False)
         rows.append({"step": r["step"], "effective_step": r.get("effective_step", r["step"]),
                      "seconds": r["train_seconds"], "acc": round(m["metrics"]["avg@4"], 4)})
     jumps = out / "rl_extra.jsonl"
@@ -106,7 +107,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     demo = DemoConfig()
-    model_dir = a.work / "model"
+    model_dir = a.work / f"model-{demo.warmup_steps}-{demo.warmup_lr:g}-noise{demo.warmup_label_noise:g}"
     if not model_dir.exists():
         build_tiny_model(model_dir, demo.task_spec(), warmup_steps=demo.warmup_steps, lr=demo.warmup_lr,
                          label_noise=demo.warmup_label_noise, seed=0, progress=False)
@@ -144,7 +145,10 @@ def main() -> None:
                "safe": compare(grpo, one(f"{v}-{m}x{n}-safe-seed{seed}", seed, (m, n), rl_extra_safe=True,
                                          **VARIANTS[v]))}
         results.append(row)
-    state.update(choice={"variant": v, "m": m, "n": n}, selection=selection, results=results,
+    regime = {k: getattr(demo, k) for k in ("digits", "ops", "warmup_steps", "warmup_lr", "warmup_label_noise",
+                                            "learning_rate", "lr_warmup_steps", "prompts_per_step", "num_generations")}
+    state.update(choice={"variant": v, "m": m, "n": n}, selection=selection, results=results, regime=regime,
+                 decoder="rlextra engine, float32, sampling seed 0",
                  machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}",
                  date=str(datetime.date.today()), command=" ".join(["python", *sys.argv]))
     a.out.write_text(json.dumps(state, indent=1) + "\n")

@@ -34,7 +34,7 @@ class DemoConfig:
     n_test: int = 200
     warmup_steps: int = 1000
     warmup_lr: float = 1e-3
-    warmup_label_noise: float = 0.5  # a noisy teacher: half the SFT answers are off by one
+    warmup_label_noise: float = 0.6  # a noisy teacher: 60% of the SFT answers are off by one (30% each side)
     grpo_steps: int = 200
     save_every: int = 20
     learning_rate: float = 1e-4
