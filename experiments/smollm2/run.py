@@ -20,6 +20,7 @@ import argparse
 import json
 import random
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -131,6 +132,7 @@ def main() -> None:
         (WORK / "eval").mkdir(exist_ok=True)
         _train_and_evaluate(cfg, _train_args(cfg, model_source, run, cfg["seed"], rl_extra=False), run,
                             WORK / "eval", "real")
+        write_report(cfg, list(range(0, cfg["train"]["steps"] + 1, cfg["train"]["save_every"])))
         return
     if a.only:
         make_task(cfg)
@@ -188,7 +190,7 @@ def run_variant(cfg: dict, model: Path, name: str) -> None:
         args += ["--rl-extra", f"{cfg['rl_extra']['m']},0"]
     _train_and_evaluate(cfg, args, run, WORK / "eval", name)
     if (WORK / "eval" / f"real-{steps[-1]}.json").exists():
-        write_results(cfg, steps)
+        write_report(cfg, steps)
 
 
 def _train_and_evaluate(cfg: dict, train_args: list[str], run: Path, eval_dir: Path, prefix: str) -> None:
@@ -238,7 +240,7 @@ def run_seed(cfg: dict, seed: int, model: Path) -> None:
         _train_and_evaluate(cfg, _train_args(cfg, model, run, seed, rl_extra), run, out / "eval",
                             "rl-extra" if rl_extra else "real")
     if (WORK / "eval" / f"rl-extra-{steps[-1]}.json").exists():
-        write_results(cfg, steps)
+        write_report(cfg, steps)
 
 
 def seeds_section(cfg: dict, steps: list[int]) -> str:
@@ -282,6 +284,78 @@ Target 1 (every seed): **{'met' if met_all else 'missed'}**. RL-Extra's final ac
 
 def _m(name: str, key: str):
     return json.loads((WORK / "eval" / f"{name}.json").read_text())["metrics"][key]
+
+
+def write_report(cfg: dict, steps: list[int]) -> None:
+    """The full RESULTS.md once the analyses exist; before that (a task judged on its GRPO curve, or
+    run with --only and --seed alone), the accuracy comparison."""
+    if (WORK / "weights" / "weights.json").exists():
+        write_results(cfg, steps)
+    else:
+        write_comparison(cfg, steps)
+
+
+def write_comparison(cfg: dict, steps: list[int]) -> None:
+    """RESULTS.md of accuracy curves only: GRPO, RL-Extra and the control where they exist, per seed."""
+    from rlextra.analysis.plots import plot_accuracy_curve
+
+    key = f"avg@{cfg['eval']['k']}"
+    tr, rx = cfg["train"], cfg["rl_extra"]
+    metrics = [json.loads(x) for x in (WORK / "run" / "metrics.jsonl").read_text().splitlines()]
+    reward = {r["step"]: r["mean_reward"] for r in metrics if r.get("mean_reward") is not None}
+    curve = lambda kind: {st: _m(f"{kind}-{st}", key) for st in steps  # noqa: E731
+                          if (WORK / "eval" / f"{kind}-{st}.json").exists()}
+    real, extra, control = curve("real"), curve("rl-extra"), curve("control")
+    plot_accuracy_curve(real, {}, reward, OUT / "accuracy_vs_step.png",
+                        title=f"SmolLM2-135M-Instruct, held-out {key} (T={cfg['eval']['temperature']}), "
+                              f"seed {cfg['seed']}",
+                        rl_extra=extra or None, rl_extra_label=f"RL-Extra {rx['method']} {rx['m']},{rx['n']}")
+    f3 = lambda d, st: f"{d[st]:.3f}" if st in d else "-"  # noqa: E731
+    rows = "\n".join(f"| {st} | {f3(reward, st)} | {f3(real, st)} | {f3(extra, st)} | {f3(control, st)} |"
+                      for st in steps)
+    half = steps[len(steps) // 2]
+    trend = ""
+    if steps[-1] in real:
+        late = [st for st in steps if st >= half]
+        trend = (f"GRPO's held-out {key} over the second half of the run (steps {late[0]}..{late[-1]}): "
+                 + ", ".join(f"{real[st]:.3f}" for st in late)
+                 + f"; change {real[late[-1]] - real[late[0]]:+.3f}, best {max(real.values()):.3f} at step "
+                 f"{max(real, key=real.get)}.")
+    log = WORK / "commands.jsonl"
+    commands = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    evals = [c["seconds"] for c in commands if c["command"].startswith("rlextra eval ")]
+    text = f"""# SmolLM2-135M-Instruct on a harder arithmetic task: GRPO against RL-Extra (CPU)
+
+Produced by `python experiments/smollm2/run.py --config {rel(CONFIG)}` with `--only grpo`, `--only rl-extra`
+and `--seed N` (config: `{rel(CONFIG)}`), on a 2-core CPU (x86_64, 1 torch thread per job),
+{time.strftime('%Y-%m-%d')}. Task: chat prompts {describe_task(cfg)}, plus
+"{cfg['task']['instruction']}", {cfg['task']['n_problems']} distinct problems:
+{cfg['task']['n_problems'] - cfg['task']['n_test']} training and {cfg['task']['n_test']} held-out, graded with
+math-verify under rlextra's operation rule. GRPO (TRL) for {tr['steps']} steps, {tr['prompts_per_step']} prompts x
+{tr['num_generations']} samples, lr {tr['lr']:g} constant, no KL, completions up to {tr['max_completion_length']}
+tokens, checkpoints every {tr['save_every']} steps. RL-Extra: `--rl-extra {rx['m']},{rx['n']}
+--rl-extra-method {rx['method']}` with the optimizer reset after each jump. Evaluation: {cfg['eval']['k']} samples per
+held-out problem, temperature {cfg['eval']['temperature']}, top-p {cfg['eval']['top_p']}, {key}.
+The linearity analyses of `experiments/smollm2/RESULTS.md` were not run on this task (CPU budget).
+
+## Held-out accuracy, training seed {cfg['seed']}
+
+![accuracy vs step](accuracy_vs_step.png)
+
+| step | mean training reward (GRPO) | GRPO {key} | RL-Extra {key} (real steps) | control {rx['m']},0 {key} |
+|---|---|---|---|---|
+{rows}
+
+{trend}
+
+{seeds_section(cfg, steps)}## Commands and their wall times
+
+""" + "\n".join(f"- `{c['command']}` ({c['seconds']:.0f} s)" for c in commands
+                if not c["command"].startswith("rlextra eval ")) + (
+        f"\n- {len(evals)} `rlextra eval` commands, one per checkpoint (median {statistics.median(evals):.0f} s), "
+        f"for example `{next(c['command'] for c in commands if c['command'].startswith('rlextra eval '))}`"
+        if evals else "") + "\n"
+    (OUT / "RESULTS.md").write_text(text)
 
 
 def write_results(cfg: dict, steps: list[int]) -> None:
