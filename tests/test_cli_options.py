@@ -70,3 +70,17 @@ def test_options_refuse_an_unknown_field_and_map_flags_to_fields():
     assert Cfg(**opts.values(p.parse_args(["--learning-rate", "2", "--tags", "a", "--tags", "b", "--on"]))) == \
         Cfg(lr=2.0, tags=["a", "b"], on=True)
     assert Cfg(**opts.values(p.parse_args([]))) == Cfg()
+
+
+def test_quiet_silences_transformers_bars_for_the_command_only():
+    """-q also silences transformers' own bars (loading weights, writing shards), then restores them."""
+    from transformers.utils import logging as hf_logging
+
+    from rlextra.hf import hf_progress_bars
+
+    hf_logging.enable_progress_bar()
+    with hf_progress_bars(False):
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()
+    with hf_progress_bars(True):
+        assert hf_logging.is_progress_bar_enabled()

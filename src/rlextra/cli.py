@@ -589,12 +589,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     2 for bad input, 1 for a system error (OSError, memory) or a bug, 128+N for signal N."""
     import os
 
+    from rlextra.hf import hf_progress_bars
     from rlextra.io import Terminated, interruptible
 
     args = build_parser().parse_args(argv)
     kept = getattr(args, "kept", None)
     try:
-        with interruptible():
+        with interruptible(), hf_progress_bars(not getattr(args, "quiet", False)):
             return args.func(args)
     except RLExtraError as exc:
         print(f"rlextra: error: {_one_line(str(exc))}", file=sys.stderr)

@@ -9,6 +9,7 @@ when there is no chat template (a template already writes them).
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,24 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 DTYPE_HELP = "auto (bfloat16 on GPUs that support it, else the checkpoint's own dtype), bfloat16, float16, float32"
 
 _NORM = re.compile(r"norm|(^|\.)ln(_\w*)?\.", re.IGNORECASE)
+
+
+@contextmanager
+def hf_progress_bars(enabled: bool):
+    """Transformers' own bars (loading weights, writing shards) follow rlextra's --quiet; without
+    this they print on stderr under -q. The previous setting comes back afterwards."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def is_norm_weight(name: str) -> bool:
