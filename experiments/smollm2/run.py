@@ -7,11 +7,11 @@ training resumes from its last checkpoint, so an interrupted run continues where
 Task (config.json): chat prompts "What is a + b?" and "What is a * b?" with the operand ranges of
 the config (one-digit operands: all 200 problems, 64 held out), followed by "Answer with only the
 number.", graded by math-verify under rlextra's rule that an unevaluated operation is no answer.
-``--seed N`` adds GRPO and RL-Extra runs with another training seed; ``--only rl-extra|control``
+``--seed N`` adds GRPO and RL-Extra runs with another training seed; ``--only grpo|rl-extra|control``
 runs one of those beside the main pipeline; ``--config`` takes another config (with a "name", its
 outputs go to experiments/smollm2/NAME/).
 
-Usage: bash experiments/smollm2/run.sh [--config FILE] [--seed N] [--only rl-extra|control]
+Usage: bash experiments/smollm2/run.sh [--config FILE] [--seed N] [--only grpo|rl-extra|control]
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     check_layout()
     if a.seed is not None and a.seed != cfg["seed"]:
-        run_seed(cfg, a.seed, model_source)
+        if a.only == "control":
+            sys.exit("--only control runs on the config's seed only")
+        run_seed(cfg, a.seed, model_source, a.only)
         return
     if a.only == "grpo":
         make_task(cfg)
@@ -226,9 +228,10 @@ def _eval_args(cfg: dict) -> list[str]:
             "--max-new-tokens", str(ev["max_new_tokens"]), "--backend", "rlextra", "-q"]
 
 
-def run_seed(cfg: dict, seed: int, model: Path) -> None:
+def run_seed(cfg: dict, seed: int, model: Path, only: str | None = None) -> None:
     """GRPO and RL-Extra with another training seed (same task, model and settings), both evaluated
-    at every checkpoint with the same sampler and seed as the main run."""
+    at every checkpoint with the same sampler and seed as the main run; ``only`` ('grpo' or
+    'rl-extra') runs one of them, so the two can share the cores."""
     if not (model / "config.json").exists() or not (WORK / "task.jsonl").exists():
         sys.exit("run the main seed first (it converts the model and writes the task)")
     out = WORK / f"seed-{seed}"
@@ -236,6 +239,8 @@ def run_seed(cfg: dict, seed: int, model: Path) -> None:
     tr = cfg["train"]
     steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
     for name, rl_extra in (("run", False), ("run-rl-extra", True)):
+        if only and only != ("rl-extra" if rl_extra else "grpo"):
+            continue
         run = out / name
         _train_and_evaluate(cfg, _train_args(cfg, model, run, seed, rl_extra), run, out / "eval",
                             "rl-extra" if rl_extra else "real")
