@@ -268,14 +268,17 @@ def seeds_section(cfg: dict, steps: list[int]) -> str:
         met = x is not None and x <= 0.5 * g
         met_all &= met
         worst_gap = min(worst_gap, extra[steps[-1]] - real[steps[-1]])
-        lines.append(f"| {sd} | {real[steps[0]]:.3f} | {real[steps[-1]]:.3f} | {g} | {extra[steps[-1]]:.3f} | "
-                     f"{x if x is not None else 'never'} | {'met' if met else 'missed'} |")
+        lines.append(f"| {sd} | {real[steps[0]]:.3f} | {real[steps[-1]]:.3f} | "
+                     f"{g} ({_train_seconds(e.parent / 'run', g)}) | {extra[steps[-1]]:.3f} | "
+                     + (f"{x} ({_train_seconds(e.parent / 'run-rl-extra', x)})" if x is not None else "never")
+                     + f" | {'met' if met else 'missed'} |")
     m, n = cfg["rl_extra"]["m"], cfg["rl_extra"]["n"]
     return f"""## Every seed: GRPO against RL-Extra {m},{n}
 
 Same task, model, settings and evaluation; only the training seed differs (`python
 experiments/smollm2/run.py --seed N`, outputs in `work/seed-N/`). "Reached" is the first evaluated real
-step whose held-out {key} is at least GRPO's final one on that seed (checkpoints every {cfg['train']['save_every']} steps).
+step whose held-out {key} is at least GRPO's final one on that seed (checkpoints every {cfg['train']['save_every']} steps),
+with the training seconds to that step in brackets (indicative: other jobs shared the two cores).
 
 | training seed | GRPO step 0 | GRPO step {steps[-1]} | GRPO reaches its final at | RL-Extra step {steps[-1]} | RL-Extra reaches GRPO's final at | target (<= 0.5x GRPO's steps) |
 |---|---|---|---|---|---|---|
@@ -285,6 +288,14 @@ Target 1 (every seed): **{'met' if met_all else 'missed'}**. RL-Extra's final ac
 {worst_gap:+.3f}.
 
 """
+
+
+def _train_seconds(run: Path, step: int) -> str:
+    """Wall seconds of training up to a real step, from the run's metrics.jsonl."""
+    log = run / "metrics.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    sec = next((r["train_seconds"] for r in rows if r["step"] == step), None)
+    return "n/a" if sec is None else f"{sec:.0f} s"
 
 
 def _m(name: str, key: str):
