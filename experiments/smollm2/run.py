@@ -372,6 +372,27 @@ The linearity analyses of `experiments/smollm2/RESULTS.md` were not run on this 
         f"for example `{next(c['command'] for c in commands if c['command'].startswith('rlextra eval '))}`"
         if evals else "") + "\n"
     (OUT / "RESULTS.md").write_text(text)
+    (OUT / "curves.json").write_text(json.dumps(_curves(cfg, steps), indent=1) + "\n")
+
+
+def _curves(cfg: dict, steps: list[int]) -> dict:
+    """Held-out accuracy per seed, run and real step, and GRPO's training reward: the plotted numbers."""
+    key = f"avg@{cfg['eval']['k']}"
+    out = {}
+    for base in [WORK, *sorted(d for d in WORK.glob("seed-*") if d.is_dir())]:
+        seed = cfg["seed"] if base == WORK else int(base.name.split("-")[1])
+        runs = {}
+        for kind in ("real", "rl-extra", "control"):
+            files = {st: base / "eval" / f"{kind}-{st}.json" for st in steps}
+            if any(f.exists() for f in files.values()):
+                runs["grpo" if kind == "real" else kind] = {
+                    st: json.loads(f.read_text())["metrics"][key] for st, f in files.items() if f.exists()}
+        log = base / "run" / "metrics.jsonl"
+        if log.exists():
+            rows = [json.loads(x) for x in log.read_text().splitlines()]
+            runs["grpo_train_reward"] = {r["step"]: r["mean_reward"] for r in rows if r.get("mean_reward") is not None}
+        out[f"seed-{seed}"] = runs
+    return {"metric": key, "steps": steps, "seeds": out}
 
 
 def write_results(cfg: dict, steps: list[int]) -> None:
