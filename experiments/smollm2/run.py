@@ -129,24 +129,18 @@ def main() -> None:
         return
     if a.only == "grpo":
         make_task(cfg)
-        rlextra("convert-gguf", "--smollm2", "-o", rel(model_source), skip=(model_source / "config.json").exists())
-        run = WORK / "run"
-        (WORK / "eval").mkdir(exist_ok=True)
-        _train_and_evaluate(cfg, _train_args(cfg, model_source, run, cfg["seed"], rl_extra=False), run,
-                            WORK / "eval", "real")
+        run_grpo(cfg, model_source)
         write_report(cfg, list(range(0, cfg["train"]["steps"] + 1, cfg["train"]["save_every"])))
         return
     if a.only:
         make_task(cfg)
         run_variant(cfg, model_source, a.only)
         return
-    model, run = model_source, WORK / "run"
+    model = model_source
     make_task(cfg)
     task_args, eval_args = _task_args(cfg), _eval_args(cfg)
     tr, ev, ex = cfg["train"], cfg["eval"], cfg["extrapolate"]
-    rlextra("convert-gguf", "--smollm2", "-o", rel(model), skip=(model / "config.json").exists())
-    rlextra(*_train_args(cfg, model, run, cfg["seed"], rl_extra=False),
-            skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
+    run = run_grpo(cfg, model)
     analyses = (
         (WORK / "weights", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights"), "-q"]),
         (WORK / "weights-paper", ["analyze", "weights", rel(run), "-o", rel(WORK / "weights-paper"),
@@ -165,10 +159,8 @@ def main() -> None:
     for t in ex["to"]:
         rlextra("extrapolate", rel(run / f"checkpoint-{b}"), rel(run / f"checkpoint-{s}"), "--to-step", str(t),
                 "-o", rel(WORK / f"extra-{t}"), "-q", skip=(WORK / f"extra-{t}").exists())
-    (WORK / "eval").mkdir(exist_ok=True)
     steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
-    jobs = [(f"real-{st}", [rel(run / f"checkpoint-{st}")]) for st in steps]
-    jobs += [(f"weights-{t}", [rel(WORK / f"extra-{t}")]) for t in ex["to"]]
+    jobs = [(f"weights-{t}", [rel(WORK / f"extra-{t}")]) for t in ex["to"]]
     jobs += [(f"logits-{t}", [rel(run / f"checkpoint-{s}"), "--extrapolate-from", rel(run / f"checkpoint-{b}"),
                               "--to-step", str(t)]) for t in ex["to"]]
     for name, head in jobs:
@@ -180,13 +172,21 @@ def main() -> None:
         run_variant(cfg, model, "control")
 
 
+def run_grpo(cfg: dict, model: Path) -> Path:
+    """The GRPO run on the config's seed: the model converted once, then trained (or resumed) and every
+    checkpoint evaluated into work/eval/real-STEP.json."""
+    rlextra("convert-gguf", "--smollm2", "-o", rel(model), skip=(model / "config.json").exists())
+    run = WORK / "run"
+    _train_and_evaluate(cfg, _train_args(cfg, model, run, cfg["seed"], rl_extra=False), run, WORK / "eval", "real")
+    return run
+
+
 def run_variant(cfg: dict, model: Path, name: str) -> None:
     """RL-Extra ('rl-extra'), or the control ('control': --rl-extra M,0, the optimizer reset every m
     steps and no jump, so the jump's own effect is the difference), trained and evaluated."""
     tr = cfg["train"]
     steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
     run = WORK / f"run-{name}"
-    (WORK / "eval").mkdir(exist_ok=True)
     args = _train_args(cfg, model, run, cfg["seed"], rl_extra=name == "rl-extra")
     if name == "control":
         args += ["--rl-extra", f"{cfg['rl_extra']['m']},0"]
@@ -198,6 +198,7 @@ def run_variant(cfg: dict, model: Path, name: str) -> None:
 def _train_and_evaluate(cfg: dict, train_args: list[str], run: Path, eval_dir: Path, prefix: str) -> None:
     """Train (or resume) one run, then evaluate every checkpoint into eval_dir/PREFIX-STEP.json."""
     tr = cfg["train"]
+    eval_dir.mkdir(parents=True, exist_ok=True)
     rlextra(*train_args, skip=(run / f"checkpoint-{tr['steps']}" / "trainer_state.json").exists())
     for st in range(0, tr["steps"] + 1, tr["save_every"]):
         out = eval_dir / f"{prefix}-{st}.json"
@@ -235,7 +236,6 @@ def run_seed(cfg: dict, seed: int, model: Path, only: str | None = None) -> None
     if not (model / "config.json").exists() or not (WORK / "task.jsonl").exists():
         sys.exit("run the main seed first (it converts the model and writes the task)")
     out = WORK / f"seed-{seed}"
-    (out / "eval").mkdir(parents=True, exist_ok=True)
     tr = cfg["train"]
     steps = list(range(0, tr["steps"] + 1, tr["save_every"]))
     for name, rl_extra in (("run", False), ("run-rl-extra", True)):
@@ -248,20 +248,19 @@ def run_seed(cfg: dict, seed: int, model: Path, only: str | None = None) -> None
         write_report(cfg, steps)
 
 
-def seeds_section(cfg: dict, steps: list[int]) -> str:
-    """GRPO against RL-Extra on every training seed that has both curves complete."""
+def seeds_section(cfg: dict, steps: list[int], seeds: dict[int, dict] | None = None) -> str:
+    """GRPO against RL-Extra on every training seed that has both curves complete (``seeds``: the
+    curves of _seed_curves, read here when not given)."""
     key = f"avg@{cfg['eval']['k']}"
-    evals = {cfg["seed"]: WORK / "eval"}
-    evals.update({int(d.name.split("-")[1]): d / "eval" for d in sorted(WORK.glob("seed-*")) if d.is_dir()})
-    done = {sd: e for sd, e in evals.items()
-            if all((e / f"{kind}-{st}.json").exists() for kind in ("real", "rl-extra") for st in steps)}
+    seeds = _seed_curves(cfg, steps) if seeds is None else seeds
+    done = {sd: c for sd, c in seeds.items()
+            if all(len(c.get(kind, {})) == len(steps) for kind in ("grpo", "rl-extra"))}
     if len(done) < 2:
         return ""
-    read = lambda e, name: json.loads((e / f"{name}.json").read_text())["metrics"][key]  # noqa: E731
     lines, met_all, worst_gap = [], True, 0.0
-    for sd, e in sorted(done.items()):
-        real = {st: read(e, f"real-{st}") for st in steps}
-        extra = {st: read(e, f"rl-extra-{st}") for st in steps}
+    for sd, c in sorted(done.items()):
+        real, extra = c["grpo"], c["rl-extra"]
+        base = WORK if sd == cfg["seed"] else WORK / f"seed-{sd}"
         target = real[steps[-1]]
         g = next(st for st in steps if real[st] >= target)
         x = next((st for st in steps if extra[st] >= target), None)
@@ -269,8 +268,8 @@ def seeds_section(cfg: dict, steps: list[int]) -> str:
         met_all &= met
         worst_gap = min(worst_gap, extra[steps[-1]] - real[steps[-1]])
         lines.append(f"| {sd} | {real[steps[0]]:.3f} | {real[steps[-1]]:.3f} | "
-                     f"{g} ({_train_seconds(e.parent / 'run', g)}) | {extra[steps[-1]]:.3f} | "
-                     + (f"{x} ({_train_seconds(e.parent / 'run-rl-extra', x)})" if x is not None else "never")
+                     f"{g} ({_train_seconds(base / 'run', g)}) | {extra[steps[-1]]:.3f} | "
+                     + (f"{x} ({_train_seconds(base / 'run-rl-extra', x)})" if x is not None else "never")
                      + f" | {'met' if met else 'missed'} |")
     m, n = cfg["rl_extra"]["m"], cfg["rl_extra"]["n"]
     return f"""## Every seed: GRPO against RL-Extra {m},{n}
@@ -317,11 +316,9 @@ def write_comparison(cfg: dict, steps: list[int]) -> None:
 
     key = f"avg@{cfg['eval']['k']}"
     tr, rx = cfg["train"], cfg["rl_extra"]
-    metrics = [json.loads(x) for x in (WORK / "run" / "metrics.jsonl").read_text().splitlines()]
-    reward = {r["step"]: r["mean_reward"] for r in metrics if r.get("mean_reward") is not None}
-    curve = lambda kind: {st: _m(f"{kind}-{st}", key) for st in steps  # noqa: E731
-                          if (WORK / "eval" / f"{kind}-{st}.json").exists()}
-    real, extra, control = curve("real"), curve("rl-extra"), curve("control")
+    seeds = _seed_curves(cfg, steps)
+    real, extra, control, reward = (seeds[cfg["seed"]].get(name, {})
+                                    for name in ("grpo", "rl-extra", "control", "grpo_train_reward"))
     plot_accuracy_curve(real, {}, reward, OUT / "accuracy_vs_step.png",
                         title=f"SmolLM2-135M-Instruct, held-out {key} (T={cfg['eval']['temperature']}), "
                               f"seed {cfg['seed']}",
@@ -339,7 +336,7 @@ def write_comparison(cfg: dict, steps: list[int]) -> None:
                  f"{max(real, key=real.get)}.")
     log = WORK / "commands.jsonl"
     commands = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    evals = [c["seconds"] for c in commands if c["command"].startswith("rlextra eval ")]
+    evals = [c for c in commands if c["command"].startswith("rlextra eval ")]
     text = f"""# SmolLM2-135M-Instruct on a harder arithmetic task: GRPO against RL-Extra (CPU)
 
 Produced by `python experiments/smollm2/run.py --config {rel(CONFIG)}` with `--only grpo`, `--only rl-extra`
@@ -364,19 +361,20 @@ The linearity analyses of `experiments/smollm2/RESULTS.md` were not run on this 
 
 {trend}
 
-{seeds_section(cfg, steps)}## Commands and their wall times
+{seeds_section(cfg, steps, seeds)}## Commands and their wall times
 
-""" + "\n".join(f"- `{c['command']}` ({c['seconds']:.0f} s)" for c in commands
-                if not c["command"].startswith("rlextra eval ")) + (
-        f"\n- {len(evals)} `rlextra eval` commands, one per checkpoint (median {statistics.median(evals):.0f} s), "
-        f"for example `{next(c['command'] for c in commands if c['command'].startswith('rlextra eval '))}`"
+""" + "\n".join(f"- `{c['command']}` ({c['seconds']:.0f} s)" for c in commands if c not in evals) + (
+        f"\n- {len(evals)} `rlextra eval` commands, one per checkpoint (median "
+        f"{statistics.median(c['seconds'] for c in evals):.0f} s), for example `{evals[0]['command']}`"
         if evals else "") + "\n"
     (OUT / "RESULTS.md").write_text(text)
-    (OUT / "curves.json").write_text(json.dumps(_curves(cfg, steps), indent=1) + "\n")
+    curves = {"metric": key, "steps": steps, "seeds": {f"seed-{sd}": c for sd, c in sorted(seeds.items())}}
+    (OUT / "curves.json").write_text(json.dumps(curves, indent=1) + "\n")
 
 
-def _curves(cfg: dict, steps: list[int]) -> dict:
-    """Held-out accuracy per seed, run and real step, and GRPO's training reward: the plotted numbers."""
+def _seed_curves(cfg: dict, steps: list[int]) -> dict[int, dict]:
+    """Per training seed: held-out accuracy per run and real step (the evaluations that exist) and
+    GRPO's training reward; every report reads the curves here."""
     key = f"avg@{cfg['eval']['k']}"
     out = {}
     for base in [WORK, *sorted(d for d in WORK.glob("seed-*") if d.is_dir())]:
@@ -391,8 +389,8 @@ def _curves(cfg: dict, steps: list[int]) -> dict:
         if log.exists():
             rows = [json.loads(x) for x in log.read_text().splitlines()]
             runs["grpo_train_reward"] = {r["step"]: r["mean_reward"] for r in rows if r.get("mean_reward") is not None}
-        out[f"seed-{seed}"] = runs
-    return {"metric": key, "steps": steps, "seeds": out}
+        out[seed] = runs
+    return out
 
 
 def write_results(cfg: dict, steps: list[int]) -> None:
