@@ -38,8 +38,8 @@ CANDIDATES = {
 
 
 def curves(name: str, work: Path, seed: int = 0, save_every: int = 20, backend: str = "rlextra") -> dict:
-    from rlextra.decoding import SamplingConfig, load_decoder
-    from rlextra.evaluation import evaluate
+    from rlextra.decoding import SamplingConfig
+    from rlextra.evaluation import evaluate_checkpoint
     from rlextra.rl.models import build_tiny_model
     from rlextra.rl import TrainConfig, train
     from rlextra.tasks import TaskSpec, load_task
@@ -61,8 +61,8 @@ def curves(name: str, work: Path, seed: int = 0, save_every: int = 20, backend: 
     rows = []
     for line in (run / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        decoder = load_decoder(run / f"checkpoint-{r['step']}", backend=backend, device="cpu", dtype="float32")
-        acc = evaluate(decoder, task, None, sampling=sampling, progress=False)["metrics"]["avg@4"]
+        acc = evaluate_checkpoint(run / f"checkpoint-{r['step']}", task, sampling=sampling, backend=backend,
+                                  device="cpu", dtype="float32", progress=False)["metrics"]["avg@4"]
         rows.append({"step": r["step"], "mean_reward": r["mean_reward"], "avg@4": acc})
     shutil.rmtree(run)
     return {"candidate": dict(zip(["digits", "ops", "warmup_steps", "warmup_lr", "label_noise", "lr", "prompts", "gens",

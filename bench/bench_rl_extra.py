@@ -43,8 +43,8 @@ VARIANTS = {
 
 def run(model_dir: Path, out: Path, seed: int, steps: int, demo, rl_extra=None, **extra) -> list[dict]:
     """Train, then evaluate every checkpoint; rows of step, effective step, seconds, accuracy."""
-    from rlextra.decoding import SamplingConfig, load_decoder
-    from rlextra.evaluation import evaluate
+    from rlextra.decoding import SamplingConfig
+    from rlextra.evaluation import evaluate_checkpoint
     from rlextra.rl import TrainConfig, train
     from rlextra.tasks import load_task
 
@@ -61,8 +61,8 @@ def run(model_dir: Path, out: Path, seed: int, steps: int, demo, rl_extra=None, 
     rows = []
     for line in (out / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        decoder = load_decoder(out / f"checkpoint-{r['step']}", backend="rlextra", device="cpu", dtype="float32")
-        m = evaluate(decoder, task, None, sampling=sampling, progress=False)
+        m = evaluate_checkpoint(out / f"checkpoint-{r['step']}", task, sampling=sampling, backend="rlextra",
+                                device="cpu", dtype="float32", progress=False)
         rows.append({"step": r["step"], "effective_step": r.get("effective_step", r["step"]),
                      "seconds": r["train_seconds"], "acc": round(m["metrics"]["avg@4"], 4)})
     jumps = out / "rl_extra.jsonl"

@@ -124,7 +124,8 @@ def _torchrun(worker_name: str, tmp_path: Path, *args: str, **env_extra: str) ->
                         "--master_port", str(_free_port()), "--log-dir", str(logs), "--redirects", "3",
                         str(worker), str(tmp_path), *args], capture_output=True, text=True, env=env, timeout=300)
     if r.returncode != 0:
-        ranks = "\n".join(f"--- {f.relative_to(logs)}\n{f.read_text()[-1500:]}" for f in sorted(logs.rglob("stderr.log")))
+        ranks = "\n".join(f"--- {f.relative_to(logs)}\n{f.read_text()[-1500:]}"
+                          for f in sorted(logs.rglob("stderr.log")))
         pytest.fail(f"torchrun exited {r.returncode}\n{r.stderr[-1500:]}\n{ranks}")
 
 
