@@ -347,7 +347,8 @@ and `--seed N` (config: `{rel(CONFIG)}`), on a 2-core CPU (x86_64, 1 torch threa
 math-verify under rlextra's operation rule. GRPO (TRL) for {tr['steps']} steps, {tr['prompts_per_step']} prompts x
 {tr['num_generations']} samples, lr {tr['lr']:g} constant, no KL, completions up to {tr['max_completion_length']}
 tokens, checkpoints every {tr['save_every']} steps. RL-Extra: `--rl-extra {rx['m']},{rx['n']}
---rl-extra-method {rx['method']}` with the optimizer reset after each jump. Evaluation: {cfg['eval']['k']} samples per
+--rl-extra-method {rx['method']}` with the optimizer reset after each jump (the paper's reset; a jump method other
+than two-point is rlextra's, not the paper's). Evaluation: {cfg['eval']['k']} samples per
 held-out problem, temperature {cfg['eval']['temperature']}, top-p {cfg['eval']['top_p']}, {key}.
 The linearity analyses of `experiments/smollm2/RESULTS.md` were not run on this task (CPU budget).
 
