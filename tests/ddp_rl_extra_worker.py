@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
 from rlextra.rl.models import char_tokenizer, tiny_llama
+from rlextra.rl.monitor import LinearityMonitor
 from rlextra.rl.rl_extra import RLExtraCallback
 
 
@@ -32,16 +33,22 @@ def main(out: str) -> None:
     args = TrainingArguments(output_dir=out, max_steps=6, per_device_train_batch_size=4, learning_rate=1e-3,
                              lr_scheduler_type="constant", use_cpu=True, report_to=[], save_strategy="no",
                              logging_steps=1, ddp_backend="gloo", disable_tqdm=True, seed=0)
-    cb = RLExtraCallback(2, 2)
-    trainer = Trainer(model=model, args=args, train_dataset=Toy(tok), callbacks=[cb])
+    mon = LinearityMonitor(1, sample=0.2, window=4)
+    cb = RLExtraCallback(2, 2, monitor=mon)
+    trainer = Trainer(model=model, args=args, train_dataset=Toy(tok), callbacks=[mon, cb])
     trainer.train()
     h = hashlib.sha256()
     for _, p in sorted(model.named_parameters()):
         h.update(p.detach().float().numpy().tobytes())
     rank = int(os.environ.get("RANK", "0"))
+    snap = hashlib.sha256()
+    for _, weights in mon.snapshots:
+        for k in sorted(weights):
+            snap.update(weights[k].tobytes())
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"world_size": args.world_size, "params_sha": h.hexdigest(),
-                   "jump_steps": [j["real_step"] for j in cb.jumps]}, f)
+                   "jump_steps": [j["real_step"] for j in cb.jumps],
+                   "monitor_sha": snap.hexdigest(), "monitor_steps": [r["step"] for r in mon.rows if "event" not in r]}, f)
     # leave together: a rank that exits while its peer still holds the gloo pairs can abort the peer
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()

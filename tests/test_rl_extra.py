@@ -137,6 +137,11 @@ def test_ddp_two_processes_apply_the_same_jumps(tmp_path):
     assert all(x["world_size"] == 2 for x in ranks)
     assert ranks[0]["params_sha"] == ranks[1]["params_sha"]
     assert ranks[0]["jump_steps"] == ranks[1]["jump_steps"] == [2, 4, 6]
+    # the monitor: every rank samples the same entries of the same weights; rank 0 alone logs
+    assert ranks[0]["monitor_sha"] == ranks[1]["monitor_sha"]
+    logged = [json.loads(x) for x in (tmp_path / "linearity.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "event" not in r] == ranks[0]["monitor_steps"] == [2, 4, 6]
+    assert [r["step"] for r in logged if r.get("event") == "jump"] == [2, 4, 6]
 
 
 @pytest.mark.slow
@@ -272,3 +277,8 @@ def test_fsdp2_two_processes_jump_their_local_shards(tmp_path, method):
         assert all("whole matrices" in x["errors"][0] and x["jumps"] == [] for x in ranks)
     else:
         assert all(x["errors"] == [] and x["jumps"] == [2, 4] for x in ranks)
+    # the monitor on shards: rank 0 logs, after the all-reduce, what one process computes on the full tensors
+    mon = ranks[0]["monitor"]
+    assert mon["n_rows"] >= 1 and mon["steps"] == mon["ref_steps"]
+    assert all(a == b for a, b in mon["n_analyzed"]) and max(mon["diffs"]) < 1e-9
+    assert ranks[1]["monitor"]["n_rows"] == 0

@@ -7,12 +7,14 @@ defaults and help are written once, beside the field or parameter.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from rlextra.analysis.activations import analyze_activations
 from rlextra.analysis.outputs import analyze_outputs
+from rlextra.analysis.watch import watch
 from rlextra.analysis.weights import analyze_weights
 from rlextra.checkpoints.gguf import convert_gguf, smollm2_gguf_path
 from rlextra.cli_options import Options
@@ -82,6 +84,14 @@ WEIGHTS = Options(analyze_weights, ["sample", "seed", "min_change", "min_distinc
                       "min_distinct": "drop parameters with fewer distinct values; paper: 4",
                       "only_weights": "analyse only tensors named *.weight, as the paper's script (leaves biases out)",
                       "save_maps": "also write every parameter's R^2 and slope (r2.safetensors, slope.safetensors)"})
+WATCH = Options(watch, ["sample", "seed", "window", "once", "until_step", "poll_seconds", "chunk_size",
+                       "allow_pickle", "overwrite"], helps={
+    **SERIES_HELPS, "sample": "fraction of each tensor read (>= 50 entries; 1 = all, for small models)",
+    "seed": "seed of the sample (the entries analyze weights --sample F --seed S reads)",
+    "window": "checkpoints in the in-flight window (R^2 and backtest)",
+    "once": "process the checkpoints there now, then exit",
+    "until_step": "exit after the first checkpoint at a step >= N",
+    "poll_seconds": "seconds between looks at the run folder"}, types={"until_step": int})
 OUTPUTS = Options(analyze_outputs, ["token_filter", "min_logprob_change"], choices={"token_filter": ("endpoints",
                                                                                                    "range")},
                   helps={"token_filter": "endpoints (the paper's): keep tokens with |lp_last - lp_first| > the "
@@ -108,7 +118,8 @@ TRAIN = Options(TrainConfig, [
     "max_completion_length", "temperature", "top_p", "beta", "seed", "eval_problems", "rl_extra", "rl_extra_warmup",
     "rl_extra_optimizer", "rl_extra_method", "rl_extra_snapshots", "rl_extra_rank", "rl_extra_norms",
     "rl_extra_include", "rl_extra_exclude", "rl_extra_safe", "rl_extra_safe_prompts", "rl_extra_safe_samples",
-    "rl_extra_safe_tolerance"], title="training", types={"rl_extra": str})
+    "rl_extra_safe_tolerance", "rl_extra_auto", "rl_extra_auto_threshold", "monitor_every", "monitor_sample",
+    "monitor_seed", "monitor_window"], title="training", types={"rl_extra": str})
 LOOP = Options(LoopConfig, ["cycles", "start_step", "norms", "max_shard_size"])
 TINY = Options(build_tiny_model, ["warmup_steps", "seed", "device", "dtype", "overwrite"], title="model",
                choices={"dtype": DTYPES}, helps={
@@ -211,6 +222,25 @@ def cmd_analyze_weights(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(a: argparse.Namespace) -> int:
+    res = watch(a.run, a.output, plots=not a.no_plots, progress=not a.quiet, **WATCH.values(a))
+    print(f"{len(res['steps'])} checkpoints (steps {res['steps'][0]}..{res['steps'][-1]}): {res['output']}")
+    _print_monitor_row("last window", res["rows"])
+    return 0
+
+
+def _print_monitor_row(prefix: str, rows: list[dict]) -> None:
+    """The newest in-flight row in one line: window R^2 and the weight error per method."""
+    last = next((r for r in reversed(rows) if r.get("mean_r2") is not None), None)
+    if last is None:
+        return
+    bt = ", ".join(f"{m} {e['weight_error']:.3f} at alpha {e['alpha']:g}" for m, e in last["backtest"].items()
+                   if e["weight_error"] is not None)
+    w = last["window_steps"]
+    print(f"{prefix}, window of steps {w[0]}..{w[-1]}: R^2 mean {_fmt(last['mean_r2'])}, fraction > 0.7 "
+          f"{_fmt(last['frac_r2_above_0.7'])}; in-flight weight error: {bt or 'n/a'}")
+
+
 def cmd_analyze_outputs(a: argparse.Namespace) -> int:
     rep = analyze_outputs(a.checkpoints, a.output, **OUTPUTS.values(a), **_probe_kwargs(a))
     f = rep["filter"]
@@ -285,6 +315,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     run = train(TrainConfig(model=a.model, output_dir=a.output, task=_task(a), progress=not a.quiet,
                             extra=_kv(a.grpo_arg), **options))
     print(f"checkpoint series in {run} (metrics: {run / 'metrics.jsonl'})")
+    rows = [json.loads(x) for x in (run / "linearity.jsonl").read_text().splitlines()] \
+        if (run / "linearity.jsonl").is_file() else []
+    _print_monitor_row(f"linearity monitor ({run / 'linearity.jsonl'})", rows)
     return 0
 
 
@@ -367,6 +400,10 @@ EXAMPLES = {
   rlextra backtest runs/grpo/ -o reports/backtest
   rlextra backtest runs/grpo/ -o reports/backtest --methods two-point,rank1 --rank 2 --pairs first
   rlextra backtest runs/add2/ -o reports/bt-acc --task arithmetic --k 4 --max-new-tokens 6""",
+    "watch": """example:
+  rlextra watch runs/grpo/ -o reports/live                  # follow the run; Ctrl-C to stop
+  rlextra watch runs/verl/ -o reports/live --until-step 500 --poll-seconds 60
+  rlextra watch runs/tiny/ -o reports/live --sample 1 --once""",
     "tiny-model": """example:
   rlextra tiny-model -o models/tiny-add2 --task arithmetic --digits 2 --ops +""",
     "train": """example:
@@ -431,6 +468,16 @@ def _analyze_parsers(sub, fmt) -> None:
     m.add_argument("--overwrite", action="store_true")
     m.add_argument("--no-plots", action="store_true")
     m.set_defaults(func=cmd_analyze_merge)
+
+
+    wa = sub.add_parser("watch", help="follow a training run's folder: linearity and in-flight backtest as "
+                        "checkpoints appear", formatter_class=fmt, epilog=EXAMPLES["watch"])
+    wa.add_argument("run", metavar="RUN", help="run folder the trainer writes checkpoints into")
+    wa.add_argument("-o", "--output", required=True, help="report folder, replaced after each checkpoint")
+    WATCH.add(wa)
+    wa.add_argument("--no-plots", action="store_true")
+    wa.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    wa.set_defaults(func=cmd_watch, kept="the last complete report in {output} is kept")
 
 
 def _target_args(p: argparse.ArgumentParser, required: bool) -> None:

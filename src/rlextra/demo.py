@@ -49,6 +49,7 @@ class DemoConfig:
     # chosen in bench/bench_rl_extra.py on a seed not reported there (among the paper's two-point
     # jump at 10,10 and 20,20, and rlextra's keep / lsq / rank1 variants at 20,20)
     rl_extra: tuple[int, int] = (20, 20)
+    monitor_every: int = 5  # the linearity monitor on the GRPO run (window of 8 snapshots)
     rl_extra_variant: dict = field(default_factory=lambda: {"rl_extra_optimizer": "reset", "rl_extra_method": "rank1",
                                                             "rl_extra_snapshots": 3})
     seed: int = 0
@@ -67,7 +68,7 @@ class DemoConfig:
         """Under two minutes on 2 cores: 1-digit problems, a short warm-up, 20 GRPO steps."""
         return cls(digits=1, ops="+*", n_train=150, n_test=50, warmup_steps=200, warmup_label_noise=0.3,
                    grpo_steps=20, save_every=5, prompts_per_step=16, learning_rate=1e-4,
-                   extrapolate_from=(0, 10), extrapolate_to=[15, 20, 30], rl_extra=(5, 5))
+                   extrapolate_from=(0, 10), extrapolate_to=[15, 20, 30], rl_extra=(5, 5), monitor_every=2)
 
 
 def _f(x) -> str:
@@ -138,7 +139,7 @@ def _run(out: Path, cfg: DemoConfig, threads: int) -> None:
                   learning_rate=cfg.learning_rate, warmup_steps=cfg.lr_warmup_steps,
                   prompts_per_step=cfg.prompts_per_step, num_generations=cfg.num_generations,
                   max_completion_length=max_tokens, seed=seed, eval_problems=cfg.n_test)
-    run = train(TrainConfig(output_dir=str(out / "run"), **common))
+    run = train(TrainConfig(output_dir=str(out / "run"), monitor_every=cfg.monitor_every, **common))
     timings["GRPO"] = time.perf_counter() - t
     t = time.perf_counter()
     run_extra = train(TrainConfig(output_dir=str(out / "run-rl-extra"), rl_extra=(m, n), **cfg.rl_extra_variant,
@@ -205,10 +206,28 @@ def _bt_line(bt: dict, m: int) -> str:
     return "; ".join(f"{meth}: {v['verdict']}" for meth, v in rec.items()) or "no window of that length"
 
 
+def _monitor_line(r: dict) -> str:
+    bt = r.get("backtest", {})
+
+    def err(m):
+        e = bt.get(m)
+        return "n/a" if not e or e["weight_error"] is None else f"{e['weight_error']:.3f} ({e['alpha']:g})"
+
+    w = r["window_steps"]
+    return f"| {r['step']} | {w[0]}..{w[-1]} | {_f(r['mean_r2'])} | {_pct(r['frac_r2_above_0.7'])} | " \
+           f"{err('two-point')} | {err('lsq')} |"
+
+
+def _monitor_overhead(rows: list[dict], metrics_rows: list[dict]) -> str:
+    spent = max((r.get("monitor_seconds", 0.0) for r in rows), default=0.0)
+    total = max((r.get("train_seconds", 0.0) for r in metrics_rows), default=0.0)
+    return f"{spent:.1f} s, {100 * spent / total:.2f}%" if total else f"{spent:.1f} s"
+
+
 def write_report(out: Path, cfg: DemoConfig, report: dict, paper: dict, outputs: dict, acts: dict,
                  results: dict, bt: dict, metrics_rows: list[dict], warm_acc: float, timings: dict) -> Path:
     """report.md, results.json and the accuracy/reward plot."""
-    from rlextra.analysis.plots import plot_accuracy_curve
+    from rlextra.analysis.plots import plot_accuracy_curve, plot_linearity_vs_step
 
     k = cfg.eval_k
     key = f"avg@{k}"
@@ -225,6 +244,10 @@ def write_report(out: Path, cfg: DemoConfig, report: dict, paper: dict, outputs:
                         extra_label=f"weight extrapolation from steps {cfg.extrapolate_from}",
                         logits=logits, logits_label=f"logits extrapolation from steps {cfg.extrapolate_from}",
                         rl_extra=rl_extra, rl_extra_label=f"RL-Extra {m},{n} (x = real steps)")
+    monitor_rows = [json.loads(x) for x in (out / "run" / "linearity.jsonl").read_text().splitlines()]
+    plot_linearity_vs_step(monitor_rows, out / "linearity_vs_step.png",
+                           title=f"GRPO run: the monitor's window R² and in-flight weight error (every "
+                                 f"{cfg.monitor_every} steps, window of 8)")
     g, gp = report["global"], paper["global"]
     frac, frac_paper = g["frac_r2_above_0.7"], gp["frac_r2_above_0.7"]
     lp, lg = outputs["logprob"], outputs["logit"]
@@ -246,7 +269,10 @@ def write_report(out: Path, cfg: DemoConfig, report: dict, paper: dict, outputs:
                             {"logprob": {k_: v for k_, v in lp.items() if k_ != "histogram"},
                              "logit": {k_: v for k_, v in lg.items() if k_ != "histogram"}},
         "activation_linearity": {k_: v for k_, v in a.items() if k_ != "histogram"},
-        "eval": results, "backtest_recommendation": rec, "train_metrics": metrics_rows, "seconds": timings},
+        "eval": results, "backtest_recommendation": rec, "train_metrics": metrics_rows,
+        "monitor": [{k_: r.get(k_) for k_ in ("step", "window_steps", "mean_r2", "frac_r2_above_0.7", "backtest",
+                                              "monitor_seconds")} for r in monitor_rows],
+        "seconds": timings},
         indent=1) + "\n")
     rise = real[last] - real[0]
     text = f"""# rlextra demo: RLVR linearity on a tiny model
@@ -308,6 +334,20 @@ tokens): mean R² {_f(a['mean_r2'])}, median {_f(a['median_r2'])}, {_pct(a['frac
 
 ![token log-prob R²](outputs/r2_logprob_histogram.png)
 ![activation R² per layer](activations/r2_per_layer.png)
+
+## 2b. Watching the run: the linearity monitor
+
+The GRPO run above trained with `--monitor-every {cfg.monitor_every}`: every {cfg.monitor_every} steps
+the monitor copies a fixed 0.1% sample of the weights (at least 50 entries per tensor) and reports,
+over its window of the last 8 snapshots, the R² of each sampled entry's line and an in-flight
+backtest (the newest snapshot predicted from older ones; weight error below 1 beats stopping).
+It cost {_monitor_overhead(monitor_rows, metrics_rows)} of the run's training time.
+
+| step | window | mean R² | R² > 0.7 | two-point weight error (alpha) | lsq weight error (alpha) |
+|---|---|---|---|---|---|
+""" + "\n".join(_monitor_line(r) for r in monitor_rows if r["step"] % (4 * cfg.monitor_every) == 0) + f"""
+
+![in-flight linearity](linearity_vs_step.png)
 
 ## 3. Extrapolation from steps {b} and {s}
 

@@ -165,3 +165,36 @@ def plot_layer_r2(per_layer: Sequence[dict], path: Path, title: str = "Activatio
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_linearity_vs_step(rows: Sequence[dict], path: Path, title: str = "In-flight linearity") -> None:
+    """Two panels: window R^2 (mean, fraction > 0.7) and in-flight weight error, against the step."""
+    jumps = [r["step"] for r in rows if r.get("event") == "jump"]
+    rows = [r for r in rows if "event" not in r and r.get("mean_r2") is not None]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in rows]
+    a1.plot(steps, [r["mean_r2"] for r in rows], "o-", ms=3, label="mean R²")
+    a1.plot(steps, [r["frac_r2_above_0.7"] for r in rows], "s--", ms=3, label="fraction R² > 0.7")
+    a1.set_xlabel("real step")
+    a1.set_ylim(0, 1)
+    a1.set_title("window R²")
+    a1.legend()
+    alphas = sorted({e["alpha"] for r in rows for e in r["backtest_ladder"].get("two-point", [])})
+    for alpha in alphas:
+        pts = [(r["step"], e["weight_error"]) for r in rows for e in r["backtest_ladder"].get("two-point", [])
+               if e["alpha"] == alpha and e["weight_error"] is not None]
+        if pts:
+            a2.plot(*zip(*pts), "o-", ms=3, label=f"two-point, alpha {alpha:g}")
+    a2.axhline(1.0, color="#cc3311", ls="--", lw=1, label="no better than stopping")
+    for j in jumps:
+        a1.axvline(j, color="grey", lw=0.5)
+        a2.axvline(j, color="grey", lw=0.5)
+    a2.set_xlabel("real step")
+    a2.set_ylabel("||W_pred - W_T|| / ||W_T - W_s||")
+    a2.set_yscale("log")
+    a2.set_title("in-flight weight error")
+    a2.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -28,6 +28,7 @@ from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, p
 from rlextra.errors import RLExtraError
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
+from rlextra.sampling import sample_indices  # noqa: F401  (re-exported: rlextra.analysis.weights.sample_indices)
 
 N_EXAMPLE_TENSORS = 6
 N_CANDIDATES = 8
@@ -102,13 +103,6 @@ def assign_shards(sizes: dict[str, int], n_shards: int) -> dict[str, int]:
         owner[name] = i
         loads[i] += sizes[name]
     return owner
-
-
-def sample_indices(name: str, numel: int, fraction: float, seed: int) -> np.ndarray:
-    """The paper's sampling: a fraction of each tensor, at least 50 entries, seeded per tensor."""
-    n = min(numel, max(math.ceil(fraction * numel), 50))
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    return np.sort(rng.choice(numel, size=n, replace=False))
 
 
 def example_tensors(names: Sequence[str]) -> list[str]:
@@ -210,11 +204,14 @@ FitSink = Callable[[str, np.ndarray, np.ndarray], None]
 def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sample: float | None = None,
                         seed: int = 0, min_change: float | None = None, min_distinct: int | None = None,
                         chunk_size: int = DEFAULT_CHUNK_SIZE, example_names: Sequence[str] = (),
-                        on_fit: FitSink | None = None, progress: bool = False) -> WeightStats:
+                        on_fit: FitSink | None = None, progress: bool = False,
+                        sampled: Callable[[str, int, int, int], np.ndarray] | None = None) -> WeightStats:
     """The streaming pass: fit each named tensor chunk by chunk across the series; no file output.
 
     ``on_fit(name, r2, slope)`` receives every chunk's per-parameter fit in order (the maps
     writer); ``example_names`` are the tensors that contribute one example trajectory each.
+    ``sampled(name, k, lo, hi)``, with ``sample``, serves sampled entries lo..hi of checkpoint k
+    from memory instead of the files (``rlextra watch``, which has read each checkpoint once).
     """
     newest = series.newest.tensors
     examples_wanted = set(example_names)
@@ -242,8 +239,8 @@ def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sampl
                               distinct_cap=min_distinct or 0)
                 cand = rng.choice(n, size=min(N_CANDIDATES, n), replace=False) if want_example else None
                 traj = []
-                for ref in refs:
-                    y = read_values(ref, start, stop, pick)
+                for k, ref in enumerate(refs):
+                    y = read_values(ref, start, stop, pick) if sampled is None else sampled(name, k, lo, hi)
                     fit.add(y)
                     if cand is not None:
                         traj.append(y[cand])

@@ -1,7 +1,8 @@
 """The RLVR harness: GRPO training through TRL into a checkpoint series, and RL-Extra.
 
 ``train``/``TrainConfig`` run (or resume) GRPO into a checkpoint series; ``RLExtraCallback`` (with
-``SafeMode``) plugs the RL-Extra jump into any transformers/TRL trainer. Exported lazily: TRL and
+``SafeMode`` and ``AutoJump``) plugs the RL-Extra jump into any transformers/TRL trainer;
+``LinearityMonitor`` measures the run's linearity while it trains. Exported lazily: TRL and
 transformers take seconds to import, and ``TrainConfig`` (``rlextra.rl.config``) needs neither.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {"train": "rlextra.rl.grpo", "TrainConfig": "rlextra.rl.config",
-            "RLExtraCallback": "rlextra.rl.rl_extra", "SafeMode": "rlextra.rl.rl_extra"}
+            "RLExtraCallback": "rlextra.rl.rl_extra", "SafeMode": "rlextra.rl.rl_extra",
+            "AutoJump": "rlextra.rl.rl_extra", "LinearityMonitor": "rlextra.rl.monitor"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -60,10 +60,12 @@ class SeriesCallback(TrainerCallback):
 
 
 class RewardProgressCallback(TrainerCallback):
-    """One progress bar with the latest mean reward, instead of a dict printed per step."""
+    """One progress bar with the latest mean reward (and, with the monitor, window R^2 and in-flight
+    weight error), instead of a dict printed per step."""
 
     def __init__(self) -> None:
         self.bar = None
+        self.postfix: dict[str, str] = {}
 
     def on_train_begin(self, args, state, control, **kw):
         from tqdm.auto import tqdm
@@ -75,7 +77,12 @@ class RewardProgressCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "reward" in logs:
-            self.bar.set_postfix(reward=f"{float(logs['reward']):.3f}")
+            self.postfix["reward"] = f"{float(logs['reward']):.3f}"
+        for key, short in (("linearity/mean_r2", "R2"), ("backtest/two-point/weight_error", "err")):
+            if logs and key in logs:  # the linearity monitor's latest row (it logs first)
+                self.postfix[short] = f"{float(logs[key]):.3f}"
+        if self.postfix:
+            self.bar.set_postfix(self.postfix)
 
     def on_train_end(self, args, state, control, **kw):
         self.bar.close()

@@ -12,6 +12,10 @@ from rlextra.fields import option
 from rlextra.tasks import TaskSpec
 
 
+# rlextra's default for --rl-extra-auto-threshold: chosen on a selection seed (bench/RESULTS.md, "Adaptive RL-Extra")
+AUTO_THRESHOLD = 0.5
+
+
 def check_cycle(m: int, n: int) -> None:
     """The one check of an RL-Extra cycle's m (real steps) and n (extrapolated steps): callback, loop, CLI."""
     if isinstance(m, bool) or isinstance(n, bool) or int(m) != m or int(n) != n or m < 1 or n < 0:
@@ -62,6 +66,17 @@ class TrainConfig:
     rl_extra_safe_prompts: int = option(32, "training prompts set aside for the safe-mode check")
     rl_extra_safe_samples: int = option(4, "samples per prompt in the safe-mode check")
     rl_extra_safe_tolerance: float = option(0.02, "allowed drop of mean reward before a rollback")
+    rl_extra_auto: bool = option(False, "adaptive RL-Extra (rlextra's): at each cycle end the linearity monitor's "
+                                        "in-flight backtest picks n, the largest of m/4, m/2, m, 2m, 5m (capped by N) "
+                                        "whose weight error stays below the threshold; 0 (no jump) when none does")
+    rl_extra_auto_threshold: float = option(AUTO_THRESHOLD, "largest in-flight weight error at which --rl-extra-auto "
+                                                            "jumps")
+    monitor_every: int | None = option(None, "linearity monitor: snapshot a sample of the weights every K optimizer "
+                                             "steps and log the window's R^2 and in-flight backtest (default off; "
+                                             "on with --rl-extra-auto: every max(1, M/10) steps)", metavar="K")
+    monitor_sample: float = option(0.001, "fraction of each tensor the monitor samples (at least 50 entries; 1 = all)")
+    monitor_seed: int = option(0, "seed of the monitor's sample (the same entries as analyze weights --seed)")
+    monitor_window: int = option(8, "snapshots in the monitor's sliding window")
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # more GRPOConfig fields, passed through
 
@@ -84,6 +99,26 @@ class TrainConfig:
             raise RLExtraError(f"--top-p {self.top_p}: must be in (0, 1]")
         if self.rl_extra is not None:
             check_cycle(*self.rl_extra)
+        if self.rl_extra_auto and self.rl_extra is None:
+            raise RLExtraError("--rl-extra-auto needs --rl-extra M,N (N is the largest jump it may take)")
+        if self.rl_extra_auto and self.rl_extra_method == "rank1":
+            raise RLExtraError("--rl-extra-auto judges two-point and lsq jumps; the in-flight backtest has no rank1")
+        if not (math.isfinite(self.rl_extra_auto_threshold) and self.rl_extra_auto_threshold > 0):
+            raise RLExtraError(f"--rl-extra-auto-threshold {self.rl_extra_auto_threshold}: must be a finite number > 0")
+        if self.monitor_every is not None and not (isinstance(self.monitor_every, int) and self.monitor_every >= 1):
+            raise RLExtraError(f"--monitor-every {self.monitor_every}: must be an integer >= 1")
+        if not (isinstance(self.monitor_window, int) and self.monitor_window >= 3):
+            raise RLExtraError(f"--monitor-window {self.monitor_window}: must be an integer >= 3")
+        if not (math.isfinite(self.monitor_sample) and 0 < self.monitor_sample <= 1):
+            raise RLExtraError(f"--monitor-sample {self.monitor_sample}: must be in (0, 1]")
+        if not (isinstance(self.monitor_seed, int) and self.monitor_seed >= 0):
+            raise RLExtraError(f"--monitor-seed {self.monitor_seed}: must be an integer >= 0")
+
+    def monitor_period(self) -> int | None:
+        """Steps between monitor snapshots: --monitor-every, else every max(1, M/10) under --rl-extra-auto."""
+        if self.monitor_every is not None:
+            return self.monitor_every
+        return max(1, self.rl_extra[0] // 10) if self.rl_extra_auto else None
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -64,8 +64,7 @@ def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer, rl_extra=None
     if cfg.eval_problems:
         def heldout(model) -> float:
             return heldout_accuracy(model, tokenizer, task, cfg.eval_problems, cfg.max_completion_length)
-    callbacks = [SeriesCallback(run, tokenizer, rl_extra=rl_extra, heldout=heldout)] \
-        + ([rl_extra] if rl_extra is not None else [])
+    callbacks = [SeriesCallback(run, tokenizer, rl_extra=rl_extra, heldout=heldout)]  # rl_extra goes first (train)
     if cfg.progress:
         callbacks.append(RewardProgressCallback())
     return callbacks
@@ -130,16 +129,24 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     tokenizer.padding_side = "left"
     info = {"rlextra_version": rlextra.__version__, "config": cfg.to_dict()}
     (run / "run.json").write_text(json.dumps(info, indent=1) + "\n")
+    monitor = None
+    if cfg.monitor_period() is not None:
+        from rlextra.rl.monitor import LinearityMonitor
+
+        primary = (sum(cfg.rl_extra) / cfg.rl_extra[0]) if cfg.rl_extra and cfg.rl_extra[1] else 2.0
+        monitor = LinearityMonitor(cfg.monitor_period(), sample=cfg.monitor_sample, seed=cfg.monitor_seed,
+                                   window=cfg.monitor_window, primary_alpha=primary, output_dir=run)
     rl_extra = None
     if cfg.rl_extra:
-        from rlextra.rl.rl_extra import RLExtraCallback, SafeMode
+        from rlextra.rl.rl_extra import AutoJump, RLExtraCallback, SafeMode
 
         safe = SafeMode(reward_scorer(check_task, tokenizer, cfg), tolerance=cfg.rl_extra_safe_tolerance) \
             if check_task else None
         rl_extra = RLExtraCallback(*cfg.rl_extra, warmup_steps=cfg.rl_extra_warmup, optimizer=cfg.rl_extra_optimizer,
                                    method=cfg.rl_extra_method, snapshots=cfg.rl_extra_snapshots,
                                    rank=cfg.rl_extra_rank, safe=safe, norms=cfg.rl_extra_norms,
-                                   include=cfg.rl_extra_include, exclude=cfg.rl_extra_exclude)
+                                   include=cfg.rl_extra_include, exclude=cfg.rl_extra_exclude, monitor=monitor,
+                                   auto=AutoJump(monitor, cfg.rl_extra_auto_threshold) if cfg.rl_extra_auto else None)
     trainer = GRPOTrainer(model=model, reward_funcs=[task.reward], args=args,
                           train_dataset=datasets.Dataset.from_list(train_task.dataset_rows("train")),
                           processing_class=tokenizer,
@@ -148,6 +155,9 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
 
     trainer.remove_callback(ProgressCallback)  # ours shows the reward; theirs prints every log dict
     trainer.remove_callback(PrinterCallback)
+    for cb in (rl_extra, monitor):  # first, so the values they add to a log reach TensorBoard / W&B too
+        if cb is not None:
+            trainer.callback_handler.callbacks.insert(0, cb)
     resume = last_checkpoint(run)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return run

@@ -26,6 +26,14 @@ learning rate).
   more jumps happen). The cost is two scorer calls per jump (with ``rlextra train``: 2 x prompts x
   samples generations) and one more CPU copy of the trainable weights during the check.
 
+**Adaptive RL-Extra** (``auto=AutoJump(monitor)``, rlextra's, not in the paper): at each cycle end a
+``LinearityMonitor`` (``rlextra.rl.monitor``) supplies the evidence. Each n on the ladder (m/4, m/2,
+m, 2m, 5m, capped by the current n) is a horizon alpha = (m + n) / m; its evidence is the mean
+in-flight weight error at that alpha over the monitor's last ``rows`` rows since the last jump
+(the jump's own method: two-point or lsq). The largest n whose evidence is below ``threshold`` is
+taken; when none is, no jump happens and the optimizer is left alone. Every decision, with its
+evidence, goes to ``rl_extra.jsonl``; accepted jumps restart the monitor's window.
+
 A jump does not advance the step counter or the learning-rate scheduler. Norm weights follow the
 same policy as ``rlextra extrapolate`` (not moved by default). Every jump and every safe-mode
 decision goes to ``OUTPUT/rl_extra.jsonl``; each checkpoint stores the snapshots and the cycle
@@ -79,6 +87,45 @@ class SafeMode:
             raise RLExtraError(f"safe-mode shrink factor must be in [0, 1), got {self.shrink}")
 
 
+LADDER = (0.25, 0.5, 1.0, 2.0, 5.0)  # auto's candidate n, as fractions of m
+
+
+@dataclass
+class AutoJump:
+    """Adaptive n from the in-flight backtest: the largest ladder n whose weight error stays below threshold."""
+
+    monitor: object  # a LinearityMonitor
+    threshold: float = 0.5
+    ladder: tuple = LADDER
+    rows: int = 3
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise RLExtraError(f"--rl-extra-auto-threshold {self.threshold}: must be a finite number > 0")
+        if not (isinstance(self.rows, int) and self.rows >= 1):
+            raise RLExtraError(f"auto evidence rows must be an integer >= 1, got {self.rows}")
+
+    def candidates(self, m: int, cap: int) -> list[int]:
+        """The ladder's n for cycles of m real steps, at most cap, largest first."""
+        return sorted({int(f * m) for f in self.ladder if 1 <= int(f * m) <= cap}, reverse=True)
+
+    def alphas(self, m: int, cap: int) -> list[float]:
+        return [(m + n) / m for n in self.candidates(m, cap)]
+
+    def choose(self, m: int, cap: int, method: str) -> tuple[int, dict]:
+        """(n, evidence): evidence maps each candidate n to its mean in-flight weight error (None: not measured)."""
+        rows = self.monitor.segment_rows()[-self.rows:]
+        evidence = {}
+        for n in self.candidates(m, cap):
+            alpha = (m + n) / m
+            errs = [e["weight_error"] for r in rows for e in r.get("backtest_ladder", {}).get(method, [])
+                    if math.isclose(e["alpha"], alpha) and e["weight_error"] is not None]
+            evidence[n] = sum(errs) / len(errs) if errs else None
+        chosen = max((n for n, err in evidence.items() if err is not None and err < self.threshold), default=0)
+        return chosen, {"threshold": self.threshold, "method": method, "rows": [r["step"] for r in rows],
+                        "weight_error": {str(n): err for n, err in evidence.items()}, "chosen_n": chosen}
+
+
 def _local(p):
     """The tensor this process owns for parameter p (the local shard under FSDP2)."""
     data = p.data
@@ -102,7 +149,7 @@ class RLExtraCallback(TrainerCallback):
     def __init__(self, m: int, n: int, *, warmup_steps: int = 0, optimizer: str = "reset",
                  method: str = "two-point", snapshots: int | None = None, rank: int = 1,
                  safe: SafeMode | None = None, norms: str = "copy", include: str | None = None,
-                 exclude: str | None = None) -> None:
+                 exclude: str | None = None, auto: AutoJump | None = None, monitor=None) -> None:
         check_cycle(m, n)
         if optimizer not in OPTIMIZER_POLICIES:
             raise RLExtraError(f"RL-Extra optimizer policy must be 'reset' (the paper's) or 'keep', got {optimizer!r}")
@@ -127,6 +174,12 @@ class RLExtraCallback(TrainerCallback):
         self.norms = norms
         self.include, self.exclude = (_regex(flag, text) for flag, text in
                                       (("--rl-extra-include", include), ("--rl-extra-exclude", exclude)))
+        if auto is not None and method == "rank1":
+            raise RLExtraError("auto RL-Extra judges two-point and lsq jumps; the in-flight backtest has no rank1")
+        self.auto = auto
+        self.monitor = auto.monitor if auto is not None else monitor  # told of every jump and rollback
+        if auto is not None:  # the monitor must measure every horizon on the ladder
+            self.monitor.alphas = tuple(sorted(set(self.monitor.alphas) | set(auto.alphas(m, n))))
         self.snapshots: list[tuple[int, dict]] = []  # (step, {name: fp32 CPU tensor}); [0] is the anchor
         self.cycle_start: int | None = None
         self.extra_steps = 0
@@ -186,14 +239,15 @@ class RLExtraCallback(TrainerCallback):
             for name, p in self.selected(model):
                 self._write(p, weights[name].to(self._read(p).device))
 
-    def jump(self, model, optimizer=None, step: int = 0) -> dict:
-        """Move the selected parameters to their predicted value at step + n; returns the record."""
+    def jump(self, model, optimizer=None, step: int = 0, n: int | None = None) -> dict:
+        """Move the selected parameters to their predicted value at step + n (default: the current n);
+        returns the record."""
         import torch
 
         if self.method == "rank1" and any(hasattr(p.data, "to_local") or _is_zero3(p) for _, p in self.selected(model)):
             raise RLExtraError("the rank1 jump needs whole matrices; sharded parameters (FSDP, ZeRO-3) "
                                "support the two-point and lsq jumps only")
-        n = self.n
+        n = self.n if n is None else n
         record = {"real_step": step, "m": self.m, "n": n, "method": self.method}
         pre_score = self.safe.scorer(model) if self.safe else None
         before = self._copy(model) if self.safe else None
@@ -215,13 +269,18 @@ class RLExtraCallback(TrainerCallback):
             record.update(score_before=pre_score, score_after=post_score, tolerance=self.safe.tolerance)
             if not accepted:
                 self._restore_weights(model, before)
-                self.n = int(self.n * self.safe.shrink)
+                self.n = int(n * self.safe.shrink)
             record.update(decision="accepted" if accepted else "rolled back", next_n=self.n)
         if accepted:
             if self.optimizer == "reset" and optimizer is not None:
                 optimizer.state.clear()
             self.extra_steps += n
         record["effective_step"] = step + self.extra_steps
+        if self.monitor is not None:
+            if accepted:
+                self.monitor.mark_jump(model, step, n=n, effective_step=record["effective_step"])
+            else:
+                self.monitor.mark_rollback(step, n=n)
         self.jumps.append(record)
         return record
 
@@ -248,7 +307,18 @@ class RLExtraCallback(TrainerCallback):
                 self.snapshots.append((step, self._copy(model)))
             return
         record = None
-        if self.n > 0:
+        if self.monitor is not None:  # the pre-jump weights are observed, whichever callback runs first
+            self.monitor.observe(model, step)
+        if self.auto is not None and self.n > 0:
+            n, evidence = self.auto.choose(self.m, self.n, "lsq" if self.method == "lsq" else "two-point")
+            if n > 0:
+                record = self.jump(model, optimizer, step, n=n)
+            else:
+                record = {"real_step": step, "m": self.m, "n": 0, "method": self.method,
+                          "decision": "no jump (auto)", "effective_step": step + self.extra_steps}
+                self.jumps.append(record)
+            record["auto"] = evidence
+        elif self.n > 0:
             record = self.jump(model, optimizer, step)
         elif self.n_initial == 0 and self.optimizer == "reset":
             # the control run (m, 0): the paper's trainer restart every m steps, without a jump
