@@ -23,8 +23,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VARIANT_ORDER = ["grpo", "grpo-lr2", "paper", "auto", "auto-safe"]
-LABELS = {"grpo": "GRPO", "grpo-lr2": "GRPO, lr x2", "paper": "the paper's RL-Extra 20,20",
-          "auto": "auto (rlextra's)", "auto-safe": "auto + safe mode"}
+LABELS = {"grpo": "GRPO", "grpo-lr2": "GRPO, lr x2", "paper": "the paper's RL-Extra {m},{n}",
+          "auto": "auto (rlextra's), M,N = {m},{n}", "auto-safe": "auto + safe mode, M,N = {m},{n}"}
+
+
+def label(cell: dict) -> str:
+    m, n = cell.get("cycle") or (20, 20)
+    return LABELS[cell["variant"]].format(m=m, n=n)
 
 
 def paired_se(a: dict, b: dict) -> float:
@@ -101,7 +106,8 @@ def analyse(state: dict, select_seed: int) -> dict:
             s, secs = steps_to(curve, target)
             s40 = steps_to(curve, at40)[0] if at40 is not None else None
             out["cells"].append({
-                "batch": batch, "seed": seed, "variant": name, "lr": run["lr"], "steps": run["steps"],
+                "batch": batch, "seed": seed, "variant": name, "cycle": run.get("cycle"), "lr": run["lr"],
+                "steps": run["steps"],
                 "curve": [(r["step"], r["acc"]) for r in curve], "final": curve[-1]["acc"], "grpo_final": target,
                 "gap_final": gaps[-1][1] if gaps else None, "se_final": gaps[-1][2] if gaps else None,
                 "worst_gap_in_se": min((g / se for _, g, se in gaps), default=None),
@@ -128,7 +134,7 @@ def plots(state: dict, res: dict, base: Path) -> None:
                 continue
             xs, ys = zip(*c["curve"])
             ax.plot(xs, ys, "o-", ms=2.5, lw=1, color=colors[c["variant"]], alpha=0.85,
-                    label=f"{LABELS[c['variant']]} (seed {c['seed']})")
+                    label=f"{label(c)} (seed {c['seed']})")
         ax.set_title(f"{batch} rollouts per step")
         ax.set_xlabel("real optimizer steps")
         ax.set_ylabel("held-out avg@4")
@@ -149,8 +155,8 @@ def plots(state: dict, res: dict, base: Path) -> None:
         return xs, ys
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for key, label in (("mean_r2", "window mean R²"), ("frac_r2_above_0.7", "fraction R² > 0.7")):
-        axes[0].plot(*per_batch("grpo", lambda c: c["monitor"].get(key)), "o-", label=label)
+    for key, text in (("mean_r2", "window mean R²"), ("frac_r2_above_0.7", "fraction R² > 0.7")):
+        axes[0].plot(*per_batch("grpo", lambda c: c["monitor"].get(key)), "o-", label=text)
     axes[0].set_title("GRPO runs: the monitor's window R²")
     axes[1].plot(*per_batch("grpo", lambda c: c["monitor"].get("weight_error_alpha2")), "o-", color="#cc3311")
     axes[1].axhline(1, ls="--", lw=1, color="grey")
@@ -158,7 +164,7 @@ def plots(state: dict, res: dict, base: Path) -> None:
     for v in VARIANT_ORDER[1:]:
         xs, ys = per_batch(v, lambda c: c["gap_final"])
         if xs:
-            axes[2].plot(xs, ys, "o-", color=colors[v], label=LABELS[v])
+            axes[2].plot(xs, ys, "o-", color=colors[v], label=LABELS[v].format(m=20, n=20))
     axes[2].axhline(0, lw=1, color="grey")
     axes[2].set_title("held-out avg@4 minus GRPO's at the last real step")
     for ax in axes:
@@ -175,16 +181,18 @@ def markdown(res: dict, json_path: Path) -> str:
     def f(x, fmt="%.3f"):
         return "-" if x is None else fmt % x
 
-    lines = ["| rollouts per step | seed | run | lr | avg@4 at real steps 20 / 40 / 60 / 80 / 100 | minus GRPO at the "
+    long = any(c["steps"] > 100 for c in res["cells"])
+    lines = [f"| rollouts per step | seed | run | lr | avg@4 at real steps {'40 / 80 / 120 / 160 / 200' if long else '20 / 40 / 60 / 80 / 100'} | minus GRPO at the "
              "last step (paired SE) | worst gap / SE | steps to GRPO's last (GRPO's) | steps to GRPO's step-40 "
              "accuracy | jumps taken (n per cycle) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in res["cells"]:
         accs = dict(c["curve"])
-        pts = " / ".join(f(accs.get(s)) for s in (20, 40, 60, 80, 100) if s <= c["steps"])
+        marks = (20, 40, 60, 80, 100) if c["steps"] <= 100 else (40, 80, 120, 160, 200)
+        pts = " / ".join(f(accs.get(s)) for s in marks if s <= c["steps"])
         jumps = ", ".join(str(j["n"]) + ("r" if j["decision"] == "rolled back" else "") for j in c["jumps"]) or "-"
         lines.append(
-            f"| {c['batch']} | {c['seed']} | {LABELS[c['variant']]} | {c['lr']:g} | {pts} | "
+            f"| {c['batch']} | {c['seed']} | {label(c)} | {c['lr']:g} | {pts} | "
             f"{'' if c['variant'] == 'grpo' else f(c['gap_final'], '%+.3f') + ' (' + f(c['se_final']) + ')'} | "
             f"{'' if c['variant'] == 'grpo' else f(c['worst_gap_in_se'], '%+.1f')} | "
             f"{c['steps_to_grpo_final'] if c['steps_to_grpo_final'] is not None else 'not reached'} "

@@ -275,3 +275,13 @@ def test_attach_puts_the_monitor_first():
     logs = {"loss": 1.0}
     mon.on_log(None, None, None, logs=logs)
     assert logs == {"loss": 1.0, "linearity/mean_r2": 0.5} and mon._pending == {}
+
+
+def test_nonfinite_entries_are_counted_and_void_the_backtest():
+    steps = [0, 1, 2, 3, 4]
+    ys = [np.arange(6, dtype=float) + t for t in steps]
+    ys[3] = ys[3].copy()
+    ys[3][2] = np.nan
+    row = finalize_window(4, steps, window_sums(steps, {"w": ys}, alphas=(2.0,)), alphas=(2.0,))
+    assert row["n_nonfinite"] == 1 and row["n_analyzed"] == 5 and row["mean_r2"] == pytest.approx(1.0)
+    assert row["backtest"]["two-point"]["weight_error"] is None

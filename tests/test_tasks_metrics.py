@@ -1,6 +1,5 @@
 import threading
 from math import comb
-from pathlib import Path
 
 import pytest
 
@@ -9,7 +8,6 @@ from rlextra.metrics import pass_at_k, summarize
 from rlextra.tasks import (TaskSpec, arithmetic_task, extract_answer, grade_math, last_boxed, load_task,
                               math_task)
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 
 
 @pytest.mark.parametrize("completion,answer,ok", [
@@ -117,15 +115,16 @@ def test_arithmetic_task_is_seeded_and_split():
         arithmetic_task(digits=1, n_train=500)
 
 
-def test_local_benchmarks_grade_their_own_gold():
-    for name in ("gsm8k_test.jsonl", "math500.jsonl"):
-        if not (BENCH / name).is_file():
-            pytest.fail(f"{BENCH / name} is missing: this test reads the shared benchmark copies "
-                        "(../shared/data/benchmarks beside the repository); restore them to run it")
-    gsm = math_task(str(BENCH / "gsm8k_test.jsonl"), limit=30)
+def test_bundled_benchmarks_load_offline_and_grade_their_own_gold():
+    sizes = {"gsm8k": 1319, "math500": 500, "aime24": 30, "aime25": 30}
+    for name, n in sizes.items():
+        task = load_task(TaskSpec(name=name))
+        assert len(task.test) == n and task.source.startswith(f"bundled copy rlextra/data/benchmarks/")
+        assert all(task.grade(rf"\boxed{{{p.answer}}}", p.answer) for p in task.test[:40]), name
+    gsm = math_task("gsm8k", limit=30)
     assert len(gsm.test) == 30 and gsm.conversational
     assert all(gsm.grade(f"... #### {p.answer}", p.answer) for p in gsm.test)
-    m500 = load_task(TaskSpec(name=str(BENCH / "math500.jsonl"), limit=60))
+    m500 = load_task(TaskSpec(name="math500", limit=60))
     assert all(m500.grade(rf"Thus \boxed{{{p.answer}}}.", p.answer) for p in m500.test)
     assert sum(m500.grade(r"\boxed{7}", p.answer) for p in m500.test) < 5
     rows = m500.dataset_rows("test")
@@ -140,3 +139,11 @@ def test_bad_math_file(tmp_path):
     f.write_text("{oops\n")
     with pytest.raises(RLExtraError, match=r"x.jsonl:1"):
         math_task(str(f))
+
+
+def test_evaluation_summary_names_the_copy_of_the_task_it_used():
+    from rlextra.evaluation import evaluate
+
+    task = load_task(TaskSpec(name="aime24", limit=2))
+    summary = evaluate(None, task, completions=[[r"\boxed{0}"], [r"\boxed{0}"]])
+    assert summary["task_source"].startswith("bundled copy rlextra/data/benchmarks/aime24.jsonl (sha256 594a81dbb496")

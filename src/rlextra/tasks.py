@@ -21,6 +21,9 @@ from rlextra.io import read_jsonl
 # the paper's instruction, appended to each problem after a space (its published evaluation does so)
 MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 # Hugging Face dataset ids for the named benchmarks (the paper's loader uses the same sets)
+BUNDLED = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500.jsonl", "aime24": "aime24.jsonl",
+           "aime25": "aime25.jsonl"}  # shipped in rlextra/data/benchmarks (provenance: SOURCES.md there)
+HUB_PREFIX = "hub:"  # hub:math500 loads the Hugging Face data set instead of the bundled copy
 HUB_DATASETS = {
     "gsm8k": ("openai/gsm8k", "main", "test", "question", "answer"),
     "math500": ("HuggingFaceH4/MATH-500", None, "test", "problem", "answer"),
@@ -39,8 +42,9 @@ class Problem:
 class TaskSpec:
     """Everything needed to rebuild a task; stored with runs and eval results."""
 
-    name: str = option("arithmetic", "arithmetic, gsm8k, math500, aime24, aime25, a .jsonl/.parquet with "
-                       "problem/answer fields, or a Hugging Face dataset id", flag="--task")
+    name: str = option("arithmetic", "arithmetic; gsm8k, math500, aime24, aime25 (bundled copies; hub:NAME loads "
+                       "the Hugging Face set instead); a .jsonl/.parquet with problem/answer fields; or a Hugging "
+                       "Face dataset id", flag="--task")
     ops: str = option("+", "arithmetic: operations drawn from '+-*'")
     digits: int = option(2, "arithmetic: digits per operand")
     n_train: int = option(4000, "arithmetic: training problems")
@@ -70,6 +74,7 @@ class Task:
     grade: Callable[[str, str], bool]
     extract: Callable[[str], str | None]
     conversational: bool = False  # math prompts go through the model's chat template
+    source: str | None = None  # where the problems came from (file, bundled copy, hub id)
 
     def reward(self, completions: list, answer: list[str], **kwargs) -> list[float]:
         """TRL reward function: 1.0 when the completion's answer checks out, else 0.0."""
@@ -119,7 +124,8 @@ def arithmetic_task(ops: str = "+", digits: int = 2, n_train: int = 4000, n_test
         seen.add((a, op, b))
         problems.append(Problem(f"{a}{op}{b}=", str(_apply(a, op, b))))
     spec = TaskSpec("arithmetic", ops, digits, n_train, n_test, seed)
-    return Task(spec, problems[n_test:], problems[:n_test], grade_exact, first_line)
+    return Task(spec, problems[n_test:], problems[:n_test], grade_exact, first_line,
+                source=f"generated (seed {seed})")
 
 
 def first_line(completion: str) -> str:
@@ -268,18 +274,25 @@ def math_task(name_or_path: str, limit: int | None = None, n_test: int | None = 
     unless n_test splits off a held-out part."""
     path = Path(name_or_path)
     instruction = MATH_INSTRUCTION if instruction is None else instruction
-    if path.suffix in (".jsonl", ".json", ".parquet"):
+    if name_or_path in BUNDLED:
+        bundled = bundled_benchmark(name_or_path)
+        problems = _rows_to_problems(_read_rows(bundled), str(bundled), instruction=instruction)
+        source = f"bundled copy rlextra/data/benchmarks/{bundled.name} (sha256 {_sha256(bundled)[:16]}...)"
+    elif path.suffix in (".jsonl", ".json", ".parquet"):
         problems = _rows_to_problems(_read_rows(path), str(path), instruction=instruction)
+        source = str(path)
     else:
         import datasets
 
-        repo, config, split, q, a = HUB_DATASETS.get(name_or_path, (name_or_path, None, "test", "problem", "answer"))
+        hub_name = name_or_path[len(HUB_PREFIX):] if name_or_path.startswith(HUB_PREFIX) else name_or_path
+        repo, config, split, q, a = HUB_DATASETS.get(hub_name, (hub_name, None, "test", "problem", "answer"))
         try:
             rows = list(datasets.load_dataset(repo, config, split=split))
         except Exception as exc:  # offline, unknown id, ...
             raise RLExtraError(f"cannot load dataset '{repo}' ({str(exc).splitlines()[0]}); "
                                "pass a local .jsonl with problem/answer fields instead") from None
-        problems = _rows_to_problems(rows, repo, q, a, gsm8k=name_or_path == "gsm8k", instruction=instruction)
+        problems = _rows_to_problems(rows, repo, q, a, gsm8k=hub_name == "gsm8k", instruction=instruction)
+        source = f"hub {repo}" + (f" ({config})" if config else "") + f", split {split}"
     if limit:
         problems = problems[:limit]
     if not problems:
@@ -296,7 +309,20 @@ def math_task(name_or_path: str, limit: int | None = None, n_test: int | None = 
         train = [problems[i] for i in order[n_test:]]
     else:
         train = test = problems
-    return Task(spec, train, test, grade_math, extract_answer, conversational=True)
+    return Task(spec, train, test, grade_math, extract_answer, conversational=True, source=source)
+
+
+def bundled_benchmark(name: str) -> Path:
+    """The bundled copy of a benchmark (gsm8k, math500, aime24, aime25)."""
+    from importlib.resources import files
+
+    return Path(str(files("rlextra") / "data" / "benchmarks" / BUNDLED[name]))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_task(spec: TaskSpec) -> Task:

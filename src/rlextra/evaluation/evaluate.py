@@ -73,7 +73,7 @@ def evaluate(decoder: Decoder | str | Path | None, task: Task | TaskSpec, out_fi
     metrics = summarize(correct, ks=[1, sampling.k])
     summary = {
         "model": label or (decoder.label if decoder is not None else "given completions"),
-        "task": task.spec.to_dict(), "split": split, "sampling": sampling.to_dict(),
+        "task": task.spec.to_dict(), "task_source": task.source, "split": split, "sampling": sampling.to_dict(),
         "backend": decoder.name if decoder is not None else "given",
         "metrics": metrics, "seconds": round(time.perf_counter() - t0, 3),
         "per_problem": [{"index": i, "answer": p.answer, "n_correct": sum(c)}

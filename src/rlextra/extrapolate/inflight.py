@@ -7,7 +7,9 @@ last W snapshots of a fixed sample of entries (``rlextra.sampling``: the entries
 
 * the window's R^2: each sampled entry's least-squares line over the window's steps (the same
   ``LineFit`` kernel as ``analyze weights``), summarised as the mean R^2 and the fraction above
-  0.7, over all entries and per module type (attention, mlp, embeddings, norms, other);
+  0.7, over all entries and per module type (attention, mlp, embeddings, norms, other). Entries
+  that were NaN or Inf in any snapshot are counted (``n_nonfinite``), never fitted, and then no
+  weight error of the window is reported (None), so nothing acts on a diverged run;
 * an in-flight backtest: the newest snapshot T is predicted from older snapshots of the window at
   the horizons a jump would use. For alpha = (T - b) / (s - b), two-point reads (b, s) and lsq
   reads every snapshot from b to s; of the (b, s) in the window that give exactly that alpha, the
@@ -85,6 +87,9 @@ def window_sums(steps: Sequence[float], snapshots: Mapping[str, Sequence[np.ndar
     for group, names in by_group.items():
         ys = [np.concatenate([np.asarray(snapshots[n][k], dtype=np.float64).reshape(-1) for n in names])
               for k in range(len(steps))]
+        ok = np.logical_and.reduce([np.isfinite(y) for y in ys])  # NaN/Inf entries: counted, never fitted
+        if not ok.all():
+            ys = [y[ok] for y in ys]
         fit = LineFit(steps, ys[0].size)
         for y in ys:
             fit.add(y)
@@ -96,6 +101,7 @@ def window_sums(steps: Sequence[float], snapshots: Mapping[str, Sequence[np.ndar
             add(f"r2/{g}/n", float(vals.size))
             add(f"r2/{g}/above", float((vals > 0.7).sum()))
             add(f"r2/{g}/constant", float((~finite).sum()))
+            add(f"r2/{g}/nonfinite", float((~ok).sum()))
         for (method, alpha), pair in windows.items():
             if pair is None:
                 continue
@@ -132,7 +138,8 @@ def finalize_window(step: float, steps: Sequence[float], sums: Mapping[str, floa
             continue
         fig = {"mean_r2": sums[f"r2/{g}/sum"] / n if n else None,
                "frac_r2_above_0.7": sums[f"r2/{g}/above"] / n if n else None,
-               "n_analyzed": int(n), "n_constant": int(sums.get(f"r2/{g}/constant", 0.0))}
+               "n_analyzed": int(n), "n_constant": int(sums.get(f"r2/{g}/constant", 0.0)),
+               "n_nonfinite": int(sums.get(f"r2/{g}/nonfinite", 0.0))}
         if g == "all":
             row.update(fig)
         else:
@@ -150,6 +157,10 @@ def finalize_window(step: float, steps: Sequence[float], sums: Mapping[str, floa
                             "per_module": {g: _ratio(sums[f"{key}/{g}/num"], sums[f"{key}/{g}/den"])
                                            for g in MODULE_TYPES if f"{key}/{g}/den" in sums}})
         ladder[method] = entries
+    if row.get("n_nonfinite"):  # a diverged run: no weight error is trusted (auto then never jumps)
+        for entries in ladder.values():
+            for e in entries:
+                e["weight_error"] = None
     row["backtest_ladder"] = ladder
     primary = {}
     for method, entries in ladder.items():
