@@ -411,6 +411,9 @@ EXAMPLES = {
       --max-completion-length 6
   rlextra train --model models/tiny-add2 -o runs/add2-extra --steps 200 --lr 5e-5 --rl-extra 20,20 \\
       --max-completion-length 6
+  rlextra train --model models/tiny-add2 -o runs/add2 --steps 200 --monitor-every 5 --max-completion-length 6
+  rlextra train --model models/tiny-add2 -o runs/add2-auto --steps 200 --rl-extra 20,100 --rl-extra-auto \\
+      --max-completion-length 6
   accelerate launch -m rlextra.cli train --model Qwen2.5-Math-1.5B --task data/train.jsonl -o runs/q \\
       --grpo-arg use_vllm=true --grpo-arg gradient_checkpointing=true""",
     "eval": """example:
