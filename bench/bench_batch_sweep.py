@@ -34,6 +34,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _curves import score_run  # noqa: E402
 M, N = 20, 20  # the paper's cycle for the fixed jump, and auto's largest n (--rl-extra M,N)
 
 
@@ -59,10 +61,7 @@ def variant_options(name: str, lr: float, threshold: float | None) -> dict:
 def run(model_dir: Path, out: Path, seed: int, steps: int, demo, batch: tuple[int, int], lr: float,
         monitor_every: int, **options) -> dict:
     """Train (resuming a partial run), then evaluate every checkpoint; curves and monitor rows."""
-    from rlextra.decoding import SamplingConfig
-    from rlextra.evaluation import evaluate_checkpoint
     from rlextra.rl import TrainConfig, train
-    from rlextra.tasks import load_task
 
     spec = demo.task_spec()
     fields = dict(model=str(model_dir), output_dir=str(out), task=spec, max_steps=steps, save_every=10,
@@ -71,17 +70,7 @@ def run(model_dir: Path, out: Path, seed: int, steps: int, demo, batch: tuple[in
                   progress=False, monitor_every=monitor_every)
     fields.update(options)
     train(TrainConfig(**fields))
-    task = load_task(spec)
-    sampling = SamplingConfig(k=4, temperature=0.6, top_p=0.95, max_new_tokens=demo.max_tokens(), batch_size=512,
-                              seed=0)
-    rows = []
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        m = evaluate_checkpoint(out / f"checkpoint-{r['step']}", task, sampling=sampling, backend="rlextra",
-                                device="cpu", dtype="float32", progress=False)
-        rows.append({"step": r["step"], "effective_step": r.get("effective_step", r["step"]),
-                     "seconds": r["train_seconds"], "acc": round(m["metrics"]["avg@4"], 4),
-                     "n_correct": [p["n_correct"] for p in m["per_problem"]]})  # paired standard errors
+    rows = score_run(out, spec, demo, per_problem=True)
     jumps = out / "rl_extra.jsonl"
     monitor = out / "linearity.jsonl"
     result = {"curve": rows,

@@ -33,6 +33,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _curves import score_run  # noqa: E402
 VARIANTS = {
     "paper": dict(rl_extra_optimizer="reset", rl_extra_method="two-point"),
     "keep": dict(rl_extra_optimizer="keep", rl_extra_method="two-point"),
@@ -43,10 +45,7 @@ VARIANTS = {
 
 def run(model_dir: Path, out: Path, seed: int, steps: int, demo, rl_extra=None, **extra) -> list[dict]:
     """Train, then evaluate every checkpoint; rows of step, effective step, seconds, accuracy."""
-    from rlextra.decoding import SamplingConfig
-    from rlextra.evaluation import evaluate_checkpoint
     from rlextra.rl import TrainConfig, train
-    from rlextra.tasks import load_task
 
     shutil.rmtree(out, ignore_errors=True)
     spec = demo.task_spec()
@@ -55,16 +54,7 @@ def run(model_dir: Path, out: Path, seed: int, steps: int, demo, rl_extra=None, 
                       prompts_per_step=demo.prompts_per_step, num_generations=demo.num_generations,
                       max_completion_length=demo.max_tokens(), seed=seed, eval_problems=0, progress=False,
                       rl_extra=rl_extra, **extra))
-    task = load_task(spec)
-    sampling = SamplingConfig(k=4, temperature=0.6, top_p=0.95, max_new_tokens=demo.max_tokens(), batch_size=512,
-                              seed=0)
-    rows = []
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        m = evaluate_checkpoint(out / f"checkpoint-{r['step']}", task, sampling=sampling, backend="rlextra",
-                                device="cpu", dtype="float32", progress=False)
-        rows.append({"step": r["step"], "effective_step": r.get("effective_step", r["step"]),
-                     "seconds": r["train_seconds"], "acc": round(m["metrics"]["avg@4"], 4)})
+    rows = score_run(out, spec, demo)
     jumps = out / "rl_extra.jsonl"
     decisions = [json.loads(x).get("decision") for x in jumps.read_text().splitlines()] if jumps.exists() else []
     shutil.rmtree(out)  # checkpoints are large and not needed after evaluation

@@ -82,7 +82,8 @@ def analyse(state: dict, select_seed: int) -> dict:
         if grpo is None or run["variant"] == "grpo":
             continue
         accs = [r["acc"] for r in run["curve"][1:]]
-        out["selection"].append({"key": key, "threshold": run.get("threshold"), "mean_acc": sum(accs) / len(accs),
+        out["selection"].append({"key": key, "batch": "x".join(map(str, run["batch"])),
+                                 "threshold": run.get("threshold"), "mean_acc": sum(accs) / len(accs),
                                  "grpo_mean_acc": sum(r["acc"] for r in grpo["curve"][1:]) / len(accs),
                                  "final": run["curve"][-1]["acc"], "grpo_final": grpo["curve"][-1]["acc"],
                                  "jumps": [j["n"] for j in run["jumps"]]})
@@ -210,7 +211,17 @@ def markdown(res: dict, json_path: Path) -> str:
     for s in res["selection"]:
         sel.append(f"| {s['key']} | {f(s['threshold'], '%g')} | {f(s['mean_acc'])} ({f(s['grpo_mean_acc'])}) | "
                    f"{f(s['final'])} ({f(s['grpo_final'])}) | {', '.join(map(str, s['jumps'])) or '-'} |")
-    return "\n".join(["Selection seed:", "", *sel, "", "Reported seeds:", "", *lines, "",
+    by_t = defaultdict(dict)
+    for x in res["selection"]:
+        by_t[x["threshold"]][x["batch"]] = x["mean_acc"] - x["grpo_mean_acc"]
+    batches = sorted({x["batch"] for x in res["selection"]}, key=lambda b: int(b.split("x")[0]))
+    worst = [f"| threshold | {' | '.join('gain at ' + b for b in batches)} | worst gain |",
+             "|---|" + "---|" * (len(batches) + 1)]
+    for t in sorted(by_t):
+        gains = [by_t[t].get(b) for b in batches]
+        worst.append(f"| {t:g} | {' | '.join(f(g, '%+.3f') for g in gains)} | "
+                     f"{f(min(gains), '%+.3f') if None not in gains else '-'} |")
+    return "\n".join(["Selection seed:", "", *sel, "", *worst, "", "Reported seeds:", "", *lines, "",
                       "The monitor on the GRPO runs (means over the run's rows):", "", *mon])
 
 
