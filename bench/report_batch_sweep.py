@@ -42,6 +42,11 @@ def paired_se(a: dict, b: dict) -> float:
     return math.sqrt(2 * 0.25 / 800)
 
 
+def _in_se(gap: float, se: float) -> float:
+    """A gap in standard errors (identical runs: 0)."""
+    return gap / se if se > 0 else (0.0 if gap == 0 else math.copysign(math.inf, gap))
+
+
 def first_reach(curve: list[dict], target: float) -> dict | None:
     return next((r for r in curve if r["acc"] >= target), None)
 
@@ -111,7 +116,7 @@ def analyse(state: dict, select_seed: int) -> dict:
                 "steps": run["steps"],
                 "curve": [(r["step"], r["acc"]) for r in curve], "final": curve[-1]["acc"], "grpo_final": target,
                 "gap_final": gaps[-1][1] if gaps else None, "se_final": gaps[-1][2] if gaps else None,
-                "worst_gap_in_se": min((g / se for _, g, se in gaps), default=None),
+                "worst_gap_in_se": min((_in_se(g, se) for _, g, se in gaps), default=None),
                 "steps_to_grpo_final": s, "seconds_to_grpo_final": secs, "grpo_steps": g_steps, "grpo_seconds": g_secs,
                 "grpo_acc_at_40": at40, "steps_to_grpo_at_40": s40, "grpo_steps_to_its_40": g40,
                 "jumps": [{"step": j["real_step"], "n": j["n"], "decision": j.get("decision")} for j in run["jumps"]],
@@ -229,10 +234,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, default=HERE / "results" / "batch_sweep.json")
     ap.add_argument("--select-seed", type=int, default=100)
+    ap.add_argument("--monitor-plot", metavar="KEY", help="also plot this run's monitor rows to <json>.monitor.png")
     a = ap.parse_args()
     state = json.loads(a.json.read_text())
     res = analyse(state, a.select_seed)
     plots(state, res, a.json.with_suffix(""))
+    if a.monitor_plot:
+        from rlextra.analysis.plots import plot_linearity_vs_step
+
+        run = state["runs"][a.monitor_plot]
+        plot_linearity_vs_step(run["monitor"], a.json.with_suffix(".monitor.png"),
+                               title=f"{a.monitor_plot}: the monitor's window R² and in-flight weight error")
     summary = a.json.with_name(a.json.stem + "_summary.json")
     summary.write_text(json.dumps(res, indent=1) + "\n")
     print(markdown(res, a.json))

@@ -12,6 +12,7 @@ from rlextra.analysis.weights import analyze_weights
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.inflight import finalize_window, pick_window, window_sums
 from rlextra.rl.models import char_tokenizer, tiny_llama
+from rlextra.rl.config import AUTO_THRESHOLD
 from rlextra.rl.monitor import LOG_FILE, WINDOW_STATE, LinearityMonitor
 from rlextra.rl.rl_extra import AutoJump, RLExtraCallback
 
@@ -118,7 +119,7 @@ class _Vec(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(n))
 
 
-def _auto_run(grad_fn, m, n, cycles, threshold=0.5):
+def _auto_run(grad_fn, m, n, cycles, threshold=AUTO_THRESHOLD):
     """SGD on a toy vector with a given gradient per step, under auto RL-Extra; returns (model, callback, path)."""
     model = _Vec()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -158,7 +159,8 @@ def test_auto_never_jumps_on_a_random_walk():
     model, cb, path = _auto_run(lambda step: torch.randn(200, generator=gen), m=8, n=40, cycles=4)
     assert [j["decision"] for j in cb.jumps] == ["no jump (auto)"] * 4
     assert cb.extra_steps == 0
-    assert all(min(v for v in j["auto"]["weight_error"].values() if v is not None) > 0.5 for j in cb.jumps)
+    assert all(min(v for v in j["auto"]["weight_error"].values() if v is not None) > AUTO_THRESHOLD
+               for j in cb.jumps)
 
 
 def test_auto_evidence_is_capped_by_n_and_needs_a_monitor():

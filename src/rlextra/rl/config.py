@@ -13,7 +13,7 @@ from rlextra.tasks import TaskSpec
 
 
 # rlextra's default for --rl-extra-auto-threshold: chosen on a selection seed (bench/RESULTS.md, "Adaptive RL-Extra")
-AUTO_THRESHOLD = 0.5
+AUTO_THRESHOLD = 0.8
 
 
 def check_cycle(m: int, n: int) -> None:

@@ -65,7 +65,7 @@ from transformers import TrainerCallback
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, predict_tensor
 from rlextra.hf import is_norm_weight
-from rlextra.rl.config import check_cycle  # re-exported: rlextra.rl.rl_extra.check_cycle
+from rlextra.rl.config import AUTO_THRESHOLD, check_cycle  # check_cycle re-exported: rlextra.rl.rl_extra
 
 STATE_FILE = "rl_extra_state.json"
 ANCHOR_FILE = "rl_extra_anchor.safetensors"
@@ -95,7 +95,7 @@ class AutoJump:
     """Adaptive n from the in-flight backtest: the largest ladder n whose weight error stays below threshold."""
 
     monitor: object  # a LinearityMonitor
-    threshold: float = 0.5
+    threshold: float = AUTO_THRESHOLD
     ladder: tuple = LADDER
     rows: int = 3
 
