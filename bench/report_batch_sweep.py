@@ -22,8 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-VARIANT_ORDER = ["grpo", "grpo-lr2", "paper", "auto", "auto-safe"]
-LABELS = {"grpo": "GRPO", "grpo-lr2": "GRPO, lr x2", "paper": "the paper's RL-Extra {m},{n}",
+VARIANT_ORDER = ["grpo", "grpo-lr2", "grpo-lr6", "paper", "auto", "auto-safe"]
+LABELS = {"grpo": "GRPO", "grpo-lr2": "GRPO, lr x2", "grpo-lr6": "GRPO, lr x6", "paper": "the paper's RL-Extra {m},{n}",
           "auto": "auto (rlextra's), M,N = {m},{n}", "auto-safe": "auto + safe mode, M,N = {m},{n}"}
 
 
@@ -133,7 +133,7 @@ def plots(state: dict, res: dict, base: Path) -> None:
     cells = res["cells"]
     batches = sorted({c["batch"] for c in cells}, key=lambda b: int(b.split("x")[0]))
     fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
-    colors = dict(zip(VARIANT_ORDER, ["#222222", "#999933", "#cc3311", "#4477aa", "#66ccee"]))
+    colors = dict(zip(VARIANT_ORDER, ["#222222", "#999933", "#aa7733", "#cc3311", "#4477aa", "#66ccee"]))
     for ax, batch in zip(axes[0], batches):
         for c in cells:
             if c["batch"] != batch:
