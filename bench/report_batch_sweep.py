@@ -11,6 +11,7 @@ Standard errors of a difference are paired over the 200 held-out problems (each 
 both runs) where the run stored per-problem counts, else the binomial bound sqrt(2 * 0.25 / 800).
 
 Usage: python bench/report_batch_sweep.py [--json bench/results/batch_sweep.json] [--select-seed 100]
+       [--compact] [--monitor-plot KEY]
 """
 
 from __future__ import annotations
@@ -230,13 +231,42 @@ def markdown(res: dict, json_path: Path) -> str:
                       "The monitor on the GRPO runs (means over the run's rows):", "", *mon])
 
 
+def _round(x, digits: int = 4):
+    return None if x is None else round(x, digits)
+
+
+def compact(state: dict) -> dict:
+    """The committed form: monitor rows keep the figures the tables and plots read (two-point ladder),
+    rounded to 4 decimals."""
+    for run in state["runs"].values():
+        rows = []
+        for r in run["monitor"]:
+            if "event" in r:
+                rows.append(r)
+                continue
+            rows.append({"step": r["step"], "window_steps": r["window_steps"], "segment": r.get("segment"),
+                         "mean_r2": _round(r["mean_r2"]), "frac_r2_above_0.7": _round(r["frac_r2_above_0.7"]),
+                         "backtest": {m: {"alpha": e["alpha"], "weight_error": _round(e["weight_error"])}
+                                      for m, e in r["backtest"].items()},
+                         "monitor_seconds": r.get("monitor_seconds"),
+                         "backtest_ladder": {"two-point": [{"alpha": e["alpha"], "weight_error": _round(e["weight_error"])}
+                                                           for e in r["backtest_ladder"].get("two-point", [])]}})
+        run["monitor"] = rows
+    return state
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, default=HERE / "results" / "batch_sweep.json")
     ap.add_argument("--select-seed", type=int, default=100)
+    ap.add_argument("--compact", action="store_true", help="rewrite the JSON in its committed, compact form")
     ap.add_argument("--monitor-plot", metavar="KEY", help="also plot this run's monitor rows to <json>.monitor.png")
     a = ap.parse_args()
     state = json.loads(a.json.read_text())
+    if a.compact:
+        tmp = a.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(compact(state), separators=(",", ":")) + "\n")
+        tmp.replace(a.json)
     res = analyse(state, a.select_seed)
     plots(state, res, a.json.with_suffix(""))
     if a.monitor_plot:
