@@ -35,11 +35,10 @@ def label(cell: dict) -> str:
 
 def paired_se(a: dict, b: dict) -> float:
     """Standard error of acc(a) - acc(b) at one checkpoint, paired over problems."""
+    from rlextra.metrics import paired_difference
+
     if "n_correct" in a and "n_correct" in b:
-        d = [(x - y) / 4 for x, y in zip(a["n_correct"], b["n_correct"])]
-        mean = sum(d) / len(d)
-        var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
-        return math.sqrt(var / len(d))
+        return paired_difference(a["n_correct"], b["n_correct"], 4)[1]
     return math.sqrt(2 * 0.25 / 800)
 
 

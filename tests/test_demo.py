@@ -46,7 +46,16 @@ def test_demo_quick(tmp_path, capsys):
     assert (out / "extrapolated" / "step-30" / "rlextra.json").exists()
     # every scored model went through the same decoder (rlextra's engine) with the same sampling
     evals = [json.loads(p.read_text()) for p in (out / "eval").glob("*.json")]
-    assert len(evals) == 5 + 5 + 3 + 3
+    assert len(evals) == 5 + 5 + 3 + 3 + 6 + 6  # real, RL-Extra, weights, logits, and 6 + 6 past the end
+    beyond = res["beyond_the_end"]
+    assert [(r["b"], r["alpha"], r["target_step"]) for r in beyond] == [
+        (0, 1.25, 25), (0, 1.5, 30), (0, 2.0, 40), (10, 1.25, 22.5), (10, 1.5, 25), (10, 2.0, 30)]
+    for r in beyond:  # each difference is the accuracies' difference, with a finite paired error
+        for kind in ("weights", "logits"):
+            c = r[kind]
+            assert c["minus_last"] == pytest.approx(c["avg@4"] - res["eval"]["real"]["20"]["avg@4"], abs=1e-12)
+            assert 0 <= c["se"] < 0.2
+    assert "## 5. Beyond the end of the run" in report and "| (10, 20) | 1.25 | 22.5 |" in report
     assert all(e["backend"] == "rlextra" or e["backend"].startswith("logits-extrapolation") for e in evals)
     assert len({json.dumps(e["sampling"], sort_keys=True) for e in evals}) == 1
     bt = json.loads((out / "backtest" / "backtest.json").read_text())

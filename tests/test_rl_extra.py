@@ -282,3 +282,49 @@ def test_fsdp2_two_processes_jump_their_local_shards(tmp_path, method):
     assert mon["n_rows"] >= 1 and mon["steps"] == mon["ref_steps"]
     assert all(a == b for a, b in mon["n_analyzed"]) and max(mon["diffs"]) < 1e-9
     assert ranks[1]["monitor"]["n_rows"] == 0
+
+
+@pytest.mark.slow
+def test_replay_trains_every_cycle_on_grpos_first_batches(tiny, tmp_path, monkeypatch):
+    """--rl-extra-replay (the paper's data order): every cycle of m steps sees the prompts of plain
+    GRPO's first m steps, in the same order; without it the order runs on as in GRPO. keep_optimizer
+    "last" leaves Adam's state in the newest checkpoint only, and a resume still works."""
+    from rlextra.tasks import Task
+
+    seen: list[list[str]] = []
+    reward = Task.reward
+
+    def recording(self, completions, answer, prompts=None, **kw):
+        seen.append(list(dict.fromkeys(str(p) for p in prompts)))
+        return reward(self, completions, answer, **kw)
+
+    monkeypatch.setattr(Task, "reward", recording)
+
+    def run(name, steps, **kw):
+        seen.clear()
+        cfg = TrainConfig(model=str(tiny), output_dir=str(tmp_path / name), task=SPEC, max_steps=steps, save_every=2,
+                          learning_rate=1e-4, prompts_per_step=4, num_generations=4, max_completion_length=3,
+                          eval_problems=0, progress=False, **kw)
+        return cfg, train(cfg), [list(s) for s in seen]
+
+    _, _, plain = run("plain", 6)
+    cfg, out, replay = run("replay", 6, rl_extra=(2, 2), rl_extra_replay=True, keep_optimizer="last")
+    assert len(plain) == len(replay) == 6 and all(len(p) == 4 for p in plain)
+    assert plain[2:4] != plain[0:2]  # GRPO's order runs on
+    assert replay[0:2] == replay[2:4] == replay[4:6] == plain[0:2]
+    assert not (out / "checkpoint-2" / "optimizer.pt").exists() and not (out / "checkpoint-4" / "optimizer.pt").exists()
+    assert (out / "checkpoint-6" / "optimizer.pt").is_file()
+    assert (out / "checkpoint-4" / "model.safetensors").is_file()
+    seen.clear()
+    cfg.max_steps = 8
+    train(cfg)  # resumes from checkpoint-6's optimizer; the cycle of steps 7-8 replays again
+    assert seen == plain[0:2]
+    assert not (out / "checkpoint-6" / "optimizer.pt").exists() and (out / "checkpoint-8" / "optimizer.pt").is_file()
+    with pytest.raises(RLExtraError, match="--rl-extra-replay needs 400 training prompts"):
+        train(TrainConfig(model=str(tiny), output_dir=str(tmp_path / "x"), task=SPEC, rl_extra=(100, 1),
+                          rl_extra_replay=True, prompts_per_step=4, progress=False))
+    with pytest.raises(RLExtraError, match="--rl-extra-replay needs --rl-extra"):
+        TrainConfig(model=str(tiny), output_dir=str(tmp_path / "y"), rl_extra_replay=True)
+    with pytest.raises(RLExtraError, match="use no warm-up"):
+        TrainConfig(model=str(tiny), output_dir=str(tmp_path / "y"), rl_extra=(2, 2), rl_extra_replay=True,
+                    rl_extra_warmup=2)

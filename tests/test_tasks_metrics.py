@@ -1,4 +1,6 @@
 import threading
+
+import numpy as np
 from math import comb
 
 import pytest
@@ -147,3 +149,18 @@ def test_evaluation_summary_names_the_copy_of_the_task_it_used():
     task = load_task(TaskSpec(name="aime24", limit=2))
     summary = evaluate(None, task, completions=[[r"\boxed{0}"], [r"\boxed{0}"]])
     assert summary["task_source"].startswith("bundled copy rlextra/data/benchmarks/aime24.jsonl (sha256 594a81dbb496")
+
+
+def test_paired_difference_is_the_mean_and_error_of_per_problem_differences():
+    from rlextra.errors import RLExtraError
+    from rlextra.metrics import paired_difference
+
+    a, b = [4, 3, 0, 2, 1], [2, 3, 1, 2, 0]
+    d = np.array([2, 0, -1, 0, 1]) / 4
+    diff, se = paired_difference(a, b, 4)
+    assert diff == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / np.sqrt(5))
+    assert paired_difference(a, a, 4) == (0.0, 0.0)
+    # a constant shift has no spread: pairing removes the problems' own variance
+    assert paired_difference([1, 2, 3], [0, 1, 2], 4) == (0.25, 0.0)
+    with pytest.raises(RLExtraError, match="same problems"):
+        paired_difference([1, 2], [1, 2, 3], 4)

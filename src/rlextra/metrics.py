@@ -30,3 +30,14 @@ def summarize(correct: Sequence[Sequence[bool]], ks: Sequence[int] | None = None
     for k in ks:
         out[f"pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for c in per_problem]))
     return out
+
+
+def paired_difference(a: Sequence[int], b: Sequence[int], k: int) -> tuple[float, float]:
+    """avg@k of A minus avg@k of B on the same problems, and its standard error paired over problems
+    (``a``, ``b``: correct samples per problem, out of k). Pairing removes the problems' own spread,
+    which dominates an unpaired error on small held-out sets."""
+    if len(a) != len(b) or len(a) < 2:
+        raise RLExtraError(f"paired difference: needs the same problems on both sides, at least 2 "
+                           f"(got {len(a)} and {len(b)})")
+    d = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) / k
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))

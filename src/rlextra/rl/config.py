@@ -42,11 +42,18 @@ class TrainConfig:
     top_p: float = option(1.0, "nucleus threshold of the rollouts")
     beta: float = option(0.0, "KL coefficient (0 as in the paper)")
     seed: int = option(0, "training seed")
+    keep_optimizer: str = option(
+        "every", "Adam's state in every checkpoint (every), or only in the newest one, which a resume reads "
+        "(last: saves about twice the model's size per older checkpoint)", choices=("every", "last"))
     eval_problems: int = option(200, "held-out problems graded greedily at each checkpoint (0: off)")
     rl_extra: tuple[int, int] | None = option(
         None, "RL-Extra: after every M real steps jump N extrapolated steps (use a constant lr); M,0 with the "
         "reset policy is the control run: the optimizer restarts every M steps, no jump", metavar="M,N")
     rl_extra_warmup: int = option(0, "real steps before the first RL-Extra cycle")
+    rl_extra_replay: bool = option(
+        False, "the paper's data order: every cycle trains on the same first M batches of prompts, in the same "
+        "order (its scripts restart the trainer, and so the seeded sampler, each cycle); default: the data "
+        "order runs on as in GRPO")
     rl_extra_optimizer: str = option(
         "reset", "after each jump: reset the optimizer state (the paper's procedure, which restarts its trainer "
         "each cycle) or keep Adam's moments (rlextra's option)", choices=("reset", "keep"))
@@ -99,6 +106,11 @@ class TrainConfig:
             raise RLExtraError(f"--top-p {self.top_p}: must be in (0, 1]")
         if self.rl_extra is not None:
             check_cycle(*self.rl_extra)
+        if self.rl_extra_replay and self.rl_extra is None:
+            raise RLExtraError("--rl-extra-replay needs --rl-extra M,N (it replays the first M batches each cycle)")
+        if self.rl_extra_replay and self.rl_extra_warmup:
+            raise RLExtraError(f"--rl-extra-replay with --rl-extra-warmup {self.rl_extra_warmup}: the paper's "
+                               "replay starts every cycle at the sampler's first batch; use no warm-up")
         if self.rl_extra_auto and self.rl_extra is None:
             raise RLExtraError("--rl-extra-auto needs --rl-extra M,N (N is the largest jump it may take)")
         if self.rl_extra_auto and self.rl_extra_method == "rank1":

@@ -59,12 +59,28 @@ def reward_scorer(check: Task, tokenizer, cfg: TrainConfig):
     return score
 
 
+def replay_rows(rows: list[dict], m: int, prompts_per_step: int, seed: int, where: str = "task") -> list[dict]:
+    """The rows of TRL's first m batches, in its seeded order (the permutation its RepeatSampler draws
+    first with this seed): trained unshuffled, every cycle of m steps sees them again, as in the paper's
+    scripts, which restart the trainer and its sampler with one seed each cycle."""
+    import torch
+
+    need = m * prompts_per_step
+    if len(rows) < need:
+        raise RLExtraError(f"{where}: --rl-extra-replay needs {need} training prompts (M x --prompts-per-step), "
+                           f"the task has {len(rows)}")
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()[:need]]
+
+
 def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer, rl_extra=None):
     heldout = None
     if cfg.eval_problems:
         def heldout(model) -> float:
             return heldout_accuracy(model, tokenizer, task, cfg.eval_problems, cfg.max_completion_length)
-    callbacks = [SeriesCallback(run, tokenizer, rl_extra=rl_extra, heldout=heldout)]  # rl_extra goes first (train)
+    callbacks = [SeriesCallback(run, tokenizer, rl_extra=rl_extra, heldout=heldout,
+                                keep_optimizer=cfg.keep_optimizer)]  # rl_extra goes first (train)
     if cfg.progress:
         callbacks.append(RewardProgressCallback())
     return callbacks
@@ -86,6 +102,8 @@ def grpo_config(cfg: TrainConfig):
         top_k=0, max_completion_length=cfg.max_completion_length, disable_tqdm=True,
         use_cpu=cpu, bf16=False if cpu else torch.cuda.is_bf16_supported(),
     )
+    if cfg.rl_extra_replay:  # the replayed rows come in order (replay_rows drew TRL's first permutation)
+        kwargs["shuffle_dataset"] = False
     kwargs.update(cfg.extra)
     try:
         return GRPOConfig(**kwargs)
@@ -122,6 +140,9 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     args = grpo_config(cfg)  # bad options fail here, before anything is written
     task = load_task(cfg.task)
     train_task, check_task = split_safe_check(task, cfg.rl_extra_safe_prompts) if cfg.rl_extra_safe else (task, None)
+    rows = train_task.dataset_rows("train")
+    if cfg.rl_extra_replay:
+        rows = replay_rows(rows, cfg.rl_extra[0], cfg.prompts_per_step, cfg.seed, where=str(cfg.task.name))
     run.mkdir(parents=True, exist_ok=True)
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto", use_safetensors=True)
@@ -148,7 +169,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
                                    include=cfg.rl_extra_include, exclude=cfg.rl_extra_exclude, monitor=monitor,
                                    auto=AutoJump(monitor, cfg.rl_extra_auto_threshold) if cfg.rl_extra_auto else None)
     trainer = GRPOTrainer(model=model, reward_funcs=[task.reward], args=args,
-                          train_dataset=datasets.Dataset.from_list(train_task.dataset_rows("train")),
+                          train_dataset=datasets.Dataset.from_list(rows),
                           processing_class=tokenizer,
                           callbacks=_callbacks(cfg, task, run, tokenizer, rl_extra) + list(callbacks or []))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
