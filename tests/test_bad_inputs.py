@@ -91,6 +91,48 @@ def ws(tmp_path_factory):
     (root / "badstate" / "loop_state.json").write_text("{truncated")
     (root / "loopy").symlink_to(root / "loopy2")
     (root / "loopy2").symlink_to(root / "loopy")
+    # a series with NaN in its last checkpoint; model folders that lack a tensor, disagree with their
+    # config, or hold NaN; a run of real model folders (with a tokenizer) for the probe analyses
+    for k in range(3):
+        w = {n: v + k for n, v in W.items()}
+        if k == 2:
+            w["model.layers.0.mlp.up_proj.weight"] = w["model.layers.0.mlp.up_proj.weight"].copy()
+            w["model.layers.0.mlp.up_proj.weight"][0, 0] = np.nan
+        write_ckpt(root / "nanrun" / f"checkpoint-{10 * k}", w, trainer_step=10 * k)
+        shutil.copytree(root / "model", root / "mrun" / f"checkpoint-{10 * k}")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(root / "model" / "model.safetensors"))
+    up = "model.layers.0.mlp.up_proj.weight"
+    for name, edit in (("missingmodel", lambda d: d.pop(up)),
+                       ("nanmodel", lambda d: d.__setitem__(up, torch.full_like(d[up], float("nan"))))):
+        shutil.copytree(root / "model", root / name)
+        d = dict(tensors)
+        edit(d)
+        save_file(d, str(root / name / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copytree(root / "model", root / "mismatchmodel")
+    cfg = json.loads((root / "model" / "config.json").read_text())
+    (root / "mismatchmodel" / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 48}))
+    # shard reports: two good ones, shard 0 relabelled as 1, and one claiming a billion shards
+    for i in range(2):
+        assert main(["analyze", "weights", str(root / "run"), "--shard", f"{i}/2", "-o", str(root / f"shard{i}"),
+                     "-q", "--no-plots"]) == 0
+    shutil.copytree(root / "shard0", root / "relabel")
+    rep = json.loads((root / "relabel" / "weights.json").read_text())
+    (root / "relabel" / "weights.json").write_text(json.dumps({**rep, "shard": {"index": 1, "count": 2}}))
+    shutil.copytree(root / "shard0", root / "bigcount")
+    (root / "bigcount" / "weights.json").write_text(json.dumps({**rep, "shard": {"index": 0, "count": 10**9}}))
+    # task and prompt files
+    task = '{"problem": "1+1=", "answer": "2"}\n{"problem": "2+2=", "answer": "4"}\n'
+    (root / "t.jsonl").write_text(task)
+    (root / "tg.generations.jsonl").write_text(task)
+    (root / "taskdir").mkdir()
+    (root / "taskdir" / "t.jsonl").write_text(task)
+    (root / "emptyprompt.jsonl").write_text('""\n')
+    (root / "surrogate.jsonl").write_text('"\\ud800abc"\n')
+    (root / "deep.jsonl").write_text("[" * 100000 + "]" * 100000 + "\n")
+    (root / "longprobe.jsonl").write_text(json.dumps({"prompt": "1+1=" * 40, "response": "2"}) + "\n")
+    (root / "runlink").symlink_to(root / "run")
     return root
 
 
@@ -240,6 +282,67 @@ CASES = [
     ("eval-top-k-negative", EVAL + ["-o", NEW, "--top-k", "-1"], ["--top-k"], [], {}),
     ("eval-batch-size-0", EVAL + ["-o", NEW, "--batch-size", "0"], ["--batch-size"], [], {}),
     ("loop-cycles-0", LOOP + ["--workdir", NEW, "--cycles", "0"], ["--cycles"], [], {}),
+    # NaN/Inf is refused by name, never reported as a safe jump
+    ("backtest-nan", ["backtest", "{R}/nanrun", "--methods", "two-point,lsq", "-o", NEW, "-q"],
+     ["nanrun/checkpoint-20", "contains NaN or Inf"], [], {}),
+    ("backtest-rank1-nan", ["backtest", "{R}/nanrun", "--methods", "rank1", "-o", NEW, "-q"],
+     ["contains NaN or Inf"], ["internal error"], {}),
+    ("extrapolate-rank1-nan", ["extrapolate", "{R}/nanrun", "--method", "rank1", "--to-step", "30", "-o", NEW, "-q"],
+     ["contains NaN or Inf"], [], {}),
+    # a model folder is what its files say, or refused
+    ("eval-missing-tensor", [*EVAL[:1], "{R}/missingmodel", *EVAL[2:], "-o", NEW], ["missingmodel", "lacks tensor"],
+     [], {}),
+    ("eval-config-mismatch", [*EVAL[:1], "{R}/mismatchmodel", *EVAL[2:], "-o", NEW],
+     ["mismatchmodel", "config.json does not match"], [], {}),
+    ("generate-config-mismatch", ["generate", "{R}/mismatchmodel", "--prompts", "{R}/prompts.jsonl", "-o", NEW, "-q"],
+     ["config.json does not match"], [], {}),
+    ("eval-nan-model", [*EVAL[:1], "{R}/nanmodel", *EVAL[2:], "-o", NEW], ["nanmodel", "contains NaN or Inf"], [], {}),
+    ("train-missing-tensor", ["train", "--model", "{R}/missingmodel", "-o", NEW, *TRAIN[3:], "--n-test", "4"], ["lacks tensor"], [], {}),
+    # analyze merge checks what the shards hold, not what they claim
+    ("merge-relabelled-shard", ["analyze", "merge", "{R}/shard0", "{R}/relabel", "-o", NEW], ["also in"], [], {}),
+    ("merge-huge-count", ["analyze", "merge", "{R}/bigcount", "-o", NEW], ["1000000000 shards"], [], {}),
+    # a task file, and the side file an output writes, are inputs too
+    ("eval-o-task", ["eval", "{R}/model", "--task", "{R}/t.jsonl", "--max-new-tokens", "2", "-q", "-o", "{R}/t.jsonl",
+                     "--overwrite"], ["into or over input"], [], {}),
+    ("eval-side-file-task", ["eval", "{R}/model", "--task", "{R}/tg.generations.jsonl", "--max-new-tokens", "2", "-q",
+                             "-o", "{R}/tg.json", "--overwrite"], ["into or over input"], [], {}),
+    ("backtest-o-holds-task", ["backtest", *S, "--task", "{R}/taskdir/t.jsonl", "-o", "{R}/taskdir", "--overwrite",
+                               "-q"], ["into or over input"], [], {}),
+    # the run folder a series comes from is an input
+    ("extrapolate-o-checkpoint-in-run", ["extrapolate", "{R}/run", "--to-step", "30", "-o", "{R}/run/checkpoint-30",
+                                         "-q"], ["into or over input"], [], {}),
+    ("extrapolate-o-run-sub", EX + ["--to-step", "20", "-o", "{R}/run/newsub"], ["into or over input"], [], {}),
+    ("extrapolate-o-run-symlink", ["extrapolate", "{R}/run", "--to-step", "30", "-o", "{R}/runlink/x", "-q"],
+     ["into or over input"], [], {}),
+    ("weights-o-run-sub", AW + ["-o", "{R}/run/newsub"], ["into or over input"], [], {}),
+    ("activations-o-run-sub", ["analyze", "activations", "{R}/mrun", "--probes", "{R}/probes.jsonl", "-o",
+                               "{R}/mrun/sub", "-q", "--no-plots"], ["into or over input"], [], {}),
+    # --grpo-arg cannot override what rlextra's options own
+    ("train-grpo-arg-output-dir", TRAIN + ["-o", NEW, "--grpo-arg", "output_dir={R}/model"],
+     ["--grpo-arg output_dir", "-o"], [], {}),
+    ("train-grpo-arg-max-steps", TRAIN + ["-o", NEW, "--grpo-arg", "max_steps=-5"], ["--steps"], [], {}),
+    # one line each, not an internal error
+    ("generate-empty-prompt", ["generate", "{R}/model", "--prompts", "{R}/emptyprompt.jsonl", "-o", NEW, "-q"],
+     ["emptyprompt.jsonl:1", "empty"], [], {}),
+    ("generate-lone-surrogate", ["generate", "{R}/model", "--prompts", "{R}/surrogate.jsonl", "-o", NEW, "-q"],
+     ["surrogate.jsonl:1", "Unicode"], [], {}),
+    ("generate-deep-json", ["generate", "{R}/model", "--prompts", "{R}/deep.jsonl", "-o", NEW, "-q"],
+     ["deep.jsonl:1", "nested too deeply"], [], {}),
+    ("generate-seed-huge", GEN + ["-o", NEW, "--seed", "100000000000000000000"], ["--seed"], [], {}),
+    ("generate-device-meta", GEN + ["-o", NEW, "--device", "meta"], ["--device meta"], [], {}),
+    ("backtest-device-meta", ["backtest", *S, "--device", "meta", "-o", NEW, "-q"], ["--device meta"], [], {}),
+    ("extrapolate-o-not-utf8", EX + ["--to-step", "20", "-o", "{R}/ex\udcff"], ["not valid UTF-8"], [], {}),
+    ("train-rank-0", TRAIN + ["-o", NEW, "--rl-extra", "2,2", "--rl-extra-method", "rank1", "--rl-extra-rank", "0"],
+     ["--rl-extra-rank 0"], [], {}),
+    ("train-safe-samples-0", TRAIN + ["-o", NEW, "--rl-extra", "2,2", "--rl-extra-safe", "--rl-extra-safe-samples",
+                                      "0"], ["--rl-extra-safe-samples 0"], [], {}),
+    ("train-safe-without-cycle", TRAIN + ["-o", NEW, "--rl-extra-safe"], ["--rl-extra-safe needs --rl-extra"], [], {}),
+    ("train-replay-without-cycle", TRAIN + ["-o", NEW, "--rl-extra-replay"], ["--rl-extra-replay needs --rl-extra"],
+     [], {}),
+    ("activations-probe-too-long", ["analyze", "activations", "{R}/mrun", "--probes", "{R}/longprobe.jsonl", "-o", NEW,
+                                    "-q", "--no-plots"], ["longprobe.jsonl", "longer than the model's context"], [], {}),
+    ("outputs-probe-too-long", ["analyze", "outputs", "{R}/mrun", "--probes", "{R}/longprobe.jsonl", "-o", NEW,
+                                "-q", "--no-plots"], ["longprobe.jsonl", "longer than the model's context"], [], {}),
 ]
 
 
@@ -368,3 +471,64 @@ def test_disk_full_mid_write_is_one_line_and_leaves_nothing(ws, capsys, monkeypa
     assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert err.rstrip() == f"rlextra: error: {ws / 'new' / 'out' / 'model.safetensors'}: {os.strerror(errno.ENOSPC)}"
     assert _snapshot(ws) == before
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_run(tmp_path):
+    """SIGKILL leaves .out.tmp-* (nothing can clean up); the next run on that target finds the lock
+    free, removes them, says so in one line, and writes its output."""
+    inputs = _big_series(tmp_path / "run", 3)
+    out = tmp_path / "out"
+    argv = ["extrapolate", *inputs, "--fit", "lsq", "--to-step", "40", "--chunk-size", "512", "-q", "-o", str(out)]
+    for _ in range(3):
+        res = _signal_mid_write(argv, tmp_path, ".out.tmp-*", signal.SIGKILL)
+        if res.returncode == -signal.SIGKILL:
+            break
+        shutil.rmtree(out)
+    assert res.returncode == -signal.SIGKILL
+    assert list(tmp_path.glob(".out.tmp-*")) and not out.exists()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                       os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    again = subprocess.run([sys.executable, "-m", "rlextra.cli", *argv], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert [line for line in again.stderr.splitlines() if line.startswith("rlextra:")] == [
+        line for line in again.stderr.splitlines() if "removed 1 stale temporary" in line]
+    assert (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_loop_stopped_by_sigterm_stops_its_training_command(tmp_path):
+    """The training command runs in its own process group; SIGTERM to loop ends that group too, so
+    no orphan goes on writing into the cycle folder."""
+    write_ckpt(tmp_path / "m", {"w": np.ones(4)})
+    pidfile = tmp_path / "pid"
+    argv = ["loop", "--model", str(tmp_path / "m"), "--workdir", str(tmp_path / "work"), "--rl-extra", "1,1",
+            "--cycles", "1", "-q", "--train-command", f"sleep 120 & echo $! > {pidfile}; wait"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                       os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "rlextra.cli", *argv], env=env, preexec_fn=_default_signals,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (pidfile.is_file() and pidfile.read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+def test_a_second_train_on_a_running_train_folder_is_refused(ws, tmp_path, capsys):
+    from rlextra.io import claim
+
+    run = tmp_path / "run"
+    with claim(run):  # what a running train holds
+        rc = main(["train", "--model", str(ws / "model"), "-o", str(run), "--steps", "1", "--digits", "1",
+                   "--n-train", "10", "--n-test", "4", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "being written by another process" in err and err.count("\n") == 1
+    assert not run.exists()

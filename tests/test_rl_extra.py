@@ -104,6 +104,8 @@ def test_grpo_with_rl_extra_logs_saves_and_resumes_the_schedule(tiny, tmp_path):
         cfg.rl_extra = (2, 2)
         cfg.max_steps = 8
         train(cfg)
+    # refused before anything was written: run.json still records the settings the run has
+    assert json.loads((run / "run.json").read_text())["config"]["rl_extra"] == [3, 3]
 
 
 def _free_port() -> int:
@@ -328,3 +330,32 @@ def test_replay_trains_every_cycle_on_grpos_first_batches(tiny, tmp_path, monkey
     with pytest.raises(RLExtraError, match="use no warm-up"):
         TrainConfig(model=str(tiny), output_dir=str(tmp_path / "y"), rl_extra=(2, 2), rl_extra_replay=True,
                     rl_extra_warmup=2)
+
+
+@pytest.mark.slow
+def test_heldout_evaluation_leaves_the_training_stream_alone(tiny, tmp_path):
+    """Held-out evaluation at each checkpoint (on by default) must not touch the trainer's random
+    state: a run interrupted at step 2 and resumed ends on the uninterrupted run's weights, and the
+    evaluation itself leaves torch's global generator where it was."""
+    from safetensors.torch import load_file
+
+    from rlextra.evaluation import heldout_accuracy
+    from rlextra.hf import load_model
+    from rlextra.tasks import load_task
+
+    model, tok = load_model(tiny, device="cpu")
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    heldout_accuracy(model, tok, load_task(SPEC), 5, max_new_tokens=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+    def cfg(name, steps):
+        return TrainConfig(model=str(tiny), output_dir=str(tmp_path / name), task=SPEC, max_steps=steps,
+                           save_every=2, learning_rate=1e-3, prompts_per_step=4, num_generations=4,
+                           max_completion_length=3, eval_problems=5, progress=False)
+
+    whole = load_file(str(train(cfg("whole", 4)) / "checkpoint-4" / "model.safetensors"))
+    train(cfg("parts", 2))
+    parts = load_file(str(train(cfg("parts", 4)) / "checkpoint-4" / "model.safetensors"))
+    for k in whole:
+        torch.testing.assert_close(parts[k], whole[k], rtol=0, atol=0)

@@ -7,6 +7,7 @@ defaults and help are written once, beside the field or parameter.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -126,7 +127,7 @@ TINY = Options(build_tiny_model, ["warmup_steps", "seed", "device", "dtype", "ov
                    "warmup_steps": "supervised warm-up steps", "seed": "seed of the weights and the warm-up",
                    "device": DEVICE_HELP, "overwrite": "replace an existing output",
                    "dtype": "auto (float32: a new model has no stored dtype), bfloat16, float16, float32: the "
-                            "dtype it is trained and saved in"})
+                            "dtype it is trained and saved in (float16: trained in float32, saved in float16)"})
 CONVERT = Options(convert_gguf, ["dtype", "overwrite"], choices={"dtype": ("float32", "bfloat16", "float16")},
                   helps={"dtype": "dtype of the dequantized weights", "overwrite": "replace an existing output"})
 DEMO = Options(run_demo, ["quick", "seed", "threads", "overwrite"], helps={
@@ -652,6 +653,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = getattr(exc, "code", 2)  # a failed training command passes on its own exit code
         return code if isinstance(code, int) and 0 < code < 256 else 2
     except KeyboardInterrupt as exc:
+        import signal
+
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to protect
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback over this line
         what = "terminated by " + exc.args[0] if isinstance(exc, Terminated) else "interrupted"
         note = kept.format(**vars(args)) if kept else "nothing was written"
         print(f"rlextra: {what}; {note}", file=sys.stderr)

@@ -94,25 +94,58 @@ def model_device(model):
 
 
 def load_model(path: str | Path, *, device: str | None = "auto", dtype: str | None = "auto",
-               allow_pickle: bool = False):
-    """(model, tokenizer) from a local folder, the model in eval mode directly on ``device``.
+               allow_pickle: bool = False, place: bool = True):
+    """(model, tokenizer) from a local folder, the model in eval mode directly on ``device``
+    (``place=False``: left where transformers loads it, for a trainer that places it itself).
 
     Every weight file is read through rlextra's checked reader first (headers, offsets, sizes;
-    pickles only with ``allow_pickle``), so a damaged folder is a one-line error, not a crash.
+    pickles only with ``allow_pickle``), so a damaged folder is a one-line error, not a crash. A
+    tensor the folder lacks, or one whose shape disagrees with config.json, is refused: transformers
+    would fill it with random values and carry on. So are NaN and Inf in the weights.
     """
+    import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from rlextra.checkpoints import check_model_dir
 
     path = check_model_dir(path, allow_pickle=allow_pickle, pickle_flag="--allow-pickle")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    placement = {"device_map": str(dev)} if place else {}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its multi-line load report: the one-line refusals below say it
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=str(dev),
-                                                     use_safetensors=None if allow_pickle else True)
-    except (OSError, ValueError) as exc:
-        raise RLExtraError(f"{path}: cannot load the model ({str(exc).splitlines()[0]})") from None
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, use_safetensors=None if allow_pickle else True, output_loading_info=True,
+            ignore_mismatched_sizes=True, **placement)  # so that mismatches reach the check below
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise RLExtraError(f"{path}: cannot load the model ({_first_line(exc)})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    mismatched = sorted(info.get("mismatched_keys") or (), key=str)
+    if mismatched:
+        k = mismatched[0]
+        shapes = f" (checkpoint {tuple(k[1])}, config.json {tuple(k[2])})" if isinstance(k, tuple) and len(k) == 3 \
+            else ""
+        raise RLExtraError(f"{path}: config.json does not match the weights: tensor "
+                           f"'{k if isinstance(k, str) else k[0]}'{shapes}" +
+                           (f" and {len(mismatched) - 1} more" if len(mismatched) > 1 else ""))
+    missing = sorted(map(str, info.get("missing_keys") or ()))
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise RLExtraError(f"{path}: the checkpoint lacks tensor '{missing[0]}'{more}; transformers would "
+                           "initialize it at random, so it is refused")
+    with torch.no_grad():
+        bad = next((n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise RLExtraError(f"{path}: tensor '{bad}' contains NaN or Inf")
     return model.eval(), load_tokenizer(path)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line (transformers' mismatch reports run to many lines)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def load_tokenizer(path: str | Path):

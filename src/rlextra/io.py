@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -56,6 +57,8 @@ _saved: dict[int, object] = {}
 def _raise_terminated(signum, frame) -> None:
     for s in _saved:  # once: a second signal must not interrupt the cleanup of the first
         signal.signal(s, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signum)
 
 
@@ -63,6 +66,8 @@ def _raise_terminated(signum, frame) -> None:
 def interruptible() -> Iterator[None]:
     """Within this block SIGTERM and SIGHUP raise ``Terminated``; handlers are restored after.
 
+    Ctrl-C raises KeyboardInterrupt as usual, once: after the first of these signals the others are
+    ignored until the block ends, so a second Ctrl-C cannot break off the cleanup with a traceback.
     Only the main thread can own signal handlers; elsewhere, and where the program installed its
     own handlers, this does nothing.
     """
@@ -74,6 +79,8 @@ def interruptible() -> Iterator[None]:
         for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if s is not None and signal.getsignal(s) in (signal.SIG_DFL, None):
                 _saved[s] = signal.signal(s, _raise_terminated)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            _saved[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_terminated)
     _depth += 1
     try:
         yield
@@ -117,6 +124,11 @@ def check_output(target: str | Path, *, inputs: Sequence[str | Path] = (), overw
         raise ValueError(f"kind must be 'dir' or 'file', got {kind!r}")
     if str(target).strip() == "":
         raise RLExtraError(f"{option}: empty path")
+    try:
+        str(target).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RLExtraError(f"{option} {str(target).encode('utf-8', 'surrogateescape')!r}: the path is not valid "
+                           "UTF-8; choose a name in UTF-8") from None
     out = _resolve(target, "output")
     for inp in inputs:
         src = _resolve(inp, "input")
@@ -213,6 +225,41 @@ def _claim(target: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def remove_stale(target: Path) -> list[Path]:
+    """Remove the temporaries (``.NAME.tmp-*``, ``.NAME.old-*``) a killed writer left beside target.
+
+    Call with target's lock held: every writer holds it while its temporaries exist, so any found
+    then belong to a writer that died without cleaning up (SIGKILL, power loss). Says so in one line.
+    """
+    stale = sorted(target.parent.glob(f".{glob_escape(_short(target.name))}.tmp-*")) + \
+        sorted(target.parent.glob(f".{glob_escape(_short(target.name))}.old-*"))
+    for p in stale:
+        _remove(p)
+    if stale:
+        print(f"rlextra: removed {len(stale)} stale temporar{'y' if len(stale) == 1 else 'ies'} of an "
+              f"interrupted run beside {target} ({stale[0].name}{', ...' if len(stale) > 1 else ''})",
+              file=sys.stderr, flush=True)
+    return stale
+
+
+def glob_escape(name: str) -> str:
+    """A literal name inside a glob pattern."""
+    import glob
+
+    return glob.escape(name)
+
+
+@contextlib.contextmanager
+def claim(target: str | Path) -> Iterator[Path]:
+    """Hold ``target``'s lock (the one every rlextra writer takes) for a command that writes into it
+    in place for a long time, such as a training run: a second such command gets a one-line
+    "being written by another process" instead of overwriting the first one's files."""
+    out = _resolve(target, "output")
+    _make_parents(out.parent)
+    with _claim(out):
+        yield out
+
+
 @contextlib.contextmanager
 def _atomic(target: str | Path, kind: str, inputs: Sequence[str | Path], overwrite: bool,
             option: str) -> Iterator[Path]:
@@ -224,6 +271,7 @@ def _atomic(target: str | Path, kind: str, inputs: Sequence[str | Path], overwri
             with _claim(out):
                 # authoritative under the lock: another writer may have finished meanwhile
                 out = check_output(out, inputs=inputs, overwrite=overwrite, kind=kind, option=option)
+                remove_stale(out)
                 tmp = out.parent / f".{_short(out.name)}.tmp-{uuid.uuid4().hex[:8]}"
                 if kind == "dir":
                     tmp.mkdir()
@@ -315,6 +363,7 @@ def fresh_output_dir(target: str | Path, *, inputs: Sequence[str | Path] = (), o
         _make_parents(out.parent)
         with _claim(out):
             out = check_output(out, inputs=inputs, overwrite=overwrite, kind="dir", option=option)
+            remove_stale(out)
             if out.exists():
                 old = out.parent / f".{_short(out.name)}.old-{uuid.uuid4().hex[:8]}"
                 os.replace(out, old)
@@ -346,6 +395,8 @@ def read_json(path: str | Path, what: str = "JSON file") -> object:
         return json.loads(read_text(path, what))
     except ValueError as exc:
         raise RLExtraError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise RLExtraError(f"{path}: JSON nested too deeply to read") from None
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, object]]:
@@ -358,4 +409,6 @@ def read_jsonl(path: str | Path) -> list[tuple[int, object]]:
                 rows.append((i, json.loads(line)))
             except ValueError as exc:
                 raise RLExtraError(f"{path}:{i}: not valid JSON ({exc})") from None
+            except RecursionError:
+                raise RLExtraError(f"{path}:{i}: JSON nested too deeply to read") from None
     return rows

@@ -8,6 +8,17 @@ import zlib
 
 import numpy as np
 
+from rlextra.errors import RLExtraError
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy take seeds up to a signed 64-bit integer
+
+
+def check_seed(seed, option: str = "--seed") -> int:
+    """The one check of a user's seed: an integer in [0, 2^63 - 1], else a one-line error."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise RLExtraError(f"{option} {seed}: must be an integer in [0, 2^63 - 1]")
+    return seed
+
 
 def sample_indices(name: str, numel: int, fraction: float, seed: int) -> np.ndarray:
     """The paper's sampling: a fraction of each tensor, at least 50 entries, seeded per tensor.

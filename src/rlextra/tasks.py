@@ -65,6 +65,18 @@ class TaskSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def input_files(self) -> list[Path]:
+        """The local file the task is read from, if any: commands add it to their output guard's inputs,
+        so that no output (or side file such as FILE.generations.jsonl) replaces it."""
+        p = Path(self.name)
+        return [p] if self.name not in ("arithmetic",) and p.exists() else []
+
+
+def task_inputs(task) -> list[Path]:
+    """``input_files`` of a Task, a TaskSpec, or nothing (None)."""
+    spec = getattr(task, "spec", task)
+    return spec.input_files() if isinstance(spec, TaskSpec) else []
+
 
 @dataclass
 class Task:

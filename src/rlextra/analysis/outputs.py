@@ -84,7 +84,7 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     """
     load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle)  # where each checkpoint runs
     series = load_series(checkpoints, steps, allow_pickle=allow_pickle, min_checkpoints=3)
-    inputs = probe_inputs(series, probes)
+    inputs = probe_inputs(series, probes, task)
     if out_dir is not None:
         check_output(out_dir, inputs=inputs, overwrite=overwrite)
     if token_filter not in TOKEN_FILTERS:

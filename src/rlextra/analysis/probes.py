@@ -13,6 +13,7 @@ import numpy as np
 
 from rlextra.checkpoints.series import CheckpointSeries
 from rlextra.errors import RLExtraError
+from rlextra.sampling import check_seed
 from rlextra.io import read_jsonl
 
 Encoded = Sequence[tuple[list[int], list[int]]]
@@ -70,9 +71,12 @@ def encode_probes(tokenizer, probes: Sequence[dict]) -> list[tuple[list[int], li
     return enc
 
 
-def probe_inputs(series: CheckpointSeries, probes) -> list[Path]:
-    """Everything an analysis reads, for the output guard: the checkpoints and a probes file."""
-    return [c.path for c in series.checkpoints] + ([Path(probes)] if isinstance(probes, (str, Path)) else [])
+def probe_inputs(series: CheckpointSeries, probes, task=None) -> list[Path]:
+    """Everything an analysis reads, for the output guard: the checkpoints and their run folder, a
+    probes file, and a task file."""
+    from rlextra.tasks import task_inputs
+
+    return series.input_folders + ([Path(probes)] if isinstance(probes, (str, Path)) else []) + task_inputs(task)
 
 
 def prepare_probes(series: CheckpointSeries, *, probes: str | Path | list[dict] | None, generate: int | None,
@@ -83,8 +87,8 @@ def prepare_probes(series: CheckpointSeries, *, probes: str | Path | list[dict] 
 
     if (probes is None) == (generate is None):
         raise RLExtraError("give probes (--probes FILE) or a number of responses to generate (--generate N)")
-    if seed < 0:
-        raise RLExtraError(f"--seed must be an integer >= 0, got {seed}")
+    check_seed(seed)
+    source = probes if isinstance(probes, (str, Path)) else "probes"
     if generate is not None and generate < 1:
         raise RLExtraError(f"--generate must be at least 1, got {generate}")
     if generate is not None:
@@ -98,8 +102,28 @@ def prepare_probes(series: CheckpointSeries, *, probes: str | Path | list[dict] 
         probes = load_probes(probes)
     tokenizer = load_tokenizer(series.checkpoints[0].path)
     encoded = encode_probes(tokenizer, probes)
+    _check_context(series.checkpoints[0].path, encoded, source)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     return probes, encoded, pad
+
+
+def _check_context(model_dir: Path, encoded: Encoded, source) -> None:
+    """Refuse a probe (prompt + response) longer than the model's context: positions past
+    max_position_embeddings give numbers, but not the model's."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        return  # the loader names a bad config when the model loads
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    limit = getattr(text, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit < 1:
+        return
+    for i, (p, r) in enumerate(encoded):
+        if len(p) + len(r) > limit:
+            raise RLExtraError(f"{source}: probe {i + 1}: {len(p) + len(r)} tokens, longer than the model's context "
+                               f"of {limit} (max_position_embeddings)")
 
 
 def padded_batches(encoded: Encoded, pad_id: int, batch_size: int, rows_for: Callable[[int], int] | None = None

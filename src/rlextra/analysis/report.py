@@ -177,6 +177,45 @@ def _shard_problem(report, acc) -> str | None:
     return None
 
 
+def assign_shards(sizes: dict[str, int], n_shards: int) -> dict[str, int]:
+    """Deterministic size-balanced assignment of tensors to shards (largest first, least loaded)."""
+    loads = [0] * n_shards
+    owner = {}
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        i = min(range(n_shards), key=lambda j: (loads[j], j))
+        owner[name] = i
+        loads[i] += sizes[name]
+    return owner
+
+
+def _check_cover(loaded: list[tuple[Path, dict, dict]], count: int) -> None:
+    """The shards hold disjoint tensors, each in the shard that ``--shard i/N`` gives it, with counts
+    consistent with its size and the shard's histogram: a relabelled or edited shard is refused,
+    not counted twice."""
+    where: dict[str, tuple[Path, int, int]] = {}
+    for folder, rep, acc in loaded:
+        for r in rep["tensors"]:
+            name = r["name"]
+            if name in where:
+                raise RLExtraError(f"{folder}: tensor '{name}' is also in {where[name][0]}; the shards of one split "
+                                   "hold disjoint tensors")
+            fitted = r["n_constant"] + r["n_filtered"] + r["n_analyzed"]
+            if not (r["numel"] >= 1 and min(r["n_constant"], r["n_filtered"], r["n_analyzed"]) >= 0
+                    and r["n_fitted"] == fitted <= r["numel"]):
+                raise RLExtraError(f"{folder}: tensor '{name}': counts do not add up (numel {r['numel']}, fitted "
+                                   f"{r['n_fitted']}, constant + filtered + analysed {fitted})")
+            where[name] = (folder, rep["shard"]["index"], r["numel"])
+        analysed = sum(r["n_analyzed"] for r in rep["tensors"])
+        if sum(acc["hist_fine"]) != analysed:
+            raise RLExtraError(f"{folder}: accumulators.json's histogram counts {sum(acc['hist_fine'])} values, "
+                               f"weights.json {analysed}; the two files are not of one run")
+    owner = assign_shards({n: numel for n, (_, _, numel) in where.items()}, count)
+    for name, (folder, index, _) in where.items():
+        if owner[name] != index:
+            raise RLExtraError(f"{folder}: tensor '{name}' belongs to shard {owner[name]}/{count}, not "
+                               f"{index}/{count}; was this folder relabelled?")
+
+
 def merge_weight_reports(shard_dirs: Sequence[str | Path], out_dir: str | Path | None = None, *,
                          plots: bool = True, overwrite: bool = False) -> dict:
     """Combine the reports of ``--shard i/N`` runs into the report of one full run."""
@@ -199,9 +238,13 @@ def merge_weight_reports(shard_dirs: Sequence[str | Path], out_dir: str | Path |
             raise RLExtraError(f"{folder}: shard {sh['index']} given twice (also {seen[sh['index']]})")
         seen[sh["index"]] = folder
     count = first["shard"]["count"]
+    if count != len(loaded):  # before range(count): a shard may claim any count
+        raise RLExtraError(f"{loaded[0][0]}: its --shard split has {count} shards, but {len(loaded)} "
+                           f"folder(s) were given; merge every shard of the split, once")
     missing = sorted(set(range(count)) - set(seen))
     if missing:
         raise RLExtraError(f"shard {missing[0]}/{count} is missing from the merge")
+    _check_cover(loaded, count)
     meta = {k: first[k] for k in ("rlextra_version", "kind", "steps", "checkpoints", "options")}
     meta["shard"] = None
     meta["skipped_tensors"] = first["skipped_tensors"]

@@ -35,7 +35,7 @@ from rlextra.checkpoints.series import (Checkpoint, CheckpointSeries, index_mode
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, finalize_window, window_sums
 from rlextra.io import atomic_output_dir, check_output, interruptible
-from rlextra.sampling import sample_indices
+from rlextra.sampling import check_seed, sample_indices
 
 TRAINER_MARKER = "trainer_state.json"  # written last by the HF/TRL Trainer's checkpoint save
 
@@ -182,8 +182,7 @@ def watch(run: str | Path, out_dir: str | Path, *, sample: float = 0.001, seed: 
     run = Path(run)
     if not (0 < sample <= 1):
         raise RLExtraError(f"--sample must be in (0, 1], got {sample}")
-    if not (isinstance(seed, int) and seed >= 0):
-        raise RLExtraError(f"--seed must be an integer >= 0, got {seed}")
+    check_seed(seed)
     if not (isinstance(window, int) and window >= 3):
         raise RLExtraError(f"--window {window}: must be an integer >= 3")
     if not (math.isfinite(poll_seconds) and poll_seconds > 0):

@@ -21,14 +21,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.analysis.report import FINE_BINS, finalize_report, tensor_summary, write_weight_files
+from rlextra.analysis.report import (FINE_BINS, assign_shards, finalize_report, tensor_summary,  # noqa: F401
+                                    write_weight_files)
 from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_values
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, parse_size
 from rlextra.errors import RLExtraError
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
-from rlextra.sampling import sample_indices  # noqa: F401  (re-exported: rlextra.analysis.weights.sample_indices)
+from rlextra.sampling import check_seed, sample_indices  # noqa: F401  (re-exported: rlextra.analysis.weights.sample_indices)
 
 N_EXAMPLE_TENSORS = 6
 N_CANDIDATES = 8
@@ -94,17 +95,6 @@ def _env_int(name: str, default: str) -> int:
         raise RLExtraError(f"{name}={text!r}: expected an integer (set by torchrun/accelerate)") from None
 
 
-def assign_shards(sizes: dict[str, int], n_shards: int) -> dict[str, int]:
-    """Deterministic size-balanced assignment of tensors to shards (largest first, least loaded)."""
-    loads = [0] * n_shards
-    owner = {}
-    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
-        i = min(range(n_shards), key=lambda j: (loads[j], j))
-        owner[name] = i
-        loads[i] += sizes[name]
-    return owner
-
-
 def example_tensors(names: Sequence[str]) -> list[str]:
     """Evenly spaced tensors over the whole model, whichever shard runs them."""
     if not names:
@@ -140,11 +130,10 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         shard = parse_shard(shard)
     series = load_series(checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes,
                          min_checkpoints=3)
-    inputs = [c.path for c in series.checkpoints]
+    inputs = series.input_folders
     if out_dir is not None:
         check_output(out_dir, inputs=inputs, overwrite=overwrite)
-    if seed < 0:
-        raise RLExtraError(f"--seed must be an integer >= 0, got {seed}")
+    check_seed(seed)
     if sample is not None and not 0 < sample <= 1:
         raise RLExtraError(f"--sample must be in (0, 1], got {sample}")
     if min_change is not None and not (math.isfinite(min_change) and min_change >= 0):

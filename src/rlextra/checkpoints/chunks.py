@@ -44,13 +44,18 @@ def raise_nonfinite(refs: list[TensorRef], steps: list[int], start: int, stop: i
 
 
 
-def read_tensor(ref: TensorRef, device=None):
+def read_tensor(ref: TensorRef, device=None, step: int | None = None):
     """The whole tensor as fp32 torch, shaped, on ``device`` (for methods that need the matrix,
-    such as an SVD). Memory: one fp32 copy of the tensor; no NaN/Inf check, as read_values."""
+    such as an SVD). Memory: one fp32 copy of the tensor. NaN/Inf are refused here, naming the file:
+    whole-tensor methods (an SVD, a norm) would fail or turn them into a wrong answer."""
     import torch
 
     if not ref.is_float:
         raise RLExtraError(f"{ref.file}: tensor '{ref.name}' has dtype {ref.dtype}, "
                            "which rlextra cannot do arithmetic on")
     t = to_torch(ref.read_raw(0, ref.numel), ref.dtype).reshape(ref.shape)
-    return t.to(device=device or "cpu", dtype=torch.float32)
+    t = t.to(device=device or "cpu", dtype=torch.float32)
+    if not bool(torch.isfinite(t).all()):
+        at = "" if step is None else f" (step {step})"
+        raise RLExtraError(f"{ref.file}: tensor '{ref.name}'{at} contains NaN or Inf")
+    return t

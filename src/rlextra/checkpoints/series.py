@@ -57,6 +57,20 @@ class CheckpointSeries:
         """Tensor names in a canonical (sorted) order."""
         return sorted(self.newest.tensors)
 
+    @property
+    def input_folders(self) -> list[Path]:
+        """Every folder a command on this series reads, for the output guard: each checkpoint and the
+        run folder holding it (a checkpoint named by its step sits in a run folder that analyses,
+        backtests and resumes read whole; an output planted there would join the series)."""
+        out = []
+        for c in self.checkpoints:
+            out.append(c.path)
+            ckpt = c.path.parent.parent if c.path.name == "huggingface" and c.path.parent.name == "actor" \
+                else c.path.parent if c.path.name == "actor" else c.path
+            if step_from_name(ckpt) is not None:
+                out.append(ckpt.parent)
+        return list(dict.fromkeys(out))
+
     def refs(self, name: str) -> list[TensorRef]:
         """The tensor called name in every checkpoint, oldest first."""
         return [c.tensors[name] for c in self.checkpoints]

@@ -45,7 +45,17 @@ class HFGenerate:
         cfg = cfg or SamplingConfig()
         tok = self.tokenizer
         check_prompt_lengths(tok, prompts, self.model.config)
-        torch.manual_seed(cfg.seed)
+        device = model_device(self.model)
+        # generate samples from the global generator: seed a fork of it, so a caller's random stream
+        # (a trainer evaluating at each checkpoint) continues as if nothing had been generated
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            return self._generate(prompts, cfg, progress, device)
+
+    def _generate(self, prompts: Sequence[str], cfg: SamplingConfig, progress: bool, device) -> list[list[str]]:
+        import torch
+
+        tok = self.tokenizer
         n_seq = 1 if cfg.greedy else cfg.k  # greedy samples are all the same: decode once, copy
         kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not cfg.greedy, num_return_sequences=n_seq,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
@@ -56,7 +66,6 @@ class HFGenerate:
         if cfg.stop:
             kwargs.update(stop_strings=cfg.stop, tokenizer=tok)
         special = prompt_special_tokens(tok)
-        device = model_device(self.model)
         per_batch = max(1, cfg.batch_size // cfg.k)
         out: list[list[str]] = []
         with torch.no_grad():

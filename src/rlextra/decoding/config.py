@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol, Sequence
 
 from rlextra.errors import RLExtraError
+from rlextra.sampling import MAX_SEED
 from rlextra.fields import option
 
 
@@ -25,7 +26,7 @@ def check_sampling(cfg) -> None:
         (is_int(cfg.top_k) and cfg.top_k >= 0, "--top-k", "0 (off) or more"),
         (is_num(cfg.temperature) and cfg.temperature >= 0, "--temperature", "a finite number >= 0 (0 = greedy)"),
         (is_num(cfg.top_p) and 0 < cfg.top_p <= 1, "--top-p", "in (0, 1]"),
-        (is_int(cfg.seed) and cfg.seed >= 0, "--seed", "an integer >= 0"),
+        (is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED, "--seed", "an integer in [0, 2^63 - 1]"),
     ]
     for ok, option, need in checks:
         if not ok:

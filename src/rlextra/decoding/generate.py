@@ -19,12 +19,16 @@ def read_prompts(path: str | Path) -> list[str]:
     """One prompt per JSONL line: a string, or an object with a 'prompt' string."""
     prompts = []
     for i, row in read_jsonl(Path(path)):
-        if isinstance(row, str):
-            prompts.append(row)
-        elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
-            prompts.append(row["prompt"])
-        else:
+        text = row if isinstance(row, str) else row.get("prompt") if isinstance(row, dict) else None
+        if not isinstance(text, str):
             raise RLExtraError(f"{path}:{i}: expected a string or an object with a 'prompt' string")
+        if not text:
+            raise RLExtraError(f"{path}:{i}: the prompt is empty; a model needs at least one token to continue")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RLExtraError(f"{path}:{i}: the prompt is not valid Unicode (a lone surrogate escape)") from None
+        prompts.append(text)
     if not prompts:
         raise RLExtraError(f"{path}: no prompts")
     return prompts

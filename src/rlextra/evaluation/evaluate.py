@@ -13,7 +13,7 @@ from rlextra.errors import RLExtraError
 from rlextra.hf import format_prompts
 from rlextra.io import atomic_output_file, check_output
 from rlextra.metrics import summarize
-from rlextra.tasks import Task, TaskSpec, load_task
+from rlextra.tasks import Task, TaskSpec, load_task, task_inputs
 
 
 def generations_path(out_file: Path) -> Path:
@@ -47,7 +47,7 @@ def evaluate(decoder: Decoder | str | Path | None, task: Task | TaskSpec, out_fi
     folder given as ``decoder`` is loaded.
     """
     sampling = sampling or SamplingConfig()
-    inputs = decoder_inputs(decoder)
+    inputs = decoder_inputs(decoder) + task_inputs(task)
     if isinstance(decoder, (str, Path)) and completions is None:
         from rlextra.checkpoints import check_model_dir
 
@@ -111,6 +111,7 @@ def evaluate_checkpoint(model: str | Path, task: Task | TaskSpec, out_file: str 
     inputs = [spec_path(m) for m in models]
     for path in inputs:  # the model folders first, then the outputs, before any model loads
         check_model_dir(path, allow_pickle=allow_pickle, pickle_flag="--allow-pickle")
+    inputs += task_inputs(task)
     if out_file is not None:
         check_outputs(out_file, inputs, overwrite)
     decoder = load_decoder(models if extrapolate_from is not None else models[0], backend=backend,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -45,6 +46,7 @@ from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, MIN_CHECKPOINTS, WindowPredictor, check_device, check_method
 from rlextra.hf import is_norm_weight
 from rlextra.io import atomic_output_dir
+from rlextra.tasks import task_inputs
 
 MODULE_TYPES = ("attention", "mlp", "embeddings", "norms", "other")
 _EMBED = re.compile(r"embed|(^|\.)wte\.|(^|\.)wpe\.|lm_head|embed_out|word_embeddings", re.IGNORECASE)
@@ -117,7 +119,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
     windows = plan_windows(k, methods, pairs)
     if not windows:
         raise RLExtraError(f"no method of {methods} has a window on {k} checkpoints (lsq needs 4)")
-    inputs = [c.path for c in series.checkpoints] + [p for p in given if p.exists()]
+    inputs = series.input_folders + [p for p in given if p.exists()] + task_inputs(task)
     with atomic_output_dir(Path(out_dir), inputs=inputs, overwrite=overwrite) as tmp:
         rows = _weight_rows(series, windows, rank, min_r2, norms, dev, progress)
         result = {"rlextra_version": rlextra.__version__, "steps": series.steps,
@@ -130,7 +132,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
             result["sampling"] = (sampling.to_dict() if sampling is not None else None)
         result["rows"] = rows
         result["recommendation"] = recommend(rows, result.get("real_accuracy"))
-        (tmp / "backtest.json").write_text(json.dumps(result, indent=1) + "\n")
+        (tmp / "backtest.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
         (tmp / "backtest.csv").write_text(rows_csv(rows))
         if plots:
             from rlextra.extrapolate.backtest_plots import plot_backtest_accuracy, plot_backtest_error
@@ -157,7 +159,7 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
             torch.no_grad():
         for name in names:
             kind = module_type(name)
-            vals = [read_tensor(r, device) for r in series.refs(name)]
+            vals = [read_tensor(r, device, step) for r, step in zip(series.refs(name), steps)]
             copy = norms == "copy" and is_norm_weight(name)
             for w in windows:
                 wp = None if copy else WindowPredictor(
@@ -166,8 +168,13 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
                 w_s = vals[w.idx[-1]]
                 for t in targets[w]:
                     pred = w_s if wp is None else wp.at(steps[t])
-                    num[w, t][kind] += float(torch.linalg.vector_norm(pred - vals[t])) ** 2
-                    den[w, t][kind] += float(torch.linalg.vector_norm(vals[t] - w_s)) ** 2
+                    e = float(torch.linalg.vector_norm(pred - vals[t], dtype=torch.float64)) ** 2
+                    d = float(torch.linalg.vector_norm(vals[t] - w_s, dtype=torch.float64)) ** 2
+                    if not (math.isfinite(e) and math.isfinite(d)):  # finite inputs, overflowing arithmetic
+                        raise RLExtraError(f"tensor '{name}': values too large to fit (overflow) in the "
+                                           f"{w.method} prediction of step {steps[t]}")
+                    num[w, t][kind] += e
+                    den[w, t][kind] += d
                     bar.update(1)
             del vals
     rows = []

@@ -51,6 +51,7 @@ from typing import Sequence
 import numpy as np
 
 from rlextra.errors import RLExtraError
+from rlextra.hf import resolve_device
 from rlextra.linefit import line_weights, two_point
 
 METHODS = ("two-point", "lsq", "rank1")
@@ -77,18 +78,11 @@ def check_method(method: str, k: int, *, rank: int = 1, min_r2: float | None = N
 
 
 def check_device(device: str | None):
-    """A torch device from a user's --device, with a one-line error when it is unknown or absent."""
+    """A torch device from a user's --device (rlextra's one parser, ``hf.resolve_device``); None is
+    the CPU, where the streamed methods run."""
     import torch
 
-    if device is None:
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise RLExtraError(f"--device '{device}' is not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RLExtraError(f"--device {device}: no CUDA device is available")
-    return dev
+    return torch.device("cpu") if device is None else resolve_device(device)
 
 
 class WindowPredictor:

@@ -86,7 +86,7 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
         method = fit
     series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
         checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
-    inputs = [c.path for c in series.checkpoints]
+    inputs = series.input_folders
     check_output(out_dir, inputs=inputs, overwrite=overwrite)
     k = len(series)
     if k < 2:
@@ -160,7 +160,7 @@ def _extrapolate_whole(series: CheckpointSeries, spec: TensorSpec, target: float
                        device: str | None) -> np.ndarray:
     """One whole tensor by rank1 (1-D tensors: their own line), encoded and checked finite."""
     refs = series.refs(spec.name)
-    values = [read_tensor(r, device) for r in refs]
+    values = [read_tensor(r, device, step) for r, step in zip(refs, series.steps)]
     pred = WindowPredictor("rank1", series.steps, values, rank=rank, check=False).at(target)
     raw = from_torch(pred.reshape(-1).cpu(), spec.dtype)
     if not decoded_is_finite(raw, spec.dtype):

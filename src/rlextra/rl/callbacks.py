@@ -6,6 +6,7 @@ Module-level and given what they need, so they plug into any transformers/TRL tr
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -48,10 +49,15 @@ class SeriesCallback(TrainerCallback):
         base = self.run / "checkpoint-0"
         if state.global_step == 0 and not (base / "trainer_state.json").is_file():
             tmp = self.run / ".checkpoint-0.tmp"
-            model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": 0}))
-            tmp.rename(base)
+            shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftover (train holds the run's lock)
+            try:
+                model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                (tmp / "trainer_state.json").write_text(json.dumps({"global_step": 0}))
+                tmp.rename(base)
+            except BaseException:  # disk full, Ctrl-C: no half-written checkpoint is left behind
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             self._log(0, model)
 
     def on_log(self, args, state, control, logs=None, **kw):

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rlextra.errors import RLExtraError
+from rlextra.sampling import check_seed
 from rlextra.fields import option
 from rlextra.tasks import TaskSpec
 
@@ -93,7 +94,9 @@ class TrainConfig:
                 ("--num-generations", self.num_generations, 2),  # GRPO's advantage needs a group
                 ("--max-completion-length", self.max_completion_length, 1),
                 ("--lr-warmup-steps", self.warmup_steps, 0), ("--eval-problems", self.eval_problems, 0),
-                ("--rl-extra-warmup", self.rl_extra_warmup, 0), ("--seed", self.seed, 0)]
+                ("--rl-extra-warmup", self.rl_extra_warmup, 0)]
+        check_seed(self.seed)
+        check_seed(self.monitor_seed, "--monitor-seed")
         for option, value, low in ints:
             if not (isinstance(value, int) and value >= low):
                 raise RLExtraError(f"{option} {value}: must be an integer >= {low}")
@@ -106,6 +109,20 @@ class TrainConfig:
             raise RLExtraError(f"--top-p {self.top_p}: must be in (0, 1]")
         if self.rl_extra is not None:
             check_cycle(*self.rl_extra)
+        for option, value, low in (("--rl-extra-rank", self.rl_extra_rank, 1),
+                                   ("--rl-extra-safe-prompts", self.rl_extra_safe_prompts, 1),
+                                   ("--rl-extra-safe-samples", self.rl_extra_safe_samples, 1)):
+            if isinstance(value, bool) or not (isinstance(value, int) and value >= low):
+                raise RLExtraError(f"{option} {value}: must be an integer >= {low}")
+        if self.rl_extra_snapshots is not None and not (isinstance(self.rl_extra_snapshots, int)
+                                                        and self.rl_extra_snapshots >= 2):
+            raise RLExtraError(f"--rl-extra-snapshots {self.rl_extra_snapshots}: must be an integer >= 2")
+        if not (math.isfinite(self.rl_extra_safe_tolerance) and self.rl_extra_safe_tolerance >= 0):
+            raise RLExtraError(f"--rl-extra-safe-tolerance {self.rl_extra_safe_tolerance}: must be a finite number >= 0")
+        for flag, on in (("--rl-extra-safe", self.rl_extra_safe), ("--rl-extra-method", self.rl_extra_method != "two-point"),
+                         ("--rl-extra-warmup", self.rl_extra_warmup > 0)):
+            if on and self.rl_extra is None:
+                raise RLExtraError(f"{flag} needs --rl-extra M,N (without it there is no RL-Extra to apply it to)")
         if self.rl_extra_replay and self.rl_extra is None:
             raise RLExtraError("--rl-extra-replay needs --rl-extra M,N (it replays the first M batches each cycle)")
         if self.rl_extra_replay and self.rl_extra_warmup:
@@ -123,8 +140,6 @@ class TrainConfig:
             raise RLExtraError(f"--monitor-window {self.monitor_window}: must be an integer >= 3")
         if not (math.isfinite(self.monitor_sample) and 0 < self.monitor_sample <= 1):
             raise RLExtraError(f"--monitor-sample {self.monitor_sample}: must be in (0, 1]")
-        if not (isinstance(self.monitor_seed, int) and self.monitor_seed >= 0):
-            raise RLExtraError(f"--monitor-seed {self.monitor_seed}: must be an integer >= 0")
 
     def monitor_period(self) -> int | None:
         """Steps between monitor snapshots: --monitor-every, else every max(1, M/10) under --rl-extra-auto."""

@@ -10,13 +10,18 @@ through ``extra`` / ``--grpo-arg`` and accelerate's launcher, untouched.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
 from pathlib import Path
+from typing import Iterator
 
 import rlextra
 from rlextra.errors import RLExtraError
 from rlextra.evaluation import eval_mode, evaluate, heldout_accuracy
+from rlextra.io import claim, write_atomic
 from rlextra.rl.callbacks import RewardProgressCallback, SeriesCallback
 from rlextra.rl.config import TrainConfig
 from rlextra.tasks import Task, TaskSpec, load_task
@@ -86,10 +91,25 @@ def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer, rl_extra=None
     return callbacks
 
 
+# GRPOConfig fields that rlextra's own options set (and its guards check): --grpo-arg may not touch them
+OWNED_FIELDS = {"output_dir": "-o", "max_steps": "--steps", "save_steps": "--save-every",
+                "save_strategy": "--save-every", "learning_rate": "--lr", "warmup_steps": "--lr-warmup-steps",
+                "lr_scheduler_type": "--lr-warmup-steps (RL-Extra needs a constant lr)",
+                "per_device_train_batch_size": "--prompts-per-step and --num-generations",
+                "num_generations": "--num-generations", "beta": "--beta", "temperature": "--temperature",
+                "top_p": "--top-p", "max_completion_length": "--max-completion-length", "seed": "--seed",
+                "shuffle_dataset": "--rl-extra-replay"}
+
+
 def grpo_config(cfg: TrainConfig):
-    """The GRPOConfig for a TrainConfig: CPU-safe defaults, user extras win."""
+    """The GRPOConfig for a TrainConfig: CPU-safe defaults; user extras may add any field that
+    rlextra's own options do not set."""
     import torch
     from trl import GRPOConfig
+
+    for key in cfg.extra:
+        if key in OWNED_FIELDS:
+            raise RLExtraError(f"--grpo-arg {key}=...: set by rlextra's own {OWNED_FIELDS[key]}; use that option")
 
     cpu = not torch.cuda.is_available()
     kwargs = dict(
@@ -125,12 +145,46 @@ def check_run_dir(output_dir: str | Path, model_dir: str | Path | None) -> Path:
     return run
 
 
+@contextlib.contextmanager
+def _resume_errors(resume: Path | None) -> Iterator[None]:
+    """A checkpoint file the Trainer cannot read on resume (a corrupt optimizer.pt, rng_state.pth)
+    becomes one line naming the checkpoint, not an unpickling traceback."""
+    import pickle
+
+    try:
+        yield
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        if resume is None or (isinstance(exc, RuntimeError) and "PytorchStreamReader" not in str(exc)
+                              and "weights_only" not in str(exc).lower()):
+            raise
+        raise RLExtraError(f"{resume}: a file training resumes from cannot be read ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); remove this checkpoint folder to "
+                           "resume from the one before") from None
+
+
+@contextlib.contextmanager
+def _disk_full(run: Path) -> Iterator[None]:
+    """Disk full while a checkpoint is saved (safetensors raises its own error type): one line naming
+    the run folder, exit code 1."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, RLExtraError) or "No space left on device" not in str(exc):
+            raise
+        for ckpt in run.glob("checkpoint-*"):  # the half-written one: no trainer_state.json yet
+            if ckpt.name != "checkpoint-0" and not (ckpt / "trainer_state.json").is_file():
+                shutil.rmtree(ckpt, ignore_errors=True)
+        err = RLExtraError(f"{run}: disk full while saving a checkpoint (No space left on device); free space "
+                           "and run the same command again to resume from the last complete checkpoint")
+        err.code = 1
+        raise err from None
+
+
 def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | None = None) -> Path:
     """Run (or resume) GRPO; return the run folder holding the checkpoint series."""
     import warnings
 
     import datasets
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
     # TRL 1.16 calls transformers' renamed gradient_checkpointing API on every step; not actionable
@@ -143,13 +197,11 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     rows = train_task.dataset_rows("train")
     if cfg.rl_extra_replay:
         rows = replay_rows(rows, cfg.rl_extra[0], cfg.prompts_per_step, cfg.seed, where=str(cfg.task.name))
-    run.mkdir(parents=True, exist_ok=True)
-    if model is None:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto", use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    if model is None:  # the checked reader: a missing, mis-shaped or NaN tensor is refused
+        from rlextra.hf import load_model
+
+        model, tokenizer = load_model(cfg.model, device="cpu", dtype="auto", place=False)
     tokenizer.padding_side = "left"
-    info = {"rlextra_version": rlextra.__version__, "config": cfg.to_dict()}
-    (run / "run.json").write_text(json.dumps(info, indent=1) + "\n")
     monitor = None
     if cfg.monitor_period() is not None:
         from rlextra.rl.monitor import LinearityMonitor
@@ -168,17 +220,25 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
                                    rank=cfg.rl_extra_rank, safe=safe, norms=cfg.rl_extra_norms,
                                    include=cfg.rl_extra_include, exclude=cfg.rl_extra_exclude, monitor=monitor,
                                    auto=AutoJump(monitor, cfg.rl_extra_auto_threshold) if cfg.rl_extra_auto else None)
-    trainer = GRPOTrainer(model=model, reward_funcs=[task.reward], args=args,
-                          train_dataset=datasets.Dataset.from_list(rows),
-                          processing_class=tokenizer,
-                          callbacks=_callbacks(cfg, task, run, tokenizer, rl_extra) + list(callbacks or []))
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate, rank 0 claims and writes
+    with claim(run) if main_process else contextlib.nullcontext():  # a second train on this folder is refused
+        resume = last_checkpoint(run)
+        if resume is not None and rl_extra is not None:
+            rl_extra.check_resume(resume)  # refused before run.json records the refused settings
+        run.mkdir(parents=True, exist_ok=True)
+        if main_process:
+            info = {"rlextra_version": rlextra.__version__, "config": cfg.to_dict()}
+            write_atomic(run / "run.json", json.dumps(info, indent=1) + "\n")
+        trainer = GRPOTrainer(model=model, reward_funcs=[task.reward], args=args,
+                              train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
+                              callbacks=_callbacks(cfg, task, run, tokenizer, rl_extra) + list(callbacks or []))
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer.remove_callback(ProgressCallback)  # ours shows the reward; theirs prints every log dict
-    trainer.remove_callback(PrinterCallback)
-    for cb in (rl_extra, monitor):  # first, so the values they add to a log reach TensorBoard / W&B too
-        if cb is not None:
-            trainer.callback_handler.callbacks.insert(0, cb)
-    resume = last_checkpoint(run)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        trainer.remove_callback(ProgressCallback)  # ours shows the reward; theirs prints every log dict
+        trainer.remove_callback(PrinterCallback)
+        for cb in (rl_extra, monitor):  # first, so the values they add to a log reach TensorBoard / W&B too
+            if cb is not None:
+                trainer.callback_handler.callbacks.insert(0, cb)
+        with _resume_errors(resume), _disk_full(run):
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return run

@@ -14,14 +14,17 @@ output is in the cycle's train.log.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlextra.errors import RLExtraError
 from rlextra.fields import option
-from rlextra.io import check_output, read_json, write_atomic
+from rlextra.io import check_output, claim, read_json, write_atomic
 
 PLACEHOLDERS = ("model", "output_dir", "start_step", "num_steps", "end_step", "cycle")
 
@@ -93,13 +96,50 @@ def _render(template: str, values: dict) -> str:
         raise RLExtraError(f"--train-command: {exc} (write a literal brace as {{{{ or }}}})") from None
 
 
+def run_command(cmd: str, log: Path) -> int:
+    """Run a shell command in its own process group, output to ``log``; return its exit code. If this
+    process is interrupted (Ctrl-C, SIGTERM), the whole group is stopped too: a training command
+    left running would go on writing into the cycle folder."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, shell=True, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait()
+        except BaseException:
+            _stop_group(proc)
+            raise
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the command's process group, SIGKILL it after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            if sig == signal.SIGTERM:
+                with contextlib.suppress(ProcessLookupError):  # the shell is gone; its children too
+                    os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_loop(cfg: LoopConfig, progress: bool = True) -> Path:
     """Run (or resume) the cycles; return the final model folder."""
-    from rlextra.checkpoints import check_model_dir, load_series
-    from rlextra.extrapolate import extrapolate_weights
+    from rlextra.checkpoints import check_model_dir
 
     check_model_dir(cfg.model, allow_pickle=False)  # before any training command runs
     work = check_output(cfg.workdir, inputs=[cfg.model], overwrite=True, option="--workdir")
+    with claim(work):  # a second loop on this folder is refused, not interleaved
+        return _run_cycles(cfg, work, progress)
+
+
+def _run_cycles(cfg: LoopConfig, work: Path, progress: bool) -> Path:
+    from rlextra.checkpoints import load_series
+    from rlextra.extrapolate import extrapolate_weights
+
     state_path = work / "loop_state.json"
     if state_path.exists():
         state = _load_state(state_path, cfg)
@@ -127,8 +167,7 @@ def run_loop(cfg: LoopConfig, progress: bool = True) -> Path:
             log = cycle_dir / "train.log"
             if progress:
                 print(f"[loop {c + 1}/{cfg.cycles}] train {cfg.m} steps from step {start}: {cmd}", flush=True)
-            with open(log, "w") as f:
-                code = subprocess.run(cmd, shell=True, stdout=f, stderr=subprocess.STDOUT).returncode
+            code = run_command(cmd, log)
             if code != 0:
                 _save_state(state_path, state)
                 raise TrainingCommandFailed(code, log)

@@ -71,7 +71,7 @@ def warmup_sft(model, tokenizer, problems: Sequence[Problem], steps: int = 300, 
         raise RLExtraError(f"label_noise {label_noise}: must be in [0, 1)")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     enc = [(encode(p.prompt), encode(p.answer) + [tokenizer.eos_token_id]) for p in problems]
     noisy = [tuple(encode(off_by_one(p.answer, s)) + [tokenizer.eos_token_id] for s in (-1, 1))
@@ -95,6 +95,9 @@ def warmup_sft(model, tokenizer, problems: Sequence[Problem], steps: int = 300, 
             mask[r, width - n:] = 1
         dev = next(model.parameters()).device
         loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).loss
+        if not math.isfinite(loss.item()):
+            raise RLExtraError(f"warm-up diverged at step {len(losses) + 1}: the loss is {loss.item()} "
+                               f"({next(model.parameters()).dtype}); nothing was written")
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -118,10 +121,14 @@ def build_tiny_model(out: Path, spec, *, warmup_steps: int = 900, seed: int = 0,
                      device: str | None = "auto", dtype: str | None = "auto") -> tuple[Path, float]:
     """Tiny Llama + char tokenizer, warmed up on an arithmetic task, saved atomically to out.
 
-    Trained and saved in ``dtype`` on ``device``; dtype auto is float32 (a new model has no stored
-    dtype, and the warm-up is short). Returns the folder and the held-out greedy accuracy.
+    Saved in ``dtype``; dtype auto is float32 (a new model has no stored dtype, and the warm-up is
+    short). Trained in ``dtype`` too, except float16, which is trained in float32 and cast when
+    saved: plain Adam in float16 underflows (its eps is below float16's resolution) and the weights
+    turn to NaN. Returns the folder and the held-out greedy accuracy.
     """
     import json
+
+    import torch
 
     from rlextra.evaluation import heldout_accuracy
     from rlextra.hf import resolve_device, resolve_dtype
@@ -140,10 +147,16 @@ def build_tiny_model(out: Path, spec, *, warmup_steps: int = 900, seed: int = 0,
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, "cpu")  # 'auto' stays float32 here, on any device
     model = tiny_llama(tok, seed=seed).to(dev)
-    if torch_dtype != "auto":
+    if torch_dtype not in ("auto", torch.float16):
         model = model.to(torch_dtype)
     losses = warmup_sft(model, tok, task.train, steps=warmup_steps, lr=lr, seed=seed, progress=progress,
                         label_noise=label_noise)
+    if torch_dtype == torch.float16:
+        model = model.to(torch_dtype)
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:  # never write a model that cannot produce a number
+        raise RLExtraError(f"{out}: the model's '{bad[0]}' holds NaN or Inf after the warm-up "
+                           f"({len(bad)} tensors); nothing was written")
     acc = heldout_accuracy(model, tok, task, len(task.test), max_new_tokens=spec.digits * 2 + 2)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         save_model(model, tok, tmp)

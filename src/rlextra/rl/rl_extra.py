@@ -352,15 +352,28 @@ class RLExtraCallback(TrainerCallback):
             "cycle_start": self.cycle_start, "extra_steps": self.extra_steps,
             "warmup_steps": self.warmup_steps, "optimizer": self.optimizer, "jumps": self.jumps}, indent=1) + "\n")
 
-    def _restore(self, ckpt: Path) -> None:
-        from safetensors.torch import load_file
+    def check_resume(self, ckpt: Path) -> dict | None:
+        """The cycle state saved in ``ckpt`` (None when it has none), or a one-line error when it was
+        saved with another schedule: a resume must continue the same cycles."""
+        from rlextra.io import read_json
 
-        st = json.loads((ckpt / STATE_FILE).read_text())
-        saved = (st["m"], st["n"], st.get("method", "two-point"), st.get("snapshots", 2))
+        if not (Path(ckpt) / STATE_FILE).is_file():
+            return None
+        st = read_json(Path(ckpt) / STATE_FILE, "RL-Extra state file")
+        try:
+            saved = (st["m"], st["n"], st.get("method", "two-point"), st.get("snapshots", 2))
+        except (KeyError, TypeError, AttributeError):
+            raise RLExtraError(f"{Path(ckpt) / STATE_FILE}: malformed RL-Extra state (no m, n)") from None
         if saved != (self.m, self.n_initial, self.method, self.n_snapshots):
             raise RLExtraError(f"{ckpt / STATE_FILE}: saved with m={saved[0]}, n={saved[1]}, method {saved[2]}, "
                                f"{saved[3]} snapshots; resumed with m={self.m}, n={self.n_initial}, "
                                f"method {self.method}, {self.n_snapshots} snapshots")
+        return st
+
+    def _restore(self, ckpt: Path) -> None:
+        from safetensors.torch import load_file
+
+        st = self.check_resume(ckpt)
         self.cycle_start, self.extra_steps, self.jumps = st["cycle_start"], st["extra_steps"], st["jumps"]
         self.n = st.get("n_current", st["n"])
         flat = load_file(str(ckpt / ANCHOR_FILE))
