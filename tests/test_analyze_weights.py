@@ -186,7 +186,7 @@ def test_only_weights_leaves_biases_out(tmp_path):
 def test_zero_element_tensor_with_save_maps(tmp_path):
     from safetensors.torch import load_file
 
-    ckpts = [write_ckpt(tmp_path / f"checkpoint-{s}", {"a.weight": np.arange(6.0).reshape(2, 3) * s,
+    ckpts = [write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {"a.weight": np.arange(6.0).reshape(2, 3) * s,
                                                        "b.empty": np.zeros((0, 128))}) for s in range(3)]
     rep = analyze_weights(ckpts, tmp_path / "out", save_maps=True, plots=False, progress=False)
     assert rep["n_params"] == 6

@@ -60,9 +60,9 @@ def test_bf16_kept_nonfloat_copied_and_sharded(tmp_path):
     steps = [0, 10]
     vals = planted_series(steps, {"a.weight": (64, 64), "b.weight": (64, 64)})
     for k, s in enumerate(steps):
-        write_ckpt(tmp_path / f"step_{s}", {**{n: v[k] for n, v in vals.items()},
-                                            "pos_ids": torch.arange(5)}, dtype=torch.bfloat16)
-    out = extrapolate_weights([tmp_path / "step_0", tmp_path / "step_10"], tmp_path / "x", to_step=20,
+        write_ckpt(tmp_path / "run" / f"step_{s}", {**{n: v[k] for n, v in vals.items()},
+                                                    "pos_ids": torch.arange(5)}, dtype=torch.bfloat16)
+    out = extrapolate_weights([tmp_path / "run" / "step_0", tmp_path / "run" / "step_10"], tmp_path / "x", to_step=20,
                               max_shard_size="10KB", chunk_size=1000, progress=False).path
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
@@ -79,12 +79,13 @@ def test_bf16_kept_nonfloat_copied_and_sharded(tmp_path):
 
 
 def test_overflow_to_inf_is_an_error_and_nothing_is_written(tmp_path):
-    write_ckpt(tmp_path / "step_0", {"w": np.zeros(4)}, dtype=torch.float16)
-    write_ckpt(tmp_path / "step_1", {"w": np.full(4, 1000.0)}, dtype=torch.float16)
+    write_ckpt(tmp_path / "run" / "step_0", {"w": np.zeros(4)}, dtype=torch.float16)
+    write_ckpt(tmp_path / "run" / "step_1", {"w": np.full(4, 1000.0)}, dtype=torch.float16)
     with pytest.raises(RLExtraError, match="'w'.*NaN/Inf"):
-        extrapolate_weights([tmp_path / "step_0", tmp_path / "step_1"], tmp_path / "x", alpha=100,
+        extrapolate_weights([tmp_path / "run" / "step_0", tmp_path / "run" / "step_1"], tmp_path / "x", alpha=100,
                             progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0", "step_1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["step_0", "step_1"]
 
 
 def test_option_errors(series_dir, tmp_path):
@@ -193,7 +194,7 @@ def test_method_errors_through_the_cli(tmp_path, capsys):
     assert "--device applies to --method rank1" in capsys.readouterr().err
     assert main(["extrapolate", str(run), "--method", "rank1", "--device", "nonsense", "--to-step", "30",
                  "-o", str(tmp_path / "x")]) == 2
-    assert "not a torch device" in capsys.readouterr().err
+    assert "--device nonsense: expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

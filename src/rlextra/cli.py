@@ -662,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rlextra: {what}; {note}", file=sys.stderr)
         return 128 + exc.signum if isinstance(exc, Terminated) else 130
     except OSError as exc:
+        if exc.filename is None and getattr(args, "output", None):  # disk full deep in a library: name the output
+            exc.filename = str(args.output)
         print(f"rlextra: error: {_one_line(_os_error(exc))}", file=sys.stderr)
         return 1
     except MemoryError:

@@ -238,12 +238,13 @@ def merge_weight_reports(shard_dirs: Sequence[str | Path], out_dir: str | Path |
             raise RLExtraError(f"{folder}: shard {sh['index']} given twice (also {seen[sh['index']]})")
         seen[sh["index"]] = folder
     count = first["shard"]["count"]
-    if count != len(loaded):  # before range(count): a shard may claim any count
-        raise RLExtraError(f"{loaded[0][0]}: its --shard split has {count} shards, but {len(loaded)} "
-                           f"folder(s) were given; merge every shard of the split, once")
-    missing = sorted(set(range(count)) - set(seen))
-    if missing:
-        raise RLExtraError(f"shard {missing[0]}/{count} is missing from the merge")
+    bad = next((f for i, f in seen.items() if not 0 <= i < count), None)
+    if bad is not None:
+        raise RLExtraError(f"{bad}: shard index outside its split of {count}")
+    if count != len(seen):  # never range(count): a shard may claim any count
+        first_missing = next(i for i in range(len(seen) + 1) if i not in seen)
+        raise RLExtraError(f"shard {first_missing}/{count} is missing from the merge ({len(seen)} of {count} "
+                           f"shards given)")
     _check_cover(loaded, count)
     meta = {k: first[k] for k in ("rlextra_version", "kind", "steps", "checkpoints", "options")}
     meta["shard"] = None
