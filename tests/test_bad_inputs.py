@@ -579,3 +579,31 @@ def test_train_disk_full_and_a_corrupt_resume_file_are_one_line(ws, tmp_path, ca
     rc = main([*argv, "-o", str(run)])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "checkpoint-2: a file training resumes from cannot be read" in err, err
+
+
+def test_a_double_ctrl_c_still_ends_in_one_line(tmp_path):
+    """The second Ctrl-C arrives during the cleanup of the first: it is ignored, so the cleanup
+    finishes and the user sees one line, not a traceback."""
+    inputs = _big_series(tmp_path / "run", 3)
+    before = _snapshot(tmp_path)
+    argv = ["extrapolate", *inputs, "--fit", "lsq", "--to-step", "40", "--chunk-size", "512", "-q",
+            "-o", str(tmp_path / "out")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                       os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "rlextra.cli", *argv], env=env, preexec_fn=_default_signals,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not any(p.is_dir() and any(p.iterdir()) for p in tmp_path.glob(".out.tmp-*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            break
+        shutil.rmtree(tmp_path / "out")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "rlextra: interrupted; nothing was written"
+    assert _snapshot(tmp_path) == before
