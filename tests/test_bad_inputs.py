@@ -308,6 +308,8 @@ CASES = [
                              "-o", "{R}/tg.json", "--overwrite"], ["into or over input"], [], {}),
     ("backtest-o-holds-task", ["backtest", *S, "--task", "{R}/taskdir/t.jsonl", "-o", "{R}/taskdir", "--overwrite",
                                "-q"], ["into or over input"], [], {}),
+    ("train-o-holds-task", ["train", "--model", "{R}/model", "--task", "{R}/taskdir/t.jsonl", "--steps", "1", "-q",
+                            "-o", "{R}/taskdir"], ["into or over input"], [], {}),
     # the run folder a series comes from is an input
     ("extrapolate-o-checkpoint-in-run", ["extrapolate", "{R}/run", "--to-step", "30", "-o", "{R}/run/checkpoint-30",
                                          "-q"], ["into or over input"], [], {}),

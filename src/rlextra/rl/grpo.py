@@ -131,7 +131,7 @@ def grpo_config(cfg: TrainConfig):
         raise RLExtraError(f"GRPOConfig: {exc}") from None
 
 
-def check_run_dir(output_dir: str | Path, model_dir: str | Path | None) -> Path:
+def check_run_dir(output_dir: str | Path, model_dir: str | Path | None, task: TaskSpec | None = None) -> Path:
     """The run folder, checked before any model loads: not the model or inside it, and either new,
     empty, or a previous run (resumed). With ``model_dir``, the model folder is checked too."""
     from rlextra.checkpoints import check_model_dir
@@ -139,7 +139,8 @@ def check_run_dir(output_dir: str | Path, model_dir: str | Path | None) -> Path:
 
     if model_dir is not None:
         check_model_dir(model_dir)
-    run = check_output(output_dir, inputs=[model_dir] if model_dir is not None else [], overwrite=True)
+    inputs = ([model_dir] if model_dir is not None else []) + (task.input_files() if task is not None else [])
+    run = check_output(output_dir, inputs=inputs, overwrite=True)
     if run.is_dir() and any(run.iterdir()) and not ((run / "run.json").is_file() or last_checkpoint(run)):
         raise RLExtraError(f"{run}: exists and is not an rlextra run folder; give a new or empty -o")
     return run
@@ -190,7 +191,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     # TRL 1.16 calls transformers' renamed gradient_checkpointing API on every step; not actionable
     warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
-    run = check_run_dir(cfg.output_dir, cfg.model if model is None else None)
+    run = check_run_dir(cfg.output_dir, cfg.model if model is None else None, cfg.task)
     args = grpo_config(cfg)  # bad options fail here, before anything is written
     task = load_task(cfg.task)
     train_task, check_task = split_safe_check(task, cfg.rl_extra_safe_prompts) if cfg.rl_extra_safe else (task, None)
