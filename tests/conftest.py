@@ -31,6 +31,15 @@ def write_ckpt(folder: Path, tensors: dict[str, np.ndarray | torch.Tensor], dtyp
     return folder
 
 
+def assert_plot(path, min_side: int = 200) -> None:
+    """A real plot: a PNG that decodes, at least min_side pixels each way, and not one flat colour."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(str(path))
+    assert img.ndim == 3 and min(img.shape[:2]) >= min_side, img.shape
+    assert float(img[..., :3].std()) > 0.01, f"{path}: a blank image"
+
+
 def numpy_r2(t, vals):
     """The reference R^2: squared Pearson correlation of each column of vals (K, ...) with the
     steps t, computed directly in numpy; NaN for constant columns."""

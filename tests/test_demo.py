@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import numpy_r2
+from conftest import assert_plot, numpy_r2
 from rlextra.checkpoints import load_series, read_values
 from rlextra.cli import main
 
@@ -37,13 +37,20 @@ def test_demo_quick(tmp_path, capsys):
     assert sorted(int(s) for s in res["eval"]["logits"]) == [15, 20, 30]
     assert sorted(int(s) for s in res["eval"]["rl_extra"]) == steps
     assert "RL-Extra" in report
-    assert res["output_linearity"]["n_tokens"] > 0
+    from rlextra.rl.models import char_tokenizer
+
+    tok = char_tokenizer()  # every response token of the probes is counted, once
+    probes = [json.loads(x) for x in (out / "outputs" / "probes.jsonl").read_text().splitlines()]
+    assert res["output_linearity"]["n_tokens"] == sum(
+        len(tok(p["response"], add_special_tokens=False)["input_ids"]) for p in probes) > 0
     for kind in ("real", "extrapolated", "logits", "rl_extra"):
         for m in res["eval"][kind].values():
             assert 0 <= m["avg@4"] <= m["pass@4"] <= 1
-    for png in ("accuracy_vs_step.png", "weights/r2_histogram.png", "weights/r2_heatmap.png"):
-        assert (out / png).stat().st_size > 1000
-    assert (out / "extrapolated" / "step-30" / "rlextra.json").exists()
+    for png in ("accuracy_vs_step.png", "weights/r2_histogram.png", "weights/r2_heatmap.png",
+                "linearity_vs_step.png"):
+        assert_plot(out / png)
+    prov = json.loads((out / "extrapolated" / "step-30" / "rlextra.json").read_text())
+    assert (prov["method"], prov["steps"], prov["target_step"], prov["alpha"]) == ("two-point", [0, 10], 30.0, 3.0)
     # every scored model went through the same decoder (rlextra's engine) with the same sampling
     evals = [json.loads(p.read_text()) for p in (out / "eval").glob("*.json")]
     assert len(evals) == 5 + 5 + 3 + 3 + 6 + 6  # real, RL-Extra, weights, logits, and 6 + 6 past the end

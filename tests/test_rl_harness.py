@@ -67,10 +67,13 @@ def test_eval_writes_summary_and_generations(tiny, tmp_path):
     out = tmp_path / "e.json"
     s = evaluate(tiny, SPEC, out, sampling=SamplingConfig(k=3, temperature=0.6, max_new_tokens=3), progress=False)
     assert s["metrics"]["n_problems"] == 20 and s["metrics"]["k"] == 3
-    assert 0 <= s["metrics"]["avg@3"] <= s["metrics"]["pass@3"] <= 1
     lines = [json.loads(x) for x in generations_path(out).read_text().splitlines()]
     assert len(lines) == 60
     assert sum(x["correct"] for x in lines) == round(s["metrics"]["avg@3"] * 60)
+    # pass@3 with 3 samples: the fraction of problems with at least one correct sample
+    per_problem = [s_["n_correct"] for s_ in s["per_problem"]]
+    assert per_problem == [sum(x["correct"] for x in lines[3 * i:3 * i + 3]) for i in range(20)]
+    assert s["metrics"]["pass@3"] == pytest.approx(sum(c > 0 for c in per_problem) / 20)
     assert json.loads(out.read_text())["metrics"] == s["metrics"]
     greedy = evaluate(tiny, SPEC, None, sampling=SamplingConfig(k=1, temperature=0, max_new_tokens=3), progress=False)
     greedy2 = evaluate(tiny, SPEC, None, sampling=SamplingConfig(k=1, temperature=0, max_new_tokens=3), progress=False)
@@ -81,8 +84,9 @@ def test_eval_cli(tiny, tmp_path, capsys):
     rc = main(["eval", str(tiny), "--task", "arithmetic", "--digits", "1", "--n-train", "60", "--n-test", "20",
                "--k", "2", "--max-new-tokens", "3", "-o", str(tmp_path / "r.json"), "-q"])
     assert rc == 0
-    assert "avg@2" in capsys.readouterr().out
-    assert json.loads((tmp_path / "r.json").read_text())["task"]["digits"] == 1
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["task"]["digits"] == 1 and summary["metrics"]["k"] == 2 and summary["metrics"]["n_problems"] == 20
+    assert f"avg@2 {summary['metrics']['avg@2']:.4f}" in capsys.readouterr().out  # the printed figure is the file's
 
 
 def test_cli_errors_are_one_line(tiny, tmp_path, capsys):

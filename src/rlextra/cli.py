@@ -111,9 +111,11 @@ METHOD = Options(extrapolate_weights, ["rank", "min_r2", "device", "norms"], cho
 EXTRAPOLATE = Options(extrapolate_weights, ["max_shard_size", "chunk_size", "allow_pickle", "allow_mixed_dtypes",
                                             "overwrite"], helps={**SERIES_HELPS, "max_shard_size": "largest output "
                                                                  "shard, e.g. 5GB"})
-BACKTEST = Options(backtest, ["pairs", "allow_pickle", "allow_mixed_dtypes", "overwrite"], choices={"pairs": (
-    "all", "first")}, helps={**SERIES_HELPS, "pairs": "two-point windows (b, s): every pair or b = the first "
-                             "checkpoint only"})
+BACKTEST = Options(backtest, ["pairs", "backend", "allow_pickle", "allow_mixed_dtypes", "overwrite"], choices={
+    "pairs": ("all", "first"), "backend": ("rlextra", "hf")}, helps={
+    **SERIES_HELPS, "pairs": "two-point windows (b, s): every pair or b = the first checkpoint only",
+    "backend": "with --task: the decoder of the real checkpoints and weight predictions (logits rows are "
+               "always rlextra's engine, so the default scores every row with one decoder)"})
 TRAIN = Options(TrainConfig, [
     "max_steps", "save_every", "learning_rate", "warmup_steps", "prompts_per_step", "num_generations",
     "max_completion_length", "temperature", "top_p", "beta", "seed", "keep_optimizer", "eval_problems", "rl_extra",

@@ -41,17 +41,18 @@ def load_probes(path: str | Path) -> list[dict]:
     return probes
 
 
-def generate_probes(model_dir: str | Path, task, n: int, sampling, **load) -> list[dict]:
-    """n responses sampled from one checkpoint on the task's held-out prompts (k=1 each, HF generate).
+def generate_probes(model_dir: str | Path, task, n: int, sampling, backend: str = "rlextra", **load) -> list[dict]:
+    """n responses sampled from one checkpoint on the task's held-out prompts (k=1 each; rlextra's
+    engine, the decoder of every score, unless ``backend`` is "hf").
 
     ``load``: device, dtype, allow_pickle, as ``load_checkpoint`` takes them.
     """
-    from rlextra.decoding import HFGenerate
+    from rlextra.evaluation import in_memory_decoder
     from rlextra.hf import format_prompts
 
     model, tok = load_checkpoint(model_dir, **load)
     prompts = format_prompts(tok, [p.prompt for p in task.test[:n]], task.conversational)
-    outs = HFGenerate(model, tok).generate(prompts, sampling, progress=False)
+    outs = in_memory_decoder(model, tok, backend).generate(prompts, sampling, progress=False)
     return [{"prompt": p, "response": o[0]} for p, o in zip(prompts, outs) if o[0]]
 
 

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from rlextra.decoding import Decoder, HFGenerate, SamplingConfig, load_decoder
+from rlextra.decoding import Decoder, DecodingEngine, HFGenerate, SamplingConfig, load_decoder
 from rlextra.errors import RLExtraError
-from rlextra.hf import format_prompts
+from rlextra.hf import format_prompts, prepare_tokenizer
 from rlextra.io import atomic_output_file, check_output
 from rlextra.metrics import summarize
 from rlextra.tasks import Task, TaskSpec, load_task, task_inputs
@@ -132,9 +132,20 @@ def eval_mode(model) -> Iterator[None]:
             model.train()
 
 
-def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int) -> float:
-    """Greedy accuracy (HF generate) on the first n held-out problems; the model keeps its mode."""
+def in_memory_decoder(model, tokenizer, backend: str = "rlextra") -> Decoder:
+    """A decoder for a model already in memory: rlextra's engine (the decoder of every score the
+    library computes, so scores compare side by side), or HF ``generate`` with backend "hf"."""
+    if backend == "hf":
+        return HFGenerate(model, tokenizer)
+    if backend != "rlextra":
+        raise RLExtraError(f"--backend {backend}: a model in memory is decoded by rlextra or hf")
+    return DecodingEngine([model], None, prepare_tokenizer(tokenizer), label="in-memory")
+
+
+def heldout_accuracy(model, tokenizer, task: Task, n: int, max_new_tokens: int, backend: str = "rlextra") -> float:
+    """Greedy accuracy on the first n held-out problems (rlextra's engine unless ``backend`` is "hf");
+    the model keeps its mode."""
     with eval_mode(model):
-        summary = evaluate(HFGenerate(model, tokenizer), task, sampling=SamplingConfig(
+        summary = evaluate(in_memory_decoder(model, tokenizer, backend), task, sampling=SamplingConfig(
             k=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=64), limit=n, progress=False)
     return summary["metrics"]["avg@1"]

@@ -91,11 +91,12 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
              norms: str = "copy", pairs: str = "all", device: str | None = None, task=None,
              sampling=None, steps: Sequence[int] | None = None, allow_pickle: bool = False,
              allow_mixed_dtypes: bool = False, overwrite: bool = False, plots: bool = True,
-             progress: bool = True) -> dict:
+             progress: bool = True, backend: str = "rlextra") -> dict:
     """Run the grid, write ``out_dir`` (backtest.json, backtest.csv, plots), return the json's content.
 
     ``task`` (a TaskSpec or Task) adds the accuracy rows, sampled with ``sampling`` (a
-    SamplingConfig). Rows: {method, b, s, target, alpha, window, weight_error, per_module,
+    SamplingConfig) through rlextra's engine (``backend`` "hf" decodes single models with HF generate
+    instead; logits rows are always the engine's), so every row is scored by one decoder. Rows: {method, b, s, target, alpha, window, weight_error, per_module,
     accuracy}; ``recommendation``: per method, the largest safe alpha and the matching n/m.
     """
     methods = list(dict.fromkeys(methods))
@@ -107,6 +108,8 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
         raise RLExtraError(f"unknown --pairs '{pairs}' (all, first)")
     if norms not in ("copy", "extrapolate"):
         raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
+    if backend not in ("rlextra", "hf"):
+        raise RLExtraError(f"--backend {backend}: the backtest scores with rlextra (the default) or hf")
     dev = check_device(device)
     items = [] if isinstance(checkpoints, CheckpointSeries) else \
         [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
@@ -128,8 +131,9 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
                                                   "pairs": pairs, "device": device}}
         if task is not None:
             result["real_accuracy"] = _accuracy_rows(series, rows, task, sampling, rank, min_r2, norms,
-                                                     device, progress)
+                                                     device, progress, backend)
             result["sampling"] = (sampling.to_dict() if sampling is not None else None)
+            result["backend"] = backend
         result["rows"] = rows
         result["recommendation"] = recommend(rows, result.get("real_accuracy"))
         (tmp / "backtest.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
@@ -194,7 +198,8 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, rank: int,
-                   min_r2: float | None, norms: str, device: str | None, progress: bool) -> dict:
+                   min_r2: float | None, norms: str, device: str | None, progress: bool,
+                   backend: str = "rlextra") -> dict:
     """avg@k of the real checkpoints, of each prediction, and of logits extrapolation for each
     two-point window. Every call into the evaluation code is here. A prediction is evaluated as
     ``extrapolate`` writes it (a temporary folder, in the newest input's dtype), so its accuracy
@@ -211,9 +216,10 @@ def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, r
     path = {c.step: c.path for c in series.checkpoints}
 
     def acc(models, **kw) -> float:
-        """One folder through HF generate; several (with a target) through logits extrapolation."""
-        backend = "hf" if isinstance(models, (str, Path)) else "auto"
-        return evaluate(load_decoder(models, backend=backend, **kw), task, sampling=sampling,
+        """One folder through ``backend`` (rlextra's engine by default); several (with a target) through
+        logits extrapolation, which is rlextra's engine: one decoder and seed for every row."""
+        one = isinstance(models, (str, Path))
+        return evaluate(load_decoder(models, backend=backend if one else "auto", **kw), task, sampling=sampling,
                         progress=False)["metrics"][key]
 
     two_point = [r for r in rows if r["method"] == "two-point"]

@@ -15,6 +15,8 @@ from rlextra.tasks import TaskSpec
 
 # rlextra's default for --rl-extra-auto-threshold: chosen on a selection seed (bench/RESULTS.md, "Adaptive RL-Extra")
 AUTO_THRESHOLD = 0.8
+# rlextra's default for --rl-extra-safe-tolerance: the mean-reward drop a safe-mode jump may cause
+SAFE_TOLERANCE = 0.02
 
 
 def check_cycle(m: int, n: int) -> None:
@@ -73,7 +75,7 @@ class TrainConfig:
                                         "more than the tolerance")
     rl_extra_safe_prompts: int = option(32, "training prompts set aside for the safe-mode check")
     rl_extra_safe_samples: int = option(4, "samples per prompt in the safe-mode check")
-    rl_extra_safe_tolerance: float = option(0.02, "allowed drop of mean reward before a rollback")
+    rl_extra_safe_tolerance: float = option(SAFE_TOLERANCE, "allowed drop of mean reward before a rollback")
     rl_extra_auto: bool = option(False, "adaptive RL-Extra (rlextra's): at each cycle end the linearity monitor's "
                                         "in-flight backtest picks n, the largest of m/4, m/2, m, 2m, 5m (capped by N) "
                                         "whose weight error stays below the threshold; 0 (no jump) when none does")

@@ -65,7 +65,7 @@ from transformers import TrainerCallback
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, predict_tensor
 from rlextra.hf import is_norm_weight
-from rlextra.rl.config import AUTO_THRESHOLD, check_cycle  # check_cycle re-exported: rlextra.rl.rl_extra
+from rlextra.rl.config import AUTO_THRESHOLD, SAFE_TOLERANCE, check_cycle  # check_cycle re-exported: rlextra.rl.rl_extra
 
 STATE_FILE = "rl_extra_state.json"
 ANCHOR_FILE = "rl_extra_anchor.safetensors"
@@ -77,7 +77,7 @@ class SafeMode:
     """Score before and after each jump; roll back and shrink n when the jump loses reward."""
 
     scorer: Callable[[object], float]  # model -> mean reward on a fixed mini-batch
-    tolerance: float = 0.02
+    tolerance: float = SAFE_TOLERANCE
     shrink: float = 0.5
 
     def __post_init__(self) -> None:
