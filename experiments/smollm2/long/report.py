@@ -39,13 +39,15 @@ STRETCH = 30  # steps: the criterion's stretch
 def load_curves() -> dict[str, dict[int, dict]]:
     """Per run: step -> {acc, n_correct, seconds (eval)}, from the evaluations that exist."""
     runs: dict[str, dict[int, dict]] = {}
-    for f in sorted((WORK / "eval").glob("*.json")):
-        m = re.fullmatch(r"(.+)-(\d+)\.json", f.name)
-        if not m:
-            continue
-        s = json.loads(f.read_text())
-        runs.setdefault(m.group(1), {})[int(m.group(2))] = {
-            "acc": s["metrics"][KEY], "n_correct": [p["n_correct"] for p in s["per_problem"]]}
+    names = sorted(d.name for d in (WORK / "runs").iterdir() if d.is_dir()) if (WORK / "runs").is_dir() else []
+    for name in names:
+        for f in sorted((WORK / "eval").glob(f"{name}-*.json")):
+            m = re.fullmatch(re.escape(name) + r"-(\d+)\.json", f.name)
+            if not m:  # an analysis of the run (horizon, beyond), not a checkpoint of it
+                continue
+            s = json.loads(f.read_text())
+            runs.setdefault(name, {})[int(m.group(1))] = {
+                "acc": s["metrics"][KEY], "n_correct": [p["n_correct"] for p in s["per_problem"]]}
     return {name: dict(sorted(c.items())) for name, c in runs.items()}
 
 
