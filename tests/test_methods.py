@@ -6,7 +6,7 @@ import torch
 
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate import methods
-from rlextra.extrapolate.methods import WindowPredictor, predict_tensor
+from rlextra.extrapolate.methods import WindowPredictor, check_method, predict_tensor
 from rlextra.linefit import fit_lines
 
 
@@ -107,3 +107,27 @@ def test_cuda_matches_cpu():
         cpu = predict_tensor(method, st, vs, 70)
         gpu = predict_tensor(method, st, [v.cuda() for v in vs], 70)
         assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-5), method
+
+
+def test_one_registry_feeds_every_layer():
+    """The CLI's choices, TrainConfig's, the backtest's and RL-Extra's all read the registry."""
+    from dataclasses import fields
+
+    from rlextra.cli import build_parser
+    from rlextra.extrapolate.registry import FORMULAS, METHODS, NORMS, REGISTRY
+    from rlextra.rl.config import TrainConfig
+
+    assert METHODS == ("two-point", "lsq", "rank1") and set(FORMULAS) == set(METHODS)
+    train_fields = {f.name: f for f in fields(TrainConfig)}
+    assert train_fields["rl_extra_method"].metadata["choices"] == METHODS
+    assert train_fields["rl_extra_norms"].metadata["choices"] == NORMS
+    sub = build_parser()._subparsers._group_actions[0].choices
+    method = next(a for a in sub["extrapolate"]._actions if a.dest == "method")
+    assert tuple(method.choices) == ("auto", *METHODS)
+    for name, m in REGISTRY.items():  # the counts a window needs are the registry's
+        check_method(name, m.min_checkpoints)
+        with pytest.raises(RLExtraError, match=f"at least {m.min_checkpoints}"):
+            check_method(name, m.min_checkpoints - 1)
+        if m.max_checkpoints is not None:
+            with pytest.raises(RLExtraError, match="takes exactly"):
+                check_method(name, m.max_checkpoints + 1)

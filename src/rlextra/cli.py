@@ -25,6 +25,7 @@ from rlextra.decoding.engine import MODES
 from rlextra.demo import run_demo
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.backtest import backtest
+from rlextra.extrapolate.registry import METHODS
 from rlextra.extrapolate.weights import extrapolate_weights
 from rlextra.hf import DEVICE_HELP, DTYPE_HELP, DTYPES
 from rlextra.rl.config import TrainConfig, check_cycle
@@ -498,7 +499,7 @@ def _extrapolation_parsers(sub, fmt) -> None:
     _add_series(e, EXTRAPOLATE)
     e.add_argument("-o", "--output", required=True, help="new model folder")
     _target_args(e, required=True)
-    e.add_argument("--method", "--fit", dest="method", choices=["auto", "two-point", "lsq", "rank1"],
+    e.add_argument("--method", "--fit", dest="method", choices=["auto", *METHODS],
                    default="auto", help="two-point (2 checkpoints), lsq (3+), rank1 (2+, top --rank "
                    "singular directions); auto: two-point for 2, lsq for more (--fit: older name)")
     METHOD.add(e)

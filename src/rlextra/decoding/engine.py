@@ -156,9 +156,8 @@ class DecodingEngine:
             raise RLExtraError(f"--decode-mode {mode}: expected one of {', '.join(MODES)}")
         self.models = models
         self.steps = [float(s) for s in steps]
-        if to_step is None:
-            to_step = (self.steps[0] + alpha * (self.steps[-1] - self.steps[0])) if len(models) > 1 else self.steps[0]
-        self.target = float(to_step)
+        self.target = resolve_target(self.steps, to_step, alpha)[0] if len(models) > 1 else \
+            float(self.steps[0] if to_step is None else to_step)
         self.weights = line_weights(self.steps, self.target).tolist()
         self.tokenizer = prepare_tokenizer(tokenizer)
         self.devices = [model_device(m) for m in models]

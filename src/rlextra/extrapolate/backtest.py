@@ -44,6 +44,7 @@ from rlextra.checkpoints.chunks import read_tensor
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, MIN_CHECKPOINTS, WindowPredictor, check_device, check_method
+from rlextra.extrapolate.registry import NORMS, REGISTRY
 from rlextra.hf import is_norm_weight
 from rlextra.io import atomic_output_dir
 from rlextra.tasks import task_inputs
@@ -106,7 +107,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
         check_method(m, MIN_CHECKPOINTS[m], rank=rank, min_r2=min_r2 if m == "lsq" else None)
     if pairs not in ("all", "first"):
         raise RLExtraError(f"unknown --pairs '{pairs}' (all, first)")
-    if norms not in ("copy", "extrapolate"):
+    if norms not in NORMS:
         raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
     if backend not in ("rlextra", "hf"):
         raise RLExtraError(f"--backend {backend}: the backtest scores with rlextra (the default) or hf")
@@ -234,7 +235,7 @@ def _accuracy_rows(series: CheckpointSeries, rows: list[dict], task, sampling, r
             sub = CheckpointSeries([by_step[t] for t in r["window"]])
             out = extrapolate_weights(sub, Path(scratch) / f"p{i}", to_step=r["target"], method=r["method"],
                                       rank=rank, min_r2=min_r2 if r["method"] == "lsq" else None, norms=norms,
-                                      device=device if r["method"] == "rank1" else None, progress=False).path
+                                      device=device if not REGISTRY[r["method"]].chunked else None, progress=False).path
             r["accuracy"] = acc(out)
             r["accuracy_real_s"], r["accuracy_real_target"] = real[r["s"]], real[r["target"]]
             bar.update(1)

@@ -54,21 +54,21 @@ from rlextra.errors import RLExtraError
 from rlextra.hf import resolve_device
 from rlextra.linefit import line_weights, two_point
 
-METHODS = ("two-point", "lsq", "rank1")
-MIN_CHECKPOINTS = {"two-point": 2, "lsq": 3, "rank1": 2}
+from rlextra.extrapolate.registry import METHODS, MIN_CHECKPOINTS, method as registry_entry  # noqa: F401 (re-exported)
+
 LOWRANK_ABOVE = 256  # smaller side of a matrix above which rank1 uses torch.svd_lowrank
 
 
 def check_method(method: str, k: int, *, rank: int = 1, min_r2: float | None = None) -> None:
     """One-line errors for a method that cannot run on k snapshots with these options."""
-    if method not in METHODS:
-        raise RLExtraError(f"unknown --method '{method}' ({', '.join(METHODS)})")
-    need = MIN_CHECKPOINTS[method]
+    entry = registry_entry(method)
+    need = entry.min_checkpoints
     if k < need:
         hint = " (with 2 it is two-point)" if method == "lsq" else ""
         raise RLExtraError(f"--method {method} needs at least {need} checkpoints, got {k}{hint}")
-    if method == "two-point" and k != 2:
-        raise RLExtraError(f"--method two-point takes exactly 2 checkpoints, got {k}; use --method lsq or rank1")
+    if entry.max_checkpoints is not None and k > entry.max_checkpoints:
+        raise RLExtraError(f"--method {method} takes exactly {entry.max_checkpoints} checkpoints, got {k}; "
+                           "use --method lsq or rank1")
     if min_r2 is not None and not 0 <= min_r2 <= 1:
         raise RLExtraError(f"--min-r2 {min_r2}: must be a number in [0, 1]")
     if min_r2 is not None and method != "lsq":

@@ -27,6 +27,7 @@ from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, copy_side_files, parse_size
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import WindowPredictor, check_device, check_method
+from rlextra.extrapolate.registry import FORMULAS, NORMS, REGISTRY
 from rlextra.hf import is_norm_weight  # re-exported: rlextra.extrapolate.is_norm_weight
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit, resolve_target, two_point  # resolve_target: also re-exported
@@ -56,12 +57,6 @@ class Extrapolation:
         return self.provenance["alpha"]
 
 
-FORMULAS = {
-    "two-point": "W_T = W_b + alpha * (W_s - W_b)",
-    "lsq": "W_T = a + b*T, per-parameter least-squares line over K checkpoints",
-    "rank1": "W_T = W_s + U_r (C_T - C_s) V_r^T; U_r, V_r: top-r singular vectors of W_s - W_b; "
-             "C_k = U_r^T (W_k - W_b) V_r fitted linearly in the step; 1-D tensors: their own line",
-}
 
 
 def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path],
@@ -97,9 +92,9 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
     if chunk_size < 1:
         raise RLExtraError(f"--chunk-size {chunk_size}: must be at least 1")
     max_shard_bytes = parse_size(max_shard_size)
-    if norms not in ("copy", "extrapolate"):
+    if norms not in NORMS:
         raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
-    if device is not None and method != "rank1":
+    if device is not None and REGISTRY[method].chunked:
         raise RLExtraError("--device applies to --method rank1 (two-point and lsq stream on the CPU)")
     check_device(device)
     target, alpha = resolve_target(series.steps, to_step, alpha)
@@ -118,7 +113,7 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
             for spec in specs:
                 ref = newest.tensors[spec.name]
                 copy = not ref.is_float or (norms == "copy" and is_norm_weight(spec.name))
-                if not copy and method == "rank1":
+                if not copy and not REGISTRY[method].chunked:
                     writer.write(spec.name, _extrapolate_whole(series, spec, target, rank, device))
                     bar.update(ref.numel)
                     counts["extrapolated"] += 1

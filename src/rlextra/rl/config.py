@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rlextra.errors import RLExtraError
+from rlextra.extrapolate.registry import METHODS, NORMS
 from rlextra.sampling import check_seed
 from rlextra.fields import option
 from rlextra.tasks import TaskSpec
@@ -62,11 +63,11 @@ class TrainConfig:
         "each cycle) or keep Adam's moments (rlextra's option)", choices=("reset", "keep"))
     rl_extra_method: str = option(
         "two-point", "jump: two-point (the paper's), or lsq / rank1 over snapshots of the cycle (rlextra's)",
-        choices=("two-point", "lsq", "rank1"))
+        choices=METHODS)
     rl_extra_snapshots: int | None = option(None, "snapshots per cycle kept in CPU memory for lsq/rank1 (default 3)")
     rl_extra_rank: int = option(1, "rank of the rank1 jump")
     rl_extra_norms: str = option("copy", "norm weights at a jump: kept (copy, as the paper) or extrapolated",
-                                 choices=("copy", "extrapolate"))
+                                 choices=NORMS)
     rl_extra_include: str | None = option(None, "jump only parameters whose name matches this regex", metavar="REGEX")
     rl_extra_exclude: str | None = option(None, "leave parameters whose name matches this regex where they are",
                                           metavar="REGEX")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlextra.errors import RLExtraError
+from rlextra.extrapolate.registry import NORMS
 from rlextra.fields import option
 from rlextra.io import check_output, claim, read_json, write_atomic
 
@@ -39,7 +40,7 @@ class LoopConfig:
     cycles: int
     start_step: int = option(0, "effective step of --model")
     norms: str = option("copy", "norm weights at a jump: copied (as the paper) or extrapolated",
-                        choices=("copy", "extrapolate"))
+                        choices=NORMS)
     max_shard_size: str = option("5GB", "largest shard of each extrapolated checkpoint")
 
     def __post_init__(self) -> None:
@@ -52,7 +53,7 @@ class LoopConfig:
             raise RLExtraError(f"--cycles {self.cycles}: must be at least 1")
         if not 0 <= self.start_step <= MAX_STEP - 1 - self.cycles * (self.m + self.n):
             raise RLExtraError(f"--start-step {self.start_step}: steps must stay in 0 .. 2^53")
-        if self.norms not in ("copy", "extrapolate"):
+        if self.norms not in NORMS:
             raise RLExtraError(f"unknown --norms '{self.norms}' (copy, extrapolate)")
         parse_size(self.max_shard_size)
         _render(self.train_command, {p: "x" for p in PLACEHOLDERS})  # a bad template fails now

@@ -64,6 +64,7 @@ from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, predict_tensor
+from rlextra.extrapolate.registry import NORMS, REGISTRY
 from rlextra.hf import is_norm_weight
 from rlextra.rl.config import AUTO_THRESHOLD, SAFE_TOLERANCE, check_cycle  # check_cycle re-exported: rlextra.rl.rl_extra
 
@@ -162,7 +163,7 @@ class RLExtraCallback(TrainerCallback):
             raise RLExtraError(f"the lsq jump needs at least 3 snapshots per cycle, got {snapshots}")
         if snapshots < 2 or snapshots > m + 1:
             raise RLExtraError(f"RL-Extra snapshots must be 2..m+1 ({m + 1}), got {snapshots}")
-        if norms not in ("copy", "extrapolate"):
+        if norms not in NORMS:
             raise RLExtraError(f"norms must be 'copy' or 'extrapolate', got {norms!r}")
         if warmup_steps < 0:
             raise RLExtraError(f"RL-Extra warm-up must be >= 0 steps, got {warmup_steps}")
@@ -244,7 +245,7 @@ class RLExtraCallback(TrainerCallback):
         returns the record."""
         import torch
 
-        if self.method == "rank1" and any(hasattr(p.data, "to_local") or _is_zero3(p) for _, p in self.selected(model)):
+        if not REGISTRY[self.method].chunked and any(hasattr(p.data, "to_local") or _is_zero3(p) for _, p in self.selected(model)):
             raise RLExtraError("the rank1 jump needs whole matrices; sharded parameters (FSDP, ZeRO-3) "
                                "support the two-point and lsq jumps only")
         n = self.n if n is None else n
