@@ -121,8 +121,10 @@ class TrainConfig:
                                                         and self.rl_extra_snapshots >= 2):
             raise RLExtraError(f"--rl-extra-snapshots {self.rl_extra_snapshots}: must be an integer >= 2")
         if not (math.isfinite(self.rl_extra_safe_tolerance) and self.rl_extra_safe_tolerance >= 0):
-            raise RLExtraError(f"--rl-extra-safe-tolerance {self.rl_extra_safe_tolerance}: must be a finite number >= 0")
-        for flag, on in (("--rl-extra-safe", self.rl_extra_safe), ("--rl-extra-method", self.rl_extra_method != "two-point"),
+            raise RLExtraError(f"--rl-extra-safe-tolerance {self.rl_extra_safe_tolerance}: "
+                               "must be a finite number >= 0")
+        for flag, on in (("--rl-extra-safe", self.rl_extra_safe),
+                         ("--rl-extra-method", self.rl_extra_method != "two-point"),
                          ("--rl-extra-warmup", self.rl_extra_warmup > 0)):
             if on and self.rl_extra is None:
                 raise RLExtraError(f"{flag} needs --rl-extra M,N (without it there is no RL-Extra to apply it to)")

@@ -66,7 +66,8 @@ from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, predict_tensor
 from rlextra.extrapolate.registry import NORMS, REGISTRY
 from rlextra.hf import is_norm_weight
-from rlextra.rl.config import AUTO_THRESHOLD, SAFE_TOLERANCE, check_cycle  # check_cycle re-exported: rlextra.rl.rl_extra
+from rlextra.rl.config import (AUTO_THRESHOLD, SAFE_TOLERANCE,  # check_cycle re-exported: rlextra.rl.rl_extra
+                               check_cycle)
 
 STATE_FILE = "rl_extra_state.json"
 ANCHOR_FILE = "rl_extra_anchor.safetensors"
@@ -245,7 +246,8 @@ class RLExtraCallback(TrainerCallback):
         returns the record."""
         import torch
 
-        if not REGISTRY[self.method].chunked and any(hasattr(p.data, "to_local") or _is_zero3(p) for _, p in self.selected(model)):
+        sharded = any(hasattr(p.data, "to_local") or _is_zero3(p) for _, p in self.selected(model))
+        if not REGISTRY[self.method].chunked and sharded:
             raise RLExtraError("the rank1 jump needs whole matrices; sharded parameters (FSDP, ZeRO-3) "
                                "support the two-point and lsq jumps only")
         n = self.n if n is None else n
