@@ -1,4 +1,9 @@
-"""Every file rlextra writes goes through here: the output guard, atomic writes, signals, JSONL input.
+"""The output guard, atomic writes, signals and JSONL input: every output a command is asked for
+(``-o``) goes through here.
+
+Excepted, and written in place under the lock ``claim`` holds on their folder: a training run's own
+files (TRL's checkpoints, ``metrics.jsonl``, ``run.json``, the RL-Extra and monitor state), which
+the Trainer writes where it trains, and the demo's folder (``fresh_output_dir``).
 
 The promise: an input is never written to; an output is either complete or absent (built beside
 the target, renamed into place when complete, removed on any error); an existing target is

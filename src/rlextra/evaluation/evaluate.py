@@ -28,7 +28,7 @@ def decoder_inputs(decoder) -> list[Path]:
     return [Path(p) for p in getattr(decoder, "paths", ())]
 
 
-def check_outputs(out_file: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False) -> Path:
+def check_summary_and_generations(out_file: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False) -> Path:
     """Refuse an existing summary or generations file (unless overwrite) or one that is an input."""
     out_file = check_output(out_file, inputs=inputs, overwrite=overwrite, kind="file")
     check_output(generations_path(out_file), inputs=inputs, overwrite=overwrite, kind="file")
@@ -53,7 +53,7 @@ def evaluate(decoder: Decoder | str | Path | None, task: Task | TaskSpec, out_fi
 
         check_model_dir(decoder)  # a bad folder is named before the outputs are checked
     if out_file is not None:  # before anything loads or is written
-        out_file = check_outputs(out_file, inputs, overwrite)
+        out_file = check_summary_and_generations(out_file, inputs, overwrite)
     task = load_task(task) if isinstance(task, TaskSpec) else task
     if split not in ("test", "train"):
         raise RLExtraError(f"split '{split}': expected test or train")
@@ -113,7 +113,7 @@ def evaluate_checkpoint(model: str | Path, task: Task | TaskSpec, out_file: str 
         check_model_dir(path, allow_pickle=allow_pickle, pickle_flag="--allow-pickle")
     inputs += task_inputs(task)
     if out_file is not None:
-        check_outputs(out_file, inputs, overwrite)
+        check_summary_and_generations(out_file, inputs, overwrite)
     decoder = load_decoder(models if extrapolate_from is not None else models[0], backend=backend,
                            to_step=to_step, alpha=alpha, steps=steps, device=device, dtype=dtype, devices=devices,
                            allow_pickle=allow_pickle, mode=mode)
