@@ -36,6 +36,7 @@ from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, finalize_window, flat_metrics, window_sums
+from rlextra.rl.params import is_sharded, is_zero3
 from rlextra.sampling import sample_indices
 
 LOG_FILE = "linearity.jsonl"
@@ -108,12 +109,12 @@ class LinearityMonitor(TrainerCallback):
     def _build_index(self, model) -> None:
         index = {}
         for name, p in self._params(model):
-            if hasattr(p, "ds_id"):
+            if is_zero3(p):
                 raise RLExtraError("LinearityMonitor does not read DeepSpeed ZeRO-3 partitions; use DDP or FSDP2")
             if getattr(p, "_is_flat_param", False):
                 raise RLExtraError("LinearityMonitor does not read FSDP1 flat parameters; use FSDP2 (fully_shard)")
             local, start = _local_range(p.data)
-            self._sharded |= hasattr(p.data, "to_local")
+            self._sharded |= is_sharded(p)
             full = p.numel()
             idx = sample_indices(name, full, self.sample, self.seed)
             lo, hi = np.searchsorted(idx, [start, start + local.numel()])

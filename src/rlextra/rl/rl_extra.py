@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -65,12 +64,12 @@ from transformers import TrainerCallback
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, predict_tensor
 from rlextra.extrapolate.registry import NORMS, REGISTRY
-from rlextra.hf import is_norm_weight
+from rlextra.rl.cycle_state import (ANCHOR_FILE, STATE_FILE, load_snapshots,  # noqa: F401 (file names re-exported)
+                                    read_cycle_state, save_cycle_state)
 from rlextra.rl.config import (AUTO_THRESHOLD, SAFE_TOLERANCE,  # check_cycle re-exported: rlextra.rl.rl_extra
                                check_cycle)
+from rlextra.rl.params import ParameterAccess, is_sharded, is_zero3
 
-STATE_FILE = "rl_extra_state.json"
-ANCHOR_FILE = "rl_extra_anchor.safetensors"
 OPTIMIZER_POLICIES = ("reset", "keep")
 
 
@@ -128,23 +127,6 @@ class AutoJump:
                         "weight_error": {str(n): err for n, err in evidence.items()}, "chosen_n": chosen}
 
 
-def _local(p):
-    """The tensor this process owns for parameter p (the local shard under FSDP2)."""
-    data = p.data
-    return data.to_local() if hasattr(data, "to_local") else data
-
-
-def _is_zero3(p) -> bool:
-    return hasattr(p, "ds_id")
-
-
-def _regex(flag: str, text: str | None):
-    try:
-        return re.compile(text) if text else None
-    except re.error as exc:
-        raise RLExtraError(f"{flag} {text!r}: not a regular expression ({exc})") from None
-
-
 class RLExtraCallback(TrainerCallback):
     """Interleave m real steps with jumps of n extrapolated steps (see module docstring)."""
 
@@ -174,8 +156,7 @@ class RLExtraCallback(TrainerCallback):
         self.method, self.n_snapshots, self.rank = method, snapshots, rank
         self.safe = safe
         self.norms = norms
-        self.include, self.exclude = (_regex(flag, text) for flag, text in
-                                      (("--rl-extra-include", include), ("--rl-extra-exclude", exclude)))
+        self.params = ParameterAccess(norms, include, exclude)
         if auto is not None and method == "rank1":
             raise RLExtraError("auto RL-Extra judges two-point and lsq jumps; the in-flight backtest has no rank1")
         self.auto = auto
@@ -196,74 +177,37 @@ class RLExtraCallback(TrainerCallback):
         k = self.n_snapshots - 1
         return sorted({round(i * self.m / k) for i in range(k + 1)})
 
-    # -- which parameters jump
     def selected(self, model) -> list[tuple[str, object]]:
-        out = []
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            if self.norms == "copy" and is_norm_weight(name):
-                continue
-            if self.include and not self.include.search(name):
-                continue
-            if self.exclude and self.exclude.search(name):
-                continue
-            out.append((name, p))
-        return out
-
-    def _read(self, p):
-        if _is_zero3(p):
-            from deepspeed.utils import safe_get_local_fp32_param
-
-            return safe_get_local_fp32_param(p)
-        return _local(p)
-
-    def _write(self, p, value) -> None:
-        if _is_zero3(p):
-            from deepspeed.utils import safe_set_local_fp32_param
-
-            safe_set_local_fp32_param(p, value)
-            p.ds_tensor.data.copy_(value.to(p.ds_tensor.dtype))
-        else:
-            _local(p).copy_(value.to(_local(p).dtype))
-
-    def _copy(self, model) -> dict:
-        return {name: self._read(p).detach().float().cpu().clone() for name, p in self.selected(model)}
+        """The parameters a jump moves (``rlextra.rl.params``)."""
+        return self.params.selected(model)
 
     def take_anchor(self, model, step: int) -> None:
-        self.snapshots = [(step, self._copy(model))]
+        self.snapshots = [(step, self.params.copy(model))]
         self.cycle_start = step
-
-    def _restore_weights(self, model, weights: dict) -> None:
-        import torch
-
-        with torch.no_grad():
-            for name, p in self.selected(model):
-                self._write(p, weights[name].to(self._read(p).device))
 
     def jump(self, model, optimizer=None, step: int = 0, n: int | None = None) -> dict:
         """Move the selected parameters to their predicted value at step + n (default: the current n);
         returns the record."""
         import torch
 
-        sharded = any(hasattr(p.data, "to_local") or _is_zero3(p) for _, p in self.selected(model))
+        sharded = any(is_sharded(p) for _, p in self.selected(model))
         if not REGISTRY[self.method].chunked and sharded:
             raise RLExtraError("the rank1 jump needs whole matrices; sharded parameters (FSDP, ZeRO-3) "
                                "support the two-point and lsq jumps only")
         n = self.n if n is None else n
         record = {"real_step": step, "m": self.m, "n": n, "method": self.method}
         pre_score = self.safe.scorer(model) if self.safe else None
-        before = self._copy(model) if self.safe else None
+        before = self.params.copy(model) if self.safe else None
         steps = [s for s, _ in self.snapshots] + [step]
         sq_delta = sq_w = 0.0
         with torch.no_grad():
             for name, p in self.selected(model):
-                cur = self._read(p).float()
+                cur = self.params.read(p).float()
                 values = [snap[name].to(cur.device) for _, snap in self.snapshots] + [cur]
                 new = predict_tensor(self.method, steps, values, step + n, rank=self.rank)
                 sq_delta += float(((new - cur) ** 2).sum())
                 sq_w += float((cur ** 2).sum())
-                self._write(p, new)
+                self.params.write(p, new)
         record.update(jump_norm=math.sqrt(sq_delta), relative_jump=math.sqrt(sq_delta / sq_w) if sq_w else None)
         accepted = True
         if self.safe:
@@ -271,7 +215,7 @@ class RLExtraCallback(TrainerCallback):
             accepted = post_score >= pre_score - self.safe.tolerance
             record.update(score_before=pre_score, score_after=post_score, tolerance=self.safe.tolerance)
             if not accepted:
-                self._restore_weights(model, before)
+                self.params.restore(model, before)
                 self.n = int(n * self.safe.shrink)
             record.update(decision="accepted" if accepted else "rolled back", next_n=self.n)
         if accepted:
@@ -289,7 +233,7 @@ class RLExtraCallback(TrainerCallback):
 
     # -- Trainer events
     def on_train_begin(self, args, state, control, model=None, **kw):
-        if getattr(args, "deepspeed", None) and not any(_is_zero3(p) for p in model.parameters()):
+        if getattr(args, "deepspeed", None) and not any(is_zero3(p) for p in model.parameters()):
             raise RLExtraError("RL-Extra under DeepSpeed ZeRO-1/2 is not supported: the fp32 master weights "
                                "live in the optimizer and would overwrite the jump; use ZeRO-3, FSDP or DDP")
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -307,7 +251,7 @@ class RLExtraCallback(TrainerCallback):
         offset = step - self.cycle_start
         if offset < self.m:
             if offset in self.snapshot_offsets() and offset > self.snapshots[-1][0] - self.cycle_start:
-                self.snapshots.append((step, self._copy(model)))
+                self.snapshots.append((step, self.params.copy(model)))
             return
         record = None
         if self.monitor is not None:  # the pre-jump weights are observed, whichever callback runs first
@@ -343,45 +287,26 @@ class RLExtraCallback(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         if not state.is_world_process_zero or self.anchor is None:
             return
-        from safetensors.torch import save_file
-
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        ckpt.mkdir(parents=True, exist_ok=True)
-        tensors = {f"{i}/{k}": v.contiguous() for i, (_, snap) in enumerate(self.snapshots) for k, v in snap.items()}
-        save_file(tensors, str(ckpt / ANCHOR_FILE))
-        (ckpt / STATE_FILE).write_text(json.dumps({
+        save_cycle_state(Path(args.output_dir) / f"checkpoint-{state.global_step}", {
             "m": self.m, "n": self.n_initial, "n_current": self.n, "method": self.method,
-            "snapshots": self.n_snapshots, "snapshot_steps": [s for s, _ in self.snapshots],
-            "cycle_start": self.cycle_start, "extra_steps": self.extra_steps,
-            "warmup_steps": self.warmup_steps, "optimizer": self.optimizer, "jumps": self.jumps}, indent=1) + "\n")
+            "snapshots": self.n_snapshots, "cycle_start": self.cycle_start, "extra_steps": self.extra_steps,
+            "warmup_steps": self.warmup_steps, "optimizer": self.optimizer, "jumps": self.jumps}, self.snapshots)
 
     def check_resume(self, ckpt: Path) -> dict | None:
         """The cycle state saved in ``ckpt`` (None when it has none), or a one-line error when it was
         saved with another schedule: a resume must continue the same cycles."""
-        from rlextra.io import read_json
-
-        if not (Path(ckpt) / STATE_FILE).is_file():
+        st = read_cycle_state(ckpt)
+        if st is None:
             return None
-        st = read_json(Path(ckpt) / STATE_FILE, "RL-Extra state file")
-        try:
-            saved = (st["m"], st["n"], st.get("method", "two-point"), st.get("snapshots", 2))
-        except (KeyError, TypeError, AttributeError):
-            raise RLExtraError(f"{Path(ckpt) / STATE_FILE}: malformed RL-Extra state (no m, n)") from None
+        saved = (st["m"], st["n"], st.get("method", "two-point"), st.get("snapshots", 2))
         if saved != (self.m, self.n_initial, self.method, self.n_snapshots):
-            raise RLExtraError(f"{ckpt / STATE_FILE}: saved with m={saved[0]}, n={saved[1]}, method {saved[2]}, "
+            raise RLExtraError(f"{Path(ckpt) / STATE_FILE}: saved with m={saved[0]}, n={saved[1]}, method {saved[2]}, "
                                f"{saved[3]} snapshots; resumed with m={self.m}, n={self.n_initial}, "
                                f"method {self.method}, {self.n_snapshots} snapshots")
         return st
 
     def _restore(self, ckpt: Path) -> None:
-        from safetensors.torch import load_file
-
         st = self.check_resume(ckpt)
         self.cycle_start, self.extra_steps, self.jumps = st["cycle_start"], st["extra_steps"], st["jumps"]
         self.n = st.get("n_current", st["n"])
-        flat = load_file(str(ckpt / ANCHOR_FILE))
-        steps = st.get("snapshot_steps", [st["cycle_start"]])
-        if not any("/" in k for k in flat):  # written before snapshots were indexed: the anchor alone
-            flat = {f"0/{k}": v for k, v in flat.items()}
-        self.snapshots = [(s, {k.split("/", 1)[1]: v for k, v in flat.items() if k.split("/", 1)[0] == str(i)})
-                          for i, s in enumerate(steps)]
+        self.snapshots = load_snapshots(ckpt, st)
