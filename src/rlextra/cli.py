@@ -19,7 +19,7 @@ from rlextra.analysis.watch import watch
 from rlextra.analysis.weights import analyze_weights
 from rlextra.checkpoints.gguf import convert_gguf, smollm2_gguf_path
 from rlextra.cli_options import Options
-from rlextra.decoding.backends import load_decoder
+from rlextra.decoding.backends import BACKENDS, load_decoder
 from rlextra.decoding.config import SamplingConfig
 from rlextra.decoding.engine import MODES
 from rlextra.demo import run_demo
@@ -138,10 +138,21 @@ DEMO = Options(run_demo, ["quick", "seed", "threads", "overwrite"], helps={
     "threads": "torch threads", "overwrite": "start again over an existing output"})
 
 
-def _add_series(p: argparse.ArgumentParser, options: Options | None = None) -> None:
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="model folders (STEP=PATH names a step, e.g. 0=base/), or one run folder")
+def _add_checkpoints(p: argparse.ArgumentParser,
+                     help: str = "model folders (STEP=PATH names a step, e.g. 0=base/), or one run folder") -> None:
+    """The checkpoint arguments every series command takes: CKPT... and --steps."""
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help=help)
     p.add_argument("--steps", help="comma-separated steps, one per CKPT, in the order given")
+
+
+def _add_flag(p: argparse.ArgumentParser, name: str, help: str | None = None) -> None:
+    """--no-plots and --overwrite, defined once."""
+    helps = {"--no-plots": "write the report without its plots", "--overwrite": "replace an existing output"}
+    p.add_argument(name, action="store_true", help=help or helps[name])
+
+
+def _add_series(p: argparse.ArgumentParser, options: Options | None = None) -> None:
+    _add_checkpoints(p)
     if options is not None:
         options.add(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -156,9 +167,7 @@ def _add_common(p: argparse.ArgumentParser, *, threads: bool = True, quiet: bool
 
 def _add_probes(p: argparse.ArgumentParser) -> None:
     """Options of the teacher-forced analyses (outputs, activations)."""
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="model folders (STEP=PATH names a step), or one run folder")
-    p.add_argument("--steps", help="comma-separated steps, one per CKPT")
+    _add_checkpoints(p)
     p.add_argument("-o", "--output", required=True, help="report folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--probes", help="JSONL of {prompt, response}; prompt exactly as the model sees it")
@@ -168,7 +177,7 @@ def _add_probes(p: argparse.ArgumentParser) -> None:
     PROBE_SAMPLING.add(p)
     PROBES.add(p)
     DEVICE.add(p)
-    p.add_argument("--no-plots", action="store_true")
+    _add_flag(p, "--no-plots")
     _add_common(p)
 
 
@@ -453,7 +462,7 @@ def _analyze_parsers(sub, fmt) -> None:
     w.add_argument("-o", "--output", required=True, help="report folder")
     w.add_argument("--shard", help="analyse shard i of N tensors (i/N); default from RANK/WORLD_SIZE, "
                                    "one folder per rank")
-    w.add_argument("--no-plots", action="store_true")
+    _add_flag(w, "--no-plots")
     w.set_defaults(func=cmd_analyze_weights)
 
     o = an_sub.add_parser("outputs", help="R^2 of token log-probs and logits over steps (teacher forcing)",
@@ -472,8 +481,8 @@ def _analyze_parsers(sub, fmt) -> None:
                           formatter_class=fmt, epilog=EXAMPLES["merge"])
     m.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR")
     m.add_argument("-o", "--output", required=True)
-    m.add_argument("--overwrite", action="store_true")
-    m.add_argument("--no-plots", action="store_true")
+    _add_flag(m, "--overwrite")
+    _add_flag(m, "--no-plots")
     m.set_defaults(func=cmd_analyze_merge)
 
 
@@ -482,15 +491,16 @@ def _analyze_parsers(sub, fmt) -> None:
     wa.add_argument("run", metavar="RUN", help="run folder the trainer writes checkpoints into")
     wa.add_argument("-o", "--output", required=True, help="report folder, replaced after each checkpoint")
     WATCH.add(wa)
-    wa.add_argument("--no-plots", action="store_true")
+    _add_flag(wa, "--no-plots")
     wa.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     wa.set_defaults(func=cmd_watch, kept="the last complete report in {output} is kept")
 
 
-def _target_args(p: argparse.ArgumentParser, required: bool) -> None:
+def _target_args(p: argparse.ArgumentParser, required: bool, when: str = "") -> None:
+    """--to-step T or --alpha A (alpha = (T - b) / (s - b)), converted by linefit.resolve_target."""
     tgt = p.add_mutually_exclusive_group(required=required)
-    tgt.add_argument("--to-step", type=float, help="target step T")
-    tgt.add_argument("--alpha", type=float, help="alpha = (T - b) / (s - b), b/s = first/last step")
+    tgt.add_argument("--to-step", type=float, help=f"{when}target step T")
+    tgt.add_argument("--alpha", type=float, help=f"{when}alpha = (T - b) / (s - b), b/s = first/last step")
 
 
 def _extrapolation_parsers(sub, fmt) -> None:
@@ -515,7 +525,7 @@ def _extrapolation_parsers(sub, fmt) -> None:
                                                  ["help"]})
     SAMPLING.add(bt, defaults={"k": 4})
     _add_common(bt, quiet=False)
-    bt.add_argument("--no-plots", action="store_true")
+    _add_flag(bt, "--no-plots")
     bt.set_defaults(func=cmd_backtest)
 
 
@@ -562,33 +572,30 @@ def _decoding_parsers(sub, fmt) -> None:
     ev.add_argument("-o", "--output", required=True, help="summary JSON (generations go to *.generations.jsonl)")
     TASK.add(ev)
     SAMPLING.add(ev, defaults={"k": 4})
-    ev.add_argument("--backend", choices=["auto", "hf", "rlextra", "vllm"], default="auto",
+    ev.add_argument("--backend", choices=BACKENDS, default="auto",
                     help="auto: vLLM when installed and a GPU is present, else HF generate; rlextra: "
                          "rlextra's engine (each prompt encoded once for its k samples)")
     ev.add_argument("--extrapolate-from", metavar="BASE",
                     help="Logits Extrapolation decoding: MODEL is step s, BASE an earlier step b of the run")
-    ev.add_argument("--to-step", type=float, help="with --extrapolate-from: target step T")
-    ev.add_argument("--alpha", type=float, help="with --extrapolate-from: alpha = (T - b) / (s - b)")
+    _target_args(ev, required=False, when="with --extrapolate-from: ")
     ev.add_argument("--steps", help="with --extrapolate-from: steps of BASE,MODEL if their names lack them")
     DEVICE.add(ev)
     DEVICES.add(ev)
-    ev.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_flag(ev, "--overwrite", "replace existing output files")
     _add_common(ev)
     ev.set_defaults(func=cmd_eval)
 
     g = sub.add_parser("generate", help="decode with extrapolated logits of 2 (or K) checkpoints",
                        formatter_class=fmt, epilog=EXAMPLES["generate"])
-    g.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                   help="model folders of one run (STEP=PATH names a step); one folder = plain decoding")
+    _add_checkpoints(g, "model folders of one run (STEP=PATH names a step); one folder = plain decoding")
     g.add_argument("--prompts", required=True, help="JSONL: one string or {\"prompt\": ...} per line")
     g.add_argument("-o", "--output", required=True, help="generations JSONL")
     _target_args(g, required=False)
-    g.add_argument("--steps", help="comma-separated steps, one per CKPT")
     g.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
     SAMPLING.add(g)
     DEVICE.add(g)
     DEVICES.add(g)
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_flag(g, "--overwrite", "replace an existing output file")
     _add_common(g)
     g.set_defaults(func=cmd_generate)
 
