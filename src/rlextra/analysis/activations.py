@@ -18,20 +18,16 @@ rlextra's own, built like the token analysis:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
-import rlextra
-from rlextra.analysis.probes import Encoded, load_checkpoint, padded_batches, prepare_probes, probe_inputs
+from rlextra.analysis.probes import Encoded, open_probe_run, padded_batches, write_probe_report
 from rlextra.analysis.report import r2_summary
-from rlextra.checkpoints.series import CheckpointSeries, load_series
+from rlextra.checkpoints.series import CheckpointSeries
 from rlextra.errors import RLExtraError
 from rlextra.hf import model_device
-from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
 
 DEFAULT_MAX_TOKENS = 256
@@ -81,16 +77,10 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
     """
     if max_tokens is not None and max_tokens < 1:
         raise RLExtraError(f"--max-tokens must be at least 1, got {max_tokens}")
-    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle)  # where each checkpoint runs
-    series = load_series(checkpoints, steps, allow_pickle=allow_pickle, min_checkpoints=3)
-    inputs = probe_inputs(series, probes, task)
-    if out_dir is not None:
-        check_output(out_dir, inputs=inputs, overwrite=overwrite)
-    if batch_size < 1:
-        raise RLExtraError(f"--batch-size must be at least 1, got {batch_size}")
-    probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,
-                                          sampling=sampling, seed=seed, **load)
-    n_tok = sum(len(r) for _, r in encoded)
+    run = open_probe_run(checkpoints, out_dir, probes=probes, generate=generate, task=task, sampling=sampling,
+                         steps=steps, seed=seed, batch_size=batch_size, overwrite=overwrite, device=device,
+                         dtype=dtype, allow_pickle=allow_pickle)
+    series, n_tok = run.series, run.n_tokens
     rng = np.random.default_rng(seed)
     tokens = np.arange(n_tok) if max_tokens is None or max_tokens >= n_tok \
         else np.sort(rng.choice(n_tok, size=max_tokens, replace=False))
@@ -98,10 +88,8 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
     cand: list[np.ndarray] = []
     traj: list[list[np.ndarray]] = []
     hidden = 0
-    for cp in tqdm(series.checkpoints, desc="teacher-forcing checkpoints", disable=not progress):
-        model, _ = load_checkpoint(cp.path, **load)
-        states = hidden_states(model, encoded, pad, tokens, batch_size)
-        del model
+    for cp, model in run.models(progress):
+        states = hidden_states(model, run.encoded, run.pad, tokens, batch_size)
         if not fits:
             hidden = states[0].shape[1]
             fits = [LineFit(series.steps, h.size) for h in states]
@@ -134,9 +122,7 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
                                  "r2": float(r2[layer][c]), "values": values[:, j].tolist()})
                 break
     report = {
-        "rlextra_version": rlextra.__version__, "kind": "activations", "steps": series.steps,
-        "checkpoints": [{"step": c.step, "path": str(c.path)} for c in series.checkpoints],
-        "n_probes": len(encoded), "n_tokens": n_tok, "n_tokens_used": int(tokens.size),
+        **run.header("activations"), "n_tokens_used": int(tokens.size),
         "n_layers": len(r2), "hidden_size": hidden,
         "options": {"max_tokens": max_tokens, "seed": seed, "positions": "response tokens",
                     "hidden_states": "output of each decoder layer (Hugging Face output_hidden_states[1:])"},
@@ -145,21 +131,17 @@ def analyze_activations(checkpoints: CheckpointSeries | str | Path | Sequence[st
         "per_layer": per_layer,
     }
     if out_dir is not None:
-        _write(report, probes, examples, Path(out_dir), plots, overwrite, inputs)
+        write_probe_report(Path(out_dir), "activations.json", report, run, overwrite,
+                           (lambda tmp: _plots(report, examples, tmp)) if plots else None)
     return report
 
 
-def _write(report: dict, probes: list[dict], examples: list[dict], out: Path, plots: bool,
-           overwrite: bool, inputs: Sequence[Path]) -> None:
+def _plots(report: dict, examples: list[dict], tmp: Path) -> None:
     from rlextra.analysis import plots as P
 
-    with atomic_output_dir(out, inputs=inputs, overwrite=overwrite) as tmp:
-        (tmp / "activations.json").write_text(json.dumps(report, indent=1) + "\n")
-        (tmp / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
-        if plots:
-            if report["activation"]["n_analyzed"]:
-                P.plot_r2_histogram(report["activation"], tmp / "r2_activation_histogram.png",
-                                    title="Activations (layer outputs)")
-            P.plot_layer_r2(report["per_layer"], tmp / "r2_per_layer.png")
-            P.plot_trajectories(report["steps"], examples, tmp / "activation_trajectories.png",
-                                ylabel="hidden-state value")
+    if report["activation"]["n_analyzed"]:
+        P.plot_r2_histogram(report["activation"], tmp / "r2_activation_histogram.png",
+                            title="Activations (layer outputs)")
+    P.plot_layer_r2(report["per_layer"], tmp / "r2_per_layer.png")
+    P.plot_trajectories(report["steps"], examples, tmp / "activation_trajectories.png",
+                        ylabel="hidden-state value")

@@ -15,21 +15,17 @@ Token filters (both kept counts and both summaries are reported, whichever one i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
-import rlextra
-from rlextra.analysis.probes import (Encoded, encode_probes, example_candidates, load_checkpoint, load_probes,
-                                     padded_batches, prepare_probes, probe_inputs)
+from rlextra.analysis.probes import (Encoded, encode_probes, example_candidates, load_probes, open_probe_run,
+                                     padded_batches, write_probe_report)
 from rlextra.analysis.report import r2_summary
-from rlextra.checkpoints.series import CheckpointSeries, load_series
+from rlextra.checkpoints.series import CheckpointSeries
 from rlextra.errors import RLExtraError
 from rlextra.hf import model_device
-from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
 
 __all__ = ["TOKEN_FILTERS", "analyze_outputs", "encode_probes", "load_probes", "teacher_force", "token_filter_mask"]
@@ -82,28 +78,20 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     ``logprob``/``logit`` summarise the tokens ``token_filter`` keeps; ``by_filter`` holds the
     kept count and both summaries under each filter, so the two can be compared from one run.
     """
-    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle)  # where each checkpoint runs
-    series = load_series(checkpoints, steps, allow_pickle=allow_pickle, min_checkpoints=3)
-    inputs = probe_inputs(series, probes, task)
-    if out_dir is not None:
-        check_output(out_dir, inputs=inputs, overwrite=overwrite)
     if token_filter not in TOKEN_FILTERS:
         raise RLExtraError(f"--token-filter must be one of {', '.join(TOKEN_FILTERS)}, got '{token_filter}'")
     if not (np.isfinite(min_logprob_change) and min_logprob_change >= 0):
         raise RLExtraError(f"--min-logprob-change must be a finite number >= 0, got {min_logprob_change}")
-    if batch_size < 1:
-        raise RLExtraError(f"--batch-size must be at least 1, got {batch_size}")
-    probes, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task,
-                                          sampling=sampling, seed=seed, **load)
-    n_tok = sum(len(r) for _, r in encoded)
+    run = open_probe_run(checkpoints, out_dir, probes=probes, generate=generate, task=task, sampling=sampling,
+                         steps=steps, seed=seed, batch_size=batch_size, overwrite=overwrite, device=device,
+                         dtype=dtype, allow_pickle=allow_pickle)
+    series, n_tok = run.series, run.n_tokens
     lp_fit = LineFit(series.steps, n_tok, track_range=True)
     lg_fit = LineFit(series.steps, n_tok)
     cand = example_candidates(n_tok, seed)
     traj, mean_lp = [], []
-    for cp in tqdm(series.checkpoints, desc="teacher-forcing checkpoints", disable=not progress):
-        model, _ = load_checkpoint(cp.path, **load)
-        lp, lg = teacher_force(model, encoded, pad, batch_size)
-        del model
+    for cp, model in run.models(progress):
+        lp, lg = teacher_force(model, run.encoded, run.pad, batch_size)
         if not (np.isfinite(lp).all() and np.isfinite(lg).all()):
             raise RLExtraError(f"{cp.path}: NaN/Inf log-probs or logits on the probes")
         lp_fit.add(lp)
@@ -118,9 +106,7 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                  "r2": float(r2_lp[c]), "values": traj[:, j].tolist()}
                 for j, c in enumerate(cand) if keep[c] and np.isfinite(r2_lp[c])][:N_EXAMPLES]
     report = {
-        "rlextra_version": rlextra.__version__, "kind": "outputs", "steps": series.steps,
-        "checkpoints": [{"step": c.step, "path": str(c.path)} for c in series.checkpoints],
-        "n_probes": len(encoded), "n_tokens": n_tok,
+        **run.header("outputs"),
         "filter": {"token_filter": token_filter, "min_logprob_change": min_logprob_change,
                    "n_tokens_kept": int(keep.sum()), "n_tokens_dropped": int((~keep).sum()),
                    "n_tokens_kept_endpoints": int(masks["endpoints"].sum()),
@@ -132,21 +118,17 @@ def analyze_outputs(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         "mean_token_logprob": mean_lp,
     }
     if out_dir is not None:
-        _write(report, probes, examples, Path(out_dir), plots, overwrite, inputs)
+        write_probe_report(Path(out_dir), "outputs.json", report, run, overwrite,
+                           (lambda tmp: _plots(report, examples, tmp)) if plots else None)
     return report
 
 
-def _write(report: dict, probes: list[dict], examples: list[dict], out: Path, plots: bool,
-           overwrite: bool, inputs: Sequence[Path]) -> None:
+def _plots(report: dict, examples: list[dict], tmp: Path) -> None:
     from rlextra.analysis import plots as P
 
-    with atomic_output_dir(out, inputs=inputs, overwrite=overwrite) as tmp:
-        (tmp / "outputs.json").write_text(json.dumps(report, indent=1) + "\n")
-        (tmp / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
-        if plots:
-            if report["logprob"]["n_analyzed"]:
-                P.plot_r2_histogram(report["logprob"], tmp / "r2_logprob_histogram.png", title="Token log-probs")
-                P.plot_r2_histogram(report["logit"], tmp / "r2_logit_histogram.png", title="Token logits")
-            P.plot_trajectories(report["steps"], examples, tmp / "token_trajectories.png", ylabel="log-prob")
-            P.plot_series(report["steps"], report["mean_token_logprob"], tmp / "mean_logprob_vs_step.png",
-                          ylabel="mean token log-prob of the probes")
+    if report["logprob"]["n_analyzed"]:
+        P.plot_r2_histogram(report["logprob"], tmp / "r2_logprob_histogram.png", title="Token log-probs")
+        P.plot_r2_histogram(report["logit"], tmp / "r2_logit_histogram.png", title="Token logits")
+    P.plot_trajectories(report["steps"], examples, tmp / "token_trajectories.png", ylabel="log-prob")
+    P.plot_series(report["steps"], report["mean_token_logprob"], tmp / "mean_logprob_vs_step.png",
+                  ylabel="mean token log-prob of the probes")

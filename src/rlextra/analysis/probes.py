@@ -6,6 +6,7 @@ Every model these analyses load goes through ``load_checkpoint`` here, one model
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -153,3 +154,72 @@ def padded_batches(encoded: Encoded, pad_id: int, batch_size: int, rows_for: Cal
 def example_candidates(n: int, seed: int, size: int = 64) -> np.ndarray:
     """A seeded random pick of coordinates whose trajectories may be plotted (not cherry-picked)."""
     return np.random.default_rng(seed).choice(n, size=min(size, n), replace=False)
+
+
+@dataclass
+class ProbeRun:
+    """What both teacher-forced analyses (outputs, activations) share: the series, the guard's inputs,
+    the probes and their token ids, and where each checkpoint is loaded."""
+
+    series: CheckpointSeries
+    inputs: list[Path]
+    probes: list[dict]
+    encoded: Encoded
+    pad: int
+    load: dict
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(r) for _, r in self.encoded)
+
+    def models(self, progress: bool = True) -> Iterator[tuple[object, object]]:
+        """(checkpoint, model) for each checkpoint in step order, one model in memory at a time."""
+        from tqdm.auto import tqdm
+
+        for cp in tqdm(self.series.checkpoints, desc="teacher-forcing checkpoints", disable=not progress):
+            model, _ = load_checkpoint(cp.path, **self.load)
+            yield cp, model
+            del model
+
+    def header(self, kind: str) -> dict:
+        """The fields every probe report starts with."""
+        import rlextra
+
+        return {"rlextra_version": rlextra.__version__, "kind": kind, "steps": self.series.steps,
+                "checkpoints": [{"step": c.step, "path": str(c.path)} for c in self.series.checkpoints],
+                "n_probes": len(self.encoded), "n_tokens": self.n_tokens}
+
+
+def open_probe_run(checkpoints, out_dir: str | Path | None, *, probes, generate: int | None, task, sampling,
+                   steps: Sequence[int] | None, seed: int, batch_size: int, overwrite: bool, device: str | None,
+                   dtype: str | None, allow_pickle: bool) -> ProbeRun:
+    """Load the series (3 or more checkpoints), check the output against every input, then read (or
+    sample) the probes: every check before any model loads, in one place."""
+    from rlextra.checkpoints.series import load_series
+    from rlextra.io import check_output
+
+    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle)  # where each checkpoint runs
+    series = load_series(checkpoints, steps, allow_pickle=allow_pickle, min_checkpoints=3)
+    inputs = probe_inputs(series, probes, task)
+    if out_dir is not None:
+        check_output(out_dir, inputs=inputs, overwrite=overwrite)
+    if batch_size < 1:
+        raise RLExtraError(f"--batch-size must be at least 1, got {batch_size}")
+    rows, encoded, pad = prepare_probes(series, probes=probes, generate=generate, task=task, sampling=sampling,
+                                        seed=seed, **load)
+    return ProbeRun(series, inputs, rows, encoded, pad, load)
+
+
+def write_probe_report(out: Path, name: str, report: dict, run: ProbeRun, overwrite: bool,
+                       draw: Callable[[Path], None] | None) -> None:
+    """out/NAME (the report), out/probes.jsonl (what was teacher-forced) and, with ``draw``, its plots,
+    written atomically."""
+    import json
+
+    from rlextra.io import atomic_output_dir
+
+    with atomic_output_dir(out, inputs=run.inputs, overwrite=overwrite) as tmp:
+        (tmp / name).write_text(json.dumps(report, indent=1) + "\n")
+        (tmp / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in run.probes))
+        if draw is not None:
+            draw(tmp)
