@@ -81,6 +81,48 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
         method = fit
     series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
         checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
+    plan = _plan(series, out_dir, to_step=to_step, alpha=alpha, method=method, rank=rank, min_r2=min_r2,
+                 norms=norms, device=device, max_shard_size=max_shard_size, overwrite=overwrite,
+                 chunk_size=chunk_size)
+    newest = series.newest
+    specs = [TensorSpec(n, newest.tensors[n].dtype, newest.tensors[n].shape, newest.tensors[n].nbytes)
+             for n in series.names]
+    counts = {"extrapolated": 0, "copied_norm": 0, "copied_non_float": 0, "kept_low_r2": 0}
+    method, target = plan["method"], plan["target"]
+    with atomic_output_dir(Path(out_dir), inputs=plan["inputs"], overwrite=overwrite) as tmp:
+        writer = StreamingSafetensorsWriter(tmp, specs, plan["max_shard_bytes"])
+        total = sum(newest.tensors[s.name].numel for s in specs)
+        with tqdm(total=total, unit="param", unit_scale=True, desc="extrapolate",
+                  disable=not progress) as bar:
+            for spec in specs:
+                ref = newest.tensors[spec.name]
+                copy = not ref.is_float or (norms == "copy" and is_norm_weight(spec.name))
+                if not copy and not REGISTRY[method].chunked:
+                    writer.write(spec.name, _extrapolate_whole(series, spec, target, rank, device))
+                    bar.update(ref.numel)
+                    counts["extrapolated"] += 1
+                    continue
+                for start, stop in chunk_ranges(ref.numel, chunk_size):
+                    if copy:
+                        writer.write(spec.name, ref.read_raw(start, stop))
+                    else:
+                        writer.write(spec.name, _extrapolate_chunk(series, spec, start, stop, target,
+                                                                   plan["alpha"], method, min_r2, counts))
+                    bar.update(stop - start)
+                key = "extrapolated" if not copy else ("copied_non_float" if not ref.is_float else "copied_norm")
+                counts[key] += 1
+        writer.close()
+        copied = copy_side_files([c.path for c in reversed(series.checkpoints)], tmp)
+        provenance = _provenance(series, plan, counts, copied, rank=rank, min_r2=min_r2, norms=norms,
+                                 device=device, max_shard_size=max_shard_size, chunk_size=chunk_size)
+        (tmp / "rlextra.json").write_text(json.dumps(provenance, indent=1) + "\n")
+    return Extrapolation(Path(out_dir), provenance)
+
+
+def _plan(series: CheckpointSeries, out_dir, *, to_step, alpha, method: str, rank: int, min_r2, norms: str,
+          device, max_shard_size, overwrite: bool, chunk_size: int) -> dict:
+    """Every check of an extrapolation, before anything is written: the output against the inputs,
+    the method for this many checkpoints, the options, and the target (step and alpha)."""
     inputs = series.input_folders
     check_output(out_dir, inputs=inputs, overwrite=overwrite)
     k = len(series)
@@ -100,55 +142,30 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
     target, alpha = resolve_target(series.steps, to_step, alpha)
     if not np.isfinite(target):
         raise RLExtraError(f"target step {target} is not finite")
+    return {"inputs": inputs, "method": method, "max_shard_bytes": max_shard_bytes, "target": target, "alpha": alpha}
 
-    newest = series.newest
-    specs = [TensorSpec(n, newest.tensors[n].dtype, newest.tensors[n].shape, newest.tensors[n].nbytes)
-             for n in series.names]
-    counts = {"extrapolated": 0, "copied_norm": 0, "copied_non_float": 0, "kept_low_r2": 0}
-    with atomic_output_dir(Path(out_dir), inputs=inputs, overwrite=overwrite) as tmp:
-        writer = StreamingSafetensorsWriter(tmp, specs, max_shard_bytes)
-        total = sum(newest.tensors[s.name].numel for s in specs)
-        with tqdm(total=total, unit="param", unit_scale=True, desc="extrapolate",
-                  disable=not progress) as bar:
-            for spec in specs:
-                ref = newest.tensors[spec.name]
-                copy = not ref.is_float or (norms == "copy" and is_norm_weight(spec.name))
-                if not copy and not REGISTRY[method].chunked:
-                    writer.write(spec.name, _extrapolate_whole(series, spec, target, rank, device))
-                    bar.update(ref.numel)
-                    counts["extrapolated"] += 1
-                    continue
-                for start, stop in chunk_ranges(ref.numel, chunk_size):
-                    if copy:
-                        writer.write(spec.name, ref.read_raw(start, stop))
-                    else:
-                        writer.write(spec.name, _extrapolate_chunk(series, spec, start, stop, target,
-                                                                   alpha, method, min_r2, counts))
-                    bar.update(stop - start)
-                key = "extrapolated" if not copy else ("copied_non_float" if not ref.is_float else "copied_norm")
-                counts[key] += 1
-        writer.close()
-        copied = copy_side_files([c.path for c in reversed(series.checkpoints)], tmp)
-        provenance = {
-            "rlextra_version": rlextra.__version__,
-            "created_by": "rlextra extrapolate",
-            "inputs": [{"step": c.step, "path": str(c.path.resolve())} for c in series.checkpoints],
-            "steps": series.steps,
-            "target_step": target,
-            "alpha": alpha,
-            "method": method,
-            "method_params": {"rank": rank} if method == "rank1" else
-                             {"min_r2": min_r2} if method == "lsq" else {},
-            "formula": FORMULAS[method],
-            "options": {"norms": norms, "device": device, "max_shard_size": str(max_shard_size),
-                        "chunk_size": chunk_size, "dtype_source": str(newest.path)},
-            "tensors": {"extrapolated": counts["extrapolated"], "copied_norm": counts["copied_norm"],
-                        "copied_non_float": counts["copied_non_float"]},
-            "params_kept_low_r2": counts["kept_low_r2"],
-            "side_files": copied,
-        }
-        (tmp / "rlextra.json").write_text(json.dumps(provenance, indent=1) + "\n")
-    return Extrapolation(Path(out_dir), provenance)
+
+def _provenance(series: CheckpointSeries, plan: dict, counts: dict, copied: list, *, rank: int, min_r2, norms: str,
+                device, max_shard_size, chunk_size: int) -> dict:
+    """rlextra.json: what was extrapolated from what, how, and what was copied as it was."""
+    method = plan["method"]
+    return {
+        "rlextra_version": rlextra.__version__,
+        "created_by": "rlextra extrapolate",
+        "inputs": [{"step": c.step, "path": str(c.path.resolve())} for c in series.checkpoints],
+        "steps": series.steps,
+        "target_step": plan["target"],
+        "alpha": plan["alpha"],
+        "method": method,
+        "method_params": {"rank": rank} if method == "rank1" else {"min_r2": min_r2} if method == "lsq" else {},
+        "formula": FORMULAS[method],
+        "options": {"norms": norms, "device": device, "max_shard_size": str(max_shard_size),
+                    "chunk_size": chunk_size, "dtype_source": str(series.newest.path)},
+        "tensors": {"extrapolated": counts["extrapolated"], "copied_norm": counts["copied_norm"],
+                    "copied_non_float": counts["copied_non_float"]},
+        "params_kept_low_r2": counts["kept_low_r2"],
+        "side_files": copied,
+    }
 
 
 def _extrapolate_whole(series: CheckpointSeries, spec: TensorSpec, target: float, rank: int,
