@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The runs compared at equal real steps, in two lanes (one per core), once the learning rate LR is
+# chosen on the GRPO curves (RESULTS.md section 1). Each run is resumable; rerun the same lane after a
+# stop. Usage (repository root, in the background):
+#   nohup bash experiments/smollm2/long/queue.sh A 1e-6 > lane-A.log 2>&1 &
+#   nohup bash experiments/smollm2/long/queue.sh B 1e-6 > lane-B.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+LANE=$1 LR=$2
+T=experiments/smollm2/long/train_and_eval.sh
+lr() { python3 -c "print(f'{$LR * $1:g}')"; }  # the chosen lr times a factor
+name() { python3 -c "print(f'{$LR * $1:.0e}')"; }
+case $LANE in
+  A)
+    bash $T rlextra-20-20-lr$(name 1) $LR --rl-extra 20,20                       # the paper's RL-Extra
+    bash $T rlextra-20-100-lr$(name 1) $LR --rl-extra 20,100                     # the paper's 6.1x setting
+    bash $T replay-20-20-lr$(name 1) $LR --rl-extra 20,20 --rl-extra-replay      # with the paper's data order
+    bash $T auto-20-100-lr$(name 1) $LR --rl-extra 20,100 --rl-extra-auto        # rlextra's adaptive jump
+    ;;
+  B)
+    bash $T grpo-lr$(name 2) "$(lr 2)"  # lr x (20+20)/20 (a candidate run already, when LR is 1e-6: resumed)
+    bash $T grpo-lr$(name 6) "$(lr 6)"                                           # lr x (20+100)/20
+    bash $T control-20-0-lr$(name 1) $LR --rl-extra 20,0                         # the optimizer reset alone
+    bash $T replay-20-100-lr$(name 1) $LR --rl-extra 20,100 --rl-extra-replay
+    ;;
+  *) echo "lane A or B" >&2; exit 2 ;;
+esac
