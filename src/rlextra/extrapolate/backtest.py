@@ -40,7 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.checkpoints.chunks import read_tensor
+from rlextra.checkpoints.chunks import chunk_ranges, raise_nonfinite, read_tensor, read_values
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, MIN_CHECKPOINTS, WindowPredictor, check_device, check_method
@@ -48,6 +48,9 @@ from rlextra.extrapolate.registry import NORMS, REGISTRY
 from rlextra.hf import is_norm_weight
 from rlextra.io import atomic_output_dir
 from rlextra.tasks import task_inputs
+
+# elements of one tensor read from each checkpoint at a time: K chunks of fp64 are in memory at once
+BACKTEST_CHUNK_SIZE = 1 << 20
 
 MODULE_TYPES = ("attention", "mlp", "embeddings", "norms", "other")
 _EMBED = re.compile(r"embed|(^|\.)wte\.|(^|\.)wpe\.|lm_head|embed_out|word_embeddings", re.IGNORECASE)
@@ -92,7 +95,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
              norms: str = "copy", pairs: str = "all", device: str | None = None, task=None,
              sampling=None, steps: Sequence[int] | None = None, allow_pickle: bool = False,
              allow_mixed_dtypes: bool = False, overwrite: bool = False, plots: bool = True,
-             progress: bool = True, backend: str = "rlextra") -> dict:
+             progress: bool = True, backend: str = "rlextra", chunk_size: int = BACKTEST_CHUNK_SIZE) -> dict:
     """Run the grid, write ``out_dir`` (backtest.json, backtest.csv, plots), return the json's content.
 
     ``task`` (a TaskSpec or Task) adds the accuracy rows, sampled with ``sampling`` (a
@@ -109,6 +112,8 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
         raise RLExtraError(f"unknown --pairs '{pairs}' (all, first)")
     if norms not in NORMS:
         raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise RLExtraError(f"--chunk-size {chunk_size}: must be at least 1")
     if backend not in ("rlextra", "hf"):
         raise RLExtraError(f"--backend {backend}: the backtest scores with rlextra (the default) or hf")
     dev = check_device(device)
@@ -125,7 +130,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
         raise RLExtraError(f"no method of {methods} has a window on {k} checkpoints (lsq needs 4)")
     inputs = series.input_folders + [p for p in given if p.exists()] + task_inputs(task)
     with atomic_output_dir(Path(out_dir), inputs=inputs, overwrite=overwrite) as tmp:
-        rows = _weight_rows(series, windows, rank, min_r2, norms, dev, progress)
+        rows = _weight_rows(series, windows, rank, min_r2, norms, dev, progress, chunk_size)
         result = {"rlextra_version": rlextra.__version__, "steps": series.steps,
                   "inputs": [str(c.path.resolve()) for c in series.checkpoints],
                   "methods": methods, "options": {"rank": rank, "min_r2": min_r2, "norms": norms,
@@ -149,8 +154,12 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
 
 
 def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min_r2: float | None,
-                 norms: str, device, progress: bool) -> list[dict]:
-    """One pass over the tensors; every window and later target accumulates squared errors."""
+                 norms: str, device, progress: bool, chunk_size: int = BACKTEST_CHUNK_SIZE) -> list[dict]:
+    """One pass over the tensors; every window and later target accumulates squared errors.
+
+    Two-point and lsq are elementwise: each tensor streams chunk by chunk (K chunks in memory, all
+    rows served by one read), so memory does not grow with the largest tensor. rank1 needs whole
+    matrices: for its windows the tensor is read whole, once."""
     import torch
 
     steps = series.steps
@@ -160,28 +169,46 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
     num = {(w, t): dict.fromkeys(MODULE_TYPES, 0.0) for w in windows for t in targets[w]}
     den = {(w, t): dict.fromkeys(MODULE_TYPES, 0.0) for w in windows for t in targets[w]}
     names = [n for n in series.names if series.newest.tensors[n].is_float]
+
+    def accumulate(name, kind, ws, vals, start=None, stop=None):
+        """Squared errors of every window in ws on these values (a chunk, or the whole tensor)."""
+        dist: dict[tuple[int, int], float] = {}  # ||W_t - W_s||^2, once per (s, t)
+        for w in ws:
+            copy = norms == "copy" and is_norm_weight(name)
+            wp = None if copy else WindowPredictor(
+                w.method, [steps[i] for i in w.idx], [vals[i] for i in w.idx], rank=rank,
+                min_r2=min_r2 if w.method == "lsq" else None, check=False)
+            s_idx = w.idx[-1]
+            for t in targets[w]:
+                pred = vals[s_idx] if wp is None else wp.at(steps[t])
+                e = float(torch.linalg.vector_norm(pred - vals[t], dtype=torch.float64)) ** 2
+                if (s_idx, t) not in dist:
+                    dist[s_idx, t] = float(torch.linalg.vector_norm(vals[t] - vals[s_idx], dtype=torch.float64)) ** 2
+                d = dist[s_idx, t]
+                if not (math.isfinite(e) and math.isfinite(d)):  # NaN/Inf in an input, or overflow
+                    refs = series.refs(name)
+                    raise_nonfinite(refs, steps, start or 0, refs[0].numel if stop is None else stop,
+                                    otherwise=f"values too large to fit (overflow) in the {w.method} prediction "
+                                              f"of step {steps[t]}")
+                num[w, t][kind] += e
+                den[w, t][kind] += d
+
+    streamed = [w for w in windows if REGISTRY[w.method].chunked]
+    whole = [w for w in windows if not REGISTRY[w.method].chunked]
     with tqdm(total=len(names) * n_rows, unit="pred", desc="backtest", disable=not progress) as bar, \
             torch.no_grad():
         for name in names:
             kind = module_type(name)
-            vals = [read_tensor(r, device, step) for r, step in zip(series.refs(name), steps)]
-            copy = norms == "copy" and is_norm_weight(name)
-            for w in windows:
-                wp = None if copy else WindowPredictor(
-                    w.method, [steps[i] for i in w.idx], [vals[i] for i in w.idx], rank=rank,
-                    min_r2=min_r2 if w.method == "lsq" else None, check=False)
-                w_s = vals[w.idx[-1]]
-                for t in targets[w]:
-                    pred = w_s if wp is None else wp.at(steps[t])
-                    e = float(torch.linalg.vector_norm(pred - vals[t], dtype=torch.float64)) ** 2
-                    d = float(torch.linalg.vector_norm(vals[t] - w_s, dtype=torch.float64)) ** 2
-                    if not (math.isfinite(e) and math.isfinite(d)):  # finite inputs, overflowing arithmetic
-                        raise RLExtraError(f"tensor '{name}': values too large to fit (overflow) in the "
-                                           f"{w.method} prediction of step {steps[t]}")
-                    num[w, t][kind] += e
-                    den[w, t][kind] += d
-                    bar.update(1)
-            del vals
+            refs = series.refs(name)
+            if streamed:
+                for start, stop in chunk_ranges(refs[0].numel, chunk_size):
+                    vals = [torch.from_numpy(read_values(r, start, stop)).float() for r in refs]
+                    accumulate(name, kind, streamed, vals, start, stop)
+            if whole:
+                vals = [read_tensor(r, device, step) for r, step in zip(refs, steps)]
+                accumulate(name, kind, whole, vals)
+                del vals
+            bar.update(n_rows)
     rows = []
     for w in windows:
         b, s = steps[w.idx[0]], steps[w.idx[-1]]
