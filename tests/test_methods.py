@@ -131,3 +131,17 @@ def test_one_registry_feeds_every_layer():
         if m.max_checkpoints is not None:
             with pytest.raises(RLExtraError, match="takes exactly"):
                 check_method(name, m.max_checkpoints + 1)
+
+
+def test_the_torch_r2_twin_equals_linefit():
+    """lsq's --min-r2 reads R^2 through a torch twin of linefit (fp32, on the values' device): it must
+    be linefit's R^2, constant coordinates NaN in both."""
+    rng = np.random.default_rng(3)
+    steps = [0.0, 7.0, 20.0, 31.0, 40.0]
+    vals = np.cumsum(rng.normal(size=(5, 300)), axis=0) + 1.0 + 0.05 * np.arange(5)[:, None] * rng.normal(size=300)
+    vals[:, :4] = 2.5  # constant coordinates
+    vals = vals.astype(np.float32)
+    got = methods._r2([torch.from_numpy(v) for v in vals], steps).numpy()
+    want = fit_lines(steps, vals.astype(np.float64)).r2()
+    assert np.isnan(got[:4]).all() and np.isnan(want[:4]).all()
+    np.testing.assert_allclose(got[4:], want[4:], rtol=1e-4, atol=1e-5)
