@@ -1,0 +1,266 @@
+"""Run an untrusted Python program (a model's answer to a code task) and report what it did.
+
+The one place where rlextra runs code it did not write, so it is built as a security component:
+
+* **The floor, on every machine:** a separate process in its own session and process group; limits
+  on CPU seconds, address space, file size, open files and (as an unprivileged user) processes; an
+  empty temporary working folder, removed afterwards; a scrubbed environment (no tokens or keys of
+  the parent), with a marker by which every process the program starts is found and killed at the
+  end, even one that left the process group; stdin and the captured output bounded. When rlextra
+  runs as root, each program runs as its own unused uid (drawn from 200000-299999, no account), so
+  that the process limit counts its processes alone (a fork bomb's leftovers do not starve the next
+  run, nor one run another running beside it) and the file system's permissions protect the rest.
+* **Isolation where the machine allows it:** bubblewrap (a Debian package, ``bwrap``): new
+  namespaces for the network (no network at all), processes (the program cannot see or signal the
+  host's), IPC and UTS; a read-only view of the file system apart from the working folder and a
+  private /tmp; the process namespace dies with its parent.
+
+``ProgramResult.layers`` records which of these were active. ``isolation="auto"`` uses bubblewrap
+when it is installed and works; "none" runs on the floor alone.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rlextra.errors import RLExtraError
+
+OUTPUT_LIMIT = 1 << 20  # bytes of stdout and of stderr kept (the rest is dropped and the pipe closed)
+STDIN_LIMIT = 16 << 20  # bytes a program may be given on stdin
+FILE_LIMIT = 64 << 20  # largest file a program may write
+OPEN_FILES = 64
+PROCESSES = 64  # processes of the sandbox user (applies when the program runs as an unprivileged user)
+SANDBOX_UIDS = range(200_000, 300_000)  # as root, each run gets one of these uids (no account behind it)
+MARKER = "RLEXTRA_SANDBOX_ID"
+STATUSES = ("ok", "error", "timeout", "memory")
+
+
+@dataclass
+class ProgramResult:
+    status: str  # ok, error, timeout, memory
+    stdout: str
+    stderr: str
+    returncode: int | None
+    seconds: float
+    truncated: bool = False  # stdout or stderr passed OUTPUT_LIMIT
+    layers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_BWRAP_WORKS: bool | None = None
+
+
+def bubblewrap_available() -> bool:
+    """Whether ``bwrap`` is installed and can create its namespaces here (checked once)."""
+    global _BWRAP_WORKS
+    if _BWRAP_WORKS is None:
+        exe = shutil.which("bwrap")
+        _BWRAP_WORKS = bool(exe) and subprocess.run(
+            [exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all", "--die-with-parent",
+             "true"], capture_output=True, timeout=30).returncode == 0
+    return _BWRAP_WORKS
+
+
+def _world_executable(path: str) -> bool:
+    """Whether any user may run this file (every folder on its path is searchable by others)."""
+    p = Path(os.path.realpath(path))
+    try:
+        if not p.stat().st_mode & stat.S_IXOTH:
+            return False
+        return all(d.stat().st_mode & stat.S_IXOTH for d in p.parents)
+    except OSError:
+        return False
+
+
+def _interpreter(drop: bool) -> str:
+    """The Python that runs the program: this one, unless the sandbox user cannot reach it."""
+    if not drop or _world_executable(sys.executable):
+        return sys.executable
+    for name in ("python3", "python"):
+        exe = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
+        if exe and _world_executable(exe):
+            return exe
+    raise RLExtraError("sandbox: no Python interpreter that an unprivileged user may run (install python3 "
+                       "system-wide)")
+
+
+def _limits(timeout: float, memory_mb: int, uid: int | None):
+    """The preexec function: a new session, resource limits, then (as root) the run's own uid."""
+    cpu = int(timeout) + 1
+
+    def apply() -> None:
+        os.setsid()
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if uid is not None:
+            resource.setrlimit(resource.RLIMIT_NPROC, (PROCESSES, PROCESSES))
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+    return apply
+
+
+def _reader(stream, sink: list, cap: int, flags: dict) -> None:
+    """Read a pipe into sink up to cap bytes; past it, stop reading and close the pipe (the program
+    gets SIGPIPE), so that 1 GB of output costs neither memory nor time."""
+    size = 0
+    try:
+        while True:
+            block = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
+            if not block:
+                break
+            if size + len(block) > cap:
+                sink.append(block[: cap - size])
+                flags["truncated"] = True
+                break
+            sink.append(block)
+            size += len(block)
+    except (OSError, ValueError):
+        pass
+    finally:
+        try:
+            stream.close()
+        except OSError:
+            pass
+
+
+def _kill_marked(marker: str, wait: float = 2.0) -> None:
+    """SIGKILL every process whose environment carries this run's marker (a program that left its
+    process group, such as a double-forked daemon), and wait until they are gone (a fork bomb's
+    dying processes would otherwise still count against the next run's process limit)."""
+    deadline = time.monotonic() + wait
+    while _signal_marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _signal_marked(marker: str) -> int:
+    """SIGKILL the marked processes; how many were found."""
+    needle = f"{MARKER}={marker}".encode()
+    found = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            found += 1
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+    return found
+
+
+def _stop(proc: subprocess.Popen, marker: str) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    _kill_marked(marker)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def run_program(source: str, stdin: str = "", timeout: float = 5.0, memory_mb: int = 512, *,
+                isolation: str = "auto") -> ProgramResult:
+    """Run ``source`` as a Python program with ``stdin``; at most ``timeout`` seconds (wall and CPU)
+    and ``memory_mb`` of address space. Never raises for what the program does; bad arguments are a
+    one-line RLExtraError. ``isolation``: auto (bubblewrap when it works here), bwrap (required),
+    none (the floor alone)."""
+    if not (isinstance(timeout, (int, float)) and 0 < timeout <= 3600):
+        raise RLExtraError(f"sandbox timeout {timeout}: must be in (0, 3600] seconds")
+    if not (isinstance(memory_mb, int) and 32 <= memory_mb <= 1 << 20):
+        raise RLExtraError(f"sandbox memory {memory_mb} MB: must be an integer >= 32")
+    if isolation not in ("auto", "bwrap", "none"):
+        raise RLExtraError(f"sandbox isolation '{isolation}': expected auto, bwrap or none")
+    data = stdin.encode("utf-8", "replace")
+    if len(data) > STDIN_LIMIT:
+        raise RLExtraError(f"sandbox stdin of {len(data)} bytes: at most {STDIN_LIMIT}")
+    use_bwrap = isolation == "bwrap" or (isolation == "auto" and bubblewrap_available())
+    if isolation == "bwrap" and not bubblewrap_available():
+        raise RLExtraError("sandbox isolation bwrap: bubblewrap is not installed or cannot run here")
+    drop = os.geteuid() == 0
+    uid = SANDBOX_UIDS[uuid.uuid4().int % len(SANDBOX_UIDS)] if drop else None
+    layers = ["session", "rlimits", "tmpdir", "scrubbed-env", "marker-kill"] + (["own-uid"] if drop else [])
+    marker = uuid.uuid4().hex
+    work = Path(tempfile.mkdtemp(prefix="rlextra-sandbox-"))
+    try:
+        (work / "main.py").write_text(source, encoding="utf-8", errors="replace")
+        if uid is not None:
+            os.chown(work, uid, uid)
+            os.chown(work / "main.py", uid, uid)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8", MARKER: marker}
+        python = _interpreter(drop)
+        cmd = [python, "-I", "-S", "main.py"] if not use_bwrap else [python, "-I", "-S", str(work / "main.py")]
+        if use_bwrap:
+            layers.append("bubblewrap:no-network,pid,ipc,uts,read-only-fs")
+            cmd = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                   "--bind", str(work), str(work), "--chdir", str(work), "--unshare-all", "--die-with-parent",
+                   "--new-session", "--clearenv", *[a for k, v in env.items() for a in ("--setenv", k, v)], *cmd]
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, preexec_fn=_limits(timeout, memory_mb, uid), close_fds=True)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        flags = {"truncated": False}
+        readers = [threading.Thread(target=_reader, args=(proc.stdout, out, OUTPUT_LIMIT, flags), daemon=True),
+                   threading.Thread(target=_reader, args=(proc.stderr, err, OUTPUT_LIMIT, flags), daemon=True)]
+        for t in readers:
+            t.start()
+
+        def feed() -> None:
+            try:
+                proc.stdin.write(data)
+            except (BrokenPipeError, OSError, ValueError):
+                pass
+            finally:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        _stop(proc, marker)  # the group and every marked process, whatever happened
+        for t in readers:
+            t.join(timeout=2)
+        seconds = time.monotonic() - t0
+        stdout = b"".join(out).decode("utf-8", "replace")
+        stderr = b"".join(err).decode("utf-8", "replace")
+        code = proc.returncode
+        if timed_out or code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+            status = "timeout"
+        elif code != 0 and "MemoryError" in stderr:
+            status = "memory"
+        else:
+            status = "ok" if code == 0 else "error"
+        return ProgramResult(status, stdout, stderr, code, round(seconds, 4), flags["truncated"], layers)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
