@@ -12,6 +12,8 @@ Methods
   run with rlextra's three PNGs is listed as rlextra_full_plots.
 - extrapolation (two-point, bf16 out): rlextra; the published method (two from_pretrained loads
   in fp32, edit, save_pretrained); mergekit task_arithmetic with the same formula; `cp -r` floor.
+- backtest: two-point over every pair and lsq, weight errors only (streamed chunk by chunk),
+  beside the full analysis of the same series.
 
 Usage: python bench/bench_checkpoints.py [--checkpoints 8] [--work bench/_work] [--write-results]
 """
@@ -80,6 +82,11 @@ def worker(method: str, work: Path) -> dict:
         rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, progress=False)
     elif method == "rlextra_extrapolate_chunk256k":  # the chunk size extrapolation had before (the analysis's)
         rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, chunk_size=1 << 18, progress=False)
+    elif method == "rlextra_backtest":  # two-point (every pair) and lsq, streamed chunk by chunk
+        import rlextra.extrapolate.backtest as bt
+
+        res = bt.backtest(series, out, methods=("two-point", "lsq"), plots=False, progress=False)
+        info = {"rows": len(res["rows"])}
     elif method == "reference_extrapolate":
         reference_extrapolate(series[:2], out, AutoModelForCausalLM, torch)
     elif method == "mergekit":
@@ -181,7 +188,7 @@ def cp_floor(work: Path) -> dict:
 
 
 METHODS = ["reference_analysis", "rlextra_full", "rlextra_sample", "rlextra_full_plots", "reference_extrapolate",
-           "mergekit", "rlextra_extrapolate", "rlextra_extrapolate_chunk256k", "cp_floor"]
+           "mergekit", "rlextra_extrapolate", "rlextra_extrapolate_chunk256k", "rlextra_backtest", "cp_floor"]
 
 
 def main() -> None:
