@@ -64,3 +64,35 @@ def test_parallel_grading_one_hung_program_stalls_nothing():
     assert time.monotonic() - t0 < 2.0 + 3.0
     # the task's reward and evaluate grade through the same batch path
     assert task.reward([good, "    return None\n"], [answer, answer]) == [1.0, 0.0]
+
+
+def test_mbpp_and_livecodebench_files_in_their_published_form(tmp_path):
+    import json
+
+    from rlextra.errors import RLExtraError
+
+    mbpp = [{"task_id": 2, "prompt": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b",
+             "test_imports": ["import math"], "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]},
+            {"task_id": 3, "prompt": "Write a function that returns the square root.",
+             "code": "def root(x):\n    return math.sqrt(x)", "test_imports": ["import math"],
+             "test_list": ["assert root(9) == 3"]}]
+    (tmp_path / "sanitized-mbpp.json").write_text(json.dumps(mbpp))
+    task = load_task(TaskSpec(f"mbpp:{tmp_path / 'sanitized-mbpp.json'}"))
+    assert len(task.test) == 2 and "assert add(1, 2) == 3" in task.test[0].prompt
+    assert task.grade_all([r["code"] for r in mbpp], [p.answer for p in task.test]) == [True, True]
+    assert task.grade_all(["def add(a, b):\n    return a - b", "import os\nos._exit(0)"],
+                          [p.answer for p in task.test]) == [False, False]
+    cases = [{"input": "2 3\n", "output": "5\n", "testtype": "stdin"}, {"input": "10 -4", "output": "6", "testtype": "stdin"}]
+    (tmp_path / "lcb.jsonl").write_text(json.dumps({"question_content": "Print a + b.",
+                                                    "public_test_cases": json.dumps(cases[:1]),
+                                                    "private_test_cases": json.dumps(cases[1:])}) + "\n")
+    lcb = load_task(TaskSpec(f"lcb:{tmp_path / 'lcb.jsonl'}"))
+    good = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    assert lcb.grade_all([good, "print(5)"], [lcb.test[0].answer] * 2) == [True, False]  # the private case counts
+    (tmp_path / "func.jsonl").write_text(json.dumps({"question_content": "x", "public_test_cases": json.dumps(
+        [{"input": "[1]", "output": "1", "testtype": "functional"}])}) + "\n")
+    with pytest.raises(RLExtraError, match="func.jsonl: problem 1 has functional tests"):
+        load_task(TaskSpec(f"lcb:{tmp_path / 'func.jsonl'}"))
+    (tmp_path / "bad.json").write_text(json.dumps([{"prompt": "x"}]))
+    with pytest.raises(RLExtraError, match="bad.json: problem 1 lacks 'test_list'"):
+        load_task(TaskSpec(f"mbpp:{tmp_path / 'bad.json'}"))

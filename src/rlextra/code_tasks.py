@@ -20,11 +20,12 @@ import json
 import os
 import re
 import uuid
+from pathlib import Path
 
 from rlextra.errors import RLExtraError
 from rlextra.sandbox import run_program
 
-CODE_TASKS = ("humaneval",)
+CODE_TASKS = ("humaneval", "mbpp:PATH", "lcb:PATH")
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
 
@@ -77,10 +78,115 @@ def grade_many(completions: list[str], answers: list[str], workers: int | None =
     """grade_code of every pair, ``workers`` sandboxes at a time (default: the cores available). Each
     program is its own process with its own limits, so one that hangs or crashes holds one worker
     for at most its timeout and never stalls or kills the others."""
+    return _grade_many_with(lambda c, a: grade_code(c, a, timeout), completions, answers, workers)
+
+
+def _read_json_rows(path: Path) -> list[dict]:
+    """A JSON array (sanitized-mbpp.json's form) or JSON Lines, as a list of objects."""
+    from rlextra.io import read_jsonl, read_text
+
+    text = read_text(path, "task file")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            raise RLExtraError(f"{path}: not valid JSON ({exc})") from None
+    else:
+        rows = [row for _, row in read_jsonl(path)]
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise RLExtraError(f"{path}: expected a list of problem objects")
+    return rows
+
+
+def _need(path: Path, rows: list[dict], keys: tuple[str, ...]) -> None:
+    for i, r in enumerate(rows):
+        missing = [k for k in keys if k not in r]
+        if missing:
+            raise RLExtraError(f"{path}: problem {i + 1} lacks '{missing[0]}'")
+
+
+def mbpp_program(spec: dict, completion: str, token: str) -> str:
+    """An MBPP problem's test program: its imports, the completion, its asserts, then the token."""
+    return (PREAMBLE + "\n".join(spec["test_imports"]) + "\n" + completion_code(completion) + "\n\n"
+            + "\n".join(spec["test_list"]) + f"\nprint({token!r})\n")
+
+
+def grade_mbpp(completion: str, answer: str, timeout: float = 10.0) -> bool:
+    spec = json.loads(answer)
+    token = uuid.uuid4().hex
+    res = run_program(mbpp_program(spec, completion, token), timeout=timeout)
+    return res.status == "ok" and res.stdout.rstrip("\n").rsplit("\n", 1)[-1] == token
+
+
+def mbpp_task(spec, path: Path):
+    """MBPP (sanitized: 427 problems) from a local file in its published form (task_id, prompt, code,
+    test_imports, test_list). The prompt is the problem, its asserts, and a request for the function,
+    as the MBPP paper prompts; a pass is every assert holding."""
+    from rlextra.tasks import Problem, Task
+
+    rows = _read_json_rows(path)
+    _need(path, rows, ("prompt", "test_list"))
+    problems = []
+    for r in rows[: spec.limit] if spec.limit else rows:
+        tests = "\n".join(r["test_list"])
+        prompt = f"{r['prompt']}\nYour code should pass these tests:\n\n{tests}\n"
+        problems.append(Problem(prompt, json.dumps({"task_id": r.get("task_id"), "test_list": r["test_list"],
+                                                    "test_imports": r.get("test_imports") or []})))
+    test = problems[: spec.n_test] if spec.n_test else problems
+    return Task(spec, [], test, grade_mbpp, completion_code, conversational=True, source=str(path),
+                grade_batch=lambda cs, ans: _grade_many_with(grade_mbpp, cs, ans, spec.sandbox_workers))
+
+
+def grade_stdio(completion: str, answer: str, timeout: float = 10.0) -> bool:
+    """LiveCodeBench-style standard-input tests: every case's output, whitespace-trimmed per line."""
+    cases = json.loads(answer)["tests"]
+    code = completion_code(completion)
+    for case in cases:
+        res = run_program(code, stdin=case["input"], timeout=timeout)
+        got = [line.rstrip() for line in res.stdout.strip().splitlines()]
+        want = [line.rstrip() for line in str(case["output"]).strip().splitlines()]
+        if res.status != "ok" or got != want:
+            return False
+    return True
+
+
+def lcb_task(spec, path: Path):
+    """LiveCodeBench problems from a local file in its release form (question_content and
+    public_test_cases / private_test_cases, each a JSON list of {input, output, testtype}). Only
+    standard-input problems are graded; a file with functional (LeetCode-style) tests is refused by
+    name, as rlextra has no harness for them yet."""
+    from rlextra.tasks import Problem, Task
+
+    rows = _read_json_rows(path)
+    _need(path, rows, ("question_content", "public_test_cases"))
+    problems = []
+    for i, r in enumerate(rows[: spec.limit] if spec.limit else rows):
+        tests = []
+        for key in ("public_test_cases", "private_test_cases"):
+            raw = r.get(key) or "[]"
+            try:
+                cases = json.loads(raw) if isinstance(raw, str) else raw
+            except ValueError:
+                raise RLExtraError(f"{path}: problem {i + 1}: {key} is not valid JSON") from None
+            tests += cases
+        if not tests:
+            raise RLExtraError(f"{path}: problem {i + 1} has no test cases")
+        if any(c.get("testtype", "stdin") != "stdin" for c in tests):
+            raise RLExtraError(f"{path}: problem {i + 1} has functional tests; only stdin problems are graded")
+        prompt = (f"{r['question_content']}\n\nWrite a Python program that reads the input from standard input "
+                  "and writes the answer to standard output.")
+        problems.append(Problem(prompt, json.dumps({"tests": [{"input": c["input"], "output": c["output"]}
+                                                              for c in tests]})))
+    test = problems[: spec.n_test] if spec.n_test else problems
+    return Task(spec, [], test, grade_stdio, completion_code, conversational=True, source=str(path),
+                grade_batch=lambda cs, ans: _grade_many_with(grade_stdio, cs, ans, spec.sandbox_workers))
+
+
+def _grade_many_with(grade, completions: list[str], answers: list[str], workers: int | None) -> list[bool]:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        return list(pool.map(lambda ca: grade_code(ca[0], ca[1], timeout), zip(completions, answers)))
+        return list(pool.map(lambda ca: grade(ca[0], ca[1]), zip(completions, answers)))
 
 
 def humaneval_task(spec):

