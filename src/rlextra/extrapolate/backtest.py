@@ -40,7 +40,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.checkpoints.chunks import chunk_ranges, raise_nonfinite, read_tensor, read_values
+from rlextra.checkpoints.chunks import chunk_ranges, raise_nonfinite, read_tensor
+from rlextra.checkpoints.reader import to_torch
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, MIN_CHECKPOINTS, WindowPredictor, check_device, check_method
@@ -49,7 +50,7 @@ from rlextra.hf import is_norm_weight
 from rlextra.io import atomic_output_dir
 from rlextra.tasks import task_inputs
 
-# elements of one tensor read from each checkpoint at a time: K chunks of fp64 are in memory at once
+# elements of one tensor read from each checkpoint at a time: K chunks of fp32 are in memory at once
 BACKTEST_CHUNK_SIZE = 1 << 20
 
 MODULE_TYPES = ("attention", "mlp", "embeddings", "norms", "other")
@@ -202,7 +203,7 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
             refs = series.refs(name)
             if streamed:
                 for start, stop in chunk_ranges(refs[0].numel, chunk_size):
-                    vals = [torch.from_numpy(read_values(r, start, stop)).float() for r in refs]
+                    vals = [to_torch(r.read_raw(start, stop), r.dtype).float() for r in refs]  # fp32, as rank1
                     accumulate(name, kind, streamed, vals, start, stop)
             if whole:
                 vals = [read_tensor(r, device, step) for r, step in zip(refs, steps)]
