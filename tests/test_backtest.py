@@ -238,3 +238,21 @@ def test_streamed_rows_equal_a_direct_computation(tmp_path):
         assert r_small["weight_error"] == pytest.approx(np.sqrt(num / den), rel=1e-5)  # fp32 arithmetic
         checked += 1
     assert checked >= 6
+
+
+def test_device_runs_every_method_there(tmp_path):
+    """--device moves the streamed arithmetic too; on CPU it gives the rows of the default, and on a
+    machine with CUDA the same rows within fp32 rounding."""
+    import torch
+
+    steps = [0, 10, 20, 30]
+    vals = planted_series(steps, {"model.layers.0.mlp.up_proj.weight": (16, 8)}, noise=2e-3)
+    for k, s in enumerate(steps):
+        write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {n: v[k] for n, v in vals.items()})
+    base = backtest(tmp_path / "run", tmp_path / "a", methods=("two-point", "lsq"), plots=False, progress=False)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for i, dev in enumerate(devices):
+        got = backtest(tmp_path / "run", tmp_path / f"d{i}", methods=("two-point", "lsq"), plots=False,
+                       progress=False, device=dev)
+        assert [r["weight_error"] for r in got["rows"]] == pytest.approx([r["weight_error"] for r in base["rows"]],
+                                                                           rel=1e-5)

@@ -521,7 +521,8 @@ def _extrapolation_parsers(sub, fmt) -> None:
     _add_series(bt, BACKTEST)
     bt.add_argument("-o", "--output", required=True, help="report folder (backtest.json, .csv, plots)")
     bt.add_argument("--methods", default="two-point,lsq,rank1", help="comma-separated (default %(default)s)")
-    METHOD.add(bt)
+    METHOD.add(bt, helps={"device": "where the predictions are computed (cpu, cuda; default cpu): chunks are "
+                                    "read on the CPU and moved; rank1's SVD runs there too"})
     TASK.add(bt, defaults={"name": None}, helps={"name": "add accuracy rows on this task: " + TASK.specs["name"]
                                                  ["help"]})
     SAMPLING.add(bt, defaults={"k": 4})

@@ -203,7 +203,8 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
             refs = series.refs(name)
             if streamed:
                 for start, stop in chunk_ranges(refs[0].numel, chunk_size):
-                    vals = [to_torch(r.read_raw(start, stop), r.dtype).float() for r in refs]  # fp32, as rank1
+                    vals = [to_torch(r.read_raw(start, stop), r.dtype).to(device=device, dtype=torch.float32)
+                            for r in refs]  # fp32 on --device (read on the CPU), as rank1
                     accumulate(name, kind, streamed, vals, start, stop)
             if whole:
                 vals = [read_tensor(r, device, step) for r, step in zip(refs, steps)]
