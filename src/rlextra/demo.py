@@ -289,10 +289,34 @@ def _monitor_overhead(rows: list[dict], metrics_rows: list[dict]) -> str:
     return f"{spent:.1f} s, {100 * spent / total:.2f}%" if total else f"{spent:.1f} s"
 
 
+def demo_results(cfg: DemoConfig, report: dict, paper: dict, outputs: dict, acts: dict, results: dict, bt: dict,
+                 metrics_rows: list[dict], warm_acc: float, timings: dict, monitor_rows: list[dict],
+                 beyond: list[dict]) -> dict:
+    """results.json: every number the report cites, apart from its wording."""
+    g, gp = report["global"], paper["global"]
+    lp, lg, a = outputs["logprob"], outputs["logit"], acts["activation"]
+    return {
+        "config": asdict(cfg), "warmup_heldout_greedy_accuracy": warm_acc,
+        "linearity": {"mean_r2": g["mean_r2"], "median_r2": g["median_r2"], "frac_r2_above_0.7": g["frac_r2_above_0.7"],
+                      "n_params_analyzed": report["n_params_analyzed"]},
+        "linearity_paper_filters": {"mean_r2": gp["mean_r2"], "median_r2": gp["median_r2"],
+                                    "frac_r2_above_0.7": gp["frac_r2_above_0.7"],
+                                    "n_params_analyzed": paper["n_params_analyzed"]},
+        "output_linearity": {k_: outputs[k_] for k_ in ("n_probes", "n_tokens", "filter")} |
+                            {"logprob": {k_: v for k_, v in lp.items() if k_ != "histogram"},
+                             "logit": {k_: v for k_, v in lg.items() if k_ != "histogram"}},
+        "activation_linearity": {k_: v for k_, v in a.items() if k_ != "histogram"},
+        "eval": results, "beyond_the_end": beyond, "backtest_recommendation": bt["recommendation"],
+        "train_metrics": metrics_rows,
+        "monitor": [{k_: r.get(k_) for k_ in ("step", "window_steps", "mean_r2", "frac_r2_above_0.7", "backtest",
+                                              "monitor_seconds")} for r in monitor_rows],
+        "seconds": timings}
+
+
 def write_report(out: Path, cfg: DemoConfig, report: dict, paper: dict, outputs: dict, acts: dict,
                  results: dict, bt: dict, metrics_rows: list[dict], warm_acc: float, timings: dict,
                  counts: dict | None = None) -> Path:
-    """report.md, results.json and the accuracy/reward plot."""
+    """report.md (the wording), results.json (``demo_results``: the numbers) and the plots."""
     from rlextra.analysis.plots import plot_accuracy_curve, plot_linearity_vs_step
 
     k = cfg.eval_k
@@ -326,21 +350,8 @@ def write_report(out: Path, cfg: DemoConfig, report: dict, paper: dict, outputs:
             f"{'%.3f' % real[t] if t in real else 'beyond the run'} |" for t in sorted(extra)]
     rec = bt["recommendation"]
     beyond = beyond_rows(cfg, results, counts, key) if counts and "beyond_weights" in results else []
-    (out / "results.json").write_text(json.dumps({
-        "config": asdict(cfg), "warmup_heldout_greedy_accuracy": warm_acc,
-        "linearity": {"mean_r2": g["mean_r2"], "median_r2": g["median_r2"], "frac_r2_above_0.7": frac,
-                      "n_params_analyzed": report["n_params_analyzed"]},
-        "linearity_paper_filters": {"mean_r2": gp["mean_r2"], "median_r2": gp["median_r2"],
-                                    "frac_r2_above_0.7": frac_paper,
-                                    "n_params_analyzed": paper["n_params_analyzed"]},
-        "output_linearity": {k_: outputs[k_] for k_ in ("n_probes", "n_tokens", "filter")} |
-                            {"logprob": {k_: v for k_, v in lp.items() if k_ != "histogram"},
-                             "logit": {k_: v for k_, v in lg.items() if k_ != "histogram"}},
-        "activation_linearity": {k_: v for k_, v in a.items() if k_ != "histogram"},
-        "eval": results, "beyond_the_end": beyond, "backtest_recommendation": rec, "train_metrics": metrics_rows,
-        "monitor": [{k_: r.get(k_) for k_ in ("step", "window_steps", "mean_r2", "frac_r2_above_0.7", "backtest",
-                                              "monitor_seconds")} for r in monitor_rows],
-        "seconds": timings},
+    (out / "results.json").write_text(json.dumps(demo_results(
+        cfg, report, paper, outputs, acts, results, bt, metrics_rows, warm_acc, timings, monitor_rows, beyond),
         indent=1) + "\n")
     rise = real[last] - real[0]
     text = f"""# rlextra demo: RLVR linearity on a tiny model
