@@ -208,3 +208,16 @@ def test_launched_ranks_write_one_folder_each(series_dir, tmp_path, monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     assert merged["global"] == analyze_weights(run, None, progress=False)["global"]
+
+
+def test_threads_give_the_single_thread_report_exactly(series_dir, tmp_path):
+    """Tensors analysed on several threads: every number of the report equals the single-thread run's."""
+    run, _, _ = series_dir
+    one = analyze_weights(run, tmp_path / "t1", threads=1, plots=False, progress=False)
+    many = analyze_weights(run, tmp_path / "t3", threads=3, plots=False, progress=False)
+    assert one["global"] == many["global"] and one["tensors"] == many["tensors"]
+    a1 = json.loads((tmp_path / "t1" / "accumulators.json").read_text())
+    a3 = json.loads((tmp_path / "t3" / "accumulators.json").read_text())
+    assert a1 == a3  # histograms, per-tensor sums and examples, in the same order
+    with pytest.raises(RLExtraError, match="--threads 0"):
+        analyze_weights(run, tmp_path / "t0", threads=0, progress=False)

@@ -109,7 +109,8 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                     min_distinct: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                     shard: tuple[int, int] | str | None = "auto", plots: bool = True,
                     progress: bool = True, overwrite: bool = False, allow_pickle: bool = False,
-                    allow_mixed_dtypes: bool = False, save_maps: bool = False, only_weights: bool = False) -> dict:
+                    allow_mixed_dtypes: bool = False, save_maps: bool = False, only_weights: bool = False,
+                    threads: int | None = None) -> dict:
     """Fit a line to every scalar parameter over the series; return (and write) weights.json.
 
     With out_dir, writes weights.json, weights.csv, accumulators.json (for merging shards) and
@@ -134,6 +135,8 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     if out_dir is not None:
         check_output(out_dir, inputs=inputs, overwrite=overwrite)
     check_seed(seed)
+    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+        raise RLExtraError(f"--threads {threads}: must be an integer >= 1")
     if sample is not None and not 0 < sample <= 1:
         raise RLExtraError(f"--sample must be in (0, 1], got {sample}")
     if min_change is not None and not (math.isfinite(min_change) and min_change >= 0):
@@ -166,13 +169,22 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
             stats = stream_weight_stats(series, mine, sample=sample, seed=seed, min_change=min_change,
                                         min_distinct=min_distinct, chunk_size=chunk_size,
                                         example_names=example_tensors(float_names),
-                                        on_fit=maps.write if maps is not None else None, progress=progress)
+                                        on_fit=maps.write if maps is not None else None, progress=progress,
+                                        threads=available_cores() if threads is None else threads)
             if maps is not None:
                 maps.finish()
         report, accumulators = weight_report(series, stats, options, shard=shard, skipped=skipped)
         if tmp is not None:
             write_weight_files(report, accumulators, tmp, plots=plots)
     return {**report, "output": None if out_dir is None else str(out_dir)}
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), the default number of analysis threads."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -194,67 +206,88 @@ def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sampl
                         seed: int = 0, min_change: float | None = None, min_distinct: int | None = None,
                         chunk_size: int = DEFAULT_CHUNK_SIZE, example_names: Sequence[str] = (),
                         on_fit: FitSink | None = None, progress: bool = False,
-                        sampled: Callable[[str, int, int, int], np.ndarray] | None = None) -> WeightStats:
+                        sampled: Callable[[str, int, int, int], np.ndarray] | None = None,
+                        threads: int = 1) -> WeightStats:
     """The streaming pass: fit each named tensor chunk by chunk across the series; no file output.
 
     ``on_fit(name, r2, slope)`` receives every chunk's per-parameter fit in order (the maps
     writer); ``example_names`` are the tensors that contribute one example trajectory each.
     ``sampled(name, k, lo, hi)``, with ``sample``, serves sampled entries lo..hi of checkpoint k
     from memory instead of the files (``rlextra watch``, which has read each checkpoint once).
+    ``threads`` analyses that many tensors at once (not with ``on_fit`` or ``sampled``, which need
+    them in order); each tensor's sums are the same either way, so the report is too.
     """
     newest = series.newest.tensors
     examples_wanted = set(example_names)
-    stats: dict[str, _TensorStats] = {}
-    examples: list[dict] = []
     total = sum(newest[n].numel for n in names)
     with tqdm(total=total, unit="param", unit_scale=True, desc="analyze weights",
               disable=not progress) as bar:
-        for name in names:
-            refs = series.refs(name)
-            st = stats[name] = _TensorStats()
-            idx = sample_indices(name, refs[0].numel, sample, seed) if sample else None
-            want_example = name in examples_wanted
-            rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 1])  # same in any shard
-            for start, stop in chunk_ranges(refs[0].numel, chunk_size):
-                pick = None
-                if idx is not None:
-                    lo, hi = np.searchsorted(idx, [start, stop])
-                    if lo == hi:
-                        bar.update(stop - start)
-                        continue
-                    pick = idx[lo:hi] - start
-                n = stop - start if pick is None else len(pick)
-                fit = LineFit(series.steps, n, track_range=min_change is not None,
-                              distinct_cap=min_distinct or 0)
-                cand = rng.choice(n, size=min(N_CANDIDATES, n), replace=False) if want_example else None
-                traj = []
-                for k, ref in enumerate(refs):
-                    y = read_values(ref, start, stop, pick) if sampled is None else sampled(name, k, lo, hi)
-                    fit.add(y)
-                    if cand is not None:
-                        traj.append(y[cand])
-                if not fit.all_finite():
-                    raise_nonfinite(refs, series.steps, start, stop)
-                res = fit.result()
-                r2 = res.r2()
-                if on_fit is not None:
-                    on_fit(name, r2, res.slope)
-                keep = np.ones(n, dtype=bool)
-                if min_change is not None:
-                    keep &= fit.value_range() > min_change  # strict, as the paper's script
-                if min_distinct is not None:
-                    keep &= fit.n_distinct_capped() >= min_distinct
-                st.add(r2, keep, fit.y0, fit.last)
-                if cand is not None:
-                    ok = [j for j, c in enumerate(cand) if np.isfinite(r2[c]) and keep[c]]
-                    if ok:
-                        j = ok[0]
-                        flat = int(start + (cand[j] if pick is None else pick[cand[j]]))
-                        examples.append({"tensor": name, "index": flat, "r2": float(r2[cand[j]]),
-                                         "values": [float(t[j]) for t in traj]})
-                        want_example = False
-                bar.update(stop - start)
+        def one(name: str) -> tuple[_TensorStats, list[dict]]:
+            return _tensor_stats(series, name, sample=sample, seed=seed, min_change=min_change,
+                                 min_distinct=min_distinct, chunk_size=chunk_size,
+                                 want_example=name in examples_wanted, on_fit=on_fit, sampled=sampled, bar=bar)
+
+        if threads > 1 and on_fit is None and sampled is None and len(names) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            # tensors are independent, and numpy releases the GIL on the large array operations
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                done = list(pool.map(one, names))  # in the order of names: the report is the same
+        else:  # the maps writer and watch's in-memory reads need the tensors in order
+            done = [one(name) for name in names]
+    stats = {name: st for name, (st, _) in zip(names, done)}
+    examples = [e for _, ex in done for e in ex]
     return WeightStats(stats, examples)
+
+
+def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min_change, min_distinct,
+                  chunk_size: int, want_example: bool, on_fit, sampled, bar) -> tuple[_TensorStats, list[dict]]:
+    """One tensor's running sums across the series, chunk by chunk, and its example trajectory."""
+    refs = series.refs(name)
+    st = _TensorStats()
+    examples: list[dict] = []
+    idx = sample_indices(name, refs[0].numel, sample, seed) if sample else None
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 1])  # same in any shard
+    for start, stop in chunk_ranges(refs[0].numel, chunk_size):
+        pick = None
+        lo = hi = None
+        if idx is not None:
+            lo, hi = np.searchsorted(idx, [start, stop])
+            if lo == hi:
+                bar.update(stop - start)
+                continue
+            pick = idx[lo:hi] - start
+        n = stop - start if pick is None else len(pick)
+        fit = LineFit(series.steps, n, track_range=min_change is not None, distinct_cap=min_distinct or 0)
+        cand = rng.choice(n, size=min(N_CANDIDATES, n), replace=False) if want_example else None
+        traj = []
+        for k, ref in enumerate(refs):
+            y = read_values(ref, start, stop, pick) if sampled is None else sampled(name, k, lo, hi)
+            fit.add(y)
+            if cand is not None:
+                traj.append(y[cand])
+        if not fit.all_finite():
+            raise_nonfinite(refs, series.steps, start, stop)
+        res = fit.result()
+        r2 = res.r2()
+        if on_fit is not None:
+            on_fit(name, r2, res.slope)
+        keep = np.ones(n, dtype=bool)
+        if min_change is not None:
+            keep &= fit.value_range() > min_change  # strict, as the paper's script
+        if min_distinct is not None:
+            keep &= fit.n_distinct_capped() >= min_distinct
+        st.add(r2, keep, fit.y0, fit.last)
+        if cand is not None:
+            ok = [j for j, c in enumerate(cand) if np.isfinite(r2[c]) and keep[c]]
+            if ok:
+                j = ok[0]
+                flat = int(start + (cand[j] if pick is None else pick[cand[j]]))
+                examples.append({"tensor": name, "index": flat, "r2": float(r2[cand[j]]),
+                                 "values": [float(t[j]) for t in traj]})
+                want_example = False
+        bar.update(stop - start)
+    return st, examples
 
 
 def weight_report(series: CheckpointSeries, stats: WeightStats, options: dict, *,
