@@ -56,6 +56,22 @@ def train_rows(name: str) -> list[dict]:
     return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
 
 
+def cpu_hours(name: str) -> tuple[float, float]:
+    """Training and evaluation hours of one run from work/commands.log (one thread per job, so wall
+    time is CPU time; two jobs shared the two cores)."""
+    log = WORK / "commands.log"
+    train = ev = 0.0
+    for line in log.read_text().splitlines() if log.exists() else []:
+        m = re.search(r"\((\d+) s\)$", line)
+        if not m:
+            continue
+        if f"train {name} to step" in line:
+            train += int(m.group(1))
+        elif f"runs/{name}/checkpoint-" in line and "] eval " in line:
+            ev += int(m.group(1))
+    return train / 3600, ev / 3600
+
+
 def criterion(curve: dict[int, dict], steps_total: int) -> dict:
     """The selection criterion on one GRPO curve; 'complete' is False until the last step is evaluated."""
     steps = sorted(curve)
@@ -107,7 +123,7 @@ def write() -> None:
     rows = "\n".join(f"| {s} | " + " | ".join(_fmt(curves[n].get(s, {}).get("acc")) for n in names) + " |"
                      for s in steps)
     reward_rows = {n: {r["step"]: r.get("mean_reward") for r in train_rows(n)} for n in names}
-    seconds = {n: max((r.get("train_seconds", 0.0) for r in train_rows(n)), default=0.0) for n in names}
+    hours = {n: cpu_hours(n) for n in names}
     vlines = []
     for name, v in verdicts.items():
         if v.get("evaluated_to") is None:
@@ -116,8 +132,9 @@ def write() -> None:
         flats = ", ".join(f"{f['from']}-{f['to']} ({f['gain']:+.3f} vs SE {f['se']:.3f})"
                           for f in v.get("flat_stretches", [])) or "none"
         state = ("**met**" if v.get("met") else "**missed**") if v["complete"] else f"open (to step {v['evaluated_to']})"
+        train_h, eval_h = hours.get(name, (0.0, 0.0))
         vlines.append(f"| {name} | {_fmt(v.get('rise'))} | {_fmt(v.get('second_half'))} | {flats} | {state} | "
-                      f"{seconds.get(name, 0) / 3600:.2f} |")
+                      f"{train_h:.2f} + {eval_h:.2f} |")
     plot(curves, HERE / "accuracy_vs_step.png")
     (HERE / "curves.json").write_text(json.dumps({
         "metric": KEY, "n_test": CONFIG["task"]["n_test"],
@@ -161,7 +178,7 @@ Candidates: the mixed task at lr {', '.join(f'{lr:g}' for lr in CONFIG['train'][
 ours: gain below one paired standard error) is checked on the GRPO curves alone; no linearity or
 extrapolation number was computed before the choice.
 
-| candidate | rise, step 0 to last | rise over the second half | flat 30-step stretches | criterion | training CPU hours |
+| candidate | rise, step 0 to last | rise over the second half | flat 30-step stretches | criterion | CPU hours, training + evaluation |
 |---|---|---|---|---|---|
 """ + "\n".join(vlines) + f"""
 
