@@ -196,6 +196,16 @@ Mean training reward (T=1.0, per logged step, averaged over each 10-step interva
         f"| {s} | " + " | ".join(_fmt(reward_rows[n].get(s)) for n in names) + " |"
         for s in sorted({s for rr in reward_rows.values() for s in rr if s})) + """
 
+## What runs next (at equal real steps, after the choice)
+
+`queue.sh A LR` and `queue.sh B LR`, one lane per core: the paper's RL-Extra at 20,20 and at 20,100
+(two-point, optimizer reset), GRPO at the lr raised by the jump's factor (x2, x6: the baseline the
+paper never ran), the control 20,0 (the optimizer reset alone), the paper's data order
+(`--rl-extra-replay`: every cycle trains on GRPO's first 20 batches again) at 20,20 and 20,100, and
+rlextra's adaptive jump (`--rl-extra-auto`). Then `analyze.sh NAME` on the chosen GRPO run: weights
+(the paper's figure, full coverage, each half), token log-probs, activations, the backtest, the
+in-flight figures, the horizon over training and extrapolation past the end.
+
 ## Commands
 
 `bash experiments/smollm2/long/train_and_eval.sh NAME LR [train options]` (after
