@@ -256,3 +256,53 @@ def test_device_runs_every_method_there(tmp_path):
                        progress=False, device=dev)
         assert [r["weight_error"] for r in got["rows"]] == pytest.approx([r["weight_error"] for r in base["rows"]],
                                                                            rel=1e-5)
+
+
+def test_shards_in_two_processes_merge_into_the_single_run(tmp_path):
+    """backtest --shard i/N in two processes at once, then backtest-merge: the rows of one run (sums
+    added in another order: equal to 1e-12), the same recommendation; a relabelled or missing shard
+    is refused."""
+    import json as _json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    steps = [0, 10, 20, 30, 40]
+    shapes = {"model.layers.0.mlp.up_proj.weight": (24, 16), "model.layers.0.self_attn.q_proj.weight": (16, 16),
+              "model.embed_tokens.weight": (40, 16), "model.norm.weight": (16,)}
+    vals = planted_series(steps, shapes, noise=2e-3)
+    for k, s in enumerate(steps):
+        write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {n: v[k] for n, v in vals.items()})
+    single = backtest(tmp_path / "run", tmp_path / "one", methods=("two-point", "lsq", "rank1"), plots=False,
+                      progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-m", "rlextra.cli", "backtest", str(tmp_path / "run"), "--methods",
+                               "two-point,lsq,rank1", "--shard", f"{i}/2", "-o", str(tmp_path / f"s{i}"), "-q",
+                               "--no-plots"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    shard_tensors = [set(_json.loads((tmp_path / f"s{i}" / "backtest.json").read_text())["shard"]["tensors"])
+                     for i in range(2)]
+    assert shard_tensors[0] and shard_tensors[1] and not shard_tensors[0] & shard_tensors[1]
+    assert main(["backtest-merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "-o", str(tmp_path / "m"),
+                 "--no-plots"]) == 0
+    merged = _json.loads((tmp_path / "m" / "backtest.json").read_text())
+    assert len(merged["rows"]) == len(single["rows"])
+    for a, b in zip(merged["rows"], single["rows"]):
+        assert (a["method"], a["window"], a["target"]) == (b["method"], b["window"], b["target"])
+        assert a["weight_error"] == pytest.approx(b["weight_error"], rel=1e-12)
+        assert a["per_module"] == pytest.approx(b["per_module"], rel=1e-12)
+    assert merged["recommendation"] == single["recommendation"]
+    shutil.copytree(tmp_path / "s0", tmp_path / "relabel")
+    rep = _json.loads((tmp_path / "relabel" / "backtest.json").read_text())
+    rep["shard"]["index"] = 1
+    (tmp_path / "relabel" / "backtest.json").write_text(_json.dumps(rep))
+    assert main(["backtest-merge", str(tmp_path / "s0"), str(tmp_path / "relabel"), "-o", str(tmp_path / "x")]) == 2
+    assert main(["backtest-merge", str(tmp_path / "s0"), "-o", str(tmp_path / "y")]) == 2
+    with pytest.raises(RLExtraError, match="accuracy rows need the whole model"):
+        backtest(tmp_path / "run", tmp_path / "z", shard="0/2", task="arithmetic", progress=False)

@@ -24,7 +24,7 @@ from rlextra.decoding.config import SamplingConfig
 from rlextra.decoding.engine import MODES
 from rlextra.demo import run_demo
 from rlextra.errors import RLExtraError
-from rlextra.extrapolate.backtest import backtest
+from rlextra.extrapolate.backtest import backtest, merge_backtests
 from rlextra.extrapolate.registry import METHODS
 from rlextra.extrapolate.weights import extrapolate_weights
 from rlextra.hf import DEVICE_HELP, DTYPE_HELP, DTYPES
@@ -115,11 +115,14 @@ METHOD = Options(extrapolate_weights, ["rank", "min_r2", "device", "norms"], cho
 EXTRAPOLATE = Options(extrapolate_weights, ["max_shard_size", "chunk_size", "allow_pickle", "allow_mixed_dtypes",
                                             "overwrite"], helps={**SERIES_HELPS, "max_shard_size": "largest output "
                                                                  "shard, e.g. 5GB"})
-BACKTEST = Options(backtest, ["pairs", "backend", "allow_pickle", "allow_mixed_dtypes", "overwrite"], choices={
+BACKTEST = Options(backtest, ["pairs", "backend", "shard", "allow_pickle", "allow_mixed_dtypes", "overwrite"],
+                   types={"shard": str}, choices={
     "pairs": ("all", "first"), "backend": ("rlextra", "hf")}, helps={
     **SERIES_HELPS, "pairs": "two-point windows (b, s): every pair or b = the first checkpoint only",
     "backend": "with --task: the decoder of the real checkpoints and weight predictions (logits rows are "
-               "always rlextra's engine, so the default scores every row with one decoder)"})
+               "always rlextra's engine, so the default scores every row with one decoder)",
+    "shard": "i/N: only shard i of N of the tensors (as analyze weights --shard), keeping each row's sums; "
+             "combine the N outputs with rlextra backtest-merge"})
 TRAIN = Options(TrainConfig, [
     "max_steps", "save_every", "learning_rate", "warmup_steps", "prompts_per_step", "num_generations",
     "max_completion_length", "temperature", "top_p", "beta", "seed", "keep_optimizer", "eval_problems", "rl_extra",
@@ -308,11 +311,27 @@ def cmd_backtest(a: argparse.Namespace) -> int:
                    sampling=SamplingConfig(**SAMPLING.values(a)), steps=_steps(a.steps), plots=not a.no_plots,
                    progress=not a.quiet, **METHOD.values(a), **BACKTEST.values(a))
     print(f"{len(res['rows'])} predictions over steps {res['steps']}: {a.output}/backtest.json")
+    if res["recommendation"] is None:  # a shard: its sums only
+        print(f"shard {res['shard']['index']}/{res['shard']['count']}: {len(res['shard']['tensors'])} tensors; "
+              "merge every shard with rlextra backtest-merge")
+        return 0
+    _print_recommendation(res)
+    return 0
+
+
+def cmd_backtest_merge(a: argparse.Namespace) -> int:
+    res = merge_backtests(a.shard_dirs, a.output, plots=not a.no_plots, overwrite=a.overwrite)
+    print(f"{len(res['rows'])} predictions over steps {res['steps']}, merged from {len(a.shard_dirs)} shards: "
+          f"{a.output}/backtest.json")
+    _print_recommendation(res)
+    return 0
+
+
+def _print_recommendation(res: dict) -> None:
     print(f"{'method':<10} {'rows':>4}  {'median error':>12}  recommendation")
     for method, rec in res["recommendation"].items():
         nm = "" if rec["max_safe_n_over_m"] is None else f" (RL-Extra n/m <= {rec['max_safe_n_over_m']:.3g})"
         print(f"{method:<10} {rec['rows']:>4}  {_fmt(rec['median_weight_error']):>12}  {rec['verdict']}{nm}")
-    return 0
 
 
 def cmd_tiny_model(a: argparse.Namespace) -> int:
@@ -416,6 +435,10 @@ EXAMPLES = {
   rlextra backtest runs/grpo/ -o reports/backtest
   rlextra backtest runs/grpo/ -o reports/backtest --methods two-point,rank1 --rank 2 --pairs first
   rlextra backtest runs/add2/ -o reports/bt-acc --task arithmetic --k 4 --max-new-tokens 6""",
+    "backtest-merge": """example (one shard per node or process, then the sums added exactly):
+  rlextra backtest runs/grpo/ --methods two-point,lsq --shard 0/2 -o shards/bt0   # on node 0
+  rlextra backtest runs/grpo/ --methods two-point,lsq --shard 1/2 -o shards/bt1   # on node 1
+  rlextra backtest-merge shards/bt0 shards/bt1 -o reports/backtest""",
     "watch": """example:
   rlextra watch runs/grpo/ -o reports/live                  # follow the run; Ctrl-C to stop
   rlextra watch runs/verl/ -o reports/live --until-step 500 --poll-seconds 60
@@ -531,6 +554,14 @@ def _extrapolation_parsers(sub, fmt) -> None:
     _add_common(bt, quiet=False)
     _add_flag(bt, "--no-plots")
     bt.set_defaults(func=cmd_backtest)
+
+    bm = sub.add_parser("backtest-merge", help="add the sums of 'backtest --shard i/N' outputs into one backtest",
+                        formatter_class=fmt, epilog=EXAMPLES["backtest-merge"])
+    bm.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR")
+    bm.add_argument("-o", "--output", required=True, help="report folder")
+    _add_flag(bm, "--overwrite")
+    _add_flag(bm, "--no-plots")
+    bm.set_defaults(func=cmd_backtest_merge)
 
 
 def _rl_parsers(sub, fmt) -> None:

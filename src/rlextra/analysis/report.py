@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from rlextra.errors import RLExtraError
+from rlextra.shards import assign_shards  # noqa: F401 (re-exported: rlextra.analysis.report.assign_shards)
 from rlextra.io import atomic_output_dir, check_output, read_json
 
 FINE_BINS = 10_000  # medians are read off this histogram: resolution 1e-4
@@ -175,17 +176,6 @@ def _shard_problem(report, acc) -> str | None:
                                          and all(_num(v) for v in e["values"]) for e in ex)):
         return "accumulators.json: 'examples' must be a list of {tensor, r2, values}"
     return None
-
-
-def assign_shards(sizes: dict[str, int], n_shards: int) -> dict[str, int]:
-    """Deterministic size-balanced assignment of tensors to shards (largest first, least loaded)."""
-    loads = [0] * n_shards
-    owner = {}
-    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
-        i = min(range(n_shards), key=lambda j: (loads[j], j))
-        owner[name] = i
-        loads[i] += sizes[name]
-    return owner
 
 
 def _check_cover(loaded: list[tuple[Path, dict, dict]], count: int) -> None:

@@ -21,8 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.analysis.report import (FINE_BINS, assign_shards, finalize_report, tensor_summary,  # noqa: F401
-                                    write_weight_files)
+from rlextra.analysis.report import FINE_BINS, finalize_report, tensor_summary, write_weight_files
+from rlextra.shards import assign_shards, parse_shard  # noqa: F401 (re-exported)
 from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_values
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, parse_size
@@ -69,30 +69,6 @@ def fine_histogram(r2: np.ndarray) -> np.ndarray:
     """Counts of r2 values in FINE_BINS equal bins over [0, 1] (1.0 falls in the last bin)."""
     idx = np.minimum((r2 * FINE_BINS).astype(np.int64), FINE_BINS - 1)
     return np.bincount(idx, minlength=FINE_BINS)
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'i/N' -> (i, N); None -> rank/world size from torchrun/accelerate, if more than one."""
-    if text is None:
-        world, rank = _env_int("WORLD_SIZE", "1"), _env_int("RANK", "0")
-        if world < 1 or not 0 <= rank < world:
-            raise RLExtraError(f"RANK={rank} WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
-        return (rank, world) if world > 1 else None
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise RLExtraError(f"--shard expects i/N (e.g. 0/4), got '{text}'") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise RLExtraError(f"--shard {text}: need 0 <= i < N")
-    return i, n
-
-
-def _env_int(name: str, default: str) -> int:
-    text = os.environ.get(name, default)
-    try:
-        return int(text)
-    except ValueError:
-        raise RLExtraError(f"{name}={text!r}: expected an integer (set by torchrun/accelerate)") from None
 
 
 def example_tensors(names: Sequence[str]) -> list[str]:

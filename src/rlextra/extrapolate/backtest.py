@@ -48,6 +48,7 @@ from rlextra.extrapolate.methods import METHODS, MIN_CHECKPOINTS, WindowPredicto
 from rlextra.extrapolate.registry import NORMS, REGISTRY
 from rlextra.hf import is_norm_weight
 from rlextra.io import atomic_output_dir
+from rlextra.shards import assign_shards, parse_shard
 from rlextra.tasks import task_inputs
 
 # elements of one tensor read from each checkpoint at a time: K chunks of fp32 are in memory at once
@@ -96,13 +97,18 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
              norms: str = "copy", pairs: str = "all", device: str | None = None, task=None,
              sampling=None, steps: Sequence[int] | None = None, allow_pickle: bool = False,
              allow_mixed_dtypes: bool = False, overwrite: bool = False, plots: bool = True,
-             progress: bool = True, backend: str = "rlextra", chunk_size: int = BACKTEST_CHUNK_SIZE) -> dict:
+             progress: bool = True, backend: str = "rlextra", chunk_size: int = BACKTEST_CHUNK_SIZE,
+             shard: tuple[int, int] | str | None = None) -> dict:
     """Run the grid, write ``out_dir`` (backtest.json, backtest.csv, plots), return the json's content.
 
     ``task`` (a TaskSpec or Task) adds the accuracy rows, sampled with ``sampling`` (a
     SamplingConfig) through rlextra's engine (``backend`` "hf" decodes single models with HF generate
     instead; logits rows are always the engine's), so every row is scored by one decoder. Rows: {method, b, s, target, alpha, window, weight_error, per_module,
     accuracy}; ``recommendation``: per method, the largest safe alpha and the matching n/m.
+
+    ``shard`` (i, N) or "i/N": only the tensors ``analyze weights --shard`` gives shard i, with each
+    row's squared-error sums kept (``sums``) so that ``merge_backtests`` adds the shards exactly; a
+    shard has no recommendation and no accuracy rows (those need the whole model).
     """
     methods = list(dict.fromkeys(methods))
     for m in methods:
@@ -118,6 +124,11 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
     if backend not in ("rlextra", "hf"):
         raise RLExtraError(f"--backend {backend}: the backtest scores with rlextra (the default) or hf")
     dev = check_device(device)
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    if shard is not None and task is not None:
+        raise RLExtraError("--shard with --task: accuracy rows need the whole model; shard the weight errors "
+                           "only, merge them, and score accuracy in one run")
     items = [] if isinstance(checkpoints, CheckpointSeries) else \
         [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     given = [Path(str(c).split("=", 1)[-1]) for c in items]  # a run folder too: never written into
@@ -131,18 +142,26 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
         raise RLExtraError(f"no method of {methods} has a window on {k} checkpoints (lsq needs 4)")
     inputs = series.input_folders + [p for p in given if p.exists()] + task_inputs(task)
     with atomic_output_dir(Path(out_dir), inputs=inputs, overwrite=overwrite) as tmp:
-        rows = _weight_rows(series, windows, rank, min_r2, norms, dev, progress, chunk_size)
+        names = [n for n in series.names if series.newest.tensors[n].is_float]
+        if shard is not None and shard[1] > 1:
+            owner = assign_shards({n: series.newest.tensors[n].numel for n in names}, shard[1])
+            names = [n for n in names if owner[n] == shard[0]]
+        rows = _weight_rows(series, windows, rank, min_r2, norms, dev, progress, chunk_size, names=names,
+                            keep_sums=shard is not None)
         result = {"rlextra_version": rlextra.__version__, "steps": series.steps,
                   "inputs": [str(c.path.resolve()) for c in series.checkpoints],
                   "methods": methods, "options": {"rank": rank, "min_r2": min_r2, "norms": norms,
                                                   "pairs": pairs, "device": device}}
+        if shard is not None:
+            result["shard"] = {"index": shard[0], "count": shard[1],
+                               "tensors": {n: series.newest.tensors[n].numel for n in names}}
         if task is not None:
             result["real_accuracy"] = _accuracy_rows(series, rows, task, sampling, rank, min_r2, norms,
                                                      device, progress, backend)
             result["sampling"] = (sampling.to_dict() if sampling is not None else None)
             result["backend"] = backend
         result["rows"] = rows
-        result["recommendation"] = recommend(rows, result.get("real_accuracy"))
+        result["recommendation"] = recommend(rows, result.get("real_accuracy")) if shard is None else None
         (tmp / "backtest.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
         (tmp / "backtest.csv").write_text(rows_csv(rows))
         if plots:
@@ -155,7 +174,8 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
 
 
 def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min_r2: float | None,
-                 norms: str, device, progress: bool, chunk_size: int = BACKTEST_CHUNK_SIZE) -> list[dict]:
+                 norms: str, device, progress: bool, chunk_size: int = BACKTEST_CHUNK_SIZE,
+                 names: Sequence[str] | None = None, keep_sums: bool = False) -> list[dict]:
     """One pass over the tensors; every window and later target accumulates squared errors.
 
     Two-point and lsq are elementwise: each tensor streams chunk by chunk (K chunks in memory, all
@@ -169,7 +189,8 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
     n_rows = sum(len(t) for t in targets.values())
     num = {(w, t): dict.fromkeys(MODULE_TYPES, 0.0) for w in windows for t in targets[w]}
     den = {(w, t): dict.fromkeys(MODULE_TYPES, 0.0) for w in windows for t in targets[w]}
-    names = [n for n in series.names if series.newest.tensors[n].is_float]
+    if names is None:
+        names = [n for n in series.names if series.newest.tensors[n].is_float]
 
     def accumulate(name, kind, ws, vals, start=None, stop=None):
         """Squared errors of every window in ws on these values (a chunk, or the whole tensor)."""
@@ -215,12 +236,84 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
     for w in windows:
         b, s = steps[w.idx[0]], steps[w.idx[-1]]
         for t in targets[w]:
-            n, d = num[w, t], den[w, t]
             rows.append({"method": w.method, "b": b, "s": s, "target": steps[t], "alpha": (steps[t] - b) / (s - b),
-                         "window": [steps[i] for i in w.idx],
-                         "weight_error": _ratio(sum(n.values()), sum(d.values())),
-                         "per_module": {m: _ratio(n[m], d[m]) for m in MODULE_TYPES if d[m] > 0 or n[m] > 0}})
+                         "window": [steps[i] for i in w.idx], **_errors(num[w, t], den[w, t])})
+            if keep_sums:
+                rows[-1]["sums"] = {"num": num[w, t], "den": den[w, t]}
     return rows
+
+
+def _errors(n: dict, d: dict) -> dict:
+    """A row's weight error, overall and per module type, from its squared-error sums."""
+    return {"weight_error": _ratio(sum(n.values()), sum(d.values())),
+            "per_module": {m: _ratio(n[m], d[m]) for m in MODULE_TYPES if d[m] > 0 or n[m] > 0}}
+
+
+def merge_backtests(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, plots: bool = True,
+                    overwrite: bool = False) -> dict:
+    """Add the squared-error sums of ``backtest --shard i/N`` outputs into the backtest of one run:
+    the same rows, recommendation and files. The shards must be one split of one series: the same
+    steps, inputs, methods and options, every index once, disjoint tensors, each where ``--shard``
+    puts it."""
+    from rlextra.io import read_json
+
+    dirs = [Path(d) for d in shard_dirs]
+    if not dirs:
+        raise RLExtraError("no shard folders given")
+    parts = []
+    for d in dirs:
+        res = read_json(d / "backtest.json", "backtest report")
+        sh = res.get("shard") if isinstance(res, dict) else None
+        if not (isinstance(sh, dict) and isinstance(sh.get("index"), int) and isinstance(sh.get("count"), int)
+                and isinstance(sh.get("tensors"), dict) and all("sums" in r for r in res.get("rows", []))):
+            raise RLExtraError(f"{d}: not a 'backtest --shard' output (no shard, tensors or sums)")
+        parts.append((d, res))
+    first = parts[0][1]
+    count = first["shard"]["count"]
+    seen: dict[int, Path] = {}
+    where: dict[str, Path] = {}
+    for d, res in parts:
+        for key in ("steps", "inputs", "methods", "options"):
+            if res.get(key) != first.get(key):
+                raise RLExtraError(f"{d}: '{key}' differs from {parts[0][0]}; not shards of one backtest")
+        sh = res["shard"]
+        if sh["count"] != count or not 0 <= sh["index"] < count:
+            raise RLExtraError(f"{d}: shard {sh['index']}/{sh['count']} is not of the split into {count}")
+        if sh["index"] in seen:
+            raise RLExtraError(f"{d}: shard {sh['index']} given twice (also {seen[sh['index']]})")
+        seen[sh["index"]] = d
+        if [(r["method"], r["window"], r["target"]) for r in res["rows"]] != \
+                [(r["method"], r["window"], r["target"]) for r in first["rows"]]:
+            raise RLExtraError(f"{d}: its rows differ from {parts[0][0]}'s")
+        for name in sh["tensors"]:
+            if name in where:
+                raise RLExtraError(f"{d}: tensor '{name}' is also in {where[name]}; shards hold disjoint tensors")
+            where[name] = d
+    if len(seen) != count:
+        first_missing = next(i for i in range(len(seen) + 1) if i not in seen)
+        raise RLExtraError(f"shard {first_missing}/{count} is missing from the merge")
+    sizes = {n: numel for _, res in parts for n, numel in res["shard"]["tensors"].items()}
+    owner = assign_shards(sizes, count)
+    for d, res in parts:
+        for name in res["shard"]["tensors"]:
+            if owner[name] != res["shard"]["index"]:
+                raise RLExtraError(f"{d}: tensor '{name}' belongs to shard {owner[name]}/{count}; was it relabelled?")
+    rows = []
+    for i, row in enumerate(first["rows"]):
+        num = {m: sum(res["rows"][i]["sums"]["num"][m] for _, res in parts) for m in MODULE_TYPES}
+        den = {m: sum(res["rows"][i]["sums"]["den"][m] for _, res in parts) for m in MODULE_TYPES}
+        rows.append({k: v for k, v in row.items() if k not in ("sums", "weight_error", "per_module")}
+                    | _errors(num, den))
+    result = {k: v for k, v in first.items() if k not in ("shard", "rows", "recommendation")}
+    result |= {"merged_from": [str(d) for d in dirs], "rows": rows, "recommendation": recommend(rows)}
+    with atomic_output_dir(Path(out_dir), inputs=dirs, overwrite=overwrite) as tmp:
+        (tmp / "backtest.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+        (tmp / "backtest.csv").write_text(rows_csv(rows))
+        if plots:
+            from rlextra.extrapolate.backtest_plots import plot_backtest_error
+
+            plot_backtest_error(rows, tmp / "weight_error.png")
+    return result
 
 
 def _ratio(num: float, den: float) -> float | None:
