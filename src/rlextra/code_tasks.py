@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import uuid
 from pathlib import Path
 
 from rlextra.errors import RLExtraError
 from rlextra.sandbox import run_program
+from rlextra.shards import available_cores
 
 CODE_TASKS = ("humaneval", "mbpp:PATH", "lcb:PATH")
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
@@ -59,18 +59,15 @@ def program(spec: dict, completion: str, token: str) -> str:
 def grade_code(completion: str, answer: str, timeout: float = 10.0) -> bool:
     """True when the completion passes the problem's tests in the sandbox. ``answer`` is the
     problem's JSON (prompt, test, entry_point), as the task stores it."""
-    spec = json.loads(answer)
+    return _passes(program, json.loads(answer), completion, timeout)
+
+
+def _passes(build, spec: dict, completion: str, timeout: float) -> bool:
+    """Run the program ``build(spec, completion, token)`` makes with a fresh token; a pass is that
+    token as the last line of its output (not the exit status alone)."""
     token = uuid.uuid4().hex
-    res = run_program(program(spec, completion, token), timeout=timeout)
+    res = run_program(build(spec, completion, token), timeout=timeout)
     return res.status == "ok" and res.stdout.rstrip("\n").rsplit("\n", 1)[-1] == token
-
-
-def default_workers() -> int:
-    """The cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def grade_many(completions: list[str], answers: list[str], workers: int | None = None,
@@ -112,10 +109,7 @@ def mbpp_program(spec: dict, completion: str, token: str) -> str:
 
 
 def grade_mbpp(completion: str, answer: str, timeout: float = 10.0) -> bool:
-    spec = json.loads(answer)
-    token = uuid.uuid4().hex
-    res = run_program(mbpp_program(spec, completion, token), timeout=timeout)
-    return res.status == "ok" and res.stdout.rstrip("\n").rsplit("\n", 1)[-1] == token
+    return _passes(mbpp_program, json.loads(answer), completion, timeout)
 
 
 def mbpp_task(spec, path: Path):
@@ -185,7 +179,7 @@ def lcb_task(spec, path: Path):
 def _grade_many_with(grade, completions: list[str], answers: list[str], workers: int | None) -> list[bool]:
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=workers or available_cores()) as pool:
         return list(pool.map(lambda ca: grade(ca[0], ca[1]), zip(completions, answers)))
 
 

@@ -8,6 +8,14 @@ import os
 from rlextra.errors import RLExtraError
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity): the default for threads and workers."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def assign_shards(sizes: dict[str, int], n_shards: int) -> dict[str, int]:
     """Deterministic size-balanced assignment of tensors to shards (largest first, least loaded)."""
     loads = [0] * n_shards

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 
 import rlextra
 from rlextra.analysis.report import FINE_BINS, finalize_report, tensor_summary, write_weight_files
-from rlextra.shards import assign_shards, parse_shard  # noqa: F401 (re-exported)
+from rlextra.shards import assign_shards, available_cores, parse_shard  # noqa: F401 (re-exported)
 from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_values
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, parse_size
@@ -153,14 +152,6 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         if tmp is not None:
             write_weight_files(report, accumulators, tmp, plots=plots)
     return {**report, "output": None if out_dir is None else str(out_dir)}
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity), the default number of analysis threads."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
