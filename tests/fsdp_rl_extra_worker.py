@@ -92,6 +92,7 @@ def main(out: str, method: str) -> None:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"errors": errors, "jumps": [j["real_step"] for j in cb.jumps], "digest": digest,
                    "monitor": monitor}, f)
+    dist.barrier()  # no rank tears gloo down while its peer still talks to it (a rank aborted here once)
     dist.destroy_process_group()
 
 
