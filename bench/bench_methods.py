@@ -1,11 +1,11 @@
-"""Side-by-side benchmark: extrapolation methods (rank1 against two-point) and the backtest's wall
+"""Side-by-side benchmark: extrapolation methods (low-rank against two-point) and the backtest's wall
 time, on the bf16 SmolLM2-135M-architecture series of bench_checkpoints.py.
 
 Every case runs in its own fresh process, one after another, and reports wall time and peak RSS
 minus the RSS right after its imports (as bench_checkpoints.py). Cases:
 - two_point: first and last checkpoints, alpha 1.5 (the baseline of the ratios);
-- rank1_k2: rank1 (r = 1) on the same two checkpoints;
-- rank1_all / lsq_all: rank1 (r = 1) and lsq on all checkpoints, to the same target step;
+- rank1_k2: low-rank (r = 1) on the same two checkpoints;
+- rank1_all / lsq_all: low-rank (r = 1) and lsq on all checkpoints, to the same target step;
 - backtest: every method on all checkpoints (two-point over every pair), weight errors only.
 
 Usage: python bench/bench_methods.py [--checkpoints 8] [--work bench/_work] [--write-results]
@@ -56,8 +56,8 @@ def worker(case: str, work: Path) -> dict:
                 "median_error": {m: round(r["median_weight_error"], 3) for m, r in res["recommendation"].items()}}
     else:
         pair = [series[0], series[-1]]
-        given, method = {"two_point": (pair, "two-point"), "rank1_k2": (pair, "rank1"),
-                         "rank1_all": (series, "rank1"), "lsq_all": (series, "lsq")}[case]
+        given, method = {"two_point": (pair, "two-point"), "rank1_k2": (pair, "low-rank"),
+                         "rank1_all": (series, "low-rank"), "lsq_all": (series, "lsq")}[case]
         rlextra.extrapolate.extrapolate_weights(given, out, to_step=target, method=method, progress=False)
         info = {"checkpoints": len(given)}
     wall = time.perf_counter() - t0
@@ -92,7 +92,7 @@ def render(res: dict, a) -> str:
 
     cpu = platform.processor() or platform.machine()
     return "\n".join([
-        f"## Extrapolation methods: rank1 against two-point, and the backtest ({datetime.date.today()})",
+        f"## Extrapolation methods: low-rank against two-point, and the backtest ({datetime.date.today()})",
         "",
         f"Machine: {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, 1 torch/BLAS thread, "
         "shared with other jobs. "

@@ -9,7 +9,7 @@ Variants (``rlextra train --rl-extra M,N`` plus):
   paper   two-point jump, optimizer state reset after each jump (the paper's procedure)
   keep    two-point jump, Adam's moments kept across jumps (rlextra's option)
   lsq     least-squares jump over 3 snapshots of the cycle, reset (rlextra's option)
-  rank1   rank-1 jump over 3 snapshots of the cycle, reset (rlextra's option)
+  low-rank   rank-1 jump over 3 snapshots of the cycle, reset (rlextra's option)
 and, on the reported seeds, the chosen variant in safe mode (``--rl-extra-safe``).
 
 Selection: m, n and the variant are chosen on --select-seed only (first to reach GRPO's final
@@ -39,7 +39,7 @@ VARIANTS = {
     "paper": dict(rl_extra_optimizer="reset", rl_extra_method="two-point"),
     "keep": dict(rl_extra_optimizer="keep", rl_extra_method="two-point"),
     "lsq": dict(rl_extra_optimizer="reset", rl_extra_method="lsq", rl_extra_snapshots=3),
-    "rank1": dict(rl_extra_optimizer="reset", rl_extra_method="rank1", rl_extra_snapshots=3),
+    "low-rank": dict(rl_extra_optimizer="reset", rl_extra_method="low-rank", rl_extra_snapshots=3),
 }
 
 

@@ -46,15 +46,15 @@ def _by(rows, method):
 def test_rank1_drift_with_noise_rank1_beats_two_point(tmp_path):
     run = _write_run(tmp_path / "run", _rank1_drift(noise=2e-4))
     res = backtest(run, tmp_path / "bt", progress=False)
-    rank1, two = _by(res["rows"], "rank1"), _by(res["rows"], "two-point")
-    common = sorted(set(rank1) & set(two))  # windows starting at step 0: same (b, s, T)
-    assert len(common) == len(rank1) == 10
-    ratios = [rank1[c]["weight_error"] / two[c]["weight_error"] for c in common]
+    low_rank, two = _by(res["rows"], "low-rank"), _by(res["rows"], "two-point")
+    common = sorted(set(low_rank) & set(two))  # windows starting at step 0: same (b, s, T)
+    assert len(common) == len(low_rank) == 10
+    ratios = [low_rank[c]["weight_error"] / two[c]["weight_error"] for c in common]
     assert max(ratios) < 1.0 and np.median(ratios) < 0.7, ratios
-    assert all(r["weight_error"] < 1 for r in rank1.values())
-    assert res["recommendation"]["rank1"]["max_safe_alpha"] == max(r["alpha"] for r in rank1.values())
+    assert all(r["weight_error"] < 1 for r in low_rank.values())
+    assert res["recommendation"]["low-rank"]["max_safe_alpha"] == max(r["alpha"] for r in low_rank.values())
     # per module: attention/mlp/embeddings all measured; norms are copied from s, error exactly 1
-    r = next(iter(rank1.values()))
+    r = next(iter(low_rank.values()))
     assert set(r["per_module"]) == {"attention", "mlp", "embeddings", "norms"}
     assert r["per_module"]["norms"] == pytest.approx(1.0)
 
@@ -63,21 +63,21 @@ def test_pure_linear_drift_every_method_is_far_below_one(tmp_path):
     vals = _rank1_drift(noise=0.0)
     run = _write_run(tmp_path / "run", vals)
     res = backtest(run, tmp_path / "bt", norms="extrapolate", progress=False)
-    assert {r["method"] for r in res["rows"]} == {"two-point", "lsq", "rank1"}
+    assert {r["method"] for r in res["rows"]} == {"two-point", "lsq", "low-rank"}
     worst = {m: max(r["weight_error"] for r in res["rows"] if r["method"] == m)
-             for m in ("two-point", "lsq", "rank1")}
+             for m in ("two-point", "lsq", "low-rank")}
     assert all(w < 0.02 for w in worst.values()), worst
     assert all(v["verdict"].startswith("safe up to alpha") for v in res["recommendation"].values())
 
 
 def test_full_rank_linear_drift_rank1_only_removes_its_directions(tmp_path):
-    """rlextra's rank1 keeps the residual at s: on a full-rank drift it helps, but far less than lsq."""
+    """rlextra's low-rank keeps the residual at s: on a full-rank drift it helps, but far less than lsq."""
     vals = planted_series(STEPS, SHAPES, noise=0.0)
-    res = backtest(_write_run(tmp_path / "run", vals), tmp_path / "bt", methods=["lsq", "rank1"],
+    res = backtest(_write_run(tmp_path / "run", vals), tmp_path / "bt", methods=["lsq", "low-rank"],
                    progress=False)
     lsq = [r["weight_error"] for r in res["rows"] if r["method"] == "lsq"]
-    rank1 = [r["weight_error"] for r in res["rows"] if r["method"] == "rank1"]
-    assert max(lsq) < 0.01 and 0.5 < min(rank1) and max(rank1) < 1.0
+    low_rank = [r["weight_error"] for r in res["rows"] if r["method"] == "low-rank"]
+    assert max(lsq) < 0.01 and 0.5 < min(low_rank) and max(low_rank) < 1.0
 
 
 def test_random_walk_is_not_safe(tmp_path):
@@ -94,12 +94,12 @@ def test_outputs_cli_and_nothing_written_into_the_run(tmp_path, capsys):
     run = _write_run(tmp_path / "run", _rank1_drift(noise=1e-4))
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     out = tmp_path / "bt"
-    assert main(["backtest", str(run), "-o", str(out), "--methods", "two-point,rank1", "--pairs", "first",
+    assert main(["backtest", str(run), "-o", str(out), "--methods", "two-point,low-rank", "--pairs", "first",
                  "--rank", "2", "-q"]) == 0
     printed = capsys.readouterr().out
-    assert "rank1" in printed and "alpha" in printed
+    assert "low-rank" in printed and "alpha" in printed
     res = json.loads((out / "backtest.json").read_text())
-    assert {r["method"] for r in res["rows"]} == {"two-point", "rank1"}
+    assert {r["method"] for r in res["rows"]} == {"two-point", "low-rank"}
     assert all(r["b"] == 0 for r in res["rows"]) and res["options"]["rank"] == 2
     row = res["rows"][0]
     assert set(row) >= {"method", "b", "s", "target", "alpha", "window", "weight_error", "per_module"}
@@ -116,7 +116,7 @@ def test_outputs_cli_and_nothing_written_into_the_run(tmp_path, capsys):
 
 def test_errors_and_grid():
     assert [w.idx for w in plan_windows(4, ["two-point"])] == [(0, 1), (0, 2), (1, 2)]
-    assert [w.idx for w in plan_windows(4, ["lsq", "rank1"])] == [(0, 1, 2), (0, 1), (0, 1, 2)]
+    assert [w.idx for w in plan_windows(4, ["lsq", "low-rank"])] == [(0, 1, 2), (0, 1), (0, 1, 2)]
     assert plan_windows(3, ["lsq"]) == []
     assert [module_type(n) for n in (ATTN, MLP, EMB, NORM, "lm_head.weight", "model.layers.0.mlp.down_proj.weight",
                                      "transformer.h.0.attn.c_attn.weight", "score.weight")] == \
@@ -154,13 +154,13 @@ def test_accuracy_rows_through_the_cli(tmp_path, capsys):
                 p.copy_(base[n] + s * slope[n])
         save_model(model, tok, tmp_path / "run" / f"checkpoint-{s}")
     out = tmp_path / "bt"
-    assert main(["backtest", str(tmp_path / "run"), "-o", str(out), "--methods", "two-point,rank1",
+    assert main(["backtest", str(tmp_path / "run"), "-o", str(out), "--methods", "two-point,low-rank",
                  "--task", "arithmetic", "--digits", "1", "--n-train", "10", "--n-test", "6", "--k", "1",
                  "--temperature", "0", "--max-new-tokens", "3", "--norms", "extrapolate", "-q"]) == 0
     res = json.loads((out / "backtest.json").read_text())
     assert res["real_accuracy"]["metric"] == "avg@1" and set(res["real_accuracy"]["by_step"]) == {"0", "10", "20"}
     rows = {r["method"]: r for r in res["rows"]}
-    assert set(rows) == {"two-point", "rank1", "logits"}
+    assert set(rows) == {"two-point", "low-rank", "logits"}
     assert rows["logits"]["weight_error"] is None and rows["logits"]["target"] == 20
     assert rows["two-point"]["weight_error"] < 1e-3
     real_20 = res["real_accuracy"]["by_step"]["20"]
@@ -198,16 +198,16 @@ def test_backtest_scores_with_the_same_decoder_as_eval(tmp_path, capsys):
 def test_streamed_rows_equal_a_direct_computation(tmp_path):
     """Two-point and lsq stream chunk by chunk (a chunk of 7 elements here, so every tensor spans many
     chunks and ends mid-chunk); their rows equal the errors computed directly, whole tensors in
-    float64, and rank1 (read whole) is the same whatever the chunk size."""
+    float64, and low-rank (read whole) is the same whatever the chunk size."""
     steps = [0, 10, 20, 30, 40]
     shapes = {"model.layers.0.mlp.up_proj.weight": (9, 13), "model.layers.0.self_attn.q_proj.weight": (8, 8),
               "model.norm.weight": (8,)}
     vals = planted_series(steps, shapes, noise=3e-3)
     for k, s in enumerate(steps):
         write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {n: v[k] for n, v in vals.items()})
-    small = backtest(tmp_path / "run", tmp_path / "a", methods=("two-point", "lsq", "rank1"), plots=False,
+    small = backtest(tmp_path / "run", tmp_path / "a", methods=("two-point", "lsq", "low-rank"), plots=False,
                      progress=False, chunk_size=7)
-    big = backtest(tmp_path / "run", tmp_path / "b", methods=("two-point", "lsq", "rank1"), plots=False,
+    big = backtest(tmp_path / "run", tmp_path / "b", methods=("two-point", "lsq", "low-rank"), plots=False,
                    progress=False, chunk_size=1 << 20)
     f32 = {n: v.astype(np.float32).astype(np.float64) for n, v in vals.items()}  # what the files hold
     moving = [n for n in shapes if "norm" not in n]  # norms are copied from s, as the paper does
@@ -216,7 +216,7 @@ def test_streamed_rows_equal_a_direct_computation(tmp_path):
         assert (r_small["method"], r_small["window"], r_small["target"]) == (r_big["method"], r_big["window"],
                                                                            r_big["target"])
         assert r_small["weight_error"] == pytest.approx(r_big["weight_error"], rel=1e-9)
-        if r_small["method"] == "rank1":
+        if r_small["method"] == "low-rank":
             continue
         idx = [steps.index(s) for s in r_small["window"]]
         t = steps.index(r_small["target"])
@@ -275,12 +275,12 @@ def test_shards_in_two_processes_merge_into_the_single_run(tmp_path):
     vals = planted_series(steps, shapes, noise=2e-3)
     for k, s in enumerate(steps):
         write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {n: v[k] for n, v in vals.items()})
-    single = backtest(tmp_path / "run", tmp_path / "one", methods=("two-point", "lsq", "rank1"), plots=False,
+    single = backtest(tmp_path / "run", tmp_path / "one", methods=("two-point", "lsq", "low-rank"), plots=False,
                       progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen([sys.executable, "-m", "rlextra.cli", "backtest", str(tmp_path / "run"), "--methods",
-                               "two-point,lsq,rank1", "--shard", f"{i}/2", "-o", str(tmp_path / f"s{i}"), "-q",
+                               "two-point,lsq,low-rank", "--shard", f"{i}/2", "-o", str(tmp_path / f"s{i}"), "-q",
                                "--no-plots"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     for p in procs:

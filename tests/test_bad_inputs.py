@@ -258,8 +258,8 @@ CASES = [
     ("train-save-every-0", TRAIN + ["-o", NEW, "--save-every", "0"], ["--save-every"], [], {}),
     ("train-top-p-0", TRAIN + ["-o", NEW, "--top-p", "0"], ["--top-p"], [], {}),
     ("train-auto-without-cycle", TRAIN + ["-o", NEW, "--rl-extra-auto"], ["--rl-extra-auto needs --rl-extra"], [], {}),
-    ("train-auto-rank1", TRAIN + ["-o", NEW, "--rl-extra", "2,2", "--rl-extra-auto", "--rl-extra-method", "rank1"],
-     ["no rank1"], [], {}),
+    ("train-auto-low-rank", TRAIN + ["-o", NEW, "--rl-extra", "2,2", "--rl-extra-auto", "--rl-extra-method", "low-rank"],
+     ["no low-rank"], [], {}),
     ("train-auto-threshold-nan", TRAIN + ["-o", NEW, "--rl-extra", "2,2", "--rl-extra-auto",
                                           "--rl-extra-auto-threshold", "nan"], ["--rl-extra-auto-threshold"], [], {}),
     ("train-monitor-every-0", TRAIN + ["-o", NEW, "--monitor-every", "0"], ["--monitor-every"], [], {}),
@@ -285,9 +285,9 @@ CASES = [
     # NaN/Inf is refused by name, never reported as a safe jump
     ("backtest-nan", ["backtest", "{R}/nanrun", "--methods", "two-point,lsq", "-o", NEW, "-q"],
      ["nanrun/checkpoint-20", "contains NaN or Inf"], [], {}),
-    ("backtest-rank1-nan", ["backtest", "{R}/nanrun", "--methods", "rank1", "-o", NEW, "-q"],
+    ("backtest-low-rank-nan", ["backtest", "{R}/nanrun", "--methods", "low-rank", "-o", NEW, "-q"],
      ["contains NaN or Inf"], ["internal error"], {}),
-    ("extrapolate-rank1-nan", ["extrapolate", "{R}/nanrun", "--method", "rank1", "--to-step", "30", "-o", NEW, "-q"],
+    ("extrapolate-low-rank-nan", ["extrapolate", "{R}/nanrun", "--method", "low-rank", "--to-step", "30", "-o", NEW, "-q"],
      ["contains NaN or Inf"], [], {}),
     # a model folder is what its files say, or refused
     ("eval-missing-tensor", [*EVAL[:1], "{R}/missingmodel", *EVAL[2:], "-o", NEW], ["missingmodel", "lacks tensor"],
@@ -334,7 +334,7 @@ CASES = [
     ("generate-device-meta", GEN + ["-o", NEW, "--device", "meta"], ["--device meta"], [], {}),
     ("backtest-device-meta", ["backtest", *S, "--device", "meta", "-o", NEW, "-q"], ["--device meta"], [], {}),
     ("extrapolate-o-not-utf8", EX + ["--to-step", "20", "-o", "{R}/ex\udcff"], ["not valid UTF-8"], [], {}),
-    ("train-rank-0", TRAIN + ["-o", NEW, "--rl-extra", "2,2", "--rl-extra-method", "rank1", "--rl-extra-rank", "0"],
+    ("train-rank-0", TRAIN + ["-o", NEW, "--rl-extra", "2,2", "--rl-extra-method", "low-rank", "--rl-extra-rank", "0"],
      ["--rl-extra-rank 0"], [], {}),
     ("train-safe-samples-0", TRAIN + ["-o", NEW, "--rl-extra", "2,2", "--rl-extra-safe", "--rl-extra-safe-samples",
                                       "0"], ["--rl-extra-safe-samples 0"], [], {}),
@@ -518,6 +518,39 @@ def test_loop_stopped_by_sigterm_stops_its_training_command(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+def test_a_stop_landing_while_the_command_starts_still_stops_its_group(tmp_path, monkeypatch):
+    """SIGTERM delivered inside Popen (after the child exists, before loop knows its pid) is held until
+    the pid is known, so the group is stopped; without that, the command outlived loop under load."""
+    import subprocess as sp
+
+    from rlextra.io import Terminated, interruptible
+    from rlextra.rl import loop
+
+    pidfile, real = tmp_path / "pid", sp.Popen
+
+    def popen_then_sigterm(*args, **kwargs):
+        proc = real(*args, **kwargs)
+        deadline = time.monotonic() + 30
+        while not (pidfile.is_file() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)  # lands here, inside "Popen", as it did under load
+        time.sleep(0.2)  # a handler that is not held runs by now
+        return proc
+
+    monkeypatch.setattr(loop.subprocess, "Popen", popen_then_sigterm)
+    old = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(Terminated), interruptible():
+            loop.run_command(f"sleep 120 & echo $! > {pidfile}; wait", tmp_path / "log")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    child = int(pidfile.read_text())
     deadline = time.monotonic() + 10
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)

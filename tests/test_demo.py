@@ -66,5 +66,5 @@ def test_demo_quick(tmp_path, capsys):
     assert all(e["backend"] == "rlextra" or e["backend"].startswith("logits-extrapolation") for e in evals)
     assert len({json.dumps(e["sampling"], sort_keys=True) for e in evals}) == 1
     bt = json.loads((out / "backtest" / "backtest.json").read_text())
-    assert set(res["backtest_recommendation"]) == {"two-point", "lsq", "rank1"} == set(bt["recommendation"])
+    assert set(res["backtest_recommendation"]) == {"two-point", "lsq", "low-rank"} == set(bt["recommendation"])
     assert main(["demo", "--quick", "-o", str(out)]) == 2  # exists: needs --overwrite

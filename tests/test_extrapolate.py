@@ -155,25 +155,47 @@ def test_rank1_cli_recovers_a_planted_rank1_line_and_records_method(tmp_path, ca
     from rlextra.cli import main
 
     run, w0, drift, bias0, bias_slope = _rank1_run(tmp_path)
-    assert main(["extrapolate", str(run), "--method", "rank1", "--rank", "1", "--to-step", "60",
+    assert main(["extrapolate", str(run), "--method", "low-rank", "--rank", "1", "--to-step", "60",
                  "-o", str(tmp_path / "r1"), "-q"]) == 0
-    assert "rank1 extrapolation" in capsys.readouterr().out
+    assert "low-rank extrapolation" in capsys.readouterr().out
     got = _load(tmp_path / "r1")
     np.testing.assert_allclose(got[MAT], (w0 + 60 * drift).double().numpy(), atol=1e-6)
     np.testing.assert_allclose(got["model.layers.0.mlp.up_proj.bias"], (bias0 + 60 * bias_slope).double().numpy(),
                                atol=1e-6)
     np.testing.assert_array_equal(got[NORM], np.float32(1 + 30e-3))  # copied from the newest
     prov = json.loads((tmp_path / "r1" / "rlextra.json").read_text())
-    assert prov["method"] == "rank1" and prov["method_params"] == {"rank": 1}
+    assert prov["method"] == "low-rank" and prov["method_params"] == {"rank": 1}
     assert prov["target_step"] == 60 and "U_r" in prov["formula"]
     lsq = extrapolate_weights(run, tmp_path / "l", to_step=60, method="lsq", min_r2=0.5, progress=False)
     assert json.loads((lsq.path / "rlextra.json").read_text()) == lsq.provenance  # returned as written
     assert lsq.provenance["method_params"] == {"min_r2": 0.5} and (lsq.method, lsq.target_step) == ("lsq", 60)
 
 
+def test_the_older_names_rank1_and_fit_still_work_everywhere(tmp_path, capsys):
+    """Scripts written before the rename keep running: --method rank1, --fit, backtest --methods rank1 and
+    a run config naming rank1 all resolve to low-rank, and outputs carry the current name."""
+    from rlextra.cli import main
+    from rlextra.extrapolate.backtest import backtest
+    from rlextra.rl.config import TrainConfig
+
+    run = _rank1_run(tmp_path)[0]
+    assert main(["extrapolate", str(run), "--fit", "rank1", "--to-step", "60", "-o", str(tmp_path / "old"), "-q"]) == 0
+    assert "low-rank extrapolation" in capsys.readouterr().out
+    assert main(["extrapolate", str(run), "--method", "low-rank", "--to-step", "60", "-o", str(tmp_path / "new"), "-q"]) == 0
+    assert _load(tmp_path / "old")[MAT].tolist() == _load(tmp_path / "new")[MAT].tolist()
+    assert json.loads((tmp_path / "old" / "rlextra.json").read_text())["method"] == "low-rank"
+    rows = backtest(run, tmp_path / "bt", methods=["rank1", "two-point"], pairs="first", progress=False)["rows"]
+    assert {r["method"] for r in rows} == {"low-rank", "two-point"}
+    cfg = TrainConfig(model="m", output_dir=str(tmp_path / "r"), rl_extra=(2, 2), rl_extra_method="rank1")
+    assert cfg.rl_extra_method == "low-rank"
+    with pytest.raises(SystemExit):
+        main(["extrapolate", str(run), "--method", "rank2", "--to-step", "60", "-o", str(tmp_path / "x")])
+    assert "invalid choice: 'rank2'" in capsys.readouterr().err
+
+
 def test_rank1_bf16_and_two_checkpoints(tmp_path):
     run, w0, drift, _, _ = _rank1_run(tmp_path, steps=(0, 20), dtype=torch.bfloat16)
-    out = extrapolate_weights(run, tmp_path / "x", alpha=2, method="rank1", progress=False).path
+    out = extrapolate_weights(run, tmp_path / "x", alpha=2, method="low-rank", progress=False).path
     got = load_file(str(out / "model.safetensors"))[MAT]
     assert got.dtype == torch.bfloat16
     w_b, w_s = (load_file(str(run / f"checkpoint-{t}" / "model.safetensors"))[MAT].float() for t in (0, 20))
@@ -191,14 +213,14 @@ def test_method_errors_through_the_cli(tmp_path, capsys):
     assert err.count("\n") == 1 and "--method lsq needs at least 3 checkpoints, got 2" in err
     assert main(["extrapolate", str(run), "--fit", "two-point", "--device", "cuda:0", "--to-step", "30",
                  "-o", str(tmp_path / "x")]) == 2
-    assert "--device applies to --method rank1" in capsys.readouterr().err
-    assert main(["extrapolate", str(run), "--method", "rank1", "--device", "nonsense", "--to-step", "30",
+    assert "--device applies to --method low-rank" in capsys.readouterr().err
+    assert main(["extrapolate", str(run), "--method", "low-rank", "--device", "nonsense", "--to-step", "30",
                  "-o", str(tmp_path / "x")]) == 2
     assert "--device nonsense: expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("k,fit", [(2, "two-point"), (3, "lsq"), (3, "rank1")])
+@pytest.mark.parametrize("k,fit", [(2, "two-point"), (3, "lsq"), (3, "low-rank")])
 def test_zero_element_tensors_are_written(tmp_path, k, fit):
     """A tensor of shape [0, 128] (and one ending a shard) gets no chunk, yet must be written."""
     ckpts = [write_ckpt(tmp_path / f"c{s}", {"a.weight": np.full((3, 4), float(s)), "b.empty": np.zeros((0, 128)),
@@ -209,4 +231,4 @@ def test_zero_element_tensors_are_written(tmp_path, k, fit):
 
     got = load_series([f"0={out}"]).newest.tensors
     assert got["b.empty"].shape == (0, 128) and got["z.empty"].shape == (0,)
-    np.testing.assert_allclose(read_values(got["a.weight"], 0, 12), k + 1, rtol=1e-6)  # rank1: fp32 SVD
+    np.testing.assert_allclose(read_values(got["a.weight"], 0, 12), k + 1, rtol=1e-6)  # low-rank: fp32 SVD

@@ -1,4 +1,4 @@
-"""Tensor-level extrapolation methods: two-point, lsq, rank1."""
+"""Tensor-level extrapolation methods: two-point, lsq, low-rank."""
 
 import numpy as np
 import pytest
@@ -49,47 +49,47 @@ def test_lsq_min_r2_keeps_newest_value_of_noisy_coordinates():
 def test_rank1_recovers_an_exact_low_rank_line_and_beats_two_point_under_noise():
     steps = [0, 10, 20, 30]
     w0, drift, vals = _rank1_series(steps)
-    got = predict_tensor("rank1", steps, vals, 80)
+    got = predict_tensor("low-rank", steps, vals, 80)
     assert torch.allclose(got, w0 + 80 * drift, atol=1e-5)
     w0, drift, vals = _rank1_series(steps, noise=3e-4, seed=3)
     truth = w0 + 80 * drift
     err = {m: float((predict_tensor(m, steps if m != "two-point" else steps[::3],
                                     vals if m != "two-point" else vals[::3], 80) - truth).norm())
-           for m in ("rank1", "two-point")}
-    assert err["rank1"] < 0.5 * err["two-point"], err
+           for m in ("low-rank", "two-point")}
+    assert err["low-rank"] < 0.5 * err["two-point"], err
 
 
 def test_rank_r_core_and_k2_formula():
     steps = [0, 10, 20]
     w0, drift, vals = _rank1_series(steps, rank=2)
-    assert torch.allclose(predict_tensor("rank1", steps, vals, 50, rank=2), w0 + 50 * drift, atol=1e-5)
+    assert torch.allclose(predict_tensor("low-rank", steps, vals, 50, rank=2), w0 + 50 * drift, atol=1e-5)
     # with K = 2: W_s + (alpha - 1) * trunc_r(W_s - W_b)
     a, b = torch.randn(6, 5), torch.randn(6, 5)
     u, s, vh = torch.linalg.svd(b - a)
     trunc = s[0] * torch.outer(u[:, 0], vh[0])
-    assert torch.allclose(predict_tensor("rank1", [0, 4], [a, b], 10), b + 1.5 * trunc, atol=1e-5)
+    assert torch.allclose(predict_tensor("low-rank", [0, 4], [a, b], 10), b + 1.5 * trunc, atol=1e-5)
 
 
 def test_rank1_one_dimensional_tensors_get_their_own_line():
     steps = [0, 1, 2]
     vals = [torch.tensor([1.0, 2.0]) + k * torch.tensor([0.5, -1.0]) for k in steps]
-    assert torch.allclose(predict_tensor("rank1", steps, vals, 4), torch.tensor([3.0, -2.0]))
+    assert torch.allclose(predict_tensor("low-rank", steps, vals, 4), torch.tensor([3.0, -2.0]))
 
 
 def test_rank1_lowrank_svd_path_is_used_for_large_matrices(monkeypatch):
     monkeypatch.setattr(methods, "LOWRANK_ABOVE", 8)
     steps = [0, 10, 20, 30]
     w0, drift, vals = _rank1_series(steps, shape=(40, 30))
-    pred = WindowPredictor("rank1", steps, vals)
+    pred = WindowPredictor("low-rank", steps, vals)
     assert torch.allclose(pred.at(60), w0 + 60 * drift, atol=1e-5)
-    assert torch.equal(pred.at(60), WindowPredictor("rank1", steps, vals).at(60))  # seeded: repeatable
+    assert torch.equal(pred.at(60), WindowPredictor("low-rank", steps, vals).at(60))  # seeded: repeatable
 
 
 @pytest.mark.parametrize("method,k,kw,msg", [
     ("lsq", 2, {}, "--method lsq needs at least 3 checkpoints, got 2"),
     ("two-point", 3, {}, "--method two-point takes exactly 2 checkpoints"),
-    ("rank1", 3, {"min_r2": 0.5}, "--min-r2 needs --method lsq"),
-    ("rank1", 3, {"rank": 0}, "--rank must be a positive integer"),
+    ("low-rank", 3, {"min_r2": 0.5}, "--min-r2 needs --method lsq"),
+    ("low-rank", 3, {"rank": 0}, "--rank must be a positive integer"),
     ("svd", 3, {}, "unknown --method 'svd'"),
 ])
 def test_bad_method_options_are_one_line_errors(method, k, kw, msg):
@@ -103,7 +103,7 @@ def test_bad_method_options_are_one_line_errors(method, k, kw, msg):
 def test_cuda_matches_cpu():
     steps = [0, 10, 20, 30]
     _, _, vals = _rank1_series(steps, shape=(300, 280), noise=1e-4)
-    for method, vs, st in (("rank1", vals, steps), ("lsq", vals, steps), ("two-point", vals[::3], steps[::3])):
+    for method, vs, st in (("low-rank", vals, steps), ("lsq", vals, steps), ("two-point", vals[::3], steps[::3])):
         cpu = predict_tensor(method, st, vs, 70)
         gpu = predict_tensor(method, st, [v.cuda() for v in vs], 70)
         assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-5), method
@@ -114,16 +114,17 @@ def test_one_registry_feeds_every_layer():
     from dataclasses import fields
 
     from rlextra.cli import build_parser
-    from rlextra.extrapolate.registry import FORMULAS, METHODS, NORMS, REGISTRY
+    from rlextra.extrapolate.registry import ALIASES, FORMULAS, METHODS, NORMS, REGISTRY
     from rlextra.rl.config import TrainConfig
 
-    assert METHODS == ("two-point", "lsq", "rank1") and set(FORMULAS) == set(METHODS)
+    assert METHODS == ("two-point", "lsq", "low-rank") and set(FORMULAS) == set(METHODS)
     train_fields = {f.name: f for f in fields(TrainConfig)}
-    assert train_fields["rl_extra_method"].metadata["choices"] == METHODS
+    assert ALIASES == {"rank1": "low-rank"}  # the older name of low-rank, accepted where a method is named
+    assert train_fields["rl_extra_method"].metadata["choices"] == (*METHODS, *ALIASES)
     assert train_fields["rl_extra_norms"].metadata["choices"] == NORMS
     sub = build_parser()._subparsers._group_actions[0].choices
     method = next(a for a in sub["extrapolate"]._actions if a.dest == "method")
-    assert tuple(method.choices) == ("auto", *METHODS)
+    assert tuple(method.choices) == ("auto", *METHODS, *ALIASES)
     for name, m in REGISTRY.items():  # the counts a window needs are the registry's
         check_method(name, m.min_checkpoints)
         with pytest.raises(RLExtraError, match=f"at least {m.min_checkpoints}"):

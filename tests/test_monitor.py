@@ -171,8 +171,8 @@ def test_auto_evidence_is_capped_by_n_and_needs_a_monitor():
     assert auto.candidates(3, 100) == [15, 6, 3, 1]  # m/4 rounds down to 0 and is dropped
     RLExtraCallback(20, 20, auto=auto)
     assert {1.25, 1.5, 2.0} <= set(mon.alphas)  # the monitor now measures every horizon on the ladder
-    with pytest.raises(RLExtraError, match="no rank1"):
-        RLExtraCallback(20, 20, method="rank1", snapshots=3, auto=AutoJump(mon))
+    with pytest.raises(RLExtraError, match="no low-rank"):
+        RLExtraCallback(20, 20, method="low-rank", snapshots=3, auto=AutoJump(mon))
     with pytest.raises(RLExtraError, match="threshold"):
         AutoJump(mon, threshold=float("nan"))
     for bad in (dict(every=0), dict(window=2), dict(sample=0.0), dict(seed=-1), dict(alphas=(1.0,))):

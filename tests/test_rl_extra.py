@@ -179,9 +179,9 @@ def _drive(cb, model, args, steps, delta, opt=None):
         cb.on_step_end(args, _state(step), None, model=model, optimizer=opt)
 
 
-@pytest.mark.parametrize("method", ["lsq", "rank1"])
+@pytest.mark.parametrize("method", ["lsq", "low-rank"])
 def test_snapshot_jumps_follow_a_linear_drift(tmp_path, method):
-    """On exactly linear (and, for rank1, rank-1) motion every jump method lands on the line."""
+    """On exactly linear (and, for low-rank, rank-1) motion every jump method lands on the line."""
     tok = char_tokenizer()
     model = tiny_llama(tok, hidden=32, layers=2, intermediate=64)
     args = SimpleNamespace(output_dir=str(tmp_path))
@@ -273,13 +273,13 @@ def test_grpo_safe_mode_logs_every_decision(tiny, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["two-point", "lsq", "rank1"])
+@pytest.mark.parametrize("method", ["two-point", "lsq", "low-rank"])
 def test_fsdp2_two_processes_jump_their_local_shards(tmp_path, method):
     """FSDP2 (fully_shard) on CPU with gloo: the shard-wise jump equals the jump of the full tensors."""
     _torchrun("fsdp_rl_extra_worker.py", tmp_path, method)
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert ranks[0]["digest"] == ranks[1]["digest"]
-    if method == "rank1":  # needs whole matrices: refused on shards, nothing moved
+    if method == "low-rank":  # needs whole matrices: refused on shards, nothing moved
         assert all("whole matrices" in x["errors"][0] and x["jumps"] == [] for x in ranks)
     else:
         assert all(x["errors"] == [] and x["jumps"] == [2, 4] for x in ranks)

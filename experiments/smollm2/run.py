@@ -153,7 +153,7 @@ def main() -> None:
     )
     for folder, args in analyses:
         rlextra(*args, skip=folder.exists())
-    rlextra("backtest", rel(run), "-o", rel(WORK / "backtest"), "--methods", "two-point,rank1",
+    rlextra("backtest", rel(run), "-o", rel(WORK / "backtest"), "--methods", "two-point,low-rank",
             "--pairs", "first", "-q", skip=(WORK / "backtest").exists())
     b, s = ex["from"]
     for t in ex["to"]:

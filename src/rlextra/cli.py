@@ -25,7 +25,7 @@ from rlextra.decoding.engine import MODES
 from rlextra.demo import run_demo
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.backtest import backtest, merge_backtests
-from rlextra.extrapolate.registry import METHODS
+from rlextra.extrapolate.registry import ALIASES, METHODS
 from rlextra.extrapolate.weights import extrapolate_weights
 from rlextra.hf import DEVICE_HELP, DTYPE_HELP, DTYPES
 from rlextra.rl.config import TrainConfig, check_cycle
@@ -108,9 +108,9 @@ PROBES = Options(analyze_outputs, ["batch_size", "overwrite"], helps={"batch_siz
                                                                       "overwrite": "replace an existing output"})
 METHOD = Options(extrapolate_weights, ["rank", "min_r2", "device", "norms"], choices={"norms": ("copy",
                                                                                                 "extrapolate")},
-                 helps={"rank": "rank1: singular directions moved",
+                 helps={"rank": "low-rank: singular directions moved",
                         "min_r2": "lsq: parameters with R^2 below this keep their newest value",
-                        "device": "rank1: where the SVD runs (cpu, cuda; default cpu)",
+                        "device": "low-rank: where the SVD runs (cpu, cuda; default cpu)",
                         "norms": "norm weights: copied from the newest checkpoint (as the paper) or extrapolated"})
 EXTRAPOLATE = Options(extrapolate_weights, ["max_shard_size", "chunk_size", "allow_pickle", "allow_mixed_dtypes",
                                             "overwrite"], helps={**SERIES_HELPS, "max_shard_size": "largest output "
@@ -430,10 +430,10 @@ EXAMPLES = {
   rlextra extrapolate runs/grpo/checkpoint-100 runs/grpo/checkpoint-200 --to-step 400 -o step400
   rlextra extrapolate 0=base/ runs/grpo/checkpoint-200 --alpha 1.5 -o alpha1.5
   rlextra extrapolate runs/grpo/ --method lsq --min-r2 0.7 --to-step 1000 -o lsq1000
-  rlextra extrapolate runs/grpo/ --method rank1 --rank 2 --to-step 1000 -o rank1000""",
+  rlextra extrapolate runs/grpo/ --method low-rank --rank 2 --to-step 1000 -o rank1000""",
     "backtest": """example:
   rlextra backtest runs/grpo/ -o reports/backtest
-  rlextra backtest runs/grpo/ -o reports/backtest --methods two-point,rank1 --rank 2 --pairs first
+  rlextra backtest runs/grpo/ -o reports/backtest --methods two-point,low-rank --rank 2 --pairs first
   rlextra backtest runs/add2/ -o reports/bt-acc --task arithmetic --k 4 --max-new-tokens 6""",
     "backtest-merge": """example (one shard per node or process, then the sums added exactly):
   rlextra backtest runs/grpo/ --methods two-point,lsq --shard 0/2 -o shards/bt0   # on node 0
@@ -535,9 +535,10 @@ def _extrapolation_parsers(sub, fmt) -> None:
     _add_series(e, EXTRAPOLATE)
     e.add_argument("-o", "--output", required=True, help="new model folder")
     _target_args(e, required=True)
-    e.add_argument("--method", "--fit", dest="method", choices=["auto", *METHODS],
-                   default="auto", help="two-point (2 checkpoints), lsq (3+), rank1 (2+, top --rank "
-                   "singular directions); auto: two-point for 2, lsq for more (--fit: older name)")
+    e.add_argument("--method", choices=["auto", *METHODS, *ALIASES], default="auto",
+                   help="two-point (2 checkpoints), lsq (3+), low-rank (2+, top --rank singular directions; "
+                   "rank1 is its older name); auto: two-point for 2, lsq for more")
+    e.add_argument("--fit", dest="method", choices=["auto", *METHODS, *ALIASES], help=argparse.SUPPRESS)  # older name
     METHOD.add(e)
     e.set_defaults(func=cmd_extrapolate)
 
@@ -545,9 +546,9 @@ def _extrapolation_parsers(sub, fmt) -> None:
                         "later checkpoints", formatter_class=fmt, epilog=EXAMPLES["backtest"])
     _add_series(bt, BACKTEST)
     bt.add_argument("-o", "--output", required=True, help="report folder (backtest.json, .csv, plots)")
-    bt.add_argument("--methods", default="two-point,lsq,rank1", help="comma-separated (default %(default)s)")
+    bt.add_argument("--methods", default="two-point,lsq,low-rank", help="comma-separated (default %(default)s)")
     METHOD.add(bt, helps={"device": "where the predictions are computed (cpu, cuda; default cpu): chunks are "
-                                    "read on the CPU and moved; rank1's SVD runs there too"})
+                                    "read on the CPU and moved; low-rank's SVD runs there too"})
     TASK.add(bt, defaults={"name": None}, helps={"name": "add accuracy rows on this task: " + TASK.specs["name"]
                                                  ["help"]})
     SAMPLING.add(bt, defaults={"k": 4})

@@ -48,12 +48,12 @@ class DemoConfig:
     extrapolate_from: tuple[int, int] = (0, 100)  # (b, s): two early checkpoints
     extrapolate_to: list[int] = field(default_factory=lambda: [120, 160, 200, 300])
     # chosen in bench/bench_rl_extra.py on a seed not reported there (among the paper's two-point
-    # jump at 10,10 and 20,20, and rlextra's keep / lsq / rank1 variants at 20,20)
+    # jump at 10,10 and 20,20, and rlextra's keep / lsq / low-rank variants at 20,20)
     rl_extra: tuple[int, int] = (20, 20)
     # past the end of the run: from (0, last) and (last/2, last) at these alphas, against the last checkpoint
     beyond_alphas: tuple[float, ...] = (1.25, 1.5, 2.0)
     monitor_every: int = 5  # the linearity monitor on the GRPO run (window of 8 snapshots)
-    rl_extra_variant: dict = field(default_factory=lambda: {"rl_extra_optimizer": "reset", "rl_extra_method": "rank1",
+    rl_extra_variant: dict = field(default_factory=lambda: {"rl_extra_optimizer": "reset", "rl_extra_method": "low-rank",
                                                             "rl_extra_snapshots": 3})
     seed: int = 0
 
@@ -203,7 +203,7 @@ def _run(out: Path, cfg: DemoConfig, threads: int) -> None:
 
     _stage(6, STAGES, "backtest: every method's prediction of the run's later checkpoints (weight error)")
     t = time.perf_counter()
-    bt = backtest(run, out / "backtest", methods=("two-point", "lsq", "rank1"), pairs="first", progress=False)
+    bt = backtest(run, out / "backtest", methods=("two-point", "lsq", "low-rank"), pairs="first", progress=False)
     timings["backtest"] = time.perf_counter() - t
 
     _stage(7, STAGES, "report")

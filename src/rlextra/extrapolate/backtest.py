@@ -4,8 +4,8 @@ own later checkpoints.
 For a run with K real checkpoints at steps t_0 < ... < t_{K-1}:
 
 * two-point predicts from every window (b, s) of two checkpoints (``pairs='all'``; or only
-  b = t_0 with ``pairs='first'``); lsq and rank1 from all the checkpoints up to s (t_0 ... s; lsq
-  needs 3, rank1 2). Each prediction is read at every later real checkpoint T, with
+  b = t_0 with ``pairs='first'``); lsq and low-rank from all the checkpoints up to s (t_0 ... s; lsq
+  needs 3, low-rank 2). Each prediction is read at every later real checkpoint T, with
   alpha = (T - b) / (s - b), b being the window's first step.
 * ``weight_error = ||W_pred - W_T|| / ||W_T - W_s||`` over all float tensors (norms copied from s
   by default, as ``extrapolate`` does), and per module type (attention, mlp, embeddings, norms,
@@ -19,7 +19,7 @@ For a run with K real checkpoints at steps t_0 < ... < t_{K-1}:
 
 The weight pass reads one tensor from all K checkpoints at a time (fp32, on ``device``), so memory
 is about K + 2 times the largest tensor in fp32; every window and target is computed from those
-copies, rank1's SVD once per window and tensor. Nothing is written into the run's folders; the
+copies, low-rank's SVD once per window and tensor. Nothing is written into the run's folders; the
 output folder is written atomically.
 """
 
@@ -45,7 +45,7 @@ from rlextra.checkpoints.reader import to_torch
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, MIN_CHECKPOINTS, WindowPredictor, check_device, check_method
-from rlextra.extrapolate.registry import NORMS, REGISTRY
+from rlextra.extrapolate.registry import NORMS, REGISTRY, canonical
 from rlextra.hf import is_norm_weight
 from rlextra.io import atomic_output_dir
 from rlextra.shards import assign_shards, parse_shard
@@ -110,7 +110,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
     row's squared-error sums kept (``sums``) so that ``merge_backtests`` adds the shards exactly; a
     shard has no recommendation and no accuracy rows (those need the whole model).
     """
-    methods = list(dict.fromkeys(methods))
+    methods = list(dict.fromkeys(canonical(m) for m in methods))
     for m in methods:
         if m not in METHODS:
             raise RLExtraError(f"unknown method '{m}' in --methods ({', '.join(METHODS)})")
@@ -179,7 +179,7 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
     """One pass over the tensors; every window and later target accumulates squared errors.
 
     Two-point and lsq are elementwise: each tensor streams chunk by chunk (K chunks in memory, all
-    rows served by one read), so memory does not grow with the largest tensor. rank1 needs whole
+    rows served by one read), so memory does not grow with the largest tensor. low-rank needs whole
     matrices: for its windows the tensor is read whole, once."""
     import torch
 
@@ -225,7 +225,7 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
             if streamed:
                 for start, stop in chunk_ranges(refs[0].numel, chunk_size):
                     vals = [to_torch(r.read_raw(start, stop), r.dtype).to(device=device, dtype=torch.float32)
-                            for r in refs]  # fp32 on --device (read on the CPU), as rank1
+                            for r in refs]  # fp32 on --device (read on the CPU), as low-rank
                     accumulate(name, kind, streamed, vals, start, stop)
             if whole:
                 vals = [read_tensor(r, device, step) for r, step in zip(refs, steps)]

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-_STYLE = {"two-point": ("#4477aa", "o"), "lsq": ("#228833", "s"), "rank1": ("#cc3311", "^"),
+_STYLE = {"two-point": ("#4477aa", "o"), "lsq": ("#228833", "s"), "low-rank": ("#cc3311", "^"),
           "logits": ("#aa3377", "D")}
 
 

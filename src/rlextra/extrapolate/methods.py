@@ -6,7 +6,7 @@ Every method here is a read of the same least-squares line (``rlextra.linefit``)
   from the first (b) and last (s) of the K snapshots.
 * ``lsq``: each coordinate's least-squares line over K >= 3 snapshots, evaluated at T. With
   ``min_r2``, a coordinate whose own R^2 is below it keeps its newest value.
-* ``rank1`` (``rank`` r, default 1), rlextra's variant of the rank-1 methods of AlphaRL
+* ``low-rank`` (``rank`` r, default 1), rlextra's variant of the rank-1 methods of AlphaRL
   (arXiv 2510.00553) and RELEX (arXiv 2605.21468). For a 2-D weight (tensors with more
   dimensions are viewed as ``(shape[0], -1)``), with updates D_k = W_k - W_b relative to the first
   snapshot of the window:
@@ -41,7 +41,7 @@ Every method here is a read of the same least-squares line (``rlextra.linefit``)
 Arithmetic is fp32 on the values' device, whatever their dtype. Lines are evaluated as
 y_b + sum_k w_k (y_k - y_b) (the weights sum to 1), which keeps precision when a weight moves by
 1e-6 around 1.0. Memory: the K snapshots of one tensor (the caller holds them) plus a few
-fp32 copies of it; the SVD needs the whole matrix, so rank1 is never chunked.
+fp32 copies of it; the SVD needs the whole matrix, so low-rank is never chunked.
 """
 
 from __future__ import annotations
@@ -54,21 +54,22 @@ from rlextra.errors import RLExtraError
 from rlextra.hf import resolve_device
 from rlextra.linefit import line_weights, two_point
 
-from rlextra.extrapolate.registry import METHODS, MIN_CHECKPOINTS, method as registry_entry  # noqa: F401 (re-exported)
+from rlextra.extrapolate.registry import METHODS, MIN_CHECKPOINTS, canonical, method as registry_entry  # noqa: F401 (re-exported)
 
-LOWRANK_ABOVE = 256  # smaller side of a matrix above which rank1 uses torch.svd_lowrank
+LOWRANK_ABOVE = 256  # smaller side of a matrix above which low-rank uses torch.svd_lowrank
 
 
 def check_method(method: str, k: int, *, rank: int = 1, min_r2: float | None = None) -> None:
     """One-line errors for a method that cannot run on k snapshots with these options."""
     entry = registry_entry(method)
+    method = entry.name
     need = entry.min_checkpoints
     if k < need:
         hint = " (with 2 it is two-point)" if method == "lsq" else ""
         raise RLExtraError(f"--method {method} needs at least {need} checkpoints, got {k}{hint}")
     if entry.max_checkpoints is not None and k > entry.max_checkpoints:
         raise RLExtraError(f"--method {method} takes exactly {entry.max_checkpoints} checkpoints, got {k}; "
-                           "use --method lsq or rank1")
+                           "use --method lsq or low-rank")
     if min_r2 is not None and not 0 <= min_r2 <= 1:
         raise RLExtraError(f"--min-r2 {min_r2}: must be a number in [0, 1]")
     if min_r2 is not None and method != "lsq":
@@ -88,7 +89,7 @@ def check_device(device: str | None):
 class WindowPredictor:
     """One tensor's window of K snapshots, ready to be read at any target step.
 
-    The per-window work (fp32 copies, rank1's SVD and cores) is done once, so a backtest can read
+    The per-window work (fp32 copies, low-rank's SVD and cores) is done once, so a backtest can read
     many targets from one window cheaply.
     """
 
@@ -96,6 +97,7 @@ class WindowPredictor:
                  min_r2: float | None = None, check: bool = True) -> None:
         import torch
 
+        method = canonical(method)
         if check:
             check_method(method, len(values), rank=rank, min_r2=min_r2)
         if len(steps) != len(values):
@@ -110,7 +112,7 @@ class WindowPredictor:
         device = values[0].device
         self.ys = [v.detach().to(device=device, dtype=torch.float32) for v in values]
         self.basis = None
-        if method == "rank1" and len(shape) >= 2 and all(d > 0 for d in shape):  # else its own line
+        if method == "low-rank" and len(shape) >= 2 and all(d > 0 for d in shape):  # else its own line
             self._prepare_rank(shape)
 
     def _prepare_rank(self, shape: tuple[int, ...]) -> None:
@@ -146,7 +148,7 @@ def predict_tensor(method: str, steps: Sequence[float], values: Sequence, target
     """One tensor at step ``target`` from K same-shaped snapshots at ``steps`` (fp32 result).
 
     ``method``: 'two-point' (the first and last values; exactly 2), 'lsq' (K >= 3, optional
-    ``min_r2``) or 'rank1' (K >= 2, ``rank`` r). Math in fp32 on the values' device.
+    ``min_r2``) or 'low-rank' (K >= 2, ``rank`` r). Math in fp32 on the values' device.
     """
     return WindowPredictor(method, steps, values, rank=rank, min_r2=min_r2).at(target)
 

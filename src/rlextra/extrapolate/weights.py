@@ -2,9 +2,9 @@
 
 Methods (``rlextra.extrapolate.methods``): two-point (the paper's), W_T = W_b + alpha (W_s - W_b),
 alpha = (T - b) / (s - b); least squares over K >= 3 checkpoints, optionally gated by each
-parameter's own R^2; rank1 (rank r), the top-r singular directions of the newest update moved
+parameter's own R^2; low-rank (rank r), the top-r singular directions of the newest update moved
 along their fitted line. Two-point and least squares stream chunk by chunk (two-point in fp32 as
-the paper, least squares with the float64 kernel); rank1 reads one whole tensor from each of the K
+the paper, least squares with the float64 kernel); low-rank reads one whole tensor from each of the K
 checkpoints (its SVD needs the matrix), so its memory is the largest tensor times K in fp32.
 Results are saved in the newest input's dtype; normalisation weights and non-float tensors are
 copied from the newest checkpoint by default, as in the paper.
@@ -27,7 +27,7 @@ from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, copy_side_files, parse_size
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import WindowPredictor, check_device, check_method
-from rlextra.extrapolate.registry import FORMULAS, NORMS, REGISTRY
+from rlextra.extrapolate.registry import FORMULAS, NORMS, REGISTRY, canonical
 from rlextra.hf import is_norm_weight  # re-exported: rlextra.extrapolate.is_norm_weight
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit, resolve_target, two_point  # resolve_target: also re-exported
@@ -71,11 +71,11 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
 
     Returns an ``Extrapolation``: the folder (``.path``) and its provenance, as in rlextra.json.
 
-    ``method``: 'two-point' (exactly 2 checkpoints), 'lsq' (3 or more), 'rank1' (2 or more, with
+    ``method``: 'two-point' (exactly 2 checkpoints), 'lsq' (3 or more), 'low-rank' (2 or more, with
     ``rank``), or 'auto' (two-point for 2, lsq for more). ``fit`` is its older name.
     ``min_r2``: with lsq, a parameter whose own R^2 is below it keeps its newest value.
     ``norms``: 'copy' (from the newest checkpoint, the paper's choice) or 'extrapolate'.
-    ``device``: where rank1 computes (e.g. 'cuda'; default CPU).
+    ``device``: where low-rank computes (e.g. 'cuda'; default CPU).
     """
     if fit is not None:
         method = fit
@@ -128,6 +128,7 @@ def _plan(series: CheckpointSeries, out_dir, *, to_step, alpha, method: str, ran
     k = len(series)
     if k < 2:
         raise RLExtraError(f"extrapolation needs at least 2 checkpoints, got {k}")
+    method = canonical(method)
     if method == "auto":
         method = "two-point" if k == 2 else "lsq"
     check_method(method, k, rank=rank, min_r2=min_r2)
@@ -137,7 +138,7 @@ def _plan(series: CheckpointSeries, out_dir, *, to_step, alpha, method: str, ran
     if norms not in NORMS:
         raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
     if device is not None and REGISTRY[method].chunked:
-        raise RLExtraError("--device applies to --method rank1 (two-point and lsq stream on the CPU)")
+        raise RLExtraError("--device applies to --method low-rank (two-point and lsq stream on the CPU)")
     check_device(device)
     target, alpha = resolve_target(series.steps, to_step, alpha)
     if not np.isfinite(target):
@@ -157,7 +158,7 @@ def _provenance(series: CheckpointSeries, plan: dict, counts: dict, copied: list
         "target_step": plan["target"],
         "alpha": plan["alpha"],
         "method": method,
-        "method_params": {"rank": rank} if method == "rank1" else {"min_r2": min_r2} if method == "lsq" else {},
+        "method_params": {"rank": rank} if method == "low-rank" else {"min_r2": min_r2} if method == "lsq" else {},
         "formula": FORMULAS[method],
         "options": {"norms": norms, "device": device, "max_shard_size": str(max_shard_size),
                     "chunk_size": chunk_size, "dtype_source": str(series.newest.path)},
@@ -170,10 +171,10 @@ def _provenance(series: CheckpointSeries, plan: dict, counts: dict, copied: list
 
 def _extrapolate_whole(series: CheckpointSeries, spec: TensorSpec, target: float, rank: int,
                        device: str | None) -> np.ndarray:
-    """One whole tensor by rank1 (1-D tensors: their own line), encoded and checked finite."""
+    """One whole tensor by low-rank (1-D tensors: their own line), encoded and checked finite."""
     refs = series.refs(spec.name)
     values = [read_tensor(r, device, step) for r, step in zip(refs, series.steps)]
-    pred = WindowPredictor("rank1", series.steps, values, rank=rank, check=False).at(target)
+    pred = WindowPredictor("low-rank", series.steps, values, rank=rank, check=False).at(target)
     raw = from_torch(pred.reshape(-1).cpu(), spec.dtype)
     if not decoded_is_finite(raw, spec.dtype):
         raise_nonfinite(refs, series.steps, 0, refs[-1].numel,

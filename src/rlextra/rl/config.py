@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rlextra.errors import RLExtraError
-from rlextra.extrapolate.registry import METHODS, NORMS
+from rlextra.extrapolate.registry import ALIASES, METHODS, NORMS, canonical
 from rlextra.sampling import check_seed
 from rlextra.fields import option
 from rlextra.tasks import TaskSpec
@@ -62,10 +62,10 @@ class TrainConfig:
         "reset", "after each jump: reset the optimizer state (the paper's procedure, which restarts its trainer "
         "each cycle) or keep Adam's moments (rlextra's option)", choices=("reset", "keep"))
     rl_extra_method: str = option(
-        "two-point", "jump: two-point (the paper's), or lsq / rank1 over snapshots of the cycle (rlextra's)",
-        choices=METHODS)
-    rl_extra_snapshots: int | None = option(None, "snapshots per cycle kept in CPU memory for lsq/rank1 (default 3)")
-    rl_extra_rank: int = option(1, "rank of the rank1 jump")
+        "two-point", "jump: two-point (the paper's), or lsq / low-rank over snapshots of the cycle (rlextra's)",
+        choices=(*METHODS, *ALIASES))
+    rl_extra_snapshots: int | None = option(None, "snapshots per cycle kept in CPU memory for lsq/low-rank (default 3)")
+    rl_extra_rank: int = option(1, "rank of the low-rank jump")
     rl_extra_norms: str = option("copy", "norm weights at a jump: kept (copy, as the paper) or extrapolated",
                                  choices=NORMS)
     rl_extra_include: str | None = option(None, "jump only parameters whose name matches this regex", metavar="REGEX")
@@ -92,6 +92,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # more GRPOConfig fields, passed through
 
     def __post_init__(self) -> None:
+        self.rl_extra_method = canonical(self.rl_extra_method)  # an older name resumes as the current one
         ints = [("--steps", self.max_steps, 1), ("--save-every", self.save_every, 1),
                 ("--prompts-per-step", self.prompts_per_step, 1),
                 ("--num-generations", self.num_generations, 2),  # GRPO's advantage needs a group
@@ -135,8 +136,8 @@ class TrainConfig:
                                "replay starts every cycle at the sampler's first batch; use no warm-up")
         if self.rl_extra_auto and self.rl_extra is None:
             raise RLExtraError("--rl-extra-auto needs --rl-extra M,N (N is the largest jump it may take)")
-        if self.rl_extra_auto and self.rl_extra_method == "rank1":
-            raise RLExtraError("--rl-extra-auto judges two-point and lsq jumps; the in-flight backtest has no rank1")
+        if self.rl_extra_auto and self.rl_extra_method == "low-rank":
+            raise RLExtraError("--rl-extra-auto judges two-point and lsq jumps; the in-flight backtest has no low-rank")
         if not (math.isfinite(self.rl_extra_auto_threshold) and self.rl_extra_auto_threshold > 0):
             raise RLExtraError(f"--rl-extra-auto-threshold {self.rl_extra_auto_threshold}: must be a finite number > 0")
         if self.monitor_every is not None and not (isinstance(self.monitor_every, int) and self.monitor_every >= 1):

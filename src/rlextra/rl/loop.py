@@ -101,13 +101,37 @@ def run_command(cmd: str, log: Path) -> int:
     """Run a shell command in its own process group, output to ``log``; return its exit code. If this
     process is interrupted (Ctrl-C, SIGTERM), the whole group is stopped too: a training command
     left running would go on writing into the cycle folder."""
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, shell=True, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log, "w") as f, _stops_held() as release:
+        proc = None
         try:
+            # a stop arriving while the child starts is held until ``proc`` exists, so the group is always
+            # stopped with it (under load, one landed inside Popen once, and the command outlived loop)
+            proc = subprocess.Popen(cmd, shell=True, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=release)
+            release()
             return proc.wait()
         except BaseException:
-            _stop_group(proc)
+            if proc is not None:
+                _stop_group(proc)
             raise
+
+
+@contextlib.contextmanager
+def _stops_held():
+    """Block SIGINT/SIGTERM/SIGHUP; yield the function that restores the mask (also run in the child
+    before exec, so the command starts with the caller's mask); the mask is restored on exit."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield lambda: None
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+    def release() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    try:
+        yield release
+    finally:
+        release()
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:

@@ -14,10 +14,10 @@ learning rate).
 **rlextra's options** (not in the paper):
 
 * ``optimizer="keep"``: keep Adam's moments across the jump.
-* ``method="lsq"`` or ``"rank1"``: the jump uses ``rlextra.extrapolate.methods`` over
+* ``method="lsq"`` or ``"low-rank"``: the jump uses ``rlextra.extrapolate.methods`` over
   ``snapshots`` evenly spaced snapshots of the cycle (the anchor, the current weights and
   ``snapshots - 2`` in between), each held in CPU memory as fp32 (``snapshots - 1`` copies of the
-  trainable weights, whatever m is). ``lsq`` fits each coordinate's line; ``rank1`` moves only the
+  trainable weights, whatever m is). ``lsq`` fits each coordinate's line; ``low-rank`` moves only the
   top-``rank`` singular directions of each matrix's update (see that module).
 * **Safe mode** (``safe=SafeMode(scorer)``): before and after each jump, ``scorer(model)`` gives the
   mean reward of a fixed mini-batch of prompts (same prompts, sampler and seed both times). If the
@@ -44,7 +44,7 @@ Where the update happens: the tensor each process owns. Single process and DDP: 
 parameter (every replica applies the same jump to the same weights; a safe-mode scorer must then
 give the same number on every rank, e.g. generation with a fixed seed). FSDP: the local shard
 (``DTensor.to_local()`` or FSDP1's flat-parameter view); two-point and lsq are elementwise, so
-shards need no communication, while rank1 needs whole matrices and is refused on sharded
+shards need no communication, while low-rank needs whole matrices and is refused on sharded
 parameters. DeepSpeed ZeRO-3: the local fp32 master partition through
 ``deepspeed.utils.safe_get/set_local_fp32_param``. ZeRO-1/2 is refused (its fp32 master copy,
 held by the optimizer, would overwrite the jump). With TRL + vLLM, the jump lands in on_step_end,
@@ -63,7 +63,7 @@ from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import METHODS, predict_tensor
-from rlextra.extrapolate.registry import NORMS, REGISTRY
+from rlextra.extrapolate.registry import NORMS, REGISTRY, canonical
 from rlextra.rl.cycle_state import (ANCHOR_FILE, STATE_FILE, load_snapshots,  # noqa: F401 (file names re-exported)
                                     read_cycle_state, save_cycle_state)
 from rlextra.rl.config import (AUTO_THRESHOLD, SAFE_TOLERANCE,  # check_cycle re-exported: rlextra.rl.rl_extra
@@ -137,6 +137,7 @@ class RLExtraCallback(TrainerCallback):
         check_cycle(m, n)
         if optimizer not in OPTIMIZER_POLICIES:
             raise RLExtraError(f"RL-Extra optimizer policy must be 'reset' (the paper's) or 'keep', got {optimizer!r}")
+        method = canonical(method)
         if method not in METHODS:
             raise RLExtraError(f"unknown RL-Extra jump method '{method}' ({', '.join(METHODS)})")
         snapshots = (2 if method == "two-point" else 3) if snapshots is None else snapshots
@@ -157,8 +158,8 @@ class RLExtraCallback(TrainerCallback):
         self.safe = safe
         self.norms = norms
         self.params = ParameterAccess(norms, include, exclude)
-        if auto is not None and method == "rank1":
-            raise RLExtraError("auto RL-Extra judges two-point and lsq jumps; the in-flight backtest has no rank1")
+        if auto is not None and method == "low-rank":
+            raise RLExtraError("auto RL-Extra judges two-point and lsq jumps; the in-flight backtest has no low-rank")
         self.auto = auto
         self.monitor = auto.monitor if auto is not None else monitor  # told of every jump and rollback
         if auto is not None:  # the monitor must measure every horizon on the ladder
@@ -192,7 +193,7 @@ class RLExtraCallback(TrainerCallback):
 
         sharded = any(is_sharded(p) for _, p in self.selected(model))
         if not REGISTRY[self.method].chunked and sharded:
-            raise RLExtraError("the rank1 jump needs whole matrices; sharded parameters (FSDP, ZeRO-3) "
+            raise RLExtraError("the low-rank jump needs whole matrices; sharded parameters (FSDP, ZeRO-3) "
                                "support the two-point and lsq jumps only")
         n = self.n if n is None else n
         record = {"real_step": step, "m": self.m, "n": n, "method": self.method}
