@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,30 @@ def test_k_samples_share_one_prefill_and_are_seeded(pair):
     hot = SamplingConfig(k=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=7)
     a, b = ex.generate(PROMPTS, hot, progress=False), ex.generate(PROMPTS, hot, progress=False)
     assert a == b and len(a) == len(PROMPTS) and all(len(x) == 2 for x in a)
+
+
+@pytest.mark.parametrize("extrapolate", [True, False])
+def test_eval_checks_each_folder_and_output_once(pair, tmp_path, monkeypatch, extrapolate):
+    """`eval [--extrapolate-from]` validates at its entry and passes checked values down: each model
+    folder's headers are read once, and the summary and generations files are each checked once."""
+    import importlib
+
+    series_mod = importlib.import_module("rlextra.checkpoints.series")
+    evaluate_mod = importlib.import_module("rlextra.evaluation.evaluate")  # the module, not its function
+
+    tok, models = pair
+    for s, m in zip((0, 10), models):
+        save_model(m, tok, tmp_path / f"step_{s}")
+    indexed, outputs = [], []
+    real_index, real_check = series_mod.index_model_dir, evaluate_mod.check_output
+    monkeypatch.setattr(series_mod, "index_model_dir", lambda folder, **kw: indexed.append(Path(folder).name)
+                        or real_index(folder, **kw))
+    monkeypatch.setattr(evaluate_mod, "check_output", lambda path, **kw: outputs.append(Path(path).name)
+                        or real_check(path, **kw))
+    target = ["--extrapolate-from", str(tmp_path / "step_0"), "--to-step", "20"] if extrapolate else []
+    assert main(["eval", str(tmp_path / "step_10"), *target, "--digits", "1", "--n-train", "20", "--n-test", "4",
+                 "--k", "1", "--max-new-tokens", "2", "-o", str(tmp_path / "e.json"), "-q"]) == 0
+    assert sorted(indexed) == (["step_0", "step_10"] if extrapolate else ["step_10"])
+    assert sorted(outputs) == ["e.generations.jsonl", "e.json"]
+    summary = json.loads((tmp_path / "e.json").read_text())
+    assert summary["backend"].startswith("logits-extrapolation") == extrapolate

@@ -94,7 +94,7 @@ def model_device(model):
 
 
 def load_model(path: str | Path, *, device: str | None = "auto", dtype: str | None = "auto",
-               allow_pickle: bool = False, place: bool = True):
+               allow_pickle: bool = False, place: bool = True, checked: bool = False):
     """(model, tokenizer) from a local folder, the model in eval mode directly on ``device``
     (``place=False``: left where transformers loads it, for a trainer that places it itself).
 
@@ -109,7 +109,8 @@ def load_model(path: str | Path, *, device: str | None = "auto", dtype: str | No
 
     from rlextra.checkpoints import check_model_dir
 
-    path = check_model_dir(path, allow_pickle=allow_pickle, pickle_flag="--allow-pickle")
+    # checked: the caller ran check_model_dir (or load_series) on this weights folder already
+    path = Path(path) if checked else check_model_dir(path, allow_pickle=allow_pickle, pickle_flag="--allow-pickle")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     placement = {"device_map": str(dev)} if place else {}

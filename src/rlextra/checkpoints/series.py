@@ -295,5 +295,14 @@ def check_model_dir(path: str | Path, *, allow_pickle: bool = False,
     return folder
 
 
+def check_loadable(series: CheckpointSeries) -> CheckpointSeries:
+    """A series whose folders a library can load as models: load_series read every header already,
+    so only config.json is left to ask for (what check_model_dir adds for one folder)."""
+    for c in series.checkpoints:
+        if not (Path(c.path) / "config.json").is_file():
+            raise RLExtraError(f"{c.path}: not a model folder (no config.json)")
+    return series
+
+
 def _sorted_diff(a: Iterable[str], b: Iterable[str]) -> list[str]:
     return sorted(set(a) - set(b))

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from rlextra.checkpoints import CheckpointSeries
 from rlextra.decoding.config import SamplingConfig, check_prompt_lengths
 from rlextra.decoding.engine import DecodingEngine, _cut_at_stop, load_engine
 from rlextra.errors import RLExtraError
@@ -106,19 +107,24 @@ class VLLMGenerate:
         return [[o.text for o in r.outputs] for r in self._llm.generate(list(prompts), params, use_tqdm=progress)]
 
 
-def load_decoder(checkpoints: str | Path | Sequence[str | Path], *, backend: str = "auto",
+def load_decoder(checkpoints: str | Path | Sequence[str | Path] | CheckpointSeries, *, backend: str = "auto",
                  to_step: float | None = None, alpha: float | None = None, steps: Sequence[int] | None = None,
                  device: str | None = "auto", dtype: str | None = "auto", devices: str | Sequence[str] | None = None,
-                 allow_pickle: bool = False, mode: str = "auto"):
+                 allow_pickle: bool = False, mode: str = "auto", checked: bool = False):
     """A decoder for one model folder, or for Logits Extrapolation over several (with a target).
 
     backend (one model): auto (vLLM when installed and on a GPU, else hf), hf, rlextra, vllm.
+    ``checked``: the caller checked the folder (check_model_dir) or passes a checked series
+    (check_loadable), so it is not read again.
     """
     from rlextra.hf import resolve_device
 
     if backend not in BACKENDS:
         raise RLExtraError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
-    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if isinstance(checkpoints, CheckpointSeries):
+        paths = checkpoints
+    else:
+        paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     if len(paths) > 1 or to_step is not None or alpha is not None:
         if backend not in ("auto", "rlextra"):
             raise RLExtraError(f"--backend {backend} decodes one model; extrapolated logits need rlextra's engine")
@@ -133,7 +139,7 @@ def load_decoder(checkpoints: str | Path | Sequence[str | Path], *, backend: str
         if not vllm_available():
             raise RLExtraError("--backend vllm: vLLM is not installed or no GPU is available")
         return VLLMGenerate(path, dtype=dtype)
-    model, tokenizer = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    model, tokenizer = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle, checked=checked)
     decoder = HFGenerate(model, tokenizer, label=str(path)) if backend == "hf" else \
         DecodingEngine([model], None, tokenizer, mode=mode, label=str(path))
     decoder.paths = [path]  # the input, for output guards

@@ -28,6 +28,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from rlextra.checkpoints import CheckpointSeries
 from rlextra.decoding.config import SamplingConfig, check_prompt_lengths
 from rlextra.errors import RLExtraError
 from rlextra.hf import model_device, prepare_tokenizer, prompt_special_tokens
@@ -413,7 +414,7 @@ class DecodingEngine:
                 logits.append(o.logits[:, -1, :])
 
 
-def load_engine(checkpoints: str | Path | Sequence[str | Path], *, to_step: float | None = None,
+def load_engine(checkpoints: str | Path | Sequence[str | Path] | CheckpointSeries, *, to_step: float | None = None,
                 alpha: float | None = None, steps: Sequence[int] | None = None, device: str | None = "auto",
                 dtype: str | None = "auto", devices: str | Sequence[str] | None = None,
                 allow_pickle: bool = False, mode: str = "auto") -> DecodingEngine:
@@ -422,16 +423,19 @@ def load_engine(checkpoints: str | Path | Sequence[str | Path], *, to_step: floa
     ``devices`` ('cuda:0,cuda:1' or a list) puts model i on devices[i]; otherwise all go to
     ``device``. One checkpoint is plain decoding.
     """
-    from rlextra.checkpoints import load_series
+    from rlextra.checkpoints import check_loadable, load_series
     from rlextra.hf import load_model, resolve_devices
 
-    items = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-    if steps is None and len(items) == 1 and (Path(str(items[0])) / "config.json").is_file():
-        steps = [0]  # one model folder: plain decoding, its step does not matter
-    series = load_series(items, steps, allow_pickle=allow_pickle)
+    if isinstance(checkpoints, CheckpointSeries):  # checked by the caller (check_loadable)
+        series = checkpoints
+    else:
+        items = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+        if steps is None and len(items) == 1 and (Path(str(items[0])) / "config.json").is_file():
+            steps = [0]  # one model folder: plain decoding, its step does not matter
+        series = check_loadable(load_series(items, steps, allow_pickle=allow_pickle))
     target = resolve_target(series.steps, to_step, alpha)[0] if len(series) > 1 else series.steps[0]
     placed = resolve_devices(devices, len(series), device)
-    loaded = [load_model(c.path, device=str(d), dtype=dtype, allow_pickle=allow_pickle)
+    loaded = [load_model(c.path, device=str(d), dtype=dtype, allow_pickle=allow_pickle, checked=True)
               for c, d in zip(series.checkpoints, placed)]
     paths = [str(c.path) for c in series.checkpoints]
     label = paths[0] if len(paths) == 1 else f"{' + '.join(paths)} -> step {target:g}"

@@ -46,14 +46,22 @@ def evaluate(decoder: Decoder | str | Path | None, task: Task | TaskSpec, out_fi
     Existing output files are replaced only with ``overwrite``; they are checked before a
     folder given as ``decoder`` is loaded.
     """
-    sampling = sampling or SamplingConfig()
     inputs = decoder_inputs(decoder) + task_inputs(task)
     if isinstance(decoder, (str, Path)) and completions is None:
         from rlextra.checkpoints import check_model_dir
 
-        check_model_dir(decoder)  # a bad folder is named before the outputs are checked
+        decoder = check_model_dir(decoder)  # a bad folder is named before the outputs are checked
     if out_file is not None:  # before anything loads or is written
         out_file = check_summary_and_generations(out_file, inputs, overwrite)
+    return _evaluate_checked(decoder, task, out_file, inputs, sampling=sampling, split=split, limit=limit,
+                             progress=progress, completions=completions, label=label, overwrite=overwrite)
+
+
+def _evaluate_checked(decoder, task: Task | TaskSpec, out_file: Path | None, inputs: list, *,
+                      sampling: SamplingConfig | None, split: str, limit: int | None, progress: bool,
+                      completions, label: str | None, overwrite: bool) -> dict:
+    """evaluate() once its folder and outputs are checked (a folder given as decoder is a checked one)."""
+    sampling = sampling or SamplingConfig()
     task = load_task(task) if isinstance(task, TaskSpec) else task
     if split not in ("test", "train"):
         raise RLExtraError(f"split '{split}': expected test or train")
@@ -61,7 +69,7 @@ def evaluate(decoder: Decoder | str | Path | None, task: Task | TaskSpec, out_fi
     problems = pool[:limit] if limit else pool
     t0 = time.perf_counter()
     if isinstance(decoder, (str, Path)):
-        decoder = load_decoder(decoder)
+        decoder = load_decoder(decoder, checked=True)
     if completions is None:
         if decoder is None:
             raise RLExtraError("evaluate needs a decoder or the completions to grade")
@@ -108,21 +116,25 @@ def evaluate_checkpoint(model: str | Path, task: Task | TaskSpec, out_file: str 
 
     The folders and outputs are checked before any model loads. Returns the summary.
     """
-    from rlextra.checkpoints import check_model_dir, spec_path
+    from rlextra.checkpoints import check_loadable, check_model_dir, load_series, spec_path
 
     if (extrapolate_from is None) != (to_step is None and alpha is None):
         raise RLExtraError("--extrapolate-from goes with --to-step T or --alpha A")
     models = [str(extrapolate_from), str(model)] if extrapolate_from is not None else [str(model)]
     inputs = [spec_path(m) for m in models]
-    for path in inputs:  # the model folders first, then the outputs, before any model loads
-        check_model_dir(path, allow_pickle=allow_pickle, pickle_flag="--allow-pickle")
+    # checked once, here: the model folders first, then the outputs, before any model loads; what is
+    # checked is passed down (a series, a folder), so the layers below do not read it again
+    if extrapolate_from is not None:
+        checked = check_loadable(load_series(models, steps, allow_pickle=allow_pickle))
+    else:
+        checked = check_model_dir(inputs[0], allow_pickle=allow_pickle, pickle_flag="--allow-pickle")
     inputs += task_inputs(task)
     if out_file is not None:
-        check_summary_and_generations(out_file, inputs, overwrite)
-    decoder = load_decoder(models if extrapolate_from is not None else models[0], backend=backend,
-                           to_step=to_step, alpha=alpha, steps=steps, device=device, dtype=dtype, devices=devices,
-                           allow_pickle=allow_pickle, mode=mode)
-    return evaluate(decoder, task, out_file, sampling=sampling, progress=progress, overwrite=overwrite)
+        out_file = check_summary_and_generations(out_file, inputs, overwrite)
+    decoder = load_decoder(checked, backend=backend, to_step=to_step, alpha=alpha, device=device, dtype=dtype,
+                           devices=devices, allow_pickle=allow_pickle, mode=mode, checked=True)
+    return _evaluate_checked(decoder, task, out_file, inputs, sampling=sampling, split="test", limit=None,
+                             progress=progress, completions=None, label=None, overwrite=overwrite)
 
 
 @contextlib.contextmanager

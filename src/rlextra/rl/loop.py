@@ -19,6 +19,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,13 +102,12 @@ def run_command(cmd: str, log: Path) -> int:
     """Run a shell command in its own process group, output to ``log``; return its exit code. If this
     process is interrupted (Ctrl-C, SIGTERM), the whole group is stopped too: a training command
     left running would go on writing into the cycle folder."""
-    with open(log, "w") as f, _stops_held() as release:
+    with open(log, "w") as f, _stops_deferred() as release:
         proc = None
         try:
-            # a stop arriving while the child starts is held until ``proc`` exists, so the group is always
-            # stopped with it (under load, one landed inside Popen once, and the command outlived loop)
-            proc = subprocess.Popen(cmd, shell=True, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=release)
+            # a stop arriving while the child starts is deferred until ``proc`` exists, so the group is
+            # always stopped with it (under load, one landed inside Popen once: the command outlived loop)
+            proc = subprocess.Popen(cmd, shell=True, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
             release()
             return proc.wait()
         except BaseException:
@@ -117,16 +117,28 @@ def run_command(cmd: str, log: Path) -> int:
 
 
 @contextlib.contextmanager
-def _stops_held():
-    """Block SIGINT/SIGTERM/SIGHUP; yield the function that restores the mask (also run in the child
-    before exec, so the command starts with the caller's mask); the mask is restored on exit."""
-    if not hasattr(signal, "pthread_sigmask"):
+def _stops_deferred():
+    """Within: SIGINT/SIGTERM/SIGHUP are recorded, not acted on; the ``release`` it yields restores the
+    handlers and delivers what arrived (also on exit). Python runs handlers in the main thread whichever
+    thread the signal reaches, so this holds where a signal mask would not (other threads)."""
+    if threading.current_thread() is not threading.main_thread():
         yield lambda: None
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    arrived: list[int] = []
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s}
+    for s, handler in saved.items():
+        if handler not in (signal.SIG_IGN, None):  # an ignored signal stays ignored
+            signal.signal(s, lambda signum, frame: arrived.append(signum))
+    released = False
 
     def release() -> None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        nonlocal released
+        if not released:
+            released = True
+            for s, handler in saved.items():
+                signal.signal(s, handler)
+            for s in dict.fromkeys(arrived):
+                signal.raise_signal(s)
 
     try:
         yield release
