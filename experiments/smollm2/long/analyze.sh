@@ -37,20 +37,6 @@ step $A/activations $RX analyze activations $RUN --probes $A/outputs/probes.json
 step $A/backtest $RX backtest $RUN --methods two-point,lsq,rank1 --pairs first -o $A/backtest -q
 step $A/watch $RX watch $RUN -o $A/watch --once -q
 
-# the horizon over training: from (0, s) to real checkpoints T (s + 10, s + 20, 1.5 s, 2 s, 3 s on the grid)
-for s in 30 60 90; do
-  for t in $(python3 -c "print(' '.join(str(t) for t in sorted({min(v, $LAST) for v in ($s + 10, $s + 20, round(1.5 * $s / 10) * 10, 2 * $s, 3 * $s) if v <= $LAST})))"); do
-    out=$W/eval/$NAME-horizon-weights-0-$s-to-$t.json
-    if [ ! -e "$out" ]; then
-      step $A/extra-0-$s-to-$t $RX extrapolate $RUN/checkpoint-0 $RUN/checkpoint-$s --to-step $t -o $A/extra-0-$s-to-$t -q
-      step "$out" $RX eval $A/extra-0-$s-to-$t "${TASK[@]}" "${EVAL[@]}" -o "$out"
-      rm -rf $A/extra-0-$s-to-$t  # 540 MB each; the evaluation is what is kept
-    fi
-    step $W/eval/$NAME-horizon-logits-0-$s-to-$t.json $RX eval $RUN/checkpoint-$s --extrapolate-from $RUN/checkpoint-0 \
-      --to-step $t "${TASK[@]}" "${EVAL[@]}" -o $W/eval/$NAME-horizon-logits-0-$s-to-$t.json
-  done
-done
-
 # past the end of the run: from (0, LAST) and (HALF, LAST) at alpha 1.25, 1.5, 2, against LAST
 for b in 0 $HALF; do
   for alpha in 1.25 1.5 2; do
@@ -64,6 +50,20 @@ for b in 0 $HALF; do
     step $W/eval/$NAME-beyond-logits-$b-$LAST-alpha-$alpha.json $RX eval $RUN/checkpoint-$LAST \
       --extrapolate-from $RUN/checkpoint-$b --alpha $alpha "${TASK[@]}" "${EVAL[@]}" \
       -o $W/eval/$NAME-beyond-logits-$b-$LAST-alpha-$alpha.json
+  done
+done
+
+# the horizon over training: from (0, s) to real checkpoints T (s + 10, s + 20, 1.5 s, 2 s, 3 s on the grid)
+for s in 30 60 90; do
+  for t in $(python3 -c "print(' '.join(str(t) for t in sorted({min(v, $LAST) for v in ($s + 10, $s + 20, round(1.5 * $s / 10) * 10, 2 * $s, 3 * $s) if v <= $LAST})))"); do
+    out=$W/eval/$NAME-horizon-weights-0-$s-to-$t.json
+    if [ ! -e "$out" ]; then
+      step $A/extra-0-$s-to-$t $RX extrapolate $RUN/checkpoint-0 $RUN/checkpoint-$s --to-step $t -o $A/extra-0-$s-to-$t -q
+      step "$out" $RX eval $A/extra-0-$s-to-$t "${TASK[@]}" "${EVAL[@]}" -o "$out"
+      rm -rf $A/extra-0-$s-to-$t  # 540 MB each; the evaluation is what is kept
+    fi
+    step $W/eval/$NAME-horizon-logits-0-$s-to-$t.json $RX eval $RUN/checkpoint-$s --extrapolate-from $RUN/checkpoint-0 \
+      --to-step $t "${TASK[@]}" "${EVAL[@]}" -o $W/eval/$NAME-horizon-logits-0-$s-to-$t.json
   done
 done
 log "analysis of $NAME done"
