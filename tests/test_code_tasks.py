@@ -42,15 +42,18 @@ def test_fences_hostile_and_slow_completions():
     assert time.monotonic() - t0 < 15
 
 
-def test_evaluate_summarises_code_completions():
+def test_evaluate_summarises_code_completions(tmp_path):
     task = load_task(TaskSpec("humaneval", limit=3))
     rows = humaneval_rows()[:3]
     completions = [[r["canonical_solution"], "    return None\n"] for r in rows]
     from rlextra.decoding import SamplingConfig
 
-    s = evaluate(None, task, completions=completions, sampling=SamplingConfig(k=2), progress=False)
+    s = evaluate(None, task, tmp_path / "s.json", completions=completions, sampling=SamplingConfig(k=2),
+                 progress=False)
     assert s["metrics"]["avg@2"] == pytest.approx(0.5) and s["metrics"]["pass@2"] == 1.0
     assert [p["n_correct"] for p in s["per_problem"]] == [1, 1, 1]
+    gens = [json.loads(x) for x in (tmp_path / "s.generations.jsonl").read_text().splitlines()]
+    assert [(g["correct"], g["tests"]) for g in gens] == [(True, ["passed"]), (False, ["failed"])] * 3
 
 
 def test_parallel_grading_one_hung_program_stalls_nothing():
@@ -138,7 +141,9 @@ def test_lcb_functional_problems_compressed_private_tests_and_its_prompt(tmp_pat
             "                return (seen[target - x], i)\n            seen[x] = i\n```")  # the last block; a tuple is a list
     only_public = "class Solution:\n    def twoSum(self, nums, target):\n        return [0, 1]"
     printer = "class Solution:\n    def twoSum(self, nums, target):\n        print('[1, 2]')\n        return None"
-    assert task.grade_all([good, only_public, printer], [p.answer] * 3) == [True, False, False]
+    verdicts = task.grade_all([good, only_public, printer], [p.answer] * 3)
+    assert verdicts == [True, False, False]
+    assert [v.tests for v in verdicts] == [["passed"] * 3, ["passed", "passed", "failed"], ["failed", "skipped", "skipped"]]
     plain = "def twoSum(nums, target):\n    return sorted(range(len(nums)), key=lambda i: -nums[i])[:2][::-1] if False else " \
             "next([i, j] for i in range(len(nums)) for j in range(i + 1, len(nums)) if nums[i] + nums[j] == target)"
     assert task.grade_all([plain], [p.answer]) == [True]  # a bare function, without Solution

@@ -61,18 +61,49 @@ def program(spec: dict, completion: str, token: str) -> str:
             + f"check({spec['entry_point']})\nprint({token!r})\n")
 
 
-def grade_code(completion: str, answer: str, timeout: float = 10.0) -> bool:
+def grade_code(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
     """True when the completion passes the problem's tests in the sandbox. ``answer`` is the
     problem's JSON (prompt, test, entry_point), as the task stores it."""
     return _passes(program, json.loads(answer), completion, timeout)
 
 
-def _passes(build, spec: dict, completion: str, timeout: float) -> bool:
+class Verdict(int):
+    """A code completion's grade: true when every test passed, with ``tests``, one status per test
+    program run ("passed", "failed": a wrong answer or assertion, "error", "timeout", "memory";
+    "skipped" after the first that did not pass). Written to the generations file beside "correct"."""
+
+    tests: list[str]
+
+    def __new__(cls, passed: bool, tests: list[str]) -> "Verdict":
+        v = super().__new__(cls, bool(passed))
+        v.tests = tests
+        return v
+
+    def __repr__(self) -> str:
+        return f"Verdict({bool(self)}, {self.tests})"
+
+
+def _status(res, passed: bool) -> str:
+    """One test program's status from its sandbox result."""
+    if passed:
+        return "passed"
+    if res.status in ("timeout", "memory"):
+        return res.status
+    return "failed" if res.status == "ok" or "AssertionError" in res.stderr else "error"
+
+
+def _verdict(statuses: list[str], total: int) -> Verdict:
+    return Verdict(len(statuses) == total and all(x == "passed" for x in statuses),
+                   statuses + ["skipped"] * (total - len(statuses)))
+
+
+def _passes(build, spec: dict, completion: str, timeout: float) -> Verdict:
     """Run the program ``build(spec, completion, token)`` makes with a fresh token; a pass is that
-    token as the last line of its output (not the exit status alone)."""
+    token as the last line of its output (not the exit status alone). One program, one status."""
     token = uuid.uuid4().hex
     res = run_program(build(spec, completion, token), timeout=timeout)
-    return res.status == "ok" and res.stdout.rstrip("\n").rsplit("\n", 1)[-1] == token
+    passed = res.status == "ok" and res.stdout.rstrip("\n").rsplit("\n", 1)[-1] == token
+    return Verdict(passed, [_status(res, passed)])
 
 
 def grade_many(completions: list[str], answers: list[str], workers: int | None = None,
@@ -113,7 +144,7 @@ def mbpp_program(spec: dict, completion: str, token: str) -> str:
             + "\n".join(spec["test_list"]) + f"\nprint({token!r})\n")
 
 
-def grade_mbpp(completion: str, answer: str, timeout: float = 10.0) -> bool:
+def grade_mbpp(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
     return _passes(mbpp_program, json.loads(answer), completion, timeout)
 
 
@@ -136,17 +167,20 @@ def mbpp_task(spec, path: Path):
                 grade_batch=lambda cs, ans: _grade_many_with(grade_mbpp, cs, ans, spec.sandbox_workers))
 
 
-def grade_stdio(completion: str, answer: str, timeout: float = 10.0) -> bool:
-    """LiveCodeBench-style standard-input tests: every case's output, whitespace-trimmed per line."""
+def grade_stdio(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+    """LiveCodeBench-style standard-input tests: every case's output, whitespace-trimmed per line,
+    case by case until the first that does not pass (as LiveCodeBench's grader stops)."""
     cases = json.loads(answer)["tests"]
     code = completion_code(completion)
+    statuses: list[str] = []
     for case in cases:
         res = run_program(code, stdin=case["input"], timeout=timeout)
         got = [line.rstrip() for line in res.stdout.strip().splitlines()]
         want = [line.rstrip() for line in str(case["output"]).strip().splitlines()]
-        if res.status != "ok" or got != want:
-            return False
-    return True
+        statuses.append(_status(res, res.status == "ok" and got == want))
+        if statuses[-1] != "passed":
+            break
+    return _verdict(statuses, len(cases))
 
 
 def functional_program(spec: dict, completion: str, token: str) -> str:
@@ -162,26 +196,28 @@ def functional_program(spec: dict, completion: str, token: str) -> str:
     return PREAMBLE + "from typing import *\n" + completion_code(completion) + "\n\n" + call
 
 
-def grade_functional(completion: str, answer: str, timeout: float = 10.0) -> bool:
+def grade_functional(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
     """Every functional case returns its expected value (tuples count as lists, as LiveCodeBench's
     grader allows); the result is read after a fresh token, so the program's own prints do not count."""
     spec = json.loads(answer)
+    statuses: list[str] = []
     for case in spec["tests"]:
         token = uuid.uuid4().hex
         res = run_program(functional_program({"input": case["input"], "func_name": spec["func_name"]}, completion,
                                              token), timeout=timeout)
         last = res.stdout.rstrip("\n").rsplit("\n", 1)[-1]
-        if res.status != "ok" or not last.startswith(token):
-            return False
         try:
-            if json.loads(last[len(token):]) != json.loads(case["output"]):
-                return False
+            ok = res.status == "ok" and last.startswith(token) and \
+                json.loads(last[len(token):]) == json.loads(case["output"])
         except ValueError:
-            return False
-    return True
+            ok = False
+        statuses.append(_status(res, ok))
+        if not ok:
+            break
+    return _verdict(statuses, len(spec["tests"]))
 
 
-def grade_lcb(completion: str, answer: str, timeout: float = 10.0) -> bool:
+def grade_lcb(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
     """A LiveCodeBench problem: functional tests when it names a function, standard-input tests otherwise."""
     return (grade_functional if json.loads(answer).get("func_name") else grade_stdio)(completion, answer, timeout)
 

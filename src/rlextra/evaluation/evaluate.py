@@ -94,7 +94,8 @@ def _evaluate_checked(decoder, task: Task | TaskSpec, out_file: Path | None, inp
     }
     if out_file is not None:
         lines = [json.dumps({"problem": i, "sample": j, "prompt": p.prompt, "answer": p.answer,
-                             "completion": c, "extracted": task.extract(c), "correct": ok})
+                             "completion": c, "extracted": task.extract(c), "correct": bool(ok),
+                             **({"tests": ok.tests} if getattr(ok, "tests", None) is not None else {})})
                  for i, (p, comps, oks) in enumerate(zip(problems, completions, correct))
                  for j, (c, ok) in enumerate(zip(comps, oks))]
         with contextlib.ExitStack() as stack:
