@@ -211,9 +211,6 @@ def test_method_errors_through_the_cli(tmp_path, capsys):
     assert main(["extrapolate", str(run), "--method", "lsq", "--to-step", "30", "-o", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--method lsq needs at least 3 checkpoints, got 2" in err
-    assert main(["extrapolate", str(run), "--fit", "two-point", "--device", "cuda:0", "--to-step", "30",
-                 "-o", str(tmp_path / "x")]) == 2
-    assert "--device applies to --method low-rank" in capsys.readouterr().err
     assert main(["extrapolate", str(run), "--method", "low-rank", "--device", "nonsense", "--to-step", "30",
                  "-o", str(tmp_path / "x")]) == 2
     assert "--device nonsense: expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
@@ -232,3 +229,33 @@ def test_zero_element_tensors_are_written(tmp_path, k, fit):
     got = load_series([f"0={out}"]).newest.tensors
     assert got["b.empty"].shape == (0, 128) and got["z.empty"].shape == (0,)
     np.testing.assert_allclose(read_values(got["a.weight"], 0, 12), k + 1, rtol=1e-6)  # low-rank: fp32 SVD
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA here"))])
+def test_streamed_methods_run_their_chunk_arithmetic_on_a_device(tmp_path, device):
+    """--device moves each chunk's two-point / lsq arithmetic: two-point is the same lerp (bit-equal on
+    the CPU), lsq the same float64 line as the kernel (to rounding), with --min-r2 keeping the same
+    entries."""
+    run, *_ = _rank1_run(tmp_path, steps=(0, 10, 20, 30))
+    rng = np.random.default_rng(0)
+    noisy = tmp_path / "noisy"
+    for t in (0, 10, 20, 30):  # a planted mix: lines with and without noise, so --min-r2 keeps some
+        w = {MAT: torch.from_numpy(np.where(np.arange(64 * 48).reshape(64, 48) % 2 == 0, 1e-3 * t,
+                                            rng.normal(size=(64, 48)))).float()}
+        write_ckpt(noisy / f"checkpoint-{t}", w)
+    pair = [str(run / "checkpoint-0"), str(run / "checkpoint-30")]
+    for series, method, extra in ((pair, "two-point", {}), (run, "lsq", {}), (noisy, "lsq", {"min_r2": 0.9})):
+        here = extrapolate_weights(series, tmp_path / f"h-{method}-{len(extra)}", to_step=55, method=method,
+                                   chunk_size=500, progress=False, **extra)
+        there = extrapolate_weights(series, tmp_path / f"d-{method}-{len(extra)}", to_step=55, method=method,
+                                    chunk_size=500, device=device, progress=False, **extra)
+        a, b = _load(here.path), _load(there.path)
+        for k in a:
+            if method == "two-point" and device == "cpu":
+                np.testing.assert_array_equal(a[k], b[k])
+            else:
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
+        assert here.provenance["params_kept_low_r2"] == there.provenance["params_kept_low_r2"]
+        assert there.provenance["options"]["device"] == device
+    assert 0.9 * 64 * 48 // 2 < there.provenance["params_kept_low_r2"] <= 64 * 48 // 2  # most of the noisy half

@@ -110,7 +110,8 @@ METHOD = Options(extrapolate_weights, ["rank", "min_r2", "device", "norms"], cho
                                                                                                 "extrapolate")},
                  helps={"rank": "low-rank: singular directions moved",
                         "min_r2": "lsq: parameters with R^2 below this keep their newest value",
-                        "device": "low-rank: where the SVD runs (cpu, cuda; default cpu)",
+                        "device": "where the arithmetic runs (cpu, cuda; default cpu): low-rank's SVD, or each chunk's "
+                                  "two-point/lsq arithmetic (read on the CPU, moved there)",
                         "norms": "norm weights: copied from the newest checkpoint (as the paper) or extrapolated"})
 EXTRAPOLATE = Options(extrapolate_weights, ["max_shard_size", "chunk_size", "allow_pickle", "allow_mixed_dtypes",
                                             "overwrite"], helps={**SERIES_HELPS, "max_shard_size": "largest output "

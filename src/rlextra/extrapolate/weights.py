@@ -75,7 +75,8 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
     ``rank``), or 'auto' (two-point for 2, lsq for more). ``fit`` is its older name.
     ``min_r2``: with lsq, a parameter whose own R^2 is below it keeps its newest value.
     ``norms``: 'copy' (from the newest checkpoint, the paper's choice) or 'extrapolate'.
-    ``device``: where low-rank computes (e.g. 'cuda'; default CPU).
+    ``device``: where the arithmetic runs (e.g. 'cuda'; default CPU): low-rank's SVD, or each streamed
+    chunk's two-point or lsq arithmetic (read on the CPU, moved there and back).
     """
     if fit is not None:
         method = fit
@@ -98,7 +99,7 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
                 ref = newest.tensors[spec.name]
                 copy = not ref.is_float or (norms == "copy" and is_norm_weight(spec.name))
                 if not copy and not REGISTRY[method].chunked:
-                    writer.write(spec.name, _extrapolate_whole(series, spec, target, rank, device))
+                    writer.write(spec.name, _extrapolate_whole(series, spec, target, rank, plan["device"]))
                     bar.update(ref.numel)
                     counts["extrapolated"] += 1
                     continue
@@ -107,7 +108,7 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
                         writer.write(spec.name, ref.read_raw(start, stop))
                     else:
                         writer.write(spec.name, _extrapolate_chunk(series, spec, start, stop, target,
-                                                                   plan["alpha"], method, min_r2, counts))
+                                                                   plan["alpha"], method, min_r2, counts, plan["device"]))
                     bar.update(stop - start)
                 key = "extrapolated" if not copy else ("copied_non_float" if not ref.is_float else "copied_norm")
                 counts[key] += 1
@@ -137,13 +138,12 @@ def _plan(series: CheckpointSeries, out_dir, *, to_step, alpha, method: str, ran
     max_shard_bytes = parse_size(max_shard_size)
     if norms not in NORMS:
         raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
-    if device is not None and REGISTRY[method].chunked:
-        raise RLExtraError("--device applies to --method low-rank (two-point and lsq stream on the CPU)")
-    check_device(device)
+    where = None if device is None else check_device(device)  # None: the CPU, without moving chunks
     target, alpha = resolve_target(series.steps, to_step, alpha)
     if not np.isfinite(target):
         raise RLExtraError(f"target step {target} is not finite")
-    return {"inputs": inputs, "method": method, "max_shard_bytes": max_shard_bytes, "target": target, "alpha": alpha}
+    return {"inputs": inputs, "method": method, "max_shard_bytes": max_shard_bytes, "target": target, "alpha": alpha,
+            "device": where}
 
 
 def _provenance(series: CheckpointSeries, plan: dict, counts: dict, copied: list, *, rank: int, min_r2, norms: str,
@@ -185,12 +185,14 @@ def _extrapolate_whole(series: CheckpointSeries, spec: TensorSpec, target: float
 
 def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, stop: int,
                        target: float, alpha: float, fit: str, min_r2: float | None,
-                       counts: dict) -> np.ndarray:
+                       counts: dict, device: str | None = None) -> np.ndarray:
     """One chunk of one tensor at the target step, encoded in the output dtype and checked finite.
 
     Two-point: fp32 (fp64 for fp64 inputs) lerp in torch, the paper's arithmetic. Least squares:
     the float64 streaming kernel. NaN/Inf in inputs propagates to the result, so only the
     encoded result is checked, and the inputs are scanned to name the culprit when it is not finite.
+    ``device``: the chunk is read on the CPU and its arithmetic runs there (two-point: the same lerp;
+    lsq: the same float64 line, as weights on the K values, see ``_lsq_on_device``).
     """
     import torch
 
@@ -200,9 +202,14 @@ def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, s
         if not (refs[0].dtype == refs[1].dtype == spec.dtype and spec.dtype in ("BF16", "F16")):
             compute = torch.float64 if spec.dtype == "F64" else torch.float32
             y_b, y_s = y_b.to(compute), y_s.to(compute)
+        if device is not None:
+            y_b, y_s = y_b.to(device), y_s.to(device)
         # torch's bf16/fp16 lerp computes in fp32 and rounds once: the same result as the
         # fp32 path (tested), without materialising fp32 copies
-        raw = from_torch(two_point(y_b, y_s, alpha), spec.dtype)
+        raw = from_torch(two_point(y_b, y_s, alpha).cpu(), spec.dtype)
+    elif device is not None:
+        raw = from_float64(_lsq_on_device(refs, series.steps, start, stop, target, min_r2, counts, device),
+                           spec.dtype)
     else:
         lf = LineFit(series.steps, stop - start)
         for ref in refs:
@@ -219,3 +226,24 @@ def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, s
                         otherwise=f"extrapolated value is NaN/Inf in {spec.dtype} at step {target:g} "
                                   "(alpha too large?); nothing written")
     return raw
+
+
+def _lsq_on_device(refs, steps, start: int, stop: int, target: float, min_r2: float | None, counts: dict,
+                   device: str) -> np.ndarray:
+    """The lsq line at ``target`` in float64 on ``device``: the mean plus the slope times (T - mean
+    step), the slope and R^2 from centred sums (the same line as linefit's kernel, to rounding)."""
+    import torch
+
+    t = torch.tensor([float(x) for x in steps], dtype=torch.float64, device=device)
+    tc = t - t.mean()
+    ys = torch.stack([torch.from_numpy(read_values(r, start, stop)).to(device) for r in refs])
+    mean = ys.mean(0)
+    slope = (tc[:, None] * ys).sum(0) / (tc @ tc)
+    values = mean + slope * (float(target) - float(t.mean()))
+    if min_r2 is not None:
+        ss = ((ys - mean) ** 2).sum(0)
+        r2 = slope ** 2 * (tc @ tc) / ss  # 0/0 for a constant parameter: NaN, which compares False
+        low = r2 < min_r2
+        values = torch.where(low, ys[-1], values)
+        counts["kept_low_r2"] += int(low.sum())
+    return values.cpu().numpy()
