@@ -72,6 +72,18 @@ def cpu_hours(name: str) -> tuple[float, float]:
     return train / 3600, ev / 3600
 
 
+def cpu_hours_total() -> dict[str, float]:
+    """All of work/commands.log by kind (one thread per job: wall time is CPU time)."""
+    log = WORK / "commands.log"
+    out = {"training": 0.0, "evaluation": 0.0, "analysis": 0.0}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        m = re.search(r"\((\d+) s\)$", line)
+        if m:
+            kind = "training" if "] train " in line else "evaluation" if "] eval " in line else "analysis"
+            out[kind] += int(m.group(1)) / 3600
+    return out
+
+
 def criterion(curve: dict[int, dict], steps_total: int) -> dict:
     """The selection criterion on one GRPO curve; 'complete' is False until the last step is evaluated."""
     steps = sorted(curve)
@@ -394,6 +406,9 @@ of the logits (`rlextra eval --extrapolate-from`), each evaluated like every che
 
 """ + beyond_section(CHOSEN, total) + """
 ## Commands
+
+CPU hours so far (`work/commands.log`): """ + ", ".join(f"{k} {v:.1f}" for k, v in cpu_hours_total().items()) + """
+(one torch thread per job; two jobs shared the two cores, so these are also wall hours per lane).
 
 `bash experiments/smollm2/long/train_and_eval.sh NAME LR [train options]` (after
 `bash experiments/smollm2/run.sh`'s setup and `rlextra convert-gguf --smollm2 -o
