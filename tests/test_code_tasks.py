@@ -160,3 +160,17 @@ def test_lcb_functional_problems_compressed_private_tests_and_its_prompt(tmp_pat
         with pytest.raises(RLExtraError, match=f"bad.jsonl: problem 1: private_test_cases: .*{why}"):
             load_task(TaskSpec(f"lcb:{tmp_path / 'bad.jsonl'}"))
     assert not marker.exists()
+
+
+def test_humaneval_chat_asks_for_the_function_and_grades_the_reply_block():
+    """humaneval-chat: a chat prompt holding the problem in a code block; a reply that writes the whole
+    function in a fenced block passes, one that only talks fails."""
+    task = load_task(TaskSpec("humaneval-chat", limit=2))
+    rows = humaneval_rows()[:2]
+    assert task.conversational and task.test[0].prompt.startswith("Complete the following Python function.")
+    assert f"```python\n{rows[0]['prompt']}```" in task.test[0].prompt
+    whole = [f"Here it is:\n```python\n{r['prompt']}{r['canonical_solution']}```\nDone." for r in rows]
+    body = [f"```python\n{r['canonical_solution']}```" for r in rows]
+    talk = ["The function compares every pair of numbers."] * 2
+    answers = [p.answer for p in task.test]
+    assert task.grade_all(whole + body + talk, answers * 3) == [True, True, True, True, False, False]

