@@ -378,10 +378,11 @@ def _big_series(root: Path, k: int) -> list[str]:
 
 
 def _default_signals() -> None:
-    """In the child: default SIGTERM/SIGHUP, whatever the suite inherited (nohup ignores SIGHUP,
-    and an ignored signal stays ignored across exec, which rlextra then rightly respects)."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    """In the child: default SIGINT/SIGTERM/SIGHUP, whatever the suite inherited (nohup ignores SIGHUP,
+    a shell's background job ignores SIGINT, and an ignored signal stays ignored across exec, which
+    rlextra then rightly respects)."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
 
 
 def _signal_mid_write(argv: list[str], watch: Path, pattern: str, signum: int) -> subprocess.CompletedProcess:
