@@ -34,7 +34,7 @@ step $A/weights-second-half $RX analyze weights $(ckpts $HALF $LAST) -o $A/weigh
 step $A/outputs $RX analyze outputs $RUN --generate 64 "${TASK[@]}" --max-new-tokens 16 --token-filter endpoints \
   -o $A/outputs -q
 step $A/activations $RX analyze activations $RUN --probes $A/outputs/probes.jsonl --max-tokens 0 -o $A/activations -q
-step $A/backtest $RX backtest $RUN --methods two-point,lsq,rank1 --pairs first -o $A/backtest -q
+step $A/backtest $RX backtest $RUN --methods two-point,lsq,low-rank --pairs first -o $A/backtest -q
 step $A/watch $RX watch $RUN -o $A/watch --once -q
 
 # past the end of the run: from (0, LAST) and (HALF, LAST) at alpha 1.25, 1.5, 2, against LAST
