@@ -411,7 +411,10 @@ of the logits (`rlextra eval --extrapolate-from`), each evaluated like every che
 ## Commands
 
 CPU hours so far (`work/commands.log`): """ + ", ".join(f"{k} {v:.1f}" for k, v in cpu_hours_total().items()) + """
-(one torch thread per job; two jobs shared the two cores, so these are also wall hours per lane).
+(one torch thread per job; two jobs shared the two cores, so these are also wall hours per lane). One
+exception: the training segment of rlextra-20-20-lr1e-06 from step 30 to 60 (started 2026-11-29 07:28)
+was paused (SIGSTOP) for about 75 minutes while HumanEval ran on its core; its wall time overstates
+its CPU time by that much.
 
 `bash experiments/smollm2/long/train_and_eval.sh NAME LR [train options]` (after
 `bash experiments/smollm2/run.sh`'s setup and `rlextra convert-gguf --smollm2 -o
