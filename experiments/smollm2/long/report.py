@@ -148,14 +148,23 @@ def equal_steps_section(curves: dict[str, dict[int, dict]]) -> str:
     others = [n for n in curves if n != CHOSEN]
     if not base or not others:
         return "No comparison run has been evaluated yet.\n"
-    lines = ["| run | real step | held-out avg@4 | GRPO lr 1e-6 at that step | difference (paired SE) |",
-             "|---|---|---|---|---|"]
+    lines = ["| run | real step | held-out avg@4 | GRPO lr 1e-6 at that step | difference (paired SE) | "
+             "GRPO at lr x (m+n)/m | difference (paired SE) |", "|---|---|---|---|---|---|---|"]
     for n in others:
+        m = re.search(r"-(\d+)-(\d+)-lr", n)
+        raised = curves.get(f"grpo-lr{1e-6 * (int(m.group(1)) + int(m.group(2))) / int(m.group(1)):.0e}", {}) \
+            if m and int(m.group(2)) else {}
         for s in sorted(curves[n]):
             if s == 0 or s not in base or (s % 50 and s != max(curves[n])):
                 continue
             d, se = paired_difference(curves[n][s]["n_correct"], base[s]["n_correct"], K)
-            lines.append(f"| {n} | {s} | {curves[n][s]['acc']:.3f} | {base[s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
+            row = f"| {n} | {s} | {curves[n][s]['acc']:.3f} | {base[s]['acc']:.3f} | {d:+.3f} ({se:.3f}) | "
+            if s in raised:
+                d2, se2 = paired_difference(curves[n][s]["n_correct"], raised[s]["n_correct"], K)
+                row += f"{raised[s]['acc']:.3f} | {d2:+.3f} ({se2:.3f}) |"
+            else:
+                row += "- | - |"
+            lines.append(row)
     levels = [0.4, 0.5, 0.6, base[max(base)]["acc"]]
     lines += ["", "Real steps to first reach a held-out level (checkpoints every 10 steps; '-' not yet), and GRPO's "
               "steps over the run's (the paper's speed-up measure; it reports 6.1x for 20,100 to AIME24 >= 0.38 and "
