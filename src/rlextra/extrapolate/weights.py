@@ -26,11 +26,11 @@ from rlextra.checkpoints.reader import decoded_is_finite, from_float64, from_tor
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, copy_side_files, parse_size
 from rlextra.errors import RLExtraError
-from rlextra.extrapolate.methods import WindowPredictor, check_device, check_method
+from rlextra.extrapolate.methods import WindowPredictor, check_device, check_method, line_at, line_r2
 from rlextra.extrapolate.registry import FORMULAS, NORMS, REGISTRY, canonical
 from rlextra.hf import is_norm_weight  # re-exported: rlextra.extrapolate.is_norm_weight
 from rlextra.io import atomic_output_dir, check_output
-from rlextra.linefit import LineFit, resolve_target, two_point  # resolve_target: also re-exported
+from rlextra.linefit import LineFit, line_weights, resolve_target, two_point  # resolve_target: also re-exported
 
 # elements per tensor chunk: memory only (the analysis's histograms are not involved); 1M elements
 # read from each checkpoint at a time keeps per-chunk overhead small (bench/bench_checkpoints.py)
@@ -229,21 +229,15 @@ def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, s
 
 
 def _lsq_on_device(refs, steps, start: int, stop: int, target: float, min_r2: float | None, counts: dict,
-                   device: str) -> np.ndarray:
-    """The lsq line at ``target`` in float64 on ``device``: the mean plus the slope times (T - mean
-    step), the slope and R^2 from centred sums (the same line as linefit's kernel, to rounding)."""
+                   device) -> np.ndarray:
+    """The lsq line at ``target`` on ``device``, in float64: methods' line and R^2 kernels (the ones
+    WindowPredictor runs in fp32) on the float64 values, so the same line as linefit's, to rounding."""
     import torch
 
-    t = torch.tensor([float(x) for x in steps], dtype=torch.float64, device=device)
-    tc = t - t.mean()
-    ys = torch.stack([torch.from_numpy(read_values(r, start, stop)).to(device) for r in refs])
-    mean = ys.mean(0)
-    slope = (tc[:, None] * ys).sum(0) / (tc @ tc)
-    values = mean + slope * (float(target) - float(t.mean()))
+    ys = [torch.from_numpy(read_values(r, start, stop)).to(device) for r in refs]
+    values = line_at(ys, line_weights(steps, target))
     if min_r2 is not None:
-        ss = ((ys - mean) ** 2).sum(0)
-        r2 = slope ** 2 * (tc @ tc) / ss  # 0/0 for a constant parameter: NaN, which compares False
-        low = r2 < min_r2
+        low = line_r2(ys, steps) < min_r2  # NaN (a constant parameter) compares False: its line is flat
         values = torch.where(low, ys[-1], values)
         counts["kept_low_r2"] += int(low.sum())
     return values.cpu().numpy()

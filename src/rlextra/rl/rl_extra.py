@@ -62,8 +62,8 @@ from typing import Callable
 from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
-from rlextra.extrapolate.methods import METHODS, predict_tensor
-from rlextra.extrapolate.registry import NORMS, REGISTRY, canonical
+from rlextra.extrapolate.methods import predict_tensor
+from rlextra.extrapolate.registry import NORMS, REGISTRY, method as registry_entry
 from rlextra.rl.cycle_state import (ANCHOR_FILE, STATE_FILE, load_snapshots,  # noqa: F401 (file names re-exported)
                                     read_cycle_state, save_cycle_state)
 from rlextra.rl.config import (AUTO_THRESHOLD, SAFE_TOLERANCE,  # check_cycle re-exported: rlextra.rl.rl_extra
@@ -137,9 +137,7 @@ class RLExtraCallback(TrainerCallback):
         check_cycle(m, n)
         if optimizer not in OPTIMIZER_POLICIES:
             raise RLExtraError(f"RL-Extra optimizer policy must be 'reset' (the paper's) or 'keep', got {optimizer!r}")
-        method = canonical(method)
-        if method not in METHODS:
-            raise RLExtraError(f"unknown RL-Extra jump method '{method}' ({', '.join(METHODS)})")
+        method = registry_entry(method, "RL-Extra jump method").name  # an older name resolves to the current one
         snapshots = (2 if method == "two-point" else 3) if snapshots is None else snapshots
         if method == "two-point" and snapshots != 2:
             raise RLExtraError("the two-point jump uses exactly 2 snapshots (cycle start and now)")
