@@ -2,7 +2,8 @@
 rate on GRPO curves alone, and (as the runs land) the comparisons at equal real steps.
 
 Reads work/eval/NAME-STEP.json (written by train_and_eval.sh) and work/runs/NAME/metrics.jsonl;
-writes curves.json (small: accuracy and per-problem counts per run and step), accuracy_vs_step.png
+writes curves.json (small: accuracy and per-problem counts per run and step, and the analysis figures
+RESULTS.md cites), accuracy_vs_step.png
 and RESULTS.md beside this script. Nothing here trains or evaluates: run it at any time.
 
 The selection criterion (issue text, applied to GRPO curves only, before any linearity or
@@ -248,6 +249,30 @@ def analysis_section(name: str) -> str:
     return "\n".join(out) + "\n" if out else "Not measured yet (`analyze.sh " + name + "`).\n"
 
 
+def analysis_numbers(name: str) -> dict:
+    """The analysis figures RESULTS.md cites (the analysis folders themselves are not committed):
+    global R^2 summaries, and held-out avg@4 of every horizon and past-the-end evaluation."""
+    a = WORK / "analysis" / name
+    out: dict = {}
+    for key, path, field in (("weights", "weights/weights.json", "global"),
+                             ("weights_paper_filters", "weights-paper/weights.json", "global"),
+                             ("weights_first_half", "weights-first-half/weights.json", "global"),
+                             ("weights_second_half", "weights-second-half/weights.json", "global"),
+                             ("token_logprob", "outputs/outputs.json", "logprob"),
+                             ("activations", "activations/activations.json", "activation")):
+        d = _eval(a / path)
+        if d:
+            out[key] = {k: v for k, v in d[field].items() if k != "histogram"} | \
+                {k: d[k] for k in ("n_params_analyzed", "filters", "filter", "n_tokens") if d.get(k) is not None}
+    bt = _eval(a / "backtest" / "backtest.json")
+    if bt:
+        out["backtest_recommendation"] = bt["recommendation"]
+    out["evaluations"] = {f.stem[len(name) + 1:]: round(json.loads(f.read_text())["metrics"][KEY], 6)
+                          for f in sorted((WORK / "eval").glob(f"{name}-*-*.json"))
+                          if f.stem.startswith((f"{name}-horizon", f"{name}-beyond"))}
+    return out
+
+
 def horizon_section(name: str, curve: dict[int, dict]) -> str:
     """From (0, s) to real checkpoints T: weight and logits extrapolation beside the real T."""
     lines = ["| from (0, s) | target T | alpha | real T | weights | logits | weights - real (SE) | logits - real (SE) |",
@@ -341,7 +366,7 @@ def write() -> None:
         "runs": {n: {str(s): {"acc": round(v["acc"], 6), "n_correct": v["n_correct"]} for s, v in c.items()}
                  for n, c in curves.items()},
         "train_reward": {n: {str(s): r for s, r in rr.items()} for n, rr in reward_rows.items()},
-        "selection": verdicts}, separators=(",", ":")) + "\n")
+        "selection": verdicts, "analysis": analysis_numbers(CHOSEN)}, separators=(",", ":")) + "\n")
     t = CONFIG["task"]
     text = f"""# The paper's regime on a real model: a long, slow SmolLM2 run (CPU)
 
