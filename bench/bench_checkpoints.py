@@ -1,7 +1,7 @@
 """Side-by-side benchmark: weight analysis and weight extrapolation on a 135M-parameter series.
 
-Series: >= 8 bf16 checkpoints of the SmolLM2-135M architecture (random init, planted drift plus
-noise; tests/synthetic.py). Every method runs in its own fresh process, one after another, and
+Series: >= 8 checkpoints of the SmolLM2-135M architecture, bf16 (default) or fp32 (``--dtype``;
+random init, planted drift plus noise; tests/synthetic.py). Every method runs in its own fresh process, one after another, and
 reports wall time and peak RSS minus the RSS right after its imports (torch, transformers and
 the method's own modules are imported first in every process, so baselines are comparable).
 
@@ -14,6 +14,10 @@ Methods
   in fp32, edit, save_pretrained); mergekit task_arithmetic with the same formula; `cp -r` floor.
 - backtest: two-point over every pair and lsq, weight errors only (streamed chunk by chunk),
   beside the full analysis of the same series.
+- floors: `cat` of every file of the series to /dev/null (the read floor of an analysis) and
+  `cp -r` of one checkpoint (the floor of an extrapolation).
+- rlextra_full_t1: the full analysis on one thread (the default uses every core this process may);
+  baseline_full: the full analysis of another checkout (``--baseline-src its/src``), side by side.
 
 Usage: python bench/bench_checkpoints.py [--checkpoints 8] [--work bench/_work] [--write-results]
 """
@@ -45,7 +49,7 @@ def status_kb(field: str) -> int:
 
 
 # ----------------------------------------------------------------------------- workers
-def worker(method: str, work: Path) -> dict:
+def worker(method: str, work: Path, run: Path) -> dict:
     import numpy as np
     import torch
     import transformers  # noqa: F401
@@ -61,7 +65,7 @@ def worker(method: str, work: Path) -> dict:
         from mergekit.config import MergeConfiguration
         from mergekit.merge import MergeOptions, run_merge
     torch.set_num_threads(1)
-    series = sorted((work / "run").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    series = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     base_rss = status_kb("VmRSS")
     out = work / f"out-{method}"
     shutil.rmtree(out, ignore_errors=True)
@@ -69,6 +73,9 @@ def worker(method: str, work: Path) -> dict:
     info: dict = {}
     if method == "rlextra_full":
         rep = rlextra.analysis.analyze_weights(series, out, progress=False, plots=False)
+        info = {"params_fitted": rep["n_params_fitted"], "mean_r2": rep["global"]["mean_r2"]}
+    elif method == "rlextra_full_t1":
+        rep = rlextra.analysis.analyze_weights(series, out, progress=False, plots=False, threads=1)
         info = {"params_fitted": rep["n_params_fitted"], "mean_r2": rep["global"]["mean_r2"]}
     elif method == "rlextra_sample":
         rep = rlextra.analysis.analyze_weights(series, out, sample=0.001, progress=False, plots=False)
@@ -145,9 +152,13 @@ def reference_extrapolate(pair, out, auto_model, torch) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-def ensure_series(work: Path, checkpoints: int) -> Path:
-    """The bf16 SmolLM2-135M-architecture series in work/run (generated once), page cache warmed."""
-    run = work / "run"
+def series_dir(work: Path, dtype: str) -> Path:
+    return work / ("run" if dtype == "bfloat16" else f"run-{dtype}")
+
+
+def ensure_series(work: Path, checkpoints: int, dtype: str = "bfloat16") -> Path:
+    """The SmolLM2-135M-architecture series in work/run[-dtype] (generated once), page cache warmed."""
+    run = series_dir(work, dtype)
     steps = [100 * i for i in range(checkpoints)]
     if len(sorted(run.glob("checkpoint-*"))) != checkpoints:
         import torch
@@ -158,7 +169,7 @@ def ensure_series(work: Path, checkpoints: int) -> Path:
         shutil.rmtree(run, ignore_errors=True)
         print(f"generating {checkpoints} bf16 checkpoints of SmolLM2-135M (random init) ...", flush=True)
         write_synthetic_series(run, smollm2_135m_config(), steps, drift=4e-3, noise=5e-4,
-                               dtype="bfloat16")
+                               dtype=dtype)
     # warm the page cache so every method reads from memory, not disk
     for f in run.rglob("*.safetensors"):
         with open(f, "rb") as fh:
@@ -167,17 +178,31 @@ def ensure_series(work: Path, checkpoints: int) -> Path:
     return run
 
 
-def run_worker(method: str, work: Path) -> dict:
+def run_worker(method: str, work: Path, run: Path, baseline_src: Path | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, __file__, "--worker", method, "--work", str(work)],
+    name = method
+    if method == "baseline_full":  # the same worker, importing rlextra from the other checkout
+        if baseline_src is None:
+            return {"method": name, "error": "baseline_full needs --baseline-src"}
+        env["PYTHONPATH"] = str(baseline_src)
+        method = "rlextra_full"
+    r = subprocess.run([sys.executable, __file__, "--worker", method, "--work", str(work), "--run", str(run)],
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
-        return {"method": method, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        return {"method": name, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "method": name}
 
 
-def cp_floor(work: Path) -> dict:
-    src = sorted((work / "run").glob("checkpoint-*"))[0]
+def cat_floor(run: Path) -> dict:
+    files = sorted(str(f) for f in run.rglob("*.safetensors"))
+    t0 = time.perf_counter()
+    with open(os.devnull, "wb") as sink:
+        subprocess.run(["cat", *files], check=True, stdout=sink)
+    return {"method": "cat_floor", "wall_s": time.perf_counter() - t0}
+
+
+def cp_floor(work: Path, run: Path) -> dict:
+    src = sorted(run.glob("checkpoint-*"))[0]
     dst = work / "out-cp"
     shutil.rmtree(dst, ignore_errors=True)
     t0 = time.perf_counter()
@@ -187,8 +212,9 @@ def cp_floor(work: Path) -> dict:
     return {"method": "cp_floor", "wall_s": wall}
 
 
-METHODS = ["reference_analysis", "rlextra_full", "rlextra_sample", "rlextra_full_plots", "reference_extrapolate",
-           "mergekit", "rlextra_extrapolate", "rlextra_extrapolate_chunk256k", "rlextra_backtest", "cp_floor"]
+METHODS = ["reference_analysis", "rlextra_full", "rlextra_full_t1", "baseline_full", "rlextra_sample",
+           "rlextra_full_plots", "reference_extrapolate", "mergekit", "rlextra_extrapolate",
+           "rlextra_extrapolate_chunk256k", "rlextra_backtest", "cat_floor", "cp_floor"]
 
 
 def main() -> None:
@@ -196,20 +222,24 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=HERE / "_work")
     ap.add_argument("--checkpoints", type=int, default=8)
     ap.add_argument("--worker")
+    ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # a worker's series folder
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--baseline-src", type=Path, help="src/ of another checkout, for baseline_full")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (default: all)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each method, interleaved; the table reports the median wall time")
     ap.add_argument("--write-results", action="store_true", help="append a section to bench/RESULTS.md")
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.work)))
+        print(json.dumps(worker(a.worker, a.work, a.run)))
         return
-    ensure_series(a.work, a.checkpoints)
+    run = ensure_series(a.work, a.checkpoints, a.dtype)
     runs: dict[str, list[dict]] = {}
     for i in range(a.repeats):  # interleaved, so a burst of load on the machine hits every method alike
         for method in [m for m in METHODS if m in a.methods.split(",")]:
             print(f"running {method} ({i + 1}/{a.repeats}) ...", flush=True)
-            r = cp_floor(a.work) if method == "cp_floor" else run_worker(method, a.work)
+            r = cp_floor(a.work, run) if method == "cp_floor" else cat_floor(run) if method == "cat_floor" \
+                else run_worker(method, a.work, run, a.baseline_src)
             runs.setdefault(method, []).append(r)
             print("  ", r, flush=True)
     results = {m: _median_run(rs) for m, rs in runs.items()}
@@ -218,6 +248,8 @@ def main() -> None:
     if a.write_results:
         with open(HERE / "RESULTS.md", "a") as f:
             f.write(table + "\n")
+        curve = HERE / "results" / f"checkpoints-{a.dtype}-{datetime.date.today()}.json"
+        curve.write_text(json.dumps({"command": sys.argv, "cpus": os.cpu_count(), "runs": runs}, indent=1) + "\n")
 
 
 def _median_run(rs: list[dict]) -> dict:
@@ -226,6 +258,25 @@ def _median_run(rs: list[dict]) -> dict:
     if not ok:
         return rs[0]
     return {**ok[(len(ok) - 1) // 2], "walls": [round(r["wall_s"], 3) for r in rs if "error" not in r]}
+
+
+RATIOS = [  # (label, numerator, denominator, key, target)
+    ("full analysis time / read floor (cat)", "rlextra_full", "cat_floor", "wall_s", "<= 4 (goal 2)"),
+    ("full analysis time, one thread / default threads", "rlextra_full_t1", "rlextra_full", "wall_s", ""),
+    ("full analysis time / the baseline checkout's", "rlextra_full", "baseline_full", "wall_s", ""),
+    ("sampled (0.1%) analysis time / read floor (cat)", "rlextra_sample", "cat_floor", "wall_s", "report"),
+    ("backtest time / full analysis time", "rlextra_backtest", "rlextra_full", "wall_s", "<= 3"),
+    ("full analysis time / reference time", "rlextra_full", "reference_analysis", "wall_s", "<= 2"),
+    ("full analysis memory / reference memory", "rlextra_full", "reference_analysis", "mem_mb", "<= 0.1"),
+    ("reference time / sampled analysis time", "reference_analysis", "rlextra_sample", "wall_s", ">= 5"),
+    ("extrapolate time / published time", "rlextra_extrapolate", "reference_extrapolate", "wall_s", "<= 0.5"),
+    ("extrapolate memory / published memory", "rlextra_extrapolate", "reference_extrapolate", "mem_mb", "<= 0.25"),
+    ("extrapolate time / mergekit time", "rlextra_extrapolate", "mergekit", "wall_s", "<= 0.5"),
+    ("extrapolate memory / mergekit memory", "rlextra_extrapolate", "mergekit", "mem_mb", "<= 0.25"),
+    ("extrapolate time / cp floor", "rlextra_extrapolate", "cp_floor", "wall_s", "<= 3"),
+    ("extrapolate time, 1M-element chunks / 256K", "rlextra_extrapolate", "rlextra_extrapolate_chunk256k",
+     "wall_s", "< 1"),
+]
 
 
 def render(res: dict, a) -> str:
@@ -249,10 +300,12 @@ def render(res: dict, a) -> str:
     lines = [
         f"## Checkpoint analysis and extrapolation ({datetime.date.today()})",
         "",
-        f"Machine: {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, 1 torch/BLAS thread. "
-        f"Series: {a.checkpoints} bf16 checkpoints of the SmolLM2-135M architecture (134.5M params), page cache warm.",
+        f"Machine: {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, 1 torch/BLAS thread "
+        f"per process (rlextra's analysis threads: its default, every core). "
+        f"Series: {a.checkpoints} {a.dtype} checkpoints of the SmolLM2-135M architecture (134.5M params), page cache warm.",
         f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_checkpoints.py --checkpoints {a.checkpoints} "
-        f"--repeats {a.repeats}" + ("" if a.methods == ",".join(METHODS) else f" --methods {a.methods}")
+        f"--repeats {a.repeats} --dtype {a.dtype}" + ("" if a.methods == ",".join(METHODS) else f" --methods {a.methods}")
+        + (f" --baseline-src {a.baseline_src}" if a.baseline_src else "")
         + f" --write-results` (wall s: the median of {a.repeats} interleaved runs)",
         "",
         "| method | wall s | peak RSS - post-import RSS, MB | notes |",
@@ -261,15 +314,8 @@ def render(res: dict, a) -> str:
         "",
         "| ratio | value | target |",
         "|---|---|---|",
-        f"| full analysis time / reference time | {ratio('rlextra_full', 'reference_analysis', 'wall_s')} | <= 2 |",
-        f"| full analysis memory / reference memory | {ratio('rlextra_full', 'reference_analysis', 'mem_mb')} | <= 0.1 |",
-        f"| reference time / sampled analysis time | {ratio('reference_analysis', 'rlextra_sample', 'wall_s')} | >= 5 |",
-        f"| extrapolate time / published time | {ratio('rlextra_extrapolate', 'reference_extrapolate', 'wall_s')} | <= 0.5 |",
-        f"| extrapolate memory / published memory | {ratio('rlextra_extrapolate', 'reference_extrapolate', 'mem_mb')} | <= 0.25 |",
-        f"| extrapolate time / mergekit time | {ratio('rlextra_extrapolate', 'mergekit', 'wall_s')} | <= 0.5 |",
-        f"| extrapolate memory / mergekit memory | {ratio('rlextra_extrapolate', 'mergekit', 'mem_mb')} | <= 0.25 |",
-        f"| extrapolate time / cp floor | {ratio('rlextra_extrapolate', 'cp_floor', 'wall_s')} | <= 3 |",
-        f"| extrapolate time, 1M-element chunks / 256K | {ratio('rlextra_extrapolate', 'rlextra_extrapolate_chunk256k', 'wall_s')} | < 1 |",
+        *[f"| {label} | {ratio(x, y, key)} | {target} |" for label, x, y, key, target in RATIOS
+          if x in res and y in res],
         "",
     ]
     return "\n".join(lines)

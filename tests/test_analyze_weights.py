@@ -221,3 +221,78 @@ def test_threads_give_the_single_thread_report_exactly(series_dir, tmp_path):
     assert a1 == a3  # histograms, per-tensor sums and examples, in the same order
     with pytest.raises(RLExtraError, match="--threads 0"):
         analyze_weights(run, tmp_path / "t0", threads=0, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_every_storage_dtype_through_the_block_reader_matches_numpy(tmp_path, dtype):
+    """The full-coverage path reads all checkpoints as one block: bf16/fp16/fp64 decode exactly."""
+    steps = [0, 7, 20, 33]
+    vals = planted_series(steps, {"a.weight": (30, 11), "b.bias": (5,)}, seed=4)
+    stored = {n: torch.as_tensor(v).to(dtype).to(torch.float64).numpy() for n, v in vals.items()}
+    for k, s in enumerate(steps):
+        write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {n: v[k] for n, v in stored.items()}, dtype=dtype,
+                   trainer_step=s)
+    rep = analyze_weights(tmp_path / "run", None, progress=False, chunk_size=64)
+    for row in rep["tensors"]:
+        r2 = numpy_r2(steps, stored[row["name"]])
+        assert row["mean_r2"] == pytest.approx(np.nanmean(r2), rel=1e-9)
+        assert row["n_constant"] == int(np.isnan(r2).sum())
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_device_arithmetic_gives_the_numpy_report(series_dir, tmp_path, device):
+    """--device runs each chunk's float64 sums in torch there: the report equals numpy's."""
+    run, _, _ = series_dir
+    here = analyze_weights(run, tmp_path / "here", progress=False, plots=False, threads=1)
+    there = analyze_weights(run, tmp_path / "there", progress=False, plots=False, threads=2, device=device)
+    for a, b in zip(here["tensors"], there["tensors"]):
+        assert a["name"] == b["name"] and a["n_analyzed"] == b["n_analyzed"]
+        assert b["mean_r2"] == pytest.approx(a["mean_r2"], rel=1e-12)
+        assert b["rel_change"] == pytest.approx(a["rel_change"], rel=1e-12)
+    assert there["global"]["histogram"] == here["global"]["histogram"]
+    examples = [json.loads((tmp_path / d / "accumulators.json").read_text())["examples"] for d in ("here", "there")]
+    assert len(examples[0]) == len(examples[1]) > 0
+    for a, b in zip(*examples):
+        assert (a["tensor"], a["index"]) == (b["tensor"], b["index"])
+        assert b["values"] == a["values"] and b["r2"] == pytest.approx(a["r2"], rel=1e-12)
+    with pytest.raises(RLExtraError, match="--device tpu: expected auto, cpu, cuda or cuda:N"):
+        analyze_weights(run, None, progress=False, device="tpu")
+
+
+def test_default_chunk_fits_a_cache_and_is_recorded(series_dir):
+    from rlextra.analysis.weights import CACHE_BLOCK_BYTES, auto_chunk_size
+
+    run, steps, _ = series_dir
+    rep = analyze_weights(run, None, progress=False, plots=False)
+    assert rep["options"]["chunk_size"] == auto_chunk_size(len(steps)) == CACHE_BLOCK_BYTES // (8 * len(steps))
+    assert auto_chunk_size(10_000) == 4096  # a floor, so that very long series still read in useful pieces
+    assert analyze_weights(run, None, progress=False, plots=False, sample=0.5)["options"]["chunk_size"] == 1 << 18
+
+
+def test_a_file_cut_short_while_reading_names_it(series_dir):
+    from rlextra.checkpoints.series import load_series
+
+    run, _, _ = series_dir
+    series = load_series(run)  # validated whole, then cut: as if changed under a running analysis
+    victim = run / "checkpoint-20" / "model.safetensors"
+    victim.write_bytes(victim.read_bytes()[:-100])
+    with pytest.raises(RLExtraError, match=r"checkpoint-20/model.safetensors: cannot read tensor .*ended early"):
+        analyze_weights(series, None, progress=False, plots=False)
+
+
+def test_the_compiled_pass_gives_the_numpy_report(series_dir, tmp_path, monkeypatch):
+    """The fused (numba) pass and the numpy path agree on every number; the histogram exactly."""
+    from rlextra.analysis import fused
+
+    if not fused.AVAILABLE:
+        pytest.skip("numba is not installed: only the numpy path runs here")
+    run, _, _ = series_dir
+    compiled = analyze_weights(run, tmp_path / "c", progress=False, plots=False, chunk_size=37)
+    monkeypatch.setattr(fused, "AVAILABLE", False)
+    plain = analyze_weights(run, tmp_path / "p", progress=False, plots=False, chunk_size=37)
+    for a, b in zip(plain["tensors"], compiled["tensors"]):
+        for key in ("n_fitted", "n_constant", "n_analyzed", "median_r2", "frac_r2_above_0.7"):
+            assert a[key] == b[key], key
+        assert b["mean_r2"] == pytest.approx(a["mean_r2"], rel=1e-12)
+        assert b["rel_change"] == pytest.approx(a["rel_change"], rel=1e-12)
+    assert compiled["global"]["histogram"] == plain["global"]["histogram"]

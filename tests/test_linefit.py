@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from rlextra.errors import RLExtraError
 from rlextra.linefit import LineFit, fit_lines, resolve_target
@@ -64,3 +65,37 @@ def test_resolve_target_converts_both_ways_and_refuses_ambiguity():
             resolve_target([0, 10], **kw)
     with pytest.raises(RLExtraError, match="alpha needs 2 or more steps"):
         resolve_target([5], alpha=2.0)
+
+
+@pytest.mark.parametrize("where", ["numpy", "torch-cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_a_block_of_all_steps_gives_the_step_by_step_fit(where):
+    """add_block (the full-coverage analysis's kernel) against K add calls: same sums, range,
+    distinct counts, first and last values, and NaN still propagates to all_finite."""
+    rng = np.random.default_rng(1)
+    steps = [0, 3, 10, 11, 25, 40]
+    y = 1.0 + 1e-3 * np.arange(6.0)[:, None] * rng.standard_normal(300) + 1e-5 * rng.standard_normal((6, 300))
+    y[:, :20] = rng.integers(0, 3, size=(6, 20))  # repeats, for the distinct counter
+    y[:, 20] = 0.5  # never moves
+    y[4, 21] = np.nan
+    step_by_step = LineFit(steps, 300, track_range=True, distinct_cap=4)
+    for row in y:
+        step_by_step.add(row)
+    block = LineFit(steps, 300, track_range=True, distinct_cap=4)
+    ys = y.copy() if where == "numpy" else torch.tensor(y, device="cpu" if where == "torch-cpu" else where)
+    block.add_block(ys)
+    assert not block.all_finite() and not step_by_step.all_finite()
+    for fit in (step_by_step, block):
+        fit.s_dd[21] = fit.s_d[21] = fit.s_td[21] = 0.0  # leave the NaN column out of the comparison
+    a, b = step_by_step.result(), block.result()
+    for name in ("y_mean", "slope", "sxy", "syy"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-12, atol=1e-20, err_msg=name)
+    np.testing.assert_allclose(b.r2()[22:], a.r2()[22:], rtol=1e-10)
+    assert np.isnan(b.r2()[20]) and np.isnan(a.r2()[20])
+    np.testing.assert_array_equal(block.value_range()[22:], step_by_step.value_range()[22:])
+    np.testing.assert_array_equal(block.n_distinct_capped(), step_by_step.n_distinct_capped())
+    np.testing.assert_array_equal(block.y0, y[0])
+    np.testing.assert_array_equal(block.last, y[-1])
+    with pytest.raises(ValueError, match="no steps added yet"):
+        block.add_block(ys)
+    with pytest.raises(ValueError, match=r"expected a \(6, 300\) block"):
+        LineFit(steps, 300).add_block(np.zeros((5, 300)))

@@ -79,11 +79,16 @@ SERIES_HELPS = {"chunk_size": "elements of one tensor read per checkpoint at a t
                 "allow_mixed_dtypes": "fit across checkpoints saved in different float dtypes",
                 "overwrite": "replace an existing output"}
 WEIGHTS = Options(analyze_weights, ["sample", "seed", "min_change", "min_distinct", "only_weights", "save_maps",
-                                    "chunk_size", "threads", "allow_pickle", "allow_mixed_dtypes", "overwrite"],
+                                    "chunk_size", "threads", "device", "allow_pickle", "allow_mixed_dtypes",
+                                    "overwrite"],
                   types={"shard": str}, helps={
                       **SERIES_HELPS, "sample": "analyse this fraction of each tensor (>= 50 entries)",
                       "threads": "tensors analysed at once (default: the cores this process may use; "
                                  "with --save-maps, 1)",
+                      "chunk_size": "elements of one tensor read per checkpoint at a time (default: one chunk "
+                                    "of all checkpoints fits a core's cache; with --sample, 262144)",
+                      "device": "where each chunk's float64 arithmetic runs (cpu, cuda, cuda:N; reads stay on "
+                                "the CPU; default: numpy on the CPU)",
                       "seed": "seed for --sample and example picks",
                       "min_change": "keep only parameters moving more than this (max - min > x); paper: 1e-4",
                       "min_distinct": "drop parameters with fewer distinct values; paper: 4",

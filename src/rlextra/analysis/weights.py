@@ -20,12 +20,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
+from rlextra.analysis import fused
 from rlextra.analysis.report import FINE_BINS, finalize_report, tensor_summary, write_weight_files
 from rlextra.shards import assign_shards, available_cores, parse_shard  # noqa: F401 (re-exported)
-from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, raise_nonfinite, read_values
+from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, BlockReader, chunk_ranges, raise_nonfinite, read_values
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, parse_size
 from rlextra.errors import RLExtraError
+from rlextra.hf import resolve_device
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
 from rlextra.sampling import check_seed, sample_indices  # noqa: F401  (re-exported: rlextra.analysis.weights.sample_indices)
@@ -70,6 +72,18 @@ def fine_histogram(r2: np.ndarray) -> np.ndarray:
     return np.bincount(idx, minlength=FINE_BINS)
 
 
+CACHE_BLOCK_BYTES = 2 << 20  # one chunk of all K checkpoints, float64: about one core's L2 cache
+DEVICE_BLOCK_BYTES = 256 << 20  # the same on an accelerator: large enough to keep it busy
+
+
+def auto_chunk_size(n_checkpoints: int, device=None) -> int:
+    """Elements per chunk so that the (K, n) float64 block of a chunk fits ``CACHE_BLOCK_BYTES``
+    (on a device, ``DEVICE_BLOCK_BYTES``). Why: on a CPU every pass of the fit then runs from cache,
+    about twice as fast as from memory (bench/RESULTS.md)."""
+    budget = CACHE_BLOCK_BYTES if device is None else DEVICE_BLOCK_BYTES
+    return max(4096, budget // (8 * max(n_checkpoints, 1)))
+
+
 def example_tensors(names: Sequence[str]) -> list[str]:
     """Evenly spaced tensors over the whole model, whichever shard runs them."""
     if not names:
@@ -81,11 +95,11 @@ def example_tensors(names: Sequence[str]) -> list[str]:
 def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path],
                     out_dir: str | Path | None = None, *, steps: Sequence[int] | None = None,
                     sample: float | None = None, seed: int = 0, min_change: float | None = None,
-                    min_distinct: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    min_distinct: int | None = None, chunk_size: int | None = None,
                     shard: tuple[int, int] | str | None = "auto", plots: bool = True,
                     progress: bool = True, overwrite: bool = False, allow_pickle: bool = False,
                     allow_mixed_dtypes: bool = False, save_maps: bool = False, only_weights: bool = False,
-                    threads: int | None = None) -> dict:
+                    threads: int | None = None, device: str | None = None) -> dict:
     """Fit a line to every scalar parameter over the series; return (and write) weights.json.
 
     With out_dir, writes weights.json, weights.csv, accumulators.json (for merging shards) and
@@ -96,6 +110,10 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     takes it from RANK/WORLD_SIZE when launched by torchrun/accelerate with more than one process,
     each rank then writing into ``out_dir/shard-IIIII-of-NNNNN`` (merge them with
     ``merge_weight_reports``); None analyses everything.
+    ``chunk_size``: elements per tensor and checkpoint read at a time; default sized so that one
+    chunk of all K checkpoints (float64) stays in a core's cache (``auto_chunk_size``).
+    ``device`` ('cpu', 'cuda', 'cuda:N'): the chunk arithmetic runs there in float64 torch (reads
+    stay streamed on the CPU); default: numpy on the CPU.
     Returns the report dict, with 'output': the folder written (None without out_dir).
     """
     if shard == "auto":
@@ -119,8 +137,11 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     if min_distinct is not None and not 2 <= min_distinct <= len(series):
         raise RLExtraError(f"--min-distinct must be between 2 and the number of checkpoints "
                            f"({len(series)}), got {min_distinct}")
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise RLExtraError(f"--chunk-size must be at least 1, got {chunk_size}")
+    where = None if device is None else resolve_device(device)
+    if chunk_size is None:
+        chunk_size = DEFAULT_CHUNK_SIZE if sample is not None else auto_chunk_size(len(series), where)
     if save_maps and (out_dir is None or sample is not None):
         raise RLExtraError("--save-maps needs an output folder and full coverage (no --sample)")
     newest = series.newest.tensors
@@ -145,7 +166,8 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                                         min_distinct=min_distinct, chunk_size=chunk_size,
                                         example_names=example_tensors(float_names),
                                         on_fit=maps.write if maps is not None else None, progress=progress,
-                                        threads=available_cores() if threads is None else threads)
+                                        threads=available_cores() if threads is None else threads,
+                                        device=where)
             if maps is not None:
                 maps.finish()
         report, accumulators = weight_report(series, stats, options, shard=shard, skipped=skipped)
@@ -174,7 +196,7 @@ def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sampl
                         chunk_size: int = DEFAULT_CHUNK_SIZE, example_names: Sequence[str] = (),
                         on_fit: FitSink | None = None, progress: bool = False,
                         sampled: Callable[[str, int, int, int], np.ndarray] | None = None,
-                        threads: int = 1) -> WeightStats:
+                        threads: int = 1, device=None) -> WeightStats:
     """The streaming pass: fit each named tensor chunk by chunk across the series; no file output.
 
     ``on_fit(name, r2, slope)`` receives every chunk's per-parameter fit in order (the maps
@@ -183,6 +205,7 @@ def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sampl
     from memory instead of the files (``rlextra watch``, which has read each checkpoint once).
     ``threads`` analyses that many tensors at once (not with ``on_fit`` or ``sampled``, which need
     them in order); each tensor's sums are the same either way, so the report is too.
+    ``device``: a torch device for the arithmetic of full-coverage chunks (None: numpy).
     """
     newest = series.newest.tensors
     examples_wanted = set(example_names)
@@ -192,7 +215,8 @@ def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sampl
         def one(name: str) -> tuple[_TensorStats, list[dict]]:
             return _tensor_stats(series, name, sample=sample, seed=seed, min_change=min_change,
                                  min_distinct=min_distinct, chunk_size=chunk_size,
-                                 want_example=name in examples_wanted, on_fit=on_fit, sampled=sampled, bar=bar)
+                                 want_example=name in examples_wanted, on_fit=on_fit, sampled=sampled, bar=bar,
+                                 device=device)
 
         if threads > 1 and on_fit is None and sampled is None and len(names) > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -208,53 +232,95 @@ def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sampl
 
 
 def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min_change, min_distinct,
-                  chunk_size: int, want_example: bool, on_fit, sampled, bar) -> tuple[_TensorStats, list[dict]]:
+                  chunk_size: int, want_example: bool, on_fit, sampled, bar,
+                  device=None) -> tuple[_TensorStats, list[dict]]:
     """One tensor's running sums across the series, chunk by chunk, and its example trajectory."""
     refs = series.refs(name)
     st = _TensorStats()
     examples: list[dict] = []
     idx = sample_indices(name, refs[0].numel, sample, seed) if sample else None
     rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 1])  # same in any shard
-    for start, stop in chunk_ranges(refs[0].numel, chunk_size):
-        pick = None
-        lo = hi = None
-        if idx is not None:
-            lo, hi = np.searchsorted(idx, [start, stop])
-            if lo == hi:
+    whole = idx is None and sampled is None  # every element: read all K checkpoints as one block
+    width = min(chunk_size, max(refs[0].numel, 1))
+    fused_ok = (whole and fused.AVAILABLE and device is None and min_change is None and min_distinct is None
+                and on_fit is None)
+    steps_fit = LineFit(series.steps, 0)  # the centred steps and Sxx, for the fused pass
+    with BlockReader(refs, width, device, compact=fused_ok) if whole else contextlib.nullcontext() as blocks:
+        for start, stop in chunk_ranges(refs[0].numel, chunk_size):
+            pick = None
+            lo = hi = None
+            if idx is not None:
+                lo, hi = np.searchsorted(idx, [start, stop])
+                if lo == hi:
+                    bar.update(stop - start)
+                    continue
+                pick = idx[lo:hi] - start
+            n = stop - start if pick is None else len(pick)
+            cand = rng.choice(n, size=min(N_CANDIDATES, n), replace=False) if want_example else None
+            if fused_ok and cand is None:  # the common case: one compiled pass, no per-parameter arrays
+                _fused_chunk(st, blocks.read(start, stop), steps_fit, refs, series.steps, start, stop)
                 bar.update(stop - start)
                 continue
-            pick = idx[lo:hi] - start
-        n = stop - start if pick is None else len(pick)
-        fit = LineFit(series.steps, n, track_range=min_change is not None, distinct_cap=min_distinct or 0)
-        cand = rng.choice(n, size=min(N_CANDIDATES, n), replace=False) if want_example else None
-        traj = []
-        for k, ref in enumerate(refs):
-            y = read_values(ref, start, stop, pick) if sampled is None else sampled(name, k, lo, hi)
-            fit.add(y)
-            if cand is not None:
-                traj.append(y[cand])
-        if not fit.all_finite():
-            raise_nonfinite(refs, series.steps, start, stop)
-        res = fit.result()
-        r2 = res.r2()
-        if on_fit is not None:
-            on_fit(name, r2, res.slope)
-        keep = np.ones(n, dtype=bool)
-        if min_change is not None:
-            keep &= fit.value_range() > min_change  # strict, as the paper's script
-        if min_distinct is not None:
-            keep &= fit.n_distinct_capped() >= min_distinct
-        st.add(r2, keep, fit.y0, fit.last)
-        if cand is not None:
-            ok = [j for j, c in enumerate(cand) if np.isfinite(r2[c]) and keep[c]]
-            if ok:
-                j = ok[0]
-                flat = int(start + (cand[j] if pick is None else pick[cand[j]]))
-                examples.append({"tensor": name, "index": flat, "r2": float(r2[cand[j]]),
-                                 "values": [float(t[j]) for t in traj]})
+            fit = LineFit(series.steps, n, track_range=min_change is not None, distinct_cap=min_distinct or 0)
+            traj = []
+            if blocks is not None:
+                block = blocks.read(start, stop)
+                if cand is not None:
+                    traj = list(block[:, cand].numpy(force=True) if device is not None else block[:, cand])
+                fit.add_block(block)
+            else:
+                for k, ref in enumerate(refs):
+                    y = read_values(ref, start, stop, pick) if sampled is None else sampled(name, k, lo, hi)
+                    fit.add(y)
+                    if cand is not None:
+                        traj.append(y[cand])
+            _fold_chunk(st, examples, fit, refs, series.steps, name, start, stop, pick, cand, traj,
+                        min_change=min_change, min_distinct=min_distinct, on_fit=on_fit)
+            if examples:
                 want_example = False
-        bar.update(stop - start)
+            bar.update(stop - start)
     return st, examples
+
+
+def _fused_chunk(st: _TensorStats, block: np.ndarray, steps_fit: LineFit, refs, steps, start: int,
+                 stop: int) -> None:
+    """One chunk's sums in one compiled pass (``fused``), the same numbers as ``_fold_chunk``'s."""
+    finite, n_constant, n_above, sum_r2, sq_first, sq_delta = fused.chunk_stats(block, steps_fit.tc, steps_fit.sxx,
+                                                                                  st.hist)
+    if not finite:
+        raise_nonfinite(refs, steps, start, stop)
+    n = block.shape[1]
+    st.n_fitted += n
+    st.n_constant += n_constant
+    st.n_analyzed += n - n_constant
+    st.sum_r2 += sum_r2
+    st.n_above += n_above
+    st.sq_first += sq_first
+    st.sq_delta += sq_delta
+
+
+def _fold_chunk(st: _TensorStats, examples: list[dict], fit: LineFit, refs, steps, name: str, start: int,
+                stop: int, pick, cand, traj, *, min_change, min_distinct, on_fit) -> None:
+    """One chunk's fit into the tensor's sums, the maps writer and (once) the example trajectory."""
+    if not fit.all_finite():
+        raise_nonfinite(refs, steps, start, stop)
+    res = fit.result()
+    r2 = res.r2()
+    if on_fit is not None:
+        on_fit(name, r2, res.slope)
+    keep = np.ones(r2.size, dtype=bool)
+    if min_change is not None:
+        keep &= fit.value_range() > min_change  # strict, as the paper's script
+    if min_distinct is not None:
+        keep &= fit.n_distinct_capped() >= min_distinct
+    st.add(r2, keep, fit.y0, fit.last)
+    if cand is not None:
+        ok = [j for j, c in enumerate(cand) if np.isfinite(r2[c]) and keep[c]]
+        if ok:
+            j = ok[0]
+            flat = int(start + (cand[j] if pick is None else pick[cand[j]]))
+            examples.append({"tensor": name, "index": flat, "r2": float(r2[cand[j]]),
+                             "values": [float(t[j]) for t in traj]})
 
 
 def weight_report(series: CheckpointSeries, stats: WeightStats, options: dict, *,
