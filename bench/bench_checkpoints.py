@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # a worker's series folder
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--baseline-src", type=Path, help="src/ of another checkout, for baseline_full")
+    ap.add_argument("--name", help="of the JSON written by --write-results (default: checkpoints-DTYPE)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (default: all)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each method, interleaved; the table reports the median wall time")
@@ -248,7 +249,7 @@ def main() -> None:
     if a.write_results:
         with open(HERE / "RESULTS.md", "a") as f:
             f.write(table + "\n")
-        curve = HERE / "results" / f"checkpoints-{a.dtype}-{datetime.date.today()}.json"
+        curve = HERE / "results" / f"{a.name or 'checkpoints-' + a.dtype}-{datetime.date.today()}.json"
         curve.write_text(json.dumps({"command": sys.argv, "cpus": os.cpu_count(), "runs": runs}, indent=1) + "\n")
 
 

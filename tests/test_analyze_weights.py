@@ -260,7 +260,7 @@ def test_device_arithmetic_gives_the_numpy_report(series_dir, tmp_path, device):
 
 
 def test_default_chunk_fits_a_cache_and_is_recorded(series_dir):
-    from rlextra.analysis.weights import CACHE_BLOCK_BYTES, auto_chunk_size
+    from rlextra.checkpoints.chunks import CACHE_BLOCK_BYTES, auto_chunk_size
 
     run, steps, _ = series_dir
     rep = analyze_weights(run, None, progress=False, plots=False)
@@ -282,7 +282,7 @@ def test_a_file_cut_short_while_reading_names_it(series_dir):
 
 def test_the_compiled_pass_gives_the_numpy_report(series_dir, tmp_path, monkeypatch):
     """The fused (numba) pass and the numpy path agree on every number; the histogram exactly."""
-    from rlextra.analysis import fused
+    from rlextra import fused
 
     if not fused.AVAILABLE:
         pytest.skip("numba is not installed: only the numpy path runs here")

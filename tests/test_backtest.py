@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import assert_plot, planted_series, write_ckpt
 from rlextra.cli import main
@@ -306,3 +307,39 @@ def test_shards_in_two_processes_merge_into_the_single_run(tmp_path):
     assert main(["backtest-merge", str(tmp_path / "s0"), "-o", str(tmp_path / "y")]) == 2
     with pytest.raises(RLExtraError, match="accuracy rows need the whole model"):
         backtest(tmp_path / "run", tmp_path / "z", shard="0/2", task="arithmetic", progress=False)
+
+
+@pytest.mark.parametrize("norms", ["copy", "extrapolate"])
+def test_the_compiled_pass_gives_the_torch_rows(tmp_path, monkeypatch, norms):
+    """The compiled float64 pass (every row a fixed combination of checkpoints) against the torch
+    path (fp32 predictions): the same rows within fp32 rounding, per module too; a NaN still names
+    its file."""
+    from rlextra import fused
+
+    if not fused.AVAILABLE:
+        pytest.skip("numba is not installed: only the torch path runs here")
+    steps = [0, 10, 25, 30, 45, 60]
+    shapes = {"model.layers.0.mlp.up_proj.weight": (9, 13), "model.layers.0.self_attn.q_proj.weight": (8, 8),
+              "model.norm.weight": (8,), "model.embed_tokens.weight": (11, 8)}
+    vals = planted_series(steps, shapes, noise=3e-3)
+    for k, s in enumerate(steps):
+        write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {n: v[k] for n, v in vals.items()}, dtype=torch.bfloat16)
+    opts = dict(methods=("two-point", "lsq"), norms=norms, plots=False, progress=False, chunk_size=16)
+    compiled = backtest(tmp_path / "run", tmp_path / "c", **opts)
+    monkeypatch.setattr(fused, "AVAILABLE", False)
+    plain = backtest(tmp_path / "run", tmp_path / "p", **opts)
+    assert len(compiled["rows"]) == len(plain["rows"]) > 20
+    for a, b in zip(plain["rows"], compiled["rows"]):
+        assert (a["method"], a["window"], a["target"]) == (b["method"], b["window"], b["target"])
+        assert b["weight_error"] == pytest.approx(a["weight_error"], rel=1e-5)
+        assert b["per_module"] == pytest.approx(a["per_module"], rel=1e-5)
+    verdicts = lambda res: {m: {k: r[k] for k in ("max_safe_alpha", "verdict", "rows")}  # noqa: E731
+                            for m, r in res["recommendation"].items()}
+    assert verdicts(compiled) == verdicts(plain)
+    monkeypatch.setattr(fused, "AVAILABLE", True)
+    bad = vals["model.norm.weight"][2].copy()
+    bad[3] = np.nan
+    write_ckpt(tmp_path / "run" / "checkpoint-25", {**{n: v[2] for n, v in vals.items()}, "model.norm.weight": bad},
+               dtype=torch.bfloat16)
+    with pytest.raises(RLExtraError, match=r"checkpoint-25/model.safetensors: tensor 'model.norm.weight' \(step 25\)"):
+        backtest(tmp_path / "run", tmp_path / "n", **opts)

@@ -20,10 +20,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.analysis import fused
+from rlextra import fused
 from rlextra.analysis.report import FINE_BINS, finalize_report, tensor_summary, write_weight_files
 from rlextra.shards import assign_shards, available_cores, parse_shard  # noqa: F401 (re-exported)
-from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, BlockReader, chunk_ranges, raise_nonfinite, read_values
+from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, BlockReader, auto_chunk_size, chunk_ranges, raise_nonfinite, read_values
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, parse_size
 from rlextra.errors import RLExtraError
@@ -70,18 +70,6 @@ def fine_histogram(r2: np.ndarray) -> np.ndarray:
     """Counts of r2 values in FINE_BINS equal bins over [0, 1] (1.0 falls in the last bin)."""
     idx = np.minimum((r2 * FINE_BINS).astype(np.int64), FINE_BINS - 1)
     return np.bincount(idx, minlength=FINE_BINS)
-
-
-CACHE_BLOCK_BYTES = 2 << 20  # one chunk of all K checkpoints, float64: about one core's L2 cache
-DEVICE_BLOCK_BYTES = 256 << 20  # the same on an accelerator: large enough to keep it busy
-
-
-def auto_chunk_size(n_checkpoints: int, device=None) -> int:
-    """Elements per chunk so that the (K, n) float64 block of a chunk fits ``CACHE_BLOCK_BYTES``
-    (on a device, ``DEVICE_BLOCK_BYTES``). Why: on a CPU every pass of the fit then runs from cache,
-    about twice as fast as from memory (bench/RESULTS.md)."""
-    budget = CACHE_BLOCK_BYTES if device is None else DEVICE_BLOCK_BYTES
-    return max(4096, budget // (8 * max(n_checkpoints, 1)))
 
 
 def example_tensors(names: Sequence[str]) -> list[str]:

@@ -17,9 +17,12 @@ For a run with K real checkpoints at steps t_0 < ... < t_{K-1}:
   the smallest alpha fails. RL-Extra's jump of n steps after m real ones is alpha = (m + n) / m,
   so the safe n/m is that alpha minus 1.
 
-The weight pass reads one tensor from all K checkpoints at a time (fp32, on ``device``), so memory
-is about K + 2 times the largest tensor in fp32; every window and target is computed from those
-copies, low-rank's SVD once per window and tensor. Nothing is written into the run's folders; the
+The weight pass streams each tensor chunk by chunk from all K checkpoints. Two-point and lsq: by
+default every row is a fixed combination of checkpoints (a prediction is linear in them), so one
+compiled float64 pass per chunk (``fused.combo_sq_sums``, numba) sums all rows' squared errors, with
+tensors on every core; with ``device``, without numba, or with lsq's ``min_r2`` gate, the rows are
+predicted in fp32 torch chunk by chunk instead. low-rank reads whole tensors (K fp32 copies) and
+takes its SVD once per window and tensor. Nothing is written into the run's folders; the
 output folder is written atomically.
 """
 
@@ -32,6 +35,7 @@ import math
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,7 +44,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
-from rlextra.checkpoints.chunks import chunk_ranges, raise_nonfinite, read_tensor
+from rlextra import fused
+from rlextra.checkpoints.chunks import BlockReader, auto_chunk_size, chunk_ranges, raise_nonfinite, read_tensor
 from rlextra.checkpoints.reader import to_torch
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.errors import RLExtraError
@@ -48,7 +53,8 @@ from rlextra.extrapolate.methods import METHODS, MIN_CHECKPOINTS, WindowPredicto
 from rlextra.extrapolate.registry import NORMS, REGISTRY, canonical
 from rlextra.hf import is_norm_weight
 from rlextra.io import atomic_output_dir
-from rlextra.shards import assign_shards, parse_shard
+from rlextra.linefit import line_weights
+from rlextra.shards import assign_shards, available_cores, parse_shard
 from rlextra.tasks import task_inputs
 
 # elements of one tensor read from each checkpoint at a time: K chunks of fp32 are in memory at once
@@ -97,7 +103,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
              norms: str = "copy", pairs: str = "all", device: str | None = None, task=None,
              sampling=None, steps: Sequence[int] | None = None, allow_pickle: bool = False,
              allow_mixed_dtypes: bool = False, overwrite: bool = False, plots: bool = True,
-             progress: bool = True, backend: str = "rlextra", chunk_size: int = BACKTEST_CHUNK_SIZE,
+             progress: bool = True, backend: str = "rlextra", chunk_size: int | None = None,
              shard: tuple[int, int] | str | None = None) -> dict:
     """Run the grid, write ``out_dir`` (backtest.json, backtest.csv, plots), return the json's content.
 
@@ -119,7 +125,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
         raise RLExtraError(f"unknown --pairs '{pairs}' (all, first)")
     if norms not in NORMS:
         raise RLExtraError(f"unknown --norms '{norms}' (copy, extrapolate)")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+    if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise RLExtraError(f"--chunk-size {chunk_size}: must be at least 1")
     if backend not in ("rlextra", "hf"):
         raise RLExtraError(f"--backend {backend}: the backtest scores with rlextra (the default) or hf")
@@ -146,7 +152,8 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
         if shard is not None and shard[1] > 1:
             owner = assign_shards({n: series.newest.tensors[n].numel for n in names}, shard[1])
             names = [n for n in names if owner[n] == shard[0]]
-        rows = _weight_rows(series, windows, rank, min_r2, norms, dev, progress, chunk_size, names=names,
+        rows = _weight_rows(series, windows, rank, min_r2, norms, None if device is None else dev, progress,
+                            chunk_size, names=names,
                             keep_sums=shard is not None)
         result = {"rlextra_version": rlextra.__version__, "steps": series.steps,
                   "inputs": [str(c.path.resolve()) for c in series.checkpoints],
@@ -174,7 +181,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
 
 
 def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min_r2: float | None,
-                 norms: str, device, progress: bool, chunk_size: int = BACKTEST_CHUNK_SIZE,
+                 norms: str, device, progress: bool, chunk_size: int | None = None,
                  names: Sequence[str] | None = None, keep_sums: bool = False) -> list[dict]:
     """One pass over the tensors; every window and later target accumulates squared errors.
 
@@ -217,13 +224,27 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
 
     streamed = [w for w in windows if REGISTRY[w.method].chunked]
     whole = [w for w in windows if not REGISTRY[w.method].chunked]
+    compiled = (fused.AVAILABLE and device is None and bool(streamed)
+                and (min_r2 is None or all(w.method != "lsq" for w in streamed)))
     with tqdm(total=len(names) * n_rows, unit="pred", desc="backtest", disable=not progress) as bar, \
             torch.no_grad():
+        if compiled:  # every streamed row of every tensor, on all cores; summed in the order of names
+            with ThreadPoolExecutor(max_workers=available_cores()) as pool:
+                for name, (keys, sums) in zip(names, pool.map(
+                        lambda n: _combination_sums(series, n, streamed, targets, norms, chunk_size), names)):
+                    kind = module_type(name)
+                    for (w, t), (q_num, q_den) in keys.items():
+                        num[w, t][kind] += float(sums[q_num])
+                        den[w, t][kind] += float(sums[q_den])
+                    if not whole:
+                        bar.update(n_rows)
         for name in names:
+            if compiled and not whole:
+                break
             kind = module_type(name)
             refs = series.refs(name)
-            if streamed:
-                for start, stop in chunk_ranges(refs[0].numel, chunk_size):
+            if streamed and not compiled:
+                for start, stop in chunk_ranges(refs[0].numel, chunk_size or BACKTEST_CHUNK_SIZE):
                     vals = [to_torch(r.read_raw(start, stop), r.dtype).to(device=device, dtype=torch.float32)
                             for r in refs]  # fp32 on --device (read on the CPU), as low-rank
                     accumulate(name, kind, streamed, vals, start, stop)
@@ -241,6 +262,61 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
             if keep_sums:
                 rows[-1]["sums"] = {"num": num[w, t], "den": den[w, t]}
     return rows
+
+
+def _combination_sums(series: CheckpointSeries, name: str, windows: list[Window], targets: dict, norms: str,
+                      chunk_size: int | None = None):
+    """One tensor's squared errors of every streamed row, in one compiled pass per chunk (float64).
+
+    Each row's prediction is linear in the checkpoints (two-point: 1 - alpha and alpha; lsq: the
+    line's weights; a copied norm: the window's last), so prediction minus target, and the distance
+    from s to the target, are fixed combinations of checkpoints: ``fused.combo_sq_sums`` sums their
+    squares over the chunk. Returns ({(window, t): (q of the error, q of the distance)}, sums)."""
+    steps = series.steps
+    refs = series.refs(name)
+    k = len(steps)
+    copy = norms == "copy" and is_norm_weight(name)
+    combos: dict[tuple, int] = {}
+    rows: list[dict[int, float]] = []
+
+    def combo(weights: dict[int, float]) -> int:
+        key = tuple(sorted((i, round(c, 15)) for i, c in weights.items() if c != 0.0))
+        if key not in combos:
+            combos[key] = len(rows)
+            rows.append({i: c for i, c in weights.items() if c != 0.0})
+        return combos[key]
+
+    keys = {}
+    for w in windows:
+        s_idx = w.idx[-1]
+        for t in targets[w]:
+            if copy:
+                pred = {s_idx: 1.0}
+            elif w.method == "two-point":
+                b = w.idx[0]
+                alpha = (steps[t] - steps[b]) / (steps[s_idx] - steps[b])
+                pred = {b: 1.0 - alpha, s_idx: alpha}
+            else:  # lsq: the line through the window, read at t
+                pred = dict(zip(w.idx, line_weights([steps[i] for i in w.idx], steps[t]).tolist()))
+            err = dict(pred)
+            err[t] = err.get(t, 0.0) - 1.0
+            keys[w, t] = (combo(err), combo({t: 1.0, s_idx: -1.0}))
+    width = max(len(r) for r in rows)
+    index = np.zeros((len(rows), width), dtype=np.int64)
+    coef = np.zeros((len(rows), width))
+    counts = np.array([len(r) for r in rows], dtype=np.int64)
+    for q, r in enumerate(rows):
+        index[q, :len(r)] = list(r)
+        coef[q, :len(r)] = list(r.values())
+    sums = np.zeros(len(rows))
+    numel = refs[0].numel
+    chunk = chunk_size or auto_chunk_size(k)
+    with BlockReader(refs, max(1, min(chunk, numel)), compact=True) as blocks:
+        for start, stop in chunk_ranges(numel, chunk):
+            fused.combo_sq_sums(blocks.read(start, stop), index, coef, counts, sums)
+    if not np.isfinite(sums).all():  # NaN/Inf in an input, or overflow
+        raise_nonfinite(refs, steps, 0, numel, otherwise="values too large to fit (overflow) in a prediction")
+    return keys, sums
 
 
 def _errors(n: dict, d: dict) -> dict:
