@@ -88,6 +88,20 @@ def _combo_sq_sums(block, index, coef, counts, out):
         out[q] += acc
 
 
+def _bf16_any_nonfinite(raw):
+    bad = False
+    for j in range(raw.shape[0]):
+        bad |= (raw[j] & np.uint16(0x7F80)) == np.uint16(0x7F80)
+    return bad
+
+
+def bf16_all_finite(raw: np.ndarray) -> bool:
+    """True when no bf16 value (uint16 storage) is NaN or Inf: one pass, no temporaries."""
+    if AVAILABLE:
+        return not _bf16_any_nonfinite_compiled(raw)
+    return not bool(np.any((raw & 0x7F80) == 0x7F80))
+
+
 def _widen(raw, bits):
     for j in range(raw.shape[0]):
         bits[j] = np.uint32(raw[j]) << np.uint32(16)
@@ -109,5 +123,6 @@ if AVAILABLE:
     combo_sq_sums = numba.njit(cache=True, nogil=True, error_model="numpy",
                                fastmath={"reassoc", "contract"})(_combo_sq_sums)
     _widen_compiled = numba.njit(cache=True, nogil=True)(_widen)
+    _bf16_any_nonfinite_compiled = numba.njit(cache=True, nogil=True)(_bf16_any_nonfinite)
 else:  # pragma: no cover
-    chunk_stats = combo_sq_sums = _widen_compiled = None
+    chunk_stats = combo_sq_sums = _widen_compiled = _bf16_any_nonfinite_compiled = None
