@@ -49,7 +49,7 @@ def status_kb(field: str) -> int:
 
 
 # ----------------------------------------------------------------------------- workers
-def worker(method: str, work: Path, run: Path) -> dict:
+def worker(method: str, work: Path, run: Path, device: str | None = None) -> dict:
     import numpy as np
     import torch
     import transformers  # noqa: F401
@@ -59,6 +59,11 @@ def worker(method: str, work: Path, run: Path) -> dict:
 
     import rlextra.analysis  # noqa: F401
     import rlextra.extrapolate  # noqa: F401
+
+    try:
+        import numba  # noqa: F401  (imported on first use by rlextra: its import cost stays outside timing, as torch's)
+    except ImportError:
+        pass
 
     if method == "mergekit":
         import mergekit.merge  # noqa: F401
@@ -72,7 +77,7 @@ def worker(method: str, work: Path, run: Path) -> dict:
     t0 = time.perf_counter()
     info: dict = {}
     if method == "rlextra_full":
-        rep = rlextra.analysis.analyze_weights(series, out, progress=False, plots=False)
+        rep = rlextra.analysis.analyze_weights(series, out, progress=False, plots=False, device=device)
         info = {"params_fitted": rep["n_params_fitted"], "mean_r2": rep["global"]["mean_r2"]}
     elif method == "rlextra_full_t1":
         rep = rlextra.analysis.analyze_weights(series, out, progress=False, plots=False, threads=1)
@@ -86,13 +91,13 @@ def worker(method: str, work: Path, run: Path) -> dict:
     elif method == "reference_analysis":
         info = reference_analysis(series, AutoModelForCausalLM, torch, np)
     elif method == "rlextra_extrapolate":
-        rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, progress=False)
+        rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, progress=False, device=device)
     elif method == "rlextra_extrapolate_chunk256k":  # the chunk size extrapolation had before (the analysis's)
         rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, chunk_size=1 << 18, progress=False)
     elif method == "rlextra_backtest":  # two-point (every pair) and lsq, streamed chunk by chunk
         import rlextra.extrapolate.backtest as bt
 
-        res = bt.backtest(series, out, methods=("two-point", "lsq"), plots=False, progress=False)
+        res = bt.backtest(series, out, methods=("two-point", "lsq"), plots=False, progress=False, device=device)
         info = {"rows": len(res["rows"])}
     elif method == "reference_extrapolate":
         reference_extrapolate(series[:2], out, AutoModelForCausalLM, torch)
@@ -152,23 +157,23 @@ def reference_extrapolate(pair, out, auto_model, torch) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-def series_dir(work: Path, dtype: str) -> Path:
-    return work / ("run" if dtype == "bfloat16" else f"run-{dtype}")
+def series_dir(work: Path, dtype: str, shape: str = "smollm2-135m") -> Path:
+    return work / ("run" + ("" if dtype == "bfloat16" else f"-{dtype}") + ("" if shape == "smollm2-135m" else f"-{shape}"))
 
 
-def ensure_series(work: Path, checkpoints: int, dtype: str = "bfloat16") -> Path:
-    """The SmolLM2-135M-architecture series in work/run[-dtype] (generated once), page cache warmed."""
-    run = series_dir(work, dtype)
+def ensure_series(work: Path, checkpoints: int, dtype: str = "bfloat16", shape: str = "smollm2-135m") -> Path:
+    """The series of that architecture in work/run[-dtype][-shape] (generated once), page cache warmed."""
+    run = series_dir(work, dtype, shape)
     steps = [100 * i for i in range(checkpoints)]
     if len(sorted(run.glob("checkpoint-*"))) != checkpoints:
         import torch
 
-        from synthetic import smollm2_135m_config, write_synthetic_series
+        from bench_decoding import shape_config
+        from synthetic import write_synthetic_series
 
-        torch.set_num_threads(1)
         shutil.rmtree(run, ignore_errors=True)
-        print(f"generating {checkpoints} bf16 checkpoints of SmolLM2-135M (random init) ...", flush=True)
-        write_synthetic_series(run, smollm2_135m_config(), steps, drift=4e-3, noise=5e-4,
+        print(f"generating {checkpoints} {dtype} checkpoints of {shape} (random init) ...", flush=True)
+        write_synthetic_series(run, shape_config(shape), steps, drift=4e-3, noise=5e-4,
                                dtype=dtype)
     # warm the page cache so every method reads from memory, not disk
     for f in run.rglob("*.safetensors"):
@@ -178,7 +183,8 @@ def ensure_series(work: Path, checkpoints: int, dtype: str = "bfloat16") -> Path
     return run
 
 
-def run_worker(method: str, work: Path, run: Path, baseline_src: Path | None = None) -> dict:
+def run_worker(method: str, work: Path, run: Path, baseline_src: Path | None = None,
+               device: str | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     name = method
     if method == "baseline_full":  # the same worker, importing rlextra from the other checkout
@@ -186,7 +192,8 @@ def run_worker(method: str, work: Path, run: Path, baseline_src: Path | None = N
             return {"method": name, "error": "baseline_full needs --baseline-src"}
         env["PYTHONPATH"] = str(baseline_src)
         method = "rlextra_full"
-    r = subprocess.run([sys.executable, __file__, "--worker", method, "--work", str(work), "--run", str(run)],
+    r = subprocess.run([sys.executable, __file__, "--worker", method, "--work", str(work), "--run", str(run)]
+                       + (["--device", device] if device else []),
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
         return {"method": name, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
@@ -224,6 +231,9 @@ def main() -> None:
     ap.add_argument("--worker")
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # a worker's series folder
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--shape", default="smollm2-135m", choices=("smollm2-135m", "qwen2.5-1.5b"),
+                    help="architecture of the random-init series")
+    ap.add_argument("--device", help="--device of the analysis, backtest and extrapolation (e.g. cuda)")
     ap.add_argument("--baseline-src", type=Path, help="src/ of another checkout, for baseline_full")
     ap.add_argument("--name", help="of the JSON written by --write-results (default: checkpoints-DTYPE)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (default: all)")
@@ -232,15 +242,15 @@ def main() -> None:
     ap.add_argument("--write-results", action="store_true", help="append a section to bench/RESULTS.md")
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.work, a.run)))
+        print(json.dumps(worker(a.worker, a.work, a.run, a.device)))
         return
-    run = ensure_series(a.work, a.checkpoints, a.dtype)
+    run = ensure_series(a.work, a.checkpoints, a.dtype, a.shape)
     runs: dict[str, list[dict]] = {}
     for i in range(a.repeats):  # interleaved, so a burst of load on the machine hits every method alike
         for method in [m for m in METHODS if m in a.methods.split(",")]:
             print(f"running {method} ({i + 1}/{a.repeats}) ...", flush=True)
             r = cp_floor(a.work, run) if method == "cp_floor" else cat_floor(run) if method == "cat_floor" \
-                else run_worker(method, a.work, run, a.baseline_src)
+                else run_worker(method, a.work, run, a.baseline_src, a.device)
             runs.setdefault(method, []).append(r)
             print("  ", r, flush=True)
     results = {m: _median_run(rs) for m, rs in runs.items()}
@@ -303,9 +313,10 @@ def render(res: dict, a) -> str:
         "",
         f"Machine: {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, 1 torch/BLAS thread "
         f"per process (rlextra's analysis threads: its default, every core). "
-        f"Series: {a.checkpoints} {a.dtype} checkpoints of the SmolLM2-135M architecture (134.5M params), page cache warm.",
+        f"Series: {a.checkpoints} {a.dtype} checkpoints of the {a.shape} architecture (random init), page cache warm"
+        + (f"; --device {a.device}." if a.device else "."),
         f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_checkpoints.py --checkpoints {a.checkpoints} "
-        f"--repeats {a.repeats} --dtype {a.dtype}" + ("" if a.methods == ",".join(METHODS) else f" --methods {a.methods}")
+        f"--repeats {a.repeats} --dtype {a.dtype} --shape {a.shape}" + (f" --device {a.device}" if a.device else "") + ("" if a.methods == ",".join(METHODS) else f" --methods {a.methods}")
         + (f" --baseline-src {a.baseline_src}" if a.baseline_src else "")
         + f" --write-results` (wall s: the median of {a.repeats} interleaved runs)",
         "",

@@ -14,56 +14,72 @@ callers keep those paths.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is a dependency; kept optional for bare environments
-    numba = None
+# numba is a dependency, kept optional for bare environments (the GPU image has none). It is imported
+# on first use, not here: importing it costs about 0.3 s, which commands that never reach a compiled
+# pass should not pay.
+AVAILABLE = importlib.util.find_spec("numba") is not None
+_COMPILED: dict = {}
 
-AVAILABLE = numba is not None
+
+def _compiled(fn, **options):
+    """``fn`` compiled once per process (numba's on-disk cache makes later processes cheap)."""
+    if fn not in _COMPILED:
+        import numba
+
+        _COMPILED[fn] = numba.njit(cache=True, nogil=True, **options)(fn)
+    return _COMPILED[fn]
 
 
 def _chunk_stats(block, tc, sxx, hist):
     """(finite, n_constant, n_above_0.7, sum_r2, sq_first, sq_delta) of a (K, n) block (float32
     or float64 storage, widened to float64 exactly); R^2 counts are added into ``hist`` (len(hist)
-    equal bins over [0, 1]). Steps run in the outer loop so that the inner one vectorizes."""
+    equal bins over [0, 1]). Loops are split so that all but the histogram's vectorize: steps run
+    in the outer loop of the sums, and no branch depends on the data (they mispredicted on real
+    R^2 spreads)."""
     k_steps, n = block.shape
     bins = hist.shape[0]
     kk = float(k_steps)
     s_d = np.zeros(n)
     s_td = np.zeros(n)
     s_dd = np.zeros(n)
+    y0 = np.empty(n)
+    r2 = np.empty(n)
+    for j in range(n):
+        y0[j] = block[0, j]
     for k in range(1, k_steps):
         t = tc[k]
         for j in range(n):
-            d = np.float64(block[k, j]) - np.float64(block[0, j])
+            d = np.float64(block[k, j]) - y0[j]
             s_d[j] += d
             s_dd[j] += d * d
             s_td[j] += d * t
+    bad = False  # a NaN or Inf anywhere reaches s_dd or y0
     n_constant = 0
-    n_above = 0
     sum_r2 = 0.0
     sq_first = 0.0
     sq_delta = 0.0
-    for j in range(n):  # without data-dependent branches but one: they mispredicted on real R^2 spreads
-        y0 = np.float64(block[0, j])
-        syy = s_dd[j] - s_d[j] * (s_d[j] / kk)
-        if syy > 0.0:
-            r2 = min(max((s_td[j] * s_td[j]) / (sxx * syy), 0.0), 1.0)
-            sum_r2 += r2
-            n_above += np.int64(r2 > 0.7)
-            hist[min(np.int64(r2 * bins), bins - 1)] += 1
-        else:
-            n_constant += 1  # never moved (or NaN): no R^2, as LineResult.r2 gives NaN
-        last = np.float64(block[k_steps - 1, j]) - y0
-        sq_first += y0 * y0
-        sq_delta += last * last
-    finite = True  # a NaN or Inf anywhere reaches s_dd (through y0 too)
     for j in range(n):
-        if not np.isfinite(s_dd[j]):
-            finite = False
-    return finite, n_constant, n_above, sum_r2, sq_first, sq_delta
+        bad |= not np.isfinite(s_dd[j] + y0[j])
+        syy = s_dd[j] - s_d[j] * (s_d[j] / kk)
+        moved = syy > 0.0  # else never moved (or NaN): no R^2, as LineResult.r2 gives NaN
+        v = min(max((s_td[j] * s_td[j]) / (sxx * syy), 0.0), 1.0)
+        r2[j] = v if moved else -1.0
+        n_constant += np.int64(not moved)
+        sum_r2 += v if moved else 0.0
+        last = np.float64(block[k_steps - 1, j]) - y0[j]
+        sq_first += y0[j] * y0[j]
+        sq_delta += last * last
+    n_above = 0
+    for j in range(n):
+        v = r2[j]
+        if v >= 0.0:
+            n_above += np.int64(v > 0.7)
+            hist[min(np.int64(v * bins), bins - 1)] += 1
+    return not bad, n_constant, n_above, sum_r2, sq_first, sq_delta
 
 
 def _combo_sq_sums(block, index, coef, counts, out):
@@ -88,20 +104,6 @@ def _combo_sq_sums(block, index, coef, counts, out):
         out[q] += acc
 
 
-def _bf16_any_nonfinite(raw):
-    bad = False
-    for j in range(raw.shape[0]):
-        bad |= (raw[j] & np.uint16(0x7F80)) == np.uint16(0x7F80)
-    return bad
-
-
-def bf16_all_finite(raw: np.ndarray) -> bool:
-    """True when no bf16 value (uint16 storage) is NaN or Inf: one pass, no temporaries."""
-    if AVAILABLE:
-        return not _bf16_any_nonfinite_compiled(raw)
-    return not bool(np.any((raw & 0x7F80) == 0x7F80))
-
-
 def _widen(raw, bits):
     for j in range(raw.shape[0]):
         bits[j] = np.uint32(raw[j]) << np.uint32(16)
@@ -112,17 +114,17 @@ def bf16_to_float32(raw: np.ndarray, out: np.ndarray) -> None:
     into ``out`` (float32, same length), without holding the GIL when numba is there."""
     bits = out.view(np.uint32)
     if AVAILABLE:
-        _widen_compiled(raw, bits)
+        _compiled(_widen)(raw, bits)
     else:
         bits[...] = raw
         bits <<= 16
 
 
-if AVAILABLE:
-    chunk_stats = numba.njit(cache=True, nogil=True, error_model="numpy")(_chunk_stats)
-    combo_sq_sums = numba.njit(cache=True, nogil=True, error_model="numpy",
-                               fastmath={"reassoc", "contract"})(_combo_sq_sums)
-    _widen_compiled = numba.njit(cache=True, nogil=True)(_widen)
-    _bf16_any_nonfinite_compiled = numba.njit(cache=True, nogil=True)(_bf16_any_nonfinite)
-else:  # pragma: no cover
-    chunk_stats = combo_sq_sums = _widen_compiled = _bf16_any_nonfinite_compiled = None
+def chunk_stats(block, tc, sxx, hist):
+    """The compiled ``_chunk_stats`` (needs numba: check ``AVAILABLE``)."""
+    return _compiled(_chunk_stats, error_model="numpy", fastmath={"reassoc", "contract"})(block, tc, sxx, hist)
+
+
+def combo_sq_sums(block, index, coef, counts, out) -> None:
+    """The compiled ``_combo_sq_sums`` (needs numba: check ``AVAILABLE``)."""
+    _compiled(_combo_sq_sums, error_model="numpy", fastmath={"reassoc", "contract"})(block, index, coef, counts, out)
