@@ -77,7 +77,8 @@ def worker(method: str, work: Path, run: Path, device: str | None = None) -> dic
     t0 = time.perf_counter()
     info: dict = {}
     if method == "rlextra_full":
-        rep = rlextra.analysis.analyze_weights(series, out, progress=False, plots=False, device=device)
+        on = {"device": device} if device else {}  # (an older checkout's analysis has no device)
+        rep = rlextra.analysis.analyze_weights(series, out, progress=False, plots=False, **on)
         info = {"params_fitted": rep["n_params_fitted"], "mean_r2": rep["global"]["mean_r2"]}
     elif method == "rlextra_full_t1":
         rep = rlextra.analysis.analyze_weights(series, out, progress=False, plots=False, threads=1)
@@ -91,13 +92,15 @@ def worker(method: str, work: Path, run: Path, device: str | None = None) -> dic
     elif method == "reference_analysis":
         info = reference_analysis(series, AutoModelForCausalLM, torch, np)
     elif method == "rlextra_extrapolate":
-        rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, progress=False, device=device)
+        rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, progress=False,
+                                                **({"device": device} if device else {}))
     elif method == "rlextra_extrapolate_chunk256k":  # the chunk size extrapolation had before (the analysis's)
         rlextra.extrapolate.extrapolate_weights(series[:2], out, alpha=2.0, chunk_size=1 << 18, progress=False)
     elif method == "rlextra_backtest":  # two-point (every pair) and lsq, streamed chunk by chunk
         import rlextra.extrapolate.backtest as bt
 
-        res = bt.backtest(series, out, methods=("two-point", "lsq"), plots=False, progress=False, device=device)
+        res = bt.backtest(series, out, methods=("two-point", "lsq"), plots=False, progress=False,
+                          **({"device": device} if device else {}))
         info = {"rows": len(res["rows"])}
     elif method == "reference_extrapolate":
         reference_extrapolate(series[:2], out, AutoModelForCausalLM, torch)
