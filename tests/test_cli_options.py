@@ -47,7 +47,8 @@ def test_sampling_and_task_defaults_and_per_command_overrides():
     assert bt.task is None and cli.METHOD.values(bt) == {"rank": 1, "min_r2": None, "device": None, "norms": "copy"}
     ex = _parse("extrapolate", "a", "b", "--to-step", "3", "-o", "out")
     assert cli.EXTRAPOLATE.values(ex)["chunk_size"] == EXTRAPOLATE_CHUNK_SIZE
-    assert _parse("analyze", "weights", "run", "-o", "out").chunk_size < EXTRAPOLATE_CHUNK_SIZE
+    assert _parse("analyze", "weights", "run", "-o", "out").chunk_size is None  # sized to the cache when it runs
+    assert _parse("analyze", "weights", "run", "--chunk-size", "4096", "-o", "out").chunk_size == 4096
 
 
 def test_help_names_the_dataclass_default():
