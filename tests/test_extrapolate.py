@@ -259,3 +259,24 @@ def test_streamed_methods_run_their_chunk_arithmetic_on_a_device(tmp_path, devic
         assert here.provenance["params_kept_low_r2"] == there.provenance["params_kept_low_r2"]
         assert there.provenance["options"]["device"] == device
     assert 0.9 * 64 * 48 // 2 < there.provenance["params_kept_low_r2"] <= 64 * 48 // 2  # most of the noisy half
+
+
+@pytest.mark.parametrize("method", ["two-point", "lsq"])
+def test_chunks_computed_ahead_on_threads_write_the_same_bytes(series_dir, tmp_path, method):
+    """--threads computes chunks ahead of the writer: the files and counts are those of one thread
+    (a NaN met on threads: test_nan_in_input_is_named runs with the default, every core)."""
+    run, steps, vals = series_dir
+    inputs = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    inputs = inputs[-2:] if method == "two-point" else inputs
+    opts = dict(to_step=90, method=method, chunk_size=5, progress=False)
+    if method == "lsq":
+        opts["min_r2"] = 0.5
+    one = extrapolate_weights(inputs, tmp_path / "t1", threads=1, **opts)
+    many = extrapolate_weights(inputs, tmp_path / "t3", threads=3, **opts)
+    a, b = load_file(str(tmp_path / "t1" / "model.safetensors")), load_file(str(tmp_path / "t3" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("tensors", "params_kept_low_r2"):
+        assert one.provenance[key] == many.provenance[key]
+    assert method == "two-point" or one.provenance["params_kept_low_r2"] > 0
+    with pytest.raises(RLExtraError, match="--threads 0: must be an integer >= 1"):
+        extrapolate_weights(inputs, tmp_path / "t0", threads=0, **opts)

@@ -118,9 +118,11 @@ METHOD = Options(extrapolate_weights, ["rank", "min_r2", "device", "norms"], cho
                         "device": "where the arithmetic runs (cpu, cuda; default cpu): low-rank's SVD, or each chunk's "
                                   "two-point/lsq arithmetic (read on the CPU, moved there)",
                         "norms": "norm weights: copied from the newest checkpoint (as the paper) or extrapolated"})
-EXTRAPOLATE = Options(extrapolate_weights, ["max_shard_size", "chunk_size", "allow_pickle", "allow_mixed_dtypes",
-                                            "overwrite"], helps={**SERIES_HELPS, "max_shard_size": "largest output "
-                                                                 "shard, e.g. 5GB"})
+EXTRAPOLATE = Options(extrapolate_weights, ["max_shard_size", "chunk_size", "threads", "allow_pickle",
+                                            "allow_mixed_dtypes", "overwrite"],
+                      helps={**SERIES_HELPS, "max_shard_size": "largest output shard, e.g. 5GB",
+                             "threads": "chunks computed at once, ahead of the writer (default: the cores "
+                                        "this process may use; low-rank: 1)"})
 BACKTEST = Options(backtest, ["pairs", "backend", "shard", "allow_pickle", "allow_mixed_dtypes", "overwrite"],
                    types={"shard": str}, choices={
     "pairs": ("all", "first"), "backend": ("rlextra", "hf")}, helps={

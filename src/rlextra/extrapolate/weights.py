@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ from rlextra.extrapolate.registry import FORMULAS, NORMS, REGISTRY, canonical
 from rlextra.hf import is_norm_weight  # re-exported: rlextra.extrapolate.is_norm_weight
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit, line_weights, resolve_target, two_point  # resolve_target: also re-exported
+from rlextra.shards import available_cores
 
 # elements per tensor chunk: memory only (the analysis's histograms are not involved); 1M elements
 # read from each checkpoint at a time keeps per-chunk overhead small (bench/bench_checkpoints.py)
@@ -66,7 +68,7 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
                         max_shard_size: str | int = "5GB", overwrite: bool = False,
                         chunk_size: int = EXTRAPOLATE_CHUNK_SIZE, steps: Sequence[int] | None = None,
                         allow_pickle: bool = False, allow_mixed_dtypes: bool = False,
-                        progress: bool = True, fit: str | None = None) -> Extrapolation:
+                        progress: bool = True, fit: str | None = None, threads: int | None = None) -> Extrapolation:
     """Write the model at step ``to_step`` (or at ``alpha``) as a new HF folder.
 
     Returns an ``Extrapolation``: the folder (``.path``) and its provenance, as in rlextra.json.
@@ -77,9 +79,13 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
     ``norms``: 'copy' (from the newest checkpoint, the paper's choice) or 'extrapolate'.
     ``device``: where the arithmetic runs (e.g. 'cuda'; default CPU): low-rank's SVD, or each streamed
     chunk's two-point or lsq arithmetic (read on the CPU, moved there and back).
+    ``threads``: chunks computed at once, ahead of the writer (default: the cores this process may
+    use); the output is the same bytes whatever the number.
     """
     if fit is not None:
         method = fit
+    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+        raise RLExtraError(f"--threads {threads}: must be an integer >= 1")
     series = checkpoints if isinstance(checkpoints, CheckpointSeries) else load_series(
         checkpoints, steps, allow_pickle=allow_pickle, allow_mixed_dtypes=allow_mixed_dtypes)
     plan = _plan(series, out_dir, to_step=to_step, alpha=alpha, method=method, rank=rank, min_r2=min_r2,
@@ -95,29 +101,74 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
         total = sum(newest.tensors[s.name].numel for s in specs)
         with tqdm(total=total, unit="param", unit_scale=True, desc="extrapolate",
                   disable=not progress) as bar:
-            for spec in specs:
-                ref = newest.tensors[spec.name]
-                copy = not ref.is_float or (norms == "copy" and is_norm_weight(spec.name))
-                if not copy and not REGISTRY[method].chunked:
-                    writer.write(spec.name, _extrapolate_whole(series, spec, target, rank, plan["device"]))
-                    bar.update(ref.numel)
-                    counts["extrapolated"] += 1
-                    continue
-                for start, stop in chunk_ranges(ref.numel, chunk_size):
-                    if copy:
-                        writer.write(spec.name, ref.read_raw(start, stop))
-                    else:
-                        writer.write(spec.name, _extrapolate_chunk(series, spec, start, stop, target,
-                                                                   plan["alpha"], method, min_r2, counts, plan["device"]))
-                    bar.update(stop - start)
-                key = "extrapolated" if not copy else ("copied_non_float" if not ref.is_float else "copied_norm")
-                counts[key] += 1
+            def jobs():  # one callable per piece of output, in the order the writer takes them
+                for spec in specs:
+                    ref = newest.tensors[spec.name]
+                    copy = not ref.is_float or (norms == "copy" and is_norm_weight(spec.name))
+                    key = "extrapolated" if not copy else ("copied_non_float" if not ref.is_float else "copied_norm")
+                    counts[key] += 1
+                    if not copy and not REGISTRY[method].chunked:
+                        yield partial(_whole_job, series, spec, target, rank, plan["device"])
+                        continue
+                    for start, stop in chunk_ranges(ref.numel, chunk_size):
+                        if copy:
+                            yield partial(_copy_job, ref, spec.name, start, stop)
+                        else:
+                            yield partial(_chunk_job, series, spec, start, stop, target, plan["alpha"], method,
+                                          min_r2, plan["device"])
+
+            # chunks are computed ahead on every core (torch and numpy release the GIL) and written in
+            # order; low-rank reads whole tensors, so it goes one at a time to keep its memory bound
+            ahead = 1 if not REGISTRY[method].chunked else available_cores() if threads is None else threads
+            for name, raw, n, kept in in_order(jobs(), ahead):
+                writer.write(name, raw)
+                counts["kept_low_r2"] += kept
+                bar.update(n)
         writer.close()
         copied = copy_side_files([c.path for c in reversed(series.checkpoints)], tmp)
         provenance = _provenance(series, plan, counts, copied, rank=rank, min_r2=min_r2, norms=norms,
                                  device=device, max_shard_size=max_shard_size, chunk_size=chunk_size)
         (tmp / "rlextra.json").write_text(json.dumps(provenance, indent=1) + "\n")
     return Extrapolation(Path(out_dir), provenance)
+
+
+def _copy_job(ref, name: str, start: int, stop: int):
+    return name, ref.read_raw(start, stop), stop - start, 0
+
+
+def _chunk_job(series, spec, start, stop, target, alpha, method, min_r2, device):
+    counts = {"kept_low_r2": 0}
+    raw = _extrapolate_chunk(series, spec, start, stop, target, alpha, method, min_r2, counts, device)
+    return spec.name, raw, stop - start, counts["kept_low_r2"]
+
+
+def _whole_job(series, spec, target, rank, device):
+    raw = _extrapolate_whole(series, spec, target, rank, device)
+    return spec.name, raw, raw.size, 0
+
+
+def in_order(jobs: Iterable[Callable], threads: int) -> Iterator:
+    """The jobs' results in order, computed up to 2 x ``threads`` ahead on that many threads (so
+    memory stays bounded by a few chunks); one thread: computed one by one, here."""
+    if threads <= 1:
+        for job in jobs:
+            yield job()
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(job))
+                if len(pending) >= 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def _plan(series: CheckpointSeries, out_dir, *, to_step, alpha, method: str, rank: int, min_r2, norms: str,
