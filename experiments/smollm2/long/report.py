@@ -448,7 +448,10 @@ CPU hours so far (`work/commands.log`): """ + ", ".join(f"{k} {v:.1f}" for k, v 
 (one torch thread per job; two jobs shared the two cores, so these are also wall hours per lane). One
 exception: the training segment of rlextra-20-20-lr1e-06 from step 30 to 60 (started 2026-11-29 07:28)
 was paused (SIGSTOP) for about 75 minutes while HumanEval ran on its core; its wall time overstates
-its CPU time by that much.
+its CPU time by that much. On 2026-11-29 between 09:56 and 11:00 both lanes were paused (SIGSTOP) for
+about 28 minutes in all, while checkpoint benchmarks (bench/RESULTS.md) ran on a quiet machine: the
+segments running then (grpo-lr6e-06 to step 30 and its evaluations, rlextra-20-20-lr1e-06 from step 90
+to 120) overstate their CPU time by up to that much.
 
 `bash experiments/smollm2/long/train_and_eval.sh NAME LR [train options]` (after
 `bash experiments/smollm2/run.sh`'s setup and `rlextra convert-gguf --smollm2 -o
