@@ -129,7 +129,8 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         raise RLExtraError(f"--chunk-size must be at least 1, got {chunk_size}")
     where = None if device is None else resolve_device(device)
     if chunk_size is None:
-        chunk_size = DEFAULT_CHUNK_SIZE if sample is not None else auto_chunk_size(len(series), where)
+        accelerator = where if where is not None and where.type != "cpu" else None
+        chunk_size = DEFAULT_CHUNK_SIZE if sample is not None else auto_chunk_size(len(series), accelerator)
     if save_maps and (out_dir is None or sample is not None):
         raise RLExtraError("--save-maps needs an output folder and full coverage (no --sample)")
     newest = series.newest.tensors
