@@ -266,6 +266,8 @@ def test_default_chunk_fits_a_cache_and_is_recorded(series_dir):
     rep = analyze_weights(run, None, progress=False, plots=False)
     assert rep["options"]["chunk_size"] == auto_chunk_size(len(steps)) == CACHE_BLOCK_BYTES // (8 * len(steps))
     assert auto_chunk_size(10_000) == 4096  # a floor, so that very long series still read in useful pieces
+    on_cpu = analyze_weights(run, None, progress=False, plots=False, device="cpu")  # torch on the CPU: cache-sized
+    assert on_cpu["options"]["chunk_size"] == auto_chunk_size(len(steps)) < auto_chunk_size(len(steps), "cuda")
     assert analyze_weights(run, None, progress=False, plots=False, sample=0.5)["options"]["chunk_size"] == 1 << 18
 
 
