@@ -47,7 +47,6 @@ class BlockReader:
 
     def __init__(self, refs: list[TensorRef], width: int, device=None, compact: bool = False) -> None:
         self.refs, self.device = refs, device
-        self.raw = [np.empty(width, dtype=STORAGE[r.dtype][0]) for r in refs]
         if device is None:
             # compact: float32 unless a checkpoint holds float64 (every narrower float widens exactly),
             # so that float32 files are read straight into the block, without a conversion pass
@@ -57,6 +56,9 @@ class BlockReader:
             import torch
 
             self.block = torch.empty((len(refs), width), dtype=torch.float64, device=device)
+        # a checkpoint whose storage is the block's dtype is read straight into its row
+        self.direct = [device is None and self.block.dtype == STORAGE[r.dtype][0] for r in refs]
+        self.raw = [None if d else np.empty(width, dtype=STORAGE[r.dtype][0]) for r, d in zip(refs, self.direct)]
         self.files: list = []
 
     def __enter__(self) -> "BlockReader":
@@ -78,11 +80,8 @@ class BlockReader:
         """Elements [start, stop) of every checkpoint's tensor: row k is checkpoint k."""
         n = stop - start
         block = self.block[:, :n]
-        for k, (ref, f) in enumerate(zip(self.refs, self.files)):
-            raw = self.raw[k][:n]
-            direct = self.device is None and block.dtype == STORAGE[ref.dtype][0]
-            if direct:
-                raw = block[k]  # read straight into the block
+        for k, (ref, f, direct) in enumerate(zip(self.refs, self.files, self.direct)):
+            raw = block[k] if direct else self.raw[k][:n]
             if f is None:
                 raw[...] = ref.in_memory[start:stop]
             else:
@@ -90,10 +89,10 @@ class BlockReader:
                 if f.readinto(raw) != raw.nbytes:
                     raise RLExtraError(f"{ref.file}: cannot read tensor '{ref.name}' (the file ended early); "
                                        "truncated or changed while reading?")
+            if direct:
+                continue
             if self.device is not None:
                 block[k].copy_(to_torch(raw, ref.dtype))
-            elif direct:
-                pass
             elif ref.dtype == "BF16" and block.dtype == np.float32:
                 bf16_to_float32(raw, block[k])
             elif ref.dtype == "BF16":

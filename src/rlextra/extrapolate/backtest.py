@@ -229,30 +229,31 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
     with tqdm(total=len(names) * n_rows, unit="pred", desc="backtest", disable=not progress) as bar, \
             torch.no_grad():
         if compiled:  # every streamed row of every tensor, on all cores; summed in the order of names
+            copied = {n: norms == "copy" and is_norm_weight(n) for n in names}  # from s, as extrapolate does
+            tables = {copy: _combinations(steps, streamed, targets, copy) for copy in set(copied.values())}
             with ThreadPoolExecutor(max_workers=available_cores()) as pool:
-                for name, (keys, sums) in zip(names, pool.map(
-                        lambda n: _combination_sums(series, n, streamed, targets, norms, chunk_size), names)):
+                for name, sums in zip(names, pool.map(
+                        lambda n: _combination_sums(series, n, tables[copied[n]], chunk_size), names)):
                     kind = module_type(name)
-                    for (w, t), (q_num, q_den) in keys.items():
+                    for (w, t), (q_num, q_den) in tables[copied[name]].keys.items():
                         num[w, t][kind] += float(sums[q_num])
                         den[w, t][kind] += float(sums[q_den])
                     if not whole:
                         bar.update(n_rows)
-        for name in names:
-            if compiled and not whole:
-                break
-            kind = module_type(name)
-            refs = series.refs(name)
-            if streamed and not compiled:
-                for start, stop in chunk_ranges(refs[0].numel, chunk_size or BACKTEST_CHUNK_SIZE):
-                    vals = [to_torch(r.read_raw(start, stop), r.dtype).to(device=device, dtype=torch.float32)
-                            for r in refs]  # fp32 on --device (read on the CPU), as low-rank
-                    accumulate(name, kind, streamed, vals, start, stop)
-            if whole:
-                vals = [read_tensor(r, device, step) for r, step in zip(refs, steps)]
-                accumulate(name, kind, whole, vals)
-                del vals
-            bar.update(n_rows)
+        if whole or not compiled:
+            for name in names:
+                kind = module_type(name)
+                refs = series.refs(name)
+                if streamed and not compiled:
+                    for start, stop in chunk_ranges(refs[0].numel, chunk_size or BACKTEST_CHUNK_SIZE):
+                        vals = [to_torch(r.read_raw(start, stop), r.dtype).to(device=device, dtype=torch.float32)
+                                for r in refs]  # fp32 on --device (read on the CPU), as low-rank
+                        accumulate(name, kind, streamed, vals, start, stop)
+                if whole:
+                    vals = [read_tensor(r, device, step) for r, step in zip(refs, steps)]
+                    accumulate(name, kind, whole, vals)
+                    del vals
+                bar.update(n_rows)
     rows = []
     for w in windows:
         b, s = steps[w.idx[0]], steps[w.idx[-1]]
@@ -264,18 +265,22 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
     return rows
 
 
-def _combination_sums(series: CheckpointSeries, name: str, windows: list[Window], targets: dict, norms: str,
-                      chunk_size: int | None = None):
-    """One tensor's squared errors of every streamed row, in one compiled pass per chunk (float64).
+@dataclass
+class _Combinations:
+    """Every streamed row of a backtest as fixed combinations of checkpoints, packed for
+    ``fused.combo_sq_sums``: ``keys[(window, t)]`` = (q of prediction minus target, q of the
+    distance from s to the target); combination q is sum_p coef[q, p] * checkpoint index[q, p]."""
 
-    Each row's prediction is linear in the checkpoints (two-point: 1 - alpha and alpha; lsq: the
-    line's weights; a copied norm: the window's last), so prediction minus target, and the distance
-    from s to the target, are fixed combinations of checkpoints: ``fused.combo_sq_sums`` sums their
-    squares over the chunk. Returns ({(window, t): (q of the error, q of the distance)}, sums)."""
-    steps = series.steps
-    refs = series.refs(name)
-    k = len(steps)
-    copy = norms == "copy" and is_norm_weight(name)
+    keys: dict
+    index: np.ndarray
+    coef: np.ndarray
+    counts: np.ndarray
+
+
+def _combinations(steps: Sequence[float], windows: list[Window], targets: dict, copy: bool) -> _Combinations:
+    """Each row's prediction is linear in the checkpoints (two-point: 1 - alpha and alpha; lsq: the
+    line's weights; a copied norm: the window's last), so its error and its distance are fixed
+    combinations; the same for every tensor of one kind (norms copied or not), so built once."""
     combos: dict[tuple, int] = {}
     rows: list[dict[int, float]] = []
 
@@ -304,19 +309,25 @@ def _combination_sums(series: CheckpointSeries, name: str, windows: list[Window]
     width = max(len(r) for r in rows)
     index = np.zeros((len(rows), width), dtype=np.int64)
     coef = np.zeros((len(rows), width))
-    counts = np.array([len(r) for r in rows], dtype=np.int64)
     for q, r in enumerate(rows):
         index[q, :len(r)] = list(r)
         coef[q, :len(r)] = list(r.values())
-    sums = np.zeros(len(rows))
+    return _Combinations(keys, index, coef, np.array([len(r) for r in rows], dtype=np.int64))
+
+
+def _combination_sums(series: CheckpointSeries, name: str, table: _Combinations,
+                      chunk_size: int | None = None) -> np.ndarray:
+    """One tensor's sum of squares of every combination of ``table``, one compiled float64 pass per chunk."""
+    refs = series.refs(name)
     numel = refs[0].numel
-    chunk = chunk_size or auto_chunk_size(k)
+    sums = np.zeros(len(table.counts))
+    chunk = chunk_size or auto_chunk_size(len(series.steps))
     with BlockReader(refs, max(1, min(chunk, numel)), compact=True) as blocks:
         for start, stop in chunk_ranges(numel, chunk):
-            fused.combo_sq_sums(blocks.read(start, stop), index, coef, counts, sums)
+            fused.combo_sq_sums(blocks.read(start, stop), table.index, table.coef, table.counts, sums)
     if not np.isfinite(sums).all():  # NaN/Inf in an input, or overflow
-        raise_nonfinite(refs, steps, 0, numel, otherwise="values too large to fit (overflow) in a prediction")
-    return keys, sums
+        raise_nonfinite(refs, series.steps, 0, numel, otherwise="values too large to fit (overflow) in a prediction")
+    return sums
 
 
 def _errors(n: dict, d: dict) -> dict:
