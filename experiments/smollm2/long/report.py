@@ -37,12 +37,12 @@ KEY = f"avg@{K}"
 STRETCH = 30  # steps: the criterion's stretch
 
 
-def load_curves() -> dict[str, dict[int, dict]]:
-    """Per run: step -> {acc, n_correct, seconds (eval)}, from the evaluations that exist."""
+def load_curves(work: Path = WORK) -> dict[str, dict[int, dict]]:
+    """Per run: step -> {acc, n_correct}, from the evaluations that exist under ``work``."""
     runs: dict[str, dict[int, dict]] = {}
-    names = sorted(d.name for d in (WORK / "runs").iterdir() if d.is_dir()) if (WORK / "runs").is_dir() else []
+    names = sorted(d.name for d in (work / "runs").iterdir() if d.is_dir()) if (work / "runs").is_dir() else []
     for name in names:
-        for f in sorted((WORK / "eval").glob(f"{name}-*.json")):
+        for f in sorted((work / "eval").glob(f"{name}-*.json")):
             m = re.fullmatch(re.escape(name) + r"-(\d+)\.json", f.name)
             if not m:  # an analysis of the run (horizon, beyond), not a checkpoint of it
                 continue
@@ -338,6 +338,72 @@ def beyond_section(name: str, last: int) -> str:
                                "checkpoint, AIME24 0.4193 -> 0.4458, +4.2 points on average over four benchmarks.\n")
 
 
+SUPERSEDED = WORK / "superseded"  # the segments trained after the unintended optimizer reset, kept for the record
+RESET_STEP = 120
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def reproduced(name: str) -> dict[str, bool]:
+    """Whether the rerun's checkpoints 100-120 (trained before the reset, from the same checkpoint-90 with
+    Adam's state) are byte-identical to the first run's. Computed while both exist, then kept in
+    superseded/reproduction.json (the first run's weights are deleted afterwards: 540 MB each)."""
+    path = SUPERSEDED / "reproduction.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    mine = known.setdefault(name, {})
+    for old in sorted((SUPERSEDED / "runs" / name).glob("checkpoint-*")):
+        new = WORK / "runs" / name / old.name / "model.safetensors"
+        if old.name not in mine and (old / "model.safetensors").exists() and (new.parent / "trainer_state.json").exists():
+            mine[old.name] = _sha256(old / "model.safetensors") == _sha256(new)
+    if mine:
+        path.write_text(json.dumps(known, indent=1) + "\n")
+    return mine
+
+
+def reset_section(curves: dict[str, dict[int, dict]]) -> str:
+    """The first GRPO runs against their reruns from checkpoint-90: what one unintended Adam reset did."""
+    old = load_curves(SUPERSEDED)
+    if not old:
+        return ""
+    lines = [f"The first GRPO runs resumed their last segment (steps {RESET_STEP + 1}-150) without Adam's state: "
+             "`train_and_eval.sh` kept the optimizer file in the checkpoint last in *text* order "
+             "(checkpoint-90 sorts after checkpoint-120), deleted it from checkpoint-120, and the trainer resumed "
+             "from there with fresh moments, silently. The script now sorts by step (`sort -V`). Each GRPO run was "
+             "moved back to checkpoint-90 (which held Adam's state) and trained again; its first-run checkpoints "
+             "past 90 and their evaluations are kept in `work/superseded/` and are not used elsewhere in this "
+             "report. RL-Extra 20,20 resumed at step 120 too, but it clears Adam's state at every jump and jumps "
+             f"at step {RESET_STEP}, so its saved state there was already empty: it was not rerun.", "",
+             "Reproduction: checkpoints 100-120 of the rerun against the first run (same checkpoint, data order "
+             "and seeds; byte-identical model.safetensors or not):"]
+    for name in sorted(old):
+        rep = reproduced(name)
+        if rep:
+            lines.append(f"- {name}: " + ", ".join(f"{k.split('-')[-1]} {'identical' if v else 'DIFFERENT'}"
+                                                    for k, v in sorted(rep.items(), key=lambda kv: int(kv[0].split('-')[-1]))))
+    lines += ["", f"After step {RESET_STEP}, the first run (one Adam reset at {RESET_STEP}) beside the rerun (no reset), "
+              "held-out avg@4; the difference is paired over the held-out problems (first run - rerun):", "",
+              "| run | step | with the reset | rerun | difference (SE) |", "|---|---|---|---|---|"]
+    for name, c in sorted(old.items()):
+        for s in sorted(c):
+            if s <= RESET_STEP:
+                continue
+            new = curves.get(name, {}).get(s)
+            if new is None:
+                lines.append(f"| {name} | {s} | {c[s]['acc']:.3f} | - | - |")
+                continue
+            d, se = paired_difference(c[s]["n_correct"], new["n_correct"], K)
+            lines.append(f"| {name} | {s} | {c[s]['acc']:.3f} | {new['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
 def write() -> None:
     curves = load_curves()
     total = CONFIG["train"]["steps"]
@@ -366,7 +432,10 @@ def write() -> None:
         "runs": {n: {str(s): {"acc": round(v["acc"], 6), "n_correct": v["n_correct"]} for s, v in c.items()}
                  for n, c in curves.items()},
         "train_reward": {n: {str(s): r for s, r in rr.items()} for n, rr in reward_rows.items()},
-        "selection": verdicts, "analysis": analysis_numbers(CHOSEN)}, separators=(",", ":")) + "\n")
+        "selection": verdicts, "analysis": analysis_numbers(CHOSEN),
+        "superseded_after_reset": {n: {str(s): {"acc": round(v["acc"], 6), "n_correct": v["n_correct"]}
+                                       for s, v in c.items() if s > RESET_STEP}
+                                   for n, c in load_curves(SUPERSEDED).items()}}, separators=(",", ":")) + "\n")
     t = CONFIG["task"]
     text = f"""# The paper's regime on a real model: a long, slow SmolLM2 run (CPU)
 
@@ -386,7 +455,8 @@ two jobs sharing the cores).
 - GRPO (TRL 1.16): {CONFIG['train']['prompts_per_step']} prompts x {CONFIG['train']['num_generations']} samples
   per step, temperature 1.0, constant lr, no KL, no lr warm-up, completions up to
   {CONFIG['train']['max_completion_length']} tokens, checkpoint every {CONFIG['train']['save_every']} steps (Adam's
-  state kept only in the newest), trained in segments of 30 steps (each a resume of the last).
+  state kept only in the newest), trained in segments of 30 steps (each a resume of the last, with
+  Adam's state: see "An unintended optimizer reset" below for the runs where that failed).
 - Evaluation: every checkpoint, {t['n_test']} held-out problems x {K} samples, temperature
   {CONFIG['eval']['temperature']}, top-p {CONFIG['eval']['top_p']}, up to {CONFIG['eval']['max_new_tokens']} new tokens,
   rlextra's engine, sampling seed {CONFIG['eval']['seed']}: every model through one decoder and seed.
@@ -430,6 +500,8 @@ baseline the paper never ran), the control 20,0 (the optimizer reset alone), the
 (`--rl-extra-replay`: every cycle trains on GRPO's first 20 batches again) at 20,20 and 20,100, and
 rlextra's adaptive jump (`--rl-extra-auto`). A run shows here once its checkpoints are evaluated.
 
+""" + ("### An unintended optimizer reset at step " + str(RESET_STEP) + ", and the rerun\n\n" + reset_section(curves)
+       if load_curves(SUPERSEDED) else "") + """
 ## 3. Linearity of the chosen GRPO run (""" + CHOSEN + """), beside the paper
 
 """ + analysis_section(CHOSEN) + """

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One run of the long SmolLM2 experiment: train (or resume) in segments of SEGMENT steps, evaluate
 # every new checkpoint after each segment (so the curve grows while the run goes on), and keep
-# Adam's state only in the newest checkpoint (the analyses read weights; ~1 GB per optimizer file).
+# Adam's state and the RL-Extra anchor only in the newest checkpoint, the one a resume reads (the
+# analyses read weights; ~1 GB per optimizer file, 540 MB per anchor).
 # Resumable: rerun the same command after a stop.
 # Usage (repository root): bash experiments/smollm2/long/train_and_eval.sh NAME LR [train options...]
 #   e.g. bash experiments/smollm2/long/train_and_eval.sh grpo-lr2e-06 2e-6
@@ -18,12 +19,15 @@ EVAL=(--k 4 --temperature 0.6 --top-p 0.95 --max-new-tokens 16 --backend rlextra
 mkdir -p $W/runs $W/eval
 RUN=$W/runs/$NAME
 log() { echo "[$(date -u +%FT%TZ)] $*" | tee -a $W/commands.log; }
-prune() {  # Adam's state stays only in the newest checkpoint
-  local last; last=$(ls -d $RUN/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1) || return 0
-  for c in $RUN/checkpoint-*; do [ "$c" != "$last" ] && rm -f "$c/optimizer.pt" "$c/scheduler.pt"; done; true
+checkpoints() { ls -d $RUN/checkpoint-* 2>/dev/null | sort -V; }  # in step order (checkpoint-90 before -100)
+prune() {  # Adam's state and the RL-Extra anchor stay only in the newest checkpoint
+  local last; last=$(checkpoints | tail -1) || return 0
+  for c in $RUN/checkpoint-*; do
+    [ "$c" != "$last" ] && rm -f "$c/optimizer.pt" "$c/scheduler.pt" "$c/rl_extra_anchor.safetensors"
+  done; true
 }
 evaluate() {
-  for c in $(ls -d $RUN/checkpoint-* 2>/dev/null | sort -t- -k2 -n); do
+  for c in $(checkpoints); do
     st=${c##*-}; out=$W/eval/$NAME-$st.json
     [ -e "$out" ] && continue
     [ -e "$c/trainer_state.json" ] || [ "$st" = 0 ] || continue  # complete checkpoints only
