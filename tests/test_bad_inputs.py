@@ -617,6 +617,42 @@ def test_train_disk_full_and_a_corrupt_resume_file_are_one_line(ws, tmp_path, ca
     assert rc == 2 and err.count("\n") == 1 and "checkpoint-2: a file training resumes from cannot be read" in err, err
 
 
+@pytest.mark.slow
+def test_train_refuses_to_resume_without_adams_state(ws, tmp_path, capsys):
+    """A checkpoint whose optimizer.pt was deleted (by hand, or by a script that pruned the wrong one):
+    transformers' Trainer would resume with fresh Adam moments without a word. rlextra refuses, in one
+    line naming the checkpoint and the flag that accepts it; with the flag the run goes on."""
+    argv = ["train", "--model", str(ws / "model"), "--steps", "2", "--save-every", "2", "--digits", "1",
+            "--n-train", "20", "--n-test", "4", "--prompts-per-step", "2", "--num-generations", "2",
+            "--max-completion-length", "2", "--eval-problems", "0", "-q", "-o", str(tmp_path / "run")]
+    assert main(argv) == 0
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    (ckpt / "optimizer.pt").unlink()
+    capsys.readouterr()
+    argv[argv.index("--steps") + 1] = "4"
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"{ckpt}: has no optimizer state" in err and "--resume-without-optimizer" in err, err
+    assert not (tmp_path / "run" / "checkpoint-4").exists()
+    assert main([*argv, "--resume-without-optimizer"]) == 0
+    assert (tmp_path / "run" / "checkpoint-4" / "optimizer.pt").is_file()
+
+
+def test_optimizer_state_is_found_in_every_trainer_layout(tmp_path):
+    from rlextra.rl.grpo import has_optimizer_state
+
+    layouts = {"plain": ["optimizer.pt"], "accelerate": ["optimizer.bin"], "fsdp": ["optimizer_0/"],
+               "per-rank": ["rank0-of-2-optimizer.pt"], "deepspeed": ["global_step4/"],
+               "pruned": ["model.safetensors", "trainer_state.json", "rng_state.pth"]}
+    for name, files in layouts.items():
+        for f in files:
+            path = tmp_path / name / f
+            path.mkdir(parents=True) if f.endswith("/") else (path.parent.mkdir(parents=True, exist_ok=True),
+                                                              path.write_bytes(b""))
+        assert has_optimizer_state(tmp_path / name) == (name != "pruned"), name
+
+
 def test_a_double_ctrl_c_still_ends_in_one_line(tmp_path):
     """The second Ctrl-C arrives during the cleanup of the first: it is ignored, so the cleanup
     finishes and the user sees one line, not a traceback."""

@@ -133,7 +133,7 @@ BACKTEST = Options(backtest, ["pairs", "backend", "shard", "allow_pickle", "allo
              "combine the N outputs with rlextra backtest-merge"})
 TRAIN = Options(TrainConfig, [
     "max_steps", "save_every", "learning_rate", "warmup_steps", "prompts_per_step", "num_generations",
-    "max_completion_length", "temperature", "top_p", "beta", "seed", "keep_optimizer", "eval_problems", "rl_extra",
+    "max_completion_length", "temperature", "top_p", "beta", "seed", "keep_optimizer", "resume_without_optimizer", "eval_problems", "rl_extra",
     "rl_extra_warmup", "rl_extra_replay", "rl_extra_optimizer", "rl_extra_method", "rl_extra_snapshots", "rl_extra_rank", "rl_extra_norms",
     "rl_extra_include", "rl_extra_exclude", "rl_extra_safe", "rl_extra_safe_prompts", "rl_extra_safe_samples",
     "rl_extra_safe_tolerance", "rl_extra_auto", "rl_extra_auto_threshold", "monitor_every", "monitor_sample",

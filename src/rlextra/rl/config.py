@@ -49,6 +49,9 @@ class TrainConfig:
     keep_optimizer: str = option(
         "every", "Adam's state in every checkpoint (every), or only in the newest one, which a resume reads "
         "(last: saves about twice the model's size per older checkpoint)", choices=("every", "last"))
+    resume_without_optimizer: bool = option(
+        False, "resume from a checkpoint whose Adam state was deleted, with Adam's moments started afresh (without "
+        "this flag such a resume is refused: the trainer would restart them silently)")
     eval_problems: int = option(200, "held-out problems graded greedily at each checkpoint (0: off)")
     rl_extra: tuple[int, int] | None = option(
         None, "RL-Extra: after every M real steps jump N extrapolated steps (use a constant lr); M,0 with the "

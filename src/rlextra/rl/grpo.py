@@ -35,6 +35,21 @@ def last_checkpoint(run: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def has_optimizer_state(ckpt: Path) -> bool:
+    """Whether a checkpoint holds the optimizer's state in a layout the Trainer resumes from: optimizer.pt
+    (.bin), FSDP's optimizer folders, per-rank files, or DeepSpeed's global_step folder."""
+    return any("optimizer" in p.name or p.name.startswith("global_step") for p in ckpt.iterdir())
+
+
+def check_resume_optimizer(resume: Path | None, allowed: bool) -> None:
+    """Refuse to resume from a checkpoint without Adam's state: transformers' Trainer then starts the
+    moments afresh without a word, an optimizer reset the run never asked for."""
+    if resume is not None and not allowed and not has_optimizer_state(resume):
+        raise RLExtraError(f"{resume}: has no optimizer state (optimizer.pt was deleted), so resuming from it would "
+                           "restart Adam's moments silently; restore it, remove this checkpoint folder to resume from "
+                           "an earlier one that has it, or pass --resume-without-optimizer")
+
+
 def split_safe_check(task: Task, n: int) -> tuple[Task, Task]:
     """Set the last n training problems aside for the safe-mode check: (training task, check task).
 
@@ -224,6 +239,7 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate, rank 0 claims and writes
     with claim(run) if main_process else contextlib.nullcontext():  # a second train on this folder is refused
         resume = last_checkpoint(run)
+        check_resume_optimizer(resume, cfg.resume_without_optimizer)
         if resume is not None and rl_extra is not None:
             rl_extra.check_resume(resume)  # refused before run.json records the refused settings
         run.mkdir(parents=True, exist_ok=True)
