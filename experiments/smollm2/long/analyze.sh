@@ -54,7 +54,7 @@ for b in 0 $HALF; do
 done
 
 # the horizon over training: from (0, s) to real checkpoints T (s + 10, s + 20, 1.5 s, 2 s, 3 s on the grid)
-for s in 30 60 90; do
+for s in 30 60 90 120; do
   for t in $(python3 -c "print(' '.join(str(t) for t in sorted({min(v, $LAST) for v in ($s + 10, $s + 20, round(1.5 * $s / 10) * 10, 2 * $s, 3 * $s) if v <= $LAST})))"); do
     out=$W/eval/$NAME-horizon-weights-0-$s-to-$t.json
     if [ ! -e "$out" ]; then
