@@ -538,7 +538,10 @@ was paused (SIGSTOP) for about 75 minutes while HumanEval ran on its core; its w
 its CPU time by that much. On 2026-11-29 between 09:56 and 11:00 both lanes were paused (SIGSTOP) for
 about 28 minutes in all, while checkpoint benchmarks (bench/RESULTS.md) ran on a quiet machine: the
 segments running then (grpo-lr6e-06 to step 30 and its evaluations, rlextra-20-20-lr1e-06 from step 90
-to 120) overstate their CPU time by up to that much.
+to 120) overstate their CPU time by up to that much. On 2026-11-29 from 13:28:49 to 13:30:49 both lanes
+were paused again (2 minutes, an extrapolation benchmark): grpo-lr1e-06 from step 120 to 150 and
+rlextra-20-100-lr1e-06 from step 90 to 120. The training hours include the first runs' superseded
+segments (steps 91-150 of the GRPO runs, see "An unintended optimizer reset").
 
 `bash experiments/smollm2/long/train_and_eval.sh NAME LR [train options]` (after
 `bash experiments/smollm2/run.sh`'s setup and `rlextra convert-gguf --smollm2 -o
