@@ -392,9 +392,10 @@ def reset_section(curves: dict[str, dict[int, dict]]) -> str:
              "`train_and_eval.sh` kept the optimizer file in the checkpoint last in *text* order "
              "(checkpoint-90 sorts after checkpoint-120), deleted it from checkpoint-120, and the trainer resumed "
              "from there with fresh moments, silently. The script now sorts by step (`sort -V`). Each GRPO run was "
-             "moved back to checkpoint-90 (which held Adam's state) and trained again; its first-run checkpoints "
-             "past 90 and their evaluations are kept in `work/superseded/` and are not used elsewhere in this "
-             "report. RL-Extra 20,20 resumed at step 120 too, but it clears Adam's state at every jump and jumps "
+             "moved back to checkpoint-90 (which held Adam's state) and trained again. Checkpoints 100-120 came "
+             "before the reset and the rerun reproduces them byte for byte (below), so their evaluations stand; "
+             "the first runs' checkpoints and evaluations past 120 are kept in `work/superseded/` and are not "
+             "used elsewhere in this report. RL-Extra 20,20 resumed at step 120 too, but it clears Adam's state at every jump and jumps "
              f"at step {RESET_STEP}, so its saved state there was already empty: it was not rerun.", "",
              "Reproduction: checkpoints 100-120 of the rerun against the first run (same checkpoint, data order "
              "and seeds; byte-identical model.safetensors or not):"]
