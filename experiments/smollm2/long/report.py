@@ -195,6 +195,24 @@ def equal_steps_section(curves: dict[str, dict[int, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def jumps_section(curves: dict[str, dict[int, dict]]) -> str:
+    """Each jump of each RL-Extra run: the checkpoint saved right after it (at the jump's real step)
+    against the one 10 real steps before, paired; the difference also holds those 10 steps of training."""
+    lines = ["| run | jump at real step | effective step after | ||jump|| | avg@4 10 steps before | right after | "
+             "difference (paired SE) |", "|---|---|---|---|---|---|---|"]
+    for n, c in curves.items():
+        log = WORK / "runs" / n / "rl_extra.jsonl"
+        if not log.exists():
+            continue
+        for r in (json.loads(x) for x in log.read_text().splitlines() if x.strip()):
+            s = r["real_step"]
+            if s in c and s - 10 in c and r.get("n"):
+                d, se = paired_difference(c[s]["n_correct"], c[s - 10]["n_correct"], K)
+                lines.append(f"| {n} | {s} | {r['effective_step']} | {r['jump_norm']:.3f} | {c[s - 10]['acc']:.3f} | "
+                             f"{c[s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def _weights_row(label: str, path: Path, paper: str) -> str | None:
     d = _eval(path)
     if d is None:
@@ -509,7 +527,10 @@ Mean training reward (T=1.0, per logged step, averaged over each 10-step interva
 
 ## 2. At equal real steps
 
-""" + equal_steps_section(curves) + """
+""" + equal_steps_section(curves) + ("""
+Jump by jump (each checkpoint at a jump's real step is saved after the jump):
+
+""" + jumps_section(curves) if jumps_section(curves) else "") + """
 Runs queued (`queue.sh A LR`, `queue.sh B LR`, one lane per core): the paper's RL-Extra at 20,20 and
 at 20,100 (two-point, optimizer reset), GRPO at the lr raised by the jump's factor (x2, x6: the
 baseline the paper never ran), the control 20,0 (the optimizer reset alone), the paper's data order
