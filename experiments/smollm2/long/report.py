@@ -401,20 +401,22 @@ def reproduced(name: str) -> dict[str, bool]:
     return mine
 
 
-def reset_section(curves: dict[str, dict[int, dict]]) -> str:
-    """The first GRPO runs against their reruns from checkpoint-90: what one unintended Adam reset did."""
-    old = load_curves(SUPERSEDED)
+def reset_section(curves: dict[str, dict[int, dict]], old: dict[str, dict[int, dict]]) -> str:
+    """The first GRPO runs (``old``, their evaluations in superseded/) against their reruns from
+    checkpoint-90: what one unintended Adam reset did."""
     if not old:
         return ""
-    lines = [f"The first GRPO runs resumed their last segment (steps {RESET_STEP + 1}-150) without Adam's state: "
+    last = CONFIG["train"]["steps"]
+    lines = [f"The first GRPO runs resumed their last segment (steps {RESET_STEP + 1}-{last}) without Adam's state: "
              "`train_and_eval.sh` kept the optimizer file in the checkpoint last in *text* order "
              "(checkpoint-90 sorts after checkpoint-120), deleted it from checkpoint-120, and the trainer resumed "
              "from there with fresh moments, silently. The script now sorts by step (`sort -V`). Each GRPO run was "
              "moved back to checkpoint-90 (which held Adam's state) and trained again. Checkpoints 100-120 came "
              "before the reset and the rerun reproduces them byte for byte (below), so their evaluations stand; "
              "the first runs' checkpoints and evaluations past 120 are kept in `work/superseded/` and are not "
-             "used elsewhere in this report. RL-Extra 20,20 resumed at step 120 too, but it clears Adam's state at every jump and jumps "
-             f"at step {RESET_STEP}, so its saved state there was already empty: it was not rerun.", "",
+             f"used elsewhere in this report. RL-Extra 20,20 resumed at step {RESET_STEP} too, but it clears "
+             f"Adam's state at every jump and jumps at step {RESET_STEP}, so its saved state there was already "
+             "empty: it was not rerun.", "",
              "Reproduction: checkpoints 100-120 of the rerun against the first run (same checkpoint, data order "
              "and seeds; byte-identical model.safetensors or not):"]
     for name in sorted(old):
@@ -449,13 +451,15 @@ def reset_section(curves: dict[str, dict[int, dict]]) -> str:
         acc = ("within two standard errors at every checkpoint after it" if all(abs(d) < 2 * se for d, se in diffs)
                else "beyond two standard errors at some checkpoint after it")
         lines += ["", f"The weights of {CHOSEN}, full coverage, share of entries with R^2 > 0.7: " + "; ".join(lin) +
-                  f". One reset of Adam's moments, {150 - RESET_STEP} steps before the end, made the weights' "
+                  f". One reset of Adam's moments, {last - RESET_STEP} steps before the end, made the weights' "
                   f"trajectories less linear; the held-out accuracy of the two runs stayed {acc}."]
     return "\n".join(lines) + "\n"
 
 
 def write() -> None:
     curves = load_curves()
+    old = load_curves(SUPERSEDED)
+    jumps = jumps_section(curves)
     total = CONFIG["train"]["steps"]
     cands = {f"grpo-lr{lr:.0e}": lr for lr in CONFIG["train"]["candidate_lrs"]}
     verdicts = {name: criterion(curves.get(name, {}), total) for name in cands}
@@ -485,7 +489,7 @@ def write() -> None:
         "selection": verdicts, "analysis": analysis_numbers(CHOSEN),
         "superseded_after_reset": {n: {str(s): {"acc": round(v["acc"], 6), "n_correct": v["n_correct"]}
                                        for s, v in c.items() if s > RESET_STEP}
-                                   for n, c in load_curves(SUPERSEDED).items()}}, separators=(",", ":")) + "\n")
+                                   for n, c in old.items()}}, separators=(",", ":")) + "\n")
     t = CONFIG["task"]
     text = f"""# The paper's regime on a real model: a long, slow SmolLM2 run (CPU)
 
@@ -546,15 +550,15 @@ Mean training reward (T=1.0, per logged step, averaged over each 10-step interva
 """ + equal_steps_section(curves) + ("""
 Jump by jump (each checkpoint at a jump's real step is saved after the jump):
 
-""" + jumps_section(curves) if jumps_section(curves) else "") + """
+""" + jumps if jumps else "") + """
 Runs queued (`queue.sh A LR`, `queue.sh B LR`, one lane per core): the paper's RL-Extra at 20,20 and
 at 20,100 (two-point, optimizer reset), GRPO at the lr raised by the jump's factor (x2, x6: the
 baseline the paper never ran), the control 20,0 (the optimizer reset alone), the paper's data order
 (`--rl-extra-replay`: every cycle trains on GRPO's first 20 batches again) at 20,20 and 20,100, and
 rlextra's adaptive jump (`--rl-extra-auto`). A run shows here once its checkpoints are evaluated.
 
-""" + ("### An unintended optimizer reset at step " + str(RESET_STEP) + ", and the rerun\n\n" + reset_section(curves)
-       if load_curves(SUPERSEDED) else "") + """
+""" + ("### An unintended optimizer reset at step " + str(RESET_STEP) + ", and the rerun\n\n" + reset_section(curves, old)
+       if old else "") + """
 ## 3. Linearity of the chosen GRPO run (""" + CHOSEN + """), beside the paper
 
 """ + analysis_section(CHOSEN) + """
