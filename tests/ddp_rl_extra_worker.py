@@ -12,6 +12,7 @@ from transformers import Trainer, TrainingArguments
 from rlextra.rl.models import char_tokenizer, tiny_llama
 from rlextra.rl.monitor import LinearityMonitor
 from rlextra.rl.rl_extra import RLExtraCallback
+from worker_exit import arm_watchdog, leave
 
 
 class Toy(Dataset):
@@ -27,6 +28,7 @@ class Toy(Dataset):
 
 
 def main(out: str) -> None:
+    arm_watchdog()
     torch.set_num_threads(1)
     tok = char_tokenizer()
     model = tiny_llama(tok, hidden=32, layers=2, intermediate=64, seed=0)
@@ -49,9 +51,7 @@ def main(out: str) -> None:
         json.dump({"world_size": args.world_size, "params_sha": h.hexdigest(),
                    "jump_steps": [j["real_step"] for j in cb.jumps],
                    "monitor_sha": snap.hexdigest(), "monitor_steps": [r["step"] for r in mon.rows if "event" not in r]}, f)
-    # leave together: a rank that exits while its peer still holds the gloo pairs can abort the peer
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    leave(torch.distributed)
 
 
 if __name__ == "__main__":

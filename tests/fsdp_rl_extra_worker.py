@@ -21,6 +21,7 @@ from rlextra.extrapolate.methods import predict_tensor
 from rlextra.rl.models import char_tokenizer, tiny_llama
 from rlextra.rl.monitor import LinearityMonitor
 from rlextra.rl.rl_extra import RLExtraCallback
+from worker_exit import arm_watchdog, leave
 
 
 def full(model) -> dict:
@@ -28,6 +29,7 @@ def full(model) -> dict:
 
 
 def main(out: str, method: str) -> None:
+    arm_watchdog()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
@@ -92,8 +94,7 @@ def main(out: str, method: str) -> None:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"errors": errors, "jumps": [j["real_step"] for j in cb.jumps], "digest": digest,
                    "monitor": monitor}, f)
-    dist.barrier()  # no rank tears gloo down while its peer still talks to it (a rank aborted here once)
-    dist.destroy_process_group()
+    leave(dist)  # a rank aborted at exit here once, and a DDP worker hung in gloo's teardown
 
 
 if __name__ == "__main__":
