@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -122,13 +123,21 @@ def _torchrun(worker_name: str, tmp_path: Path, *args: str, **env_extra: str) ->
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env_extra,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(worker.parent), os.environ.get("PYTHONPATH")]))}
     logs = tmp_path / "torchrun-logs"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(_free_port()), "--log-dir", str(logs), "--redirects", "3",
-                        str(worker), str(tmp_path), *args], capture_output=True, text=True, env=env, timeout=300)
-    if r.returncode != 0:
-        ranks = "\n".join(f"--- {f.relative_to(logs)}\n{f.read_text()[-1500:]}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "--log-dir", str(logs), "--redirects", "3", str(worker), str(tmp_path), *args]
+    # its own session, so a timeout kills the ranks too (killing torchrun alone left a hung rank running)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as p:
+        try:
+            _, err = p.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            _, err = p.communicate()
+            err = "timed out after 300 s\n" + err
+    if p.returncode != 0:
+        ranks = "\n".join(f"--- {f.relative_to(logs)}\n{f.read_text()[-3000:]}"
                           for f in sorted(logs.rglob("stderr.log")))
-        pytest.fail(f"torchrun exited {r.returncode}\n{r.stderr[-1500:]}\n{ranks}")
+        pytest.fail(f"torchrun exited {p.returncode}\n{err[-1500:]}\n{ranks}")
 
 
 @pytest.mark.slow
@@ -320,12 +329,20 @@ def test_replay_trains_every_cycle_on_grpos_first_batches(tiny, tmp_path, monkey
     assert replay[0:2] == replay[2:4] == replay[4:6] == plain[0:2]
     assert not (out / "checkpoint-2" / "optimizer.pt").exists() and not (out / "checkpoint-4" / "optimizer.pt").exists()
     assert (out / "checkpoint-6" / "optimizer.pt").is_file()
+    assert not (out / "checkpoint-4" / ANCHOR_FILE).exists() and (out / "checkpoint-6" / ANCHOR_FILE).is_file()
     assert (out / "checkpoint-4" / "model.safetensors").is_file()
     seen.clear()
     cfg.max_steps = 8
     train(cfg)  # resumes from checkpoint-6's optimizer; the cycle of steps 7-8 replays again
     assert seen == plain[0:2]
     assert not (out / "checkpoint-6" / "optimizer.pt").exists() and (out / "checkpoint-8" / "optimizer.pt").is_file()
+    assert not (out / "checkpoint-6" / ANCHOR_FILE).exists() and (out / "checkpoint-8" / ANCHOR_FILE).is_file()
+    for f in ("optimizer.pt", "scheduler.pt"):  # an older checkpoint: Adam's state and the anchor both gone
+        (out / "checkpoint-8" / f).rename(out / f)
+    (out / "checkpoint-8").rename(out / "moved-8")
+    cfg.max_steps, cfg.resume_without_optimizer = 10, True
+    with pytest.raises(RLExtraError, match=r"checkpoint-6/rl_extra_anchor.safetensors: missing"):
+        train(cfg)  # resumes from checkpoint-6 mid-cycle: its anchor went with --keep-optimizer last
     with pytest.raises(RLExtraError, match="--rl-extra-replay needs 400 training prompts"):
         train(TrainConfig(model=str(tiny), output_dir=str(tmp_path / "x"), task=SPEC, rl_extra=(100, 1),
                           rl_extra_replay=True, prompts_per_step=4, progress=False))
