@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
+from rlextra.rl.cycle_state import ANCHOR_FILE
+
 
 class SeriesCallback(TrainerCallback):
     """Saves checkpoint-0 and appends one metrics.jsonl line per checkpoint.
@@ -70,12 +72,14 @@ class SeriesCallback(TrainerCallback):
             prune_optimizer_state(self.run, keep_step=state.global_step)
 
 
-OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
+OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt", ANCHOR_FILE)  # what only a resume reads
 
 
 def prune_optimizer_state(run: Path, keep_step: int) -> None:
-    """Delete the optimizer and scheduler files of every checkpoint before ``keep_step`` (the newest,
-    which a resume reads); weights, trainer state and RNG state stay."""
+    """Delete the optimizer and scheduler files, and RL-Extra's anchor snapshots, of every checkpoint
+    before ``keep_step`` (the newest, which a resume reads); weights, trainer state and RNG state stay.
+    Steps compare as numbers: checkpoint-90 is older than checkpoint-120 (a copy of this in a shell
+    script, sorting by text, once kept Adam's state in the wrong checkpoint)."""
     for ckpt in Path(run).glob("checkpoint-*"):
         step = ckpt.name.rpartition("-")[2]
         if step.isdigit() and int(step) < keep_step:

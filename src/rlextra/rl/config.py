@@ -47,8 +47,9 @@ class TrainConfig:
     beta: float = option(0.0, "KL coefficient (0 as in the paper)")
     seed: int = option(0, "training seed")
     keep_optimizer: str = option(
-        "every", "Adam's state in every checkpoint (every), or only in the newest one, which a resume reads "
-        "(last: saves about twice the model's size per older checkpoint)", choices=("every", "last"))
+        "every", "Adam's state (and RL-Extra's anchor) in every checkpoint (every), or only in the newest one, which a "
+        "resume reads (last: saves about twice the model's size per older checkpoint, three times with RL-Extra)",
+        choices=("every", "last"))
     resume_without_optimizer: bool = option(
         False, "resume from a checkpoint whose Adam state was deleted, with Adam's moments started afresh (without "
         "this flag such a resume is refused: the trainer would restart them silently)")

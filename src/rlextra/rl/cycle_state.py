@@ -40,7 +40,11 @@ def load_snapshots(ckpt: Path, state: dict) -> list[tuple[int, dict]]:
     """The snapshots saved beside ``state``: (step, {name: tensor}), the anchor first."""
     from safetensors.torch import load_file
 
-    flat = load_file(str(Path(ckpt) / ANCHOR_FILE))
+    path = Path(ckpt) / ANCHOR_FILE
+    if not path.is_file():
+        raise RLExtraError(f"{path}: missing; an RL-Extra run resumes from the checkpoint that holds its anchor "
+                           "(with --keep-optimizer last, the newest only)")
+    flat = load_file(str(path))
     steps = state.get("snapshot_steps", [state["cycle_start"]])
     if not any("/" in k for k in flat):  # written before snapshots were indexed: the anchor alone
         flat = {f"0/{k}": v for k, v in flat.items()}
