@@ -1,8 +1,11 @@
 """The long SmolLM2 run's report: curves of every run evaluated so far, the choice of the learning
 rate on GRPO curves alone, and (as the runs land) the comparisons at equal real steps.
 
-Reads work/eval/NAME-STEP.json (written by train_and_eval.sh) and work/runs/NAME/metrics.jsonl;
-writes curves.json (small: accuracy and per-problem counts per run and step, and the analysis figures
+Reads work/eval/NAME-STEP.json (written by train_and_eval.sh) and work/runs/NAME/metrics.jsonl, on
+top of what earlier reports committed: curves.json (every evaluation and training reward) and
+record.json (the sections rendered from work files that are not committed: analyses, extrapolated
+models' evaluations, jump logs, CPU hours). A work folder lost with its machine therefore costs no
+result; what is evaluated again is checked against the record. Writes curves.json (small: accuracy and per-problem counts per run and step, and the analysis figures
 RESULTS.md cites), accuracy_vs_step.png
 and RESULTS.md beside this script. Nothing here trains or evaluates: run it at any time.
 
@@ -35,6 +38,42 @@ CONFIG = json.loads((HERE / "config.json").read_text())
 K = CONFIG["eval"]["k"]
 KEY = f"avg@{K}"
 STRETCH = 30  # steps: the criterion's stretch
+RECORD = HERE / "record.json"
+
+
+def load_record() -> dict:
+    """What earlier reports committed: curves.json's evaluations and rewards, record.json's sections."""
+    rec = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    committed = json.loads((HERE / "curves.json").read_text()) if (HERE / "curves.json").exists() else {}
+    for key in ("runs", "superseded_after_reset", "train_reward", "analysis"):
+        rec[key] = committed.get(key, {})
+    return rec
+
+
+def _as_curves(runs: dict) -> dict[str, dict[int, dict]]:
+    """Committed curves, with avg@k recomputed exactly from the per-problem counts (committed rounded)."""
+    out = {n: {int(s): {"acc": sum(v["n_correct"]) / (K * len(v["n_correct"])), "n_correct": v["n_correct"]}
+               for s, v in c.items()} for n, c in runs.items()}
+    for n, c in runs.items():
+        for s, v in c.items():
+            if abs(out[n][int(s)]["acc"] - v["acc"]) > 1e-6:
+                raise SystemExit(f"{HERE / 'curves.json'}: {n} step {s}: avg@{K} {v['acc']} does not match its counts")
+    return out
+
+
+def merged(recorded: dict[str, dict[int, dict]], live: dict[str, dict[int, dict]]) -> dict[str, dict[int, dict]]:
+    """The committed evaluations with the live ones on top (a live evaluation of the same checkpoint wins)."""
+    out = {n: dict(c) for n, c in recorded.items()}
+    for n, c in live.items():
+        out.setdefault(n, {}).update(c)
+    return {n: dict(sorted(c.items())) for n, c in sorted(out.items())}
+
+
+def agreement(recorded: dict[str, dict[int, dict]], live: dict[str, dict[int, dict]]) -> dict[str, dict[int, bool]]:
+    """Checkpoints evaluated again (a run retrained after its work folder was lost): same per-problem
+    counts as on record or not. Evaluation is deterministic, so equal counts mean equal behaviour."""
+    return {n: {s: v["n_correct"] == recorded[n][s]["n_correct"] for s, v in sorted(c.items()) if s in recorded.get(n, {})}
+            for n, c in live.items() if any(s in recorded.get(n, {}) for s in c)}
 
 
 def load_curves(work: Path = WORK) -> dict[str, dict[int, dict]]:
@@ -57,11 +96,12 @@ def train_rows(name: str) -> list[dict]:
     return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
 
 
-def cpu_hours(name: str) -> tuple[float, float]:
+def cpu_hours(name: str, recorded: dict | None = None) -> tuple[float, float]:
     """Training and evaluation hours of one run from work/commands.log (one thread per job, so wall
-    time is CPU time; two jobs shared the two cores)."""
+    time is CPU time; two jobs shared the two cores), plus the hours on record from earlier logs."""
     log = WORK / "commands.log"
-    train = ev = 0.0
+    train, ev = ((recorded or {}).get(name) or (0.0, 0.0))
+    train, ev = train * 3600, ev * 3600
     for line in log.read_text().splitlines() if log.exists() else []:
         m = re.search(r"\((\d+) s\)$", line)
         if not m:
@@ -73,10 +113,11 @@ def cpu_hours(name: str) -> tuple[float, float]:
     return train / 3600, ev / 3600
 
 
-def cpu_hours_total() -> dict[str, float]:
-    """All of work/commands.log by kind (one thread per job: wall time is CPU time)."""
+def cpu_hours_total(recorded: dict | None = None) -> dict[str, float]:
+    """All of work/commands.log by kind (one thread per job: wall time is CPU time), plus the hours on
+    record from earlier logs."""
     log = WORK / "commands.log"
-    out = {"training": 0.0, "evaluation": 0.0, "analysis": 0.0}
+    out = {"training": 0.0, "evaluation": 0.0, "analysis": 0.0} | dict(recorded or {})
     for line in log.read_text().splitlines() if log.exists() else []:
         m = re.search(r"\((\d+) s\)$", line)
         if m:
@@ -195,21 +236,27 @@ def equal_steps_section(curves: dict[str, dict[int, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def jumps_section(curves: dict[str, dict[int, dict]]) -> str:
+def jumps_section(curves: dict[str, dict[int, dict]], recorded: dict[str, list[str]]) -> str:
     """Each jump of each RL-Extra run: the checkpoint saved right after it (at the jump's real step)
-    against the one 10 real steps before, paired; the difference also holds those 10 steps of training."""
+    against the one 10 real steps before, paired; the difference also holds those 10 steps of training.
+    A run whose jump log is gone keeps its rows on record; ``recorded`` gains the rows computed now."""
     lines = ["| run | jump at real step | effective step after | ||jump|| | avg@4 10 steps before | right after | "
              "difference (paired SE) |", "|---|---|---|---|---|---|---|"]
     for n, c in curves.items():
         log = WORK / "runs" / n / "rl_extra.jsonl"
         if not log.exists():
+            lines += recorded.get(n, [])
             continue
+        rows = []
         for r in (json.loads(x) for x in log.read_text().splitlines() if x.strip()):
             s = r["real_step"]
             if s in c and s - 10 in c and r.get("n"):
                 d, se = paired_difference(c[s]["n_correct"], c[s - 10]["n_correct"], K)
-                lines.append(f"| {n} | {s} | {r['effective_step']} | {r['jump_norm']:.3f} | {c[s - 10]['acc']:.3f} | "
-                             f"{c[s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
+                rows.append(f"| {n} | {s} | {r['effective_step']} | {r['jump_norm']:.3f} | {c[s - 10]['acc']:.3f} | "
+                            f"{c[s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
+        if rows:
+            recorded[n] = rows
+        lines += rows
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
@@ -304,6 +351,14 @@ def analysis_numbers(name: str) -> dict:
                           for f in sorted((WORK / "eval").glob(f"{name}-*-*.json"))
                           if f.stem.startswith((f"{name}-horizon", f"{name}-beyond"))}
     return out
+
+
+def kept(record: dict, key: str, live: str, missing: str) -> str:
+    """A section rendered now when its inputs exist (and recorded), else the one recorded when they did."""
+    if live and live != missing:
+        record.setdefault("sections", {})[key] = live
+        return live
+    return record.get("sections", {}).get(key, live)
 
 
 def horizon_section(name: str, curve: dict[int, dict]) -> str:
@@ -401,9 +456,10 @@ def reproduced(name: str) -> dict[str, bool]:
     return mine
 
 
-def reset_section(curves: dict[str, dict[int, dict]], old: dict[str, dict[int, dict]]) -> str:
+def reset_section(curves: dict[str, dict[int, dict]], old: dict[str, dict[int, dict]], record: dict) -> str:
     """The first GRPO runs (``old``, their evaluations in superseded/) against their reruns from
-    checkpoint-90: what one unintended Adam reset did."""
+    checkpoint-90: what one unintended Adam reset did. Reproduction and linearity figures computed from
+    files since deleted come from ``record`` (which gains any computed now)."""
     if not old:
         return ""
     last = CONFIG["train"]["steps"]
@@ -420,8 +476,9 @@ def reset_section(curves: dict[str, dict[int, dict]], old: dict[str, dict[int, d
              "Reproduction: checkpoints 100-120 of the rerun against the first run (same checkpoint, data order "
              "and seeds; byte-identical model.safetensors or not):"]
     for name in sorted(old):
-        rep = reproduced(name)
+        rep = reproduced(name) or record.get("reproduction", {}).get(name, {})
         if rep:
+            record.setdefault("reproduction", {})[name] = rep
             lines.append(f"- {name}: " + ", ".join(f"{k.split('-')[-1]} {'identical' if v else 'DIFFERENT'}"
                                                     for k, v in sorted(rep.items(), key=lambda kv: int(kv[0].split('-')[-1]))))
     lines += ["", f"After step {RESET_STEP}, the first run (one Adam reset at {RESET_STEP}) beside the rerun (no reset), "
@@ -446,6 +503,9 @@ def reset_section(curves: dict[str, dict[int, dict]], old: dict[str, dict[int, d
                        f"{after['global']['frac_r2_above_0.7']:.1%} without (mean R^2 {before['global']['mean_r2']:.3f} "
                        f"vs {after['global']['mean_r2']:.3f})")
     if lin:
+        record["reset_linearity"] = lin
+    lin = lin or record.get("reset_linearity", [])
+    if lin:
         diffs = [paired_difference(c["n_correct"], curves[CHOSEN][st]["n_correct"], K)
                  for st, c in old.get(CHOSEN, {}).items() if st > RESET_STEP and st in curves.get(CHOSEN, {})]
         acc = ("within two standard errors at every checkpoint after it" if all(abs(d) < 2 * se for d, se in diffs)
@@ -456,10 +516,37 @@ def reset_section(curves: dict[str, dict[int, dict]], old: dict[str, dict[int, d
     return "\n".join(lines) + "\n"
 
 
+def retrained_section(again: dict[str, dict[int, bool]], rewards_again: dict[str, list[int]],
+                      compared: dict[str, int]) -> str:
+    """Runs trained again from step 0 after the work folder was lost, checked against the record."""
+    if not again and not rewards_again:
+        return ""
+    lines = ["", "### Runs trained again from step 0", "",
+             "On 2026-12-05 the work folder of every run (checkpoints, evaluations, logs) was no longer on the "
+             "machine; every number above from earlier days comes from the committed `curves.json` and "
+             "`record.json`. Runs that had to go on were trained again from step 0 with the same command, "
+             "and their checkpoints evaluated again where the record already has them. Same per-problem "
+             "counts at every such checkpoint, and the same training rewards, mean the run was reproduced:", ""]
+    for n in sorted(set(again) | set(rewards_again)):
+        ev = again.get(n, {})
+        same = [s for s, ok in ev.items() if ok]
+        diff = [s for s, ok in ev.items() if not ok]
+        bad = rewards_again.get(n, [])
+        lines.append(f"- {n}: " + (f"evaluations at steps {', '.join(map(str, same))} identical" if same
+                                    else "no checkpoint on record evaluated again yet")
+                     + (f"; DIFFERENT at {', '.join(map(str, diff))}" if diff else "")
+                     + (f"; training rewards identical at the {compared[n]} logged steps on record so far" if not bad
+                        else f"; training rewards DIFFERENT at steps {', '.join(map(str, bad))}"))
+    return "\n".join(lines) + "\n"
+
+
 def write() -> None:
-    curves = load_curves()
-    old = load_curves(SUPERSEDED)
-    jumps = jumps_section(curves)
+    record = load_record()
+    live = load_curves()
+    recorded = _as_curves(record["runs"])
+    curves, again = merged(recorded, live), agreement(recorded, live)
+    old = merged(_as_curves(record["superseded_after_reset"]), load_curves(SUPERSEDED))
+    jumps = jumps_section(curves, record.setdefault("jumps", {}))
     total = CONFIG["train"]["steps"]
     cands = {f"grpo-lr{lr:.0e}": lr for lr in CONFIG["train"]["candidate_lrs"]}
     verdicts = {name: criterion(curves.get(name, {}), total) for name in cands}
@@ -467,8 +554,13 @@ def write() -> None:
     names = list(curves)
     rows = "\n".join(f"| {s} | " + " | ".join(_fmt(curves[n].get(s, {}).get("acc")) for n in names) + " |"
                      for s in steps)
-    reward_rows = {n: {r["step"]: r.get("mean_reward") for r in train_rows(n)} for n in names}
-    hours = {n: cpu_hours(n) for n in names}
+    rewards_on_record = {n: {int(s): r for s, r in rr.items()} for n, rr in record["train_reward"].items()}
+    live_rewards = {n: {r["step"]: r.get("mean_reward") for r in train_rows(n)} for n in names}
+    reward_rows = {n: rewards_on_record.get(n, {}) | live_rewards[n] for n in names}
+    rewards_again = {n: [s for s, r in rr.items() if s in rewards_on_record.get(n, {}) and rewards_on_record[n][s] != r]
+                     for n, rr in live_rewards.items() if any(s in rewards_on_record.get(n, {}) for s in rr)}
+    rewards_compared = {n: sum(1 for s in rr if s and s in rewards_on_record.get(n, {})) for n, rr in live_rewards.items()}
+    hours = {n: cpu_hours(n, record.get("run_hours")) for n in names}
     vlines = []
     for name, v in verdicts.items():
         if v.get("evaluated_to") is None:
@@ -486,7 +578,8 @@ def write() -> None:
         "runs": {n: {str(s): {"acc": round(v["acc"], 6), "n_correct": v["n_correct"]} for s, v in c.items()}
                  for n, c in curves.items()},
         "train_reward": {n: {str(s): r for s, r in rr.items()} for n, rr in reward_rows.items()},
-        "selection": verdicts, "analysis": analysis_numbers(CHOSEN),
+        "selection": verdicts, "analysis": analysis_numbers(CHOSEN) if (WORK / "analysis" / CHOSEN).is_dir()
+        else record["analysis"],
         "superseded_after_reset": {n: {str(s): {"acc": round(v["acc"], 6), "n_correct": v["n_correct"]}
                                        for s, v in c.items() if s > RESET_STEP}
                                    for n, c in old.items()}}, separators=(",", ":")) + "\n")
@@ -557,23 +650,23 @@ baseline the paper never ran), the control 20,0 (the optimizer reset alone), the
 (`--rl-extra-replay`: every cycle trains on GRPO's first 20 batches again) at 20,20 and 20,100, and
 rlextra's adaptive jump (`--rl-extra-auto`). A run shows here once its checkpoints are evaluated.
 
-""" + ("### An unintended optimizer reset at step " + str(RESET_STEP) + ", and the rerun\n\n" + reset_section(curves, old)
-       if old else "") + """
+""" + ("### An unintended optimizer reset at step " + str(RESET_STEP) + ", and the rerun\n\n" + reset_section(curves, old, record)
+       if old else "") + retrained_section(again, rewards_again, rewards_compared) + """
 ## 3. Linearity of the chosen GRPO run (""" + CHOSEN + """), beside the paper
 
-""" + analysis_section(CHOSEN) + """
+""" + kept(record, "analysis", analysis_section(CHOSEN), f"Not measured yet (`analyze.sh {CHOSEN}`).\n") + """
 ### The horizon over training
 
 Two-point extrapolation from (0, s) to real checkpoints T, of the weights (`rlextra extrapolate`) and
 of the logits (`rlextra eval --extrapolate-from`), each evaluated like every checkpoint:
 
-""" + horizon_section(CHOSEN, curves.get(CHOSEN, {})) + """
+""" + kept(record, "horizon", horizon_section(CHOSEN, curves.get(CHOSEN, {})), "Not measured yet.\n") + """
 ## 4. Past the end of the run (the paper's decode-time claim)
 
-""" + beyond_section(CHOSEN, total) + """
+""" + kept(record, "beyond", beyond_section(CHOSEN, total), "Not measured yet.\n") + """
 ## Commands
 
-CPU hours so far (`work/commands.log`): """ + ", ".join(f"{k} {v:.1f}" for k, v in cpu_hours_total().items()) + """
+CPU hours so far (`work/commands.log`, plus those on record in `record.json` from the logs through """ + record.get("hours_through", "-") + """): """ + ", ".join(f"{k} {v:.1f}" for k, v in cpu_hours_total(record.get("hours")).items()) + """
 (one torch thread per job; two jobs shared the two cores, so these are also wall hours per lane). One
 exception: the training segment of rlextra-20-20-lr1e-06 from step 30 to 60 (started 2026-11-29 07:28)
 was paused (SIGSTOP) for about 75 minutes while HumanEval ran on its core; its wall time overstates
@@ -591,6 +684,8 @@ experiments/smollm2/work/model`); each line of `work/commands.log` records one c
 time.
 """
     (HERE / "RESULTS.md").write_text(text)
+    keep = {k: v for k, v in record.items() if k not in ("runs", "superseded_after_reset", "train_reward", "analysis")}
+    RECORD.write_text(json.dumps(keep, indent=1) + "\n")
 
 
 if __name__ == "__main__":
