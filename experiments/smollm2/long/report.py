@@ -516,6 +516,34 @@ def reset_section(curves: dict[str, dict[int, dict]], old: dict[str, dict[int, d
     return "\n".join(lines) + "\n"
 
 
+PLANNED = {  # queue.sh's runs, in its order
+    "rlextra-20-20-lr1e-06": "the paper's RL-Extra at 20,20 (two-point, optimizer reset)",
+    "rlextra-20-100-lr1e-06": "the paper's 6.1x setting, 20,100",
+    "replay-20-20-lr1e-06": "the paper's data order (`--rl-extra-replay`: every cycle trains on GRPO's first 20 "
+                            "batches again) at 20,20",
+    "auto-20-100-lr1e-06": "rlextra's adaptive jump (`--rl-extra-auto`) at 20,100",
+    "grpo-lr2e-06": "GRPO at the lr raised by 20,20's factor (x2: the baseline the paper never ran)",
+    "grpo-lr6e-06": "GRPO at the lr raised by 20,100's factor (x6)",
+    "control-20-0-lr1e-06": "the control 20,0 (the optimizer reset alone)",
+    "replay-20-100-lr1e-06": "the paper's data order at 20,100",
+}
+
+
+def planned_paragraph(curves: dict[str, dict[int, dict]], total: int) -> str:
+    """Which of queue.sh's runs are complete, which stopped short (and where), which have not run."""
+    done = [n for n in PLANNED if total in curves.get(n, {})]
+    short = [f"{n} (to real step {max(curves[n])})" for n in PLANNED if curves.get(n) and total not in curves[n]]
+    todo = [PLANNED[n] for n in PLANNED if not curves.get(n)]
+    out = [f"The runs of `queue.sh` (one lane per core): {'; '.join(PLANNED.values())}."]
+    out.append(f"Evaluated to step {total}: {', '.join(done) or 'none'}.")
+    if short:
+        out.append("Evaluated only part of the way (the runs stop with the machine and are reported as far as they "
+                   "got): " + ", ".join(short) + ".")
+    if todo:
+        out.append("Not run yet: " + "; ".join(todo) + ".")
+    return " ".join(out) + "\n"
+
+
 def retrained_section(again: dict[str, dict[int, bool]], rewards_again: dict[str, list[int]],
                       compared: dict[str, int]) -> str:
     """Runs trained again from step 0 after the work folder was lost, checked against the record."""
@@ -644,11 +672,7 @@ Mean training reward (T=1.0, per logged step, averaged over each 10-step interva
 Jump by jump (each checkpoint at a jump's real step is saved after the jump):
 
 """ + jumps if jumps else "") + """
-Runs queued (`queue.sh A LR`, `queue.sh B LR`, one lane per core): the paper's RL-Extra at 20,20 and
-at 20,100 (two-point, optimizer reset), GRPO at the lr raised by the jump's factor (x2, x6: the
-baseline the paper never ran), the control 20,0 (the optimizer reset alone), the paper's data order
-(`--rl-extra-replay`: every cycle trains on GRPO's first 20 batches again) at 20,20 and 20,100, and
-rlextra's adaptive jump (`--rl-extra-auto`). A run shows here once its checkpoints are evaluated.
+""" + planned_paragraph(curves, total) + """
 
 """ + ("### An unintended optimizer reset at step " + str(RESET_STEP) + ", and the rerun\n\n" + reset_section(curves, old, record)
        if old else "") + retrained_section(again, rewards_again, rewards_compared) + """
