@@ -560,7 +560,8 @@ def retrained_section(again: dict[str, dict[int, bool]], rewards_again: dict[str
         same = [s for s, ok in ev.items() if ok]
         diff = [s for s, ok in ev.items() if not ok]
         bad = rewards_again.get(n, [])
-        lines.append(f"- {n}: " + (f"evaluations at steps {', '.join(map(str, same))} identical" if same
+        lines.append(f"- {n}: " + (f"evaluation{'s' if len(same) > 1 else ''} at step{'s' if len(same) > 1 else ''} {', '.join(map(str, same))} "
+                                    "identical" if same
                                     else "no checkpoint on record evaluated again yet")
                      + (f"; DIFFERENT at {', '.join(map(str, diff))}" if diff else "")
                      + (f"; training rewards identical at the {compared[n]} logged steps on record so far" if not bad
@@ -700,7 +701,12 @@ segments running then (grpo-lr6e-06 to step 30 and its evaluations, rlextra-20-2
 to 120) overstate their CPU time by up to that much. On 2026-11-29 from 13:28:49 to 13:30:49 both lanes
 were paused again (2 minutes, an extrapolation benchmark): grpo-lr1e-06 from step 120 to 150 and
 rlextra-20-100-lr1e-06 from step 90 to 120. The training hours include the first runs' superseded
-segments (steps 91-150 of the GRPO runs, see "An unintended optimizer reset").
+segments (steps 91-150 of the GRPO runs, see "An unintended optimizer reset"). On 2026-12-05
+grpo-lr2e-06 and grpo-lr6e-06 were trained again from step 0 (`EVAL_FROM=120`: evaluated from step 120,
+the earlier checkpoints' evaluations being on record), then the control and the adaptive run started
+in their lanes (`STEPS=100 SEGMENT=20`, evaluated from steps 30 and 20: before those steps both are
+GRPO itself); test loops (distributed test workers, about 25 minutes) and one full test suite ran
+beside the lanes during the first hour, so those segments' wall hours overstate their CPU time.
 
 `bash experiments/smollm2/long/train_and_eval.sh NAME LR [train options]` (after
 `bash experiments/smollm2/run.sh`'s setup and `rlextra convert-gguf --smollm2 -o
