@@ -260,6 +260,31 @@ def jumps_section(curves: dict[str, dict[int, dict]], recorded: dict[str, list[s
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+def auto_section(curves: dict[str, dict[int, dict]], recorded: dict[str, list[str]]) -> str:
+    """Adaptive RL-Extra's decision at each cycle end: the in-flight weight error of every candidate n
+    (the monitor's backtest at that horizon), the threshold, the n taken, and the held-out accuracy on
+    either side. A run whose log is gone keeps its rows on record; ``recorded`` gains those computed now."""
+    lines = ["| run | real step | in-flight weight error per candidate n | threshold | n taken | avg@4 at the step "
+             "(after the decision) |", "|---|---|---|---|---|---|"]
+    for n, c in curves.items():
+        log = WORK / "runs" / n / "rl_extra.jsonl"
+        if not log.exists():
+            lines += recorded.get(n, [])
+            continue
+        rows = []
+        for r in (json.loads(x) for x in log.read_text().splitlines() if x.strip()):
+            ev = r.get("auto")
+            if not ev:
+                continue
+            errs = ", ".join(f"n={k}: " + ("-" if v is None else f"{v:.3f}") for k, v in ev["weight_error"].items())
+            acc = f"{c[r['real_step']]['acc']:.3f}" if r["real_step"] in c else "-"
+            rows.append(f"| {n} | {r['real_step']} | {errs} | {ev['threshold']:g} | {r['n']} | {acc} |")
+        if rows:
+            recorded[n] = rows
+        lines += rows
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def _weights_row(label: str, path: Path, paper: str) -> str | None:
     d = _eval(path)
     if d is None:
@@ -576,6 +601,7 @@ def write() -> None:
     curves, again = merged(recorded, live), agreement(recorded, live)
     old = merged(_as_curves(record["superseded_after_reset"]), load_curves(SUPERSEDED))
     jumps = jumps_section(curves, record.setdefault("jumps", {}))
+    auto = auto_section(curves, record.setdefault("auto", {}))
     total = CONFIG["train"]["steps"]
     cands = {f"grpo-lr{lr:.0e}": lr for lr in CONFIG["train"]["candidate_lrs"]}
     verdicts = {name: criterion(curves.get(name, {}), total) for name in cands}
@@ -672,7 +698,12 @@ Mean training reward (T=1.0, per logged step, averaged over each 10-step interva
 """ + equal_steps_section(curves) + ("""
 Jump by jump (each checkpoint at a jump's real step is saved after the jump):
 
-""" + jumps if jumps else "") + """
+""" + jumps if jumps else "") + ("""
+rlextra's adaptive jump (`--rl-extra-auto`, ours), decision by decision: a candidate n is taken when the
+in-flight weight error at its horizon (the monitor's backtest over its last rows, below 1 beats
+keeping the newest weights) is below the threshold; the largest such n wins, none means no jump:
+
+""" + auto if auto else "") + """
 """ + planned_paragraph(curves, total) + """
 
 """ + ("### An unintended optimizer reset at step " + str(RESET_STEP) + ", and the rerun\n\n" + reset_section(curves, old, record)
