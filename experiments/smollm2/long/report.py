@@ -598,7 +598,9 @@ def write() -> None:
     record = load_record()
     live = load_curves()
     recorded = _as_curves(record["runs"])
-    curves, again = merged(recorded, live), agreement(recorded, live)
+    ref = record.get("reference", {})  # what the record held before the work folder was lost
+    ref_curves = {n: {int(st): {"n_correct": c} for st, c in steps.items()} for n, steps in ref.get("runs", {}).items()}
+    curves, again = merged(recorded, live), agreement(ref_curves, live)
     old = merged(_as_curves(record["superseded_after_reset"]), load_curves(SUPERSEDED))
     jumps = jumps_section(curves, record.setdefault("jumps", {}))
     auto = auto_section(curves, record.setdefault("auto", {}))
@@ -612,10 +614,19 @@ def write() -> None:
     rewards_on_record = {n: {int(s): r for s, r in rr.items()} for n, rr in record["train_reward"].items()}
     live_rewards = {n: {r["step"]: r.get("mean_reward") for r in train_rows(n)} for n in names}
     reward_rows = {n: rewards_on_record.get(n, {}) | live_rewards[n] for n in names}
-    rewards_again = {n: [s for s, r in rr.items() if s in rewards_on_record.get(n, {}) and rewards_on_record[n][s] != r]
-                     for n, rr in live_rewards.items() if any(s in rewards_on_record.get(n, {}) for s in rr)}
-    rewards_compared = {n: sum(1 for s in rr if s and s in rewards_on_record.get(n, {})) for n, rr in live_rewards.items()}
-    hours = {n: cpu_hours(n, record.get("run_hours")) for n in names}
+    ref_rewards = {n: {int(st): r for st, r in rr.items()} for n, rr in ref.get("train_reward", {}).items()}
+    rewards_again = {n: [s for s, r in rr.items() if s in ref_rewards.get(n, {}) and ref_rewards[n][s] != r]
+                     for n, rr in live_rewards.items() if any(s in ref_rewards.get(n, {}) for s in rr)}
+    rewards_compared = {n: sum(1 for s in rr if s and s in ref_rewards.get(n, {})) for n, rr in live_rewards.items()}
+    log = WORK / "commands.log"
+    if log.exists() and log.read_text().strip():  # this log's hours, kept by its first line (each log counted once)
+        record.setdefault("hours_by_log", {})[log.read_text().splitlines()[0]] = {
+            "total": cpu_hours_total(), "runs": {n: list(cpu_hours(n)) for n in names}}
+    logs = list(record.get("hours_by_log", {}).values())
+    hours = {n: tuple(sum(x) for x in zip(record.get("run_hours", {}).get(n, (0.0, 0.0)),
+                                          *[lg["runs"].get(n, (0.0, 0.0)) for lg in logs])) for n in names}
+    hours_total = {k: record.get("hours", {}).get(k, 0.0) + sum(lg["total"].get(k, 0.0) for lg in logs)
+                   for k in ("training", "evaluation", "analysis")}
     vlines = []
     for name, v in verdicts.items():
         if v.get("evaluated_to") is None:
@@ -707,7 +718,7 @@ keeping the newest weights) is below the threshold; the largest such n wins, non
 """ + planned_paragraph(curves, total) + """
 
 """ + ("### An unintended optimizer reset at step " + str(RESET_STEP) + ", and the rerun\n\n" + reset_section(curves, old, record)
-       if old else "") + retrained_section(again, rewards_again, rewards_compared) + """
+       if old else "") + kept(record, "retrained", retrained_section(again, rewards_again, rewards_compared), "") + """
 ## 3. Linearity of the chosen GRPO run (""" + CHOSEN + """), beside the paper
 
 """ + kept(record, "analysis", analysis_section(CHOSEN), f"Not measured yet (`analyze.sh {CHOSEN}`).\n") + """
@@ -722,7 +733,7 @@ of the logits (`rlextra eval --extrapolate-from`), each evaluated like every che
 """ + kept(record, "beyond", beyond_section(CHOSEN, total), "Not measured yet.\n") + """
 ## Commands
 
-CPU hours so far (`work/commands.log`, plus those on record in `record.json` from the logs through """ + record.get("hours_through", "-") + """): """ + ", ".join(f"{k} {v:.1f}" for k, v in cpu_hours_total(record.get("hours")).items()) + """
+CPU hours so far (every `work/commands.log`, kept in `record.json`; through """ + record.get("hours_through", "-") + """ as totals): """ + ", ".join(f"{k} {v:.1f}" for k, v in hours_total.items()) + """
 (one torch thread per job; two jobs shared the two cores, so these are also wall hours per lane). One
 exception: the training segment of rlextra-20-20-lr1e-06 from step 30 to 60 (started 2026-11-29 07:28)
 was paused (SIGSTOP) for about 75 minutes while HumanEval ran on its core; its wall time overstates
