@@ -96,34 +96,24 @@ def train_rows(name: str) -> list[dict]:
     return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
 
 
-def cpu_hours(name: str, recorded: dict | None = None) -> tuple[float, float]:
-    """Training and evaluation hours of one run from work/commands.log (one thread per job, so wall
-    time is CPU time; two jobs shared the two cores), plus the hours on record from earlier logs."""
-    log = WORK / "commands.log"
-    train, ev = ((recorded or {}).get(name) or (0.0, 0.0))
-    train, ev = train * 3600, ev * 3600
-    for line in log.read_text().splitlines() if log.exists() else []:
+def log_hours(log: Path) -> dict:
+    """One commands.log in hours (one thread per job, so wall time is CPU time; two jobs shared the two
+    cores), read once: by kind ("total") and, per run, training and evaluation ("runs")."""
+    total = {"training": 0.0, "evaluation": 0.0, "analysis": 0.0}
+    runs: dict[str, list[int]] = {}  # seconds until the end
+    for line in log.read_text().splitlines():
         m = re.search(r"\((\d+) s\)$", line)
         if not m:
             continue
-        if f"train {name} to step" in line:
-            train += int(m.group(1))
-        elif f"runs/{name}/checkpoint-" in line and "] eval " in line:
-            ev += int(m.group(1))
-    return train / 3600, ev / 3600
-
-
-def cpu_hours_total(recorded: dict | None = None) -> dict[str, float]:
-    """All of work/commands.log by kind (one thread per job: wall time is CPU time), plus the hours on
-    record from earlier logs."""
-    log = WORK / "commands.log"
-    out = {"training": 0.0, "evaluation": 0.0, "analysis": 0.0} | dict(recorded or {})
-    for line in log.read_text().splitlines() if log.exists() else []:
-        m = re.search(r"\((\d+) s\)$", line)
-        if m:
-            kind = "training" if "] train " in line else "evaluation" if "] eval " in line else "analysis"
-            out[kind] += int(m.group(1)) / 3600
-    return out
+        sec = int(m.group(1))
+        kind = "training" if "] train " in line else "evaluation" if "] eval " in line else "analysis"
+        total[kind] += sec / 3600
+        if t := re.search(r"\] train (\S+) to step", line):
+            runs.setdefault(t.group(1), [0, 0])[0] += sec
+        elif kind == "evaluation":
+            for name in set(re.findall(r"runs/([^/\s]+)/checkpoint-", line)):
+                runs.setdefault(name, [0, 0])[1] += sec
+    return {"total": total, "runs": {n: [t / 3600, e / 3600] for n, (t, e) in runs.items()}}
 
 
 def criterion(curve: dict[int, dict], steps_total: int) -> dict:
@@ -619,9 +609,11 @@ def write() -> None:
                      for n, rr in live_rewards.items() if any(s in ref_rewards.get(n, {}) for s in rr)}
     rewards_compared = {n: sum(1 for s in rr if s and s in ref_rewards.get(n, {})) for n, rr in live_rewards.items()}
     log = WORK / "commands.log"
-    if log.exists() and log.read_text().strip():  # this log's hours, kept by its first line (each log counted once)
-        record.setdefault("hours_by_log", {})[log.read_text().splitlines()[0]] = {
-            "total": cpu_hours_total(), "runs": {n: list(cpu_hours(n)) for n in names}}
+    first = log.read_text().partition("\n")[0].strip() if log.exists() else ""
+    if first:  # this log's hours, kept under its first line (each log counted once, a lost one kept)
+        h = log_hours(log)
+        record.setdefault("hours_by_log", {})[first] = {
+            "total": h["total"], "runs": {n: h["runs"].get(n, [0.0, 0.0]) for n in names}}
     logs = list(record.get("hours_by_log", {}).values())
     hours = {n: tuple(sum(x) for x in zip(record.get("run_hours", {}).get(n, (0.0, 0.0)),
                                           *[lg["runs"].get(n, (0.0, 0.0)) for lg in logs])) for n in names}
