@@ -5,9 +5,9 @@ Reads work/eval/NAME-STEP.json (written by train_and_eval.sh) and work/runs/NAME
 top of what earlier reports committed: curves.json (every evaluation and training reward) and
 record.json (the sections rendered from work files that are not committed: analyses, extrapolated
 models' evaluations, jump logs, CPU hours). A work folder lost with its machine therefore costs no
-result; what is evaluated again is checked against the record. Writes curves.json (small: accuracy and per-problem counts per run and step, and the analysis figures
-RESULTS.md cites), accuracy_vs_step.png
-and RESULTS.md beside this script. Nothing here trains or evaluates: run it at any time.
+result; what is evaluated again is checked against the record. Writes curves.json (small: accuracy
+and per-problem counts per run and step, and the analysis figures RESULTS.md cites), record.json,
+accuracy_vs_step.png and RESULTS.md beside this script. Nothing here trains or evaluates: run it at any time.
 
 The selection criterion (issue text, applied to GRPO curves only, before any linearity or
 extrapolation number exists): held-out avg@4 rises by at least 0.15 from step 0 to the end, by at
@@ -24,6 +24,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -226,53 +227,62 @@ def equal_steps_section(curves: dict[str, dict[int, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def jumps_section(curves: dict[str, dict[int, dict]], recorded: dict[str, list[str]]) -> str:
+def rl_extra_logs(curves: dict[str, dict[int, dict]]) -> dict[str, list[dict] | None]:
+    """Each run's rl_extra.jsonl, read once (None when the run has no log here)."""
+    out: dict[str, list[dict] | None] = {}
+    for n in curves:
+        log = WORK / "runs" / n / "rl_extra.jsonl"
+        out[n] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else None
+    return out
+
+
+def _table(header: list[str], curves: dict[str, dict[int, dict]], logs: dict[str, list[dict] | None],
+           recorded: dict[str, list[str]], row: Callable[[str, dict, dict], str | None]) -> str:
+    """A table with one row per log record of each run (``row`` returns None to skip one); a run whose
+    log is gone keeps its rows on record, and ``recorded`` gains the rows computed now."""
+    lines = list(header)
+    for n, c in curves.items():
+        if logs.get(n) is None:
+            lines += recorded.get(n, [])
+            continue
+        rows = [x for x in (row(n, c, r) for r in logs[n]) if x is not None]
+        if rows:
+            recorded[n] = rows
+        lines += rows
+    return "\n".join(lines) + "\n" if len(lines) > len(header) else ""
+
+
+def jumps_section(curves: dict[str, dict[int, dict]], logs: dict[str, list[dict] | None],
+                  recorded: dict[str, list[str]]) -> str:
     """Each jump of each RL-Extra run: the checkpoint saved right after it (at the jump's real step)
-    against the one 10 real steps before, paired; the difference also holds those 10 steps of training.
-    A run whose jump log is gone keeps its rows on record; ``recorded`` gains the rows computed now."""
-    lines = ["| run | jump at real step | effective step after | ||jump|| | avg@4 10 steps before | right after | "
-             "difference (paired SE) |", "|---|---|---|---|---|---|---|"]
-    for n, c in curves.items():
-        log = WORK / "runs" / n / "rl_extra.jsonl"
-        if not log.exists():
-            lines += recorded.get(n, [])
-            continue
-        rows = []
-        for r in (json.loads(x) for x in log.read_text().splitlines() if x.strip()):
-            s = r["real_step"]
-            if s in c and s - 10 in c and r.get("n"):
-                d, se = paired_difference(c[s]["n_correct"], c[s - 10]["n_correct"], K)
-                rows.append(f"| {n} | {s} | {r['effective_step']} | {r['jump_norm']:.3f} | {c[s - 10]['acc']:.3f} | "
-                            f"{c[s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
-        if rows:
-            recorded[n] = rows
-        lines += rows
-    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+    against the one 10 real steps before, paired; the difference also holds those 10 steps of training."""
+    def row(n: str, c: dict, r: dict) -> str | None:
+        s = r["real_step"]
+        if not (s in c and s - 10 in c and r.get("n")):
+            return None
+        d, se = paired_difference(c[s]["n_correct"], c[s - 10]["n_correct"], K)
+        return (f"| {n} | {s} | {r['effective_step']} | {r['jump_norm']:.3f} | {c[s - 10]['acc']:.3f} | "
+                f"{c[s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
+
+    return _table(["| run | jump at real step | effective step after | ||jump|| | avg@4 10 steps before | right after | "
+                   "difference (paired SE) |", "|---|---|---|---|---|---|---|"], curves, logs, recorded, row)
 
 
-def auto_section(curves: dict[str, dict[int, dict]], recorded: dict[str, list[str]]) -> str:
+def auto_section(curves: dict[str, dict[int, dict]], logs: dict[str, list[dict] | None],
+                 recorded: dict[str, list[str]]) -> str:
     """Adaptive RL-Extra's decision at each cycle end: the in-flight weight error of every candidate n
-    (the monitor's backtest at that horizon), the threshold, the n taken, and the held-out accuracy on
-    either side. A run whose log is gone keeps its rows on record; ``recorded`` gains those computed now."""
-    lines = ["| run | real step | in-flight weight error per candidate n | threshold | n taken | avg@4 at the step "
-             "(after the decision) |", "|---|---|---|---|---|---|"]
-    for n, c in curves.items():
-        log = WORK / "runs" / n / "rl_extra.jsonl"
-        if not log.exists():
-            lines += recorded.get(n, [])
-            continue
-        rows = []
-        for r in (json.loads(x) for x in log.read_text().splitlines() if x.strip()):
-            ev = r.get("auto")
-            if not ev:
-                continue
-            errs = ", ".join(f"n={k}: " + ("-" if v is None else f"{v:.3f}") for k, v in ev["weight_error"].items())
-            acc = f"{c[r['real_step']]['acc']:.3f}" if r["real_step"] in c else "-"
-            rows.append(f"| {n} | {r['real_step']} | {errs} | {ev['threshold']:g} | {r['n']} | {acc} |")
-        if rows:
-            recorded[n] = rows
-        lines += rows
-    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+    (the monitor's backtest at that horizon), the threshold, the n taken, and the held-out accuracy of
+    the checkpoint saved right after the decision."""
+    def row(n: str, c: dict, r: dict) -> str | None:
+        ev = r.get("auto")
+        if not ev:
+            return None
+        errs = ", ".join(f"n={k}: " + ("-" if v is None else f"{v:.3f}") for k, v in ev["weight_error"].items())
+        acc = f"{c[r['real_step']]['acc']:.3f}" if r["real_step"] in c else "-"
+        return f"| {n} | {r['real_step']} | {errs} | {ev['threshold']:g} | {r['n']} | {acc} |"
+
+    return _table(["| run | real step | in-flight weight error per candidate n | threshold | n taken | avg@4 at the step "
+                   "(after the decision) |", "|---|---|---|---|---|---|"], curves, logs, recorded, row)
 
 
 def _weights_row(label: str, path: Path, paper: str) -> str | None:
@@ -592,8 +602,9 @@ def write() -> None:
     ref_curves = {n: {int(st): {"n_correct": c} for st, c in steps.items()} for n, steps in ref.get("runs", {}).items()}
     curves, again = merged(recorded, live), agreement(ref_curves, live)
     old = merged(_as_curves(record["superseded_after_reset"]), load_curves(SUPERSEDED))
-    jumps = jumps_section(curves, record.setdefault("jumps", {}))
-    auto = auto_section(curves, record.setdefault("auto", {}))
+    logs = rl_extra_logs(curves)
+    jumps = jumps_section(curves, logs, record.setdefault("jumps", {}))
+    auto = auto_section(curves, logs, record.setdefault("auto", {}))
     total = CONFIG["train"]["steps"]
     cands = {f"grpo-lr{lr:.0e}": lr for lr in CONFIG["train"]["candidate_lrs"]}
     verdicts = {name: criterion(curves.get(name, {}), total) for name in cands}
@@ -614,10 +625,10 @@ def write() -> None:
         h = log_hours(log)
         record.setdefault("hours_by_log", {})[first] = {
             "total": h["total"], "runs": {n: h["runs"].get(n, [0.0, 0.0]) for n in names}}
-    logs = list(record.get("hours_by_log", {}).values())
+    hour_logs = list(record.get("hours_by_log", {}).values())
     hours = {n: tuple(sum(x) for x in zip(record.get("run_hours", {}).get(n, (0.0, 0.0)),
-                                          *[lg["runs"].get(n, (0.0, 0.0)) for lg in logs])) for n in names}
-    hours_total = {k: record.get("hours", {}).get(k, 0.0) + sum(lg["total"].get(k, 0.0) for lg in logs)
+                                          *[lg["runs"].get(n, (0.0, 0.0)) for lg in hour_logs])) for n in names}
+    hours_total = {k: record.get("hours", {}).get(k, 0.0) + sum(lg["total"].get(k, 0.0) for lg in hour_logs)
                    for k in ("training", "evaluation", "analysis")}
     vlines = []
     for name, v in verdicts.items():
