@@ -4,6 +4,7 @@
 # stop. Usage (repository root, in the background):
 #   nohup bash experiments/smollm2/long/queue.sh A 1e-6 > lane-A.log 2>&1 &
 #   nohup bash experiments/smollm2/long/queue.sh B 1e-6 > lane-B.log 2>&1 &
+# Lane C, a second seed, after A and B: e.g. STEPS=100 SEGMENT=50 EVAL_EVERY=50 bash ... queue.sh C 1e-6
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 LANE=$1 LR=$2
@@ -23,5 +24,9 @@ case $LANE in
     bash $T control-20-0-lr$(name 1) $LR --rl-extra 20,0                         # the optimizer reset alone
     bash $T replay-20-100-lr$(name 1) $LR --rl-extra 20,100 --rl-extra-replay
     ;;
-  *) echo "lane A or B" >&2; exit 2 ;;
+  C)  # a second training seed, where the budget allows (STEPS, EVAL_EVERY: how far, how often evaluated)
+    bash $T grpo-lr$(name 1)-seed1 $LR --seed 1
+    bash $T rlextra-20-20-lr$(name 1)-seed1 $LR --rl-extra 20,20 --seed 1
+    ;;
+  *) echo "lane A, B or C" >&2; exit 2 ;;
 esac

@@ -139,16 +139,32 @@ def criterion(curve: dict[int, dict], steps_total: int) -> dict:
     return out
 
 
+def _panel(name: str) -> set[int]:
+    """The plot panels a run belongs in: 0 for the jumps of 20,20 (and the control), 1 for 20,100;
+    GRPO at 1e-6 in both, GRPO at 6e-6 beside 20,100, the other GRPO runs beside 20,20."""
+    if name.startswith("grpo-"):
+        return {0, 1} if name.startswith(CHOSEN) else {1} if name.startswith("grpo-lr6e-06") else {0}
+    return {1} if "-20-100-" in name else {0}
+
+
 def plot(curves: dict[str, dict[int, dict]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, c in curves.items():
-        xs = sorted(c)
-        ax.plot(xs, [c[x]["acc"] for x in xs], "o-", ms=3, lw=1.2, label=name)
-    ax.set_xlabel("real optimizer step")
-    ax.set_ylabel(f"held-out {KEY} (T={CONFIG['eval']['temperature']}, {CONFIG['task']['n_test']} problems)")
-    ax.set_title("SmolLM2-135M-Instruct, mixed arithmetic, 8 prompts x 4 samples per step", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    """One panel per jump size, each beside the GRPO runs it is judged against; other seeds dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    titles = ("m,n = 20,20 and the control 20,0, against GRPO (1x, 2x lr; the lr candidates)",
+              "m,n = 20,100, against GRPO (1x, 6x lr)")
+    colors = {name: plt.get_cmap("tab20")(j % 20) for j, name in enumerate(curves)}  # one color per run
+    for i, (ax, title) in enumerate(zip(axes, titles)):
+        for name, c in curves.items():
+            if i in _panel(name):
+                xs = sorted(c)
+                ax.plot(xs, [c[x]["acc"] for x in xs], "o--" if seed_of(name) else "o-", ms=3, lw=1.2, label=name,
+                        color=colors[name])
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("real optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel(f"held-out {KEY} (T={CONFIG['eval']['temperature']}, {CONFIG['task']['n_test']} problems)")
+    fig.suptitle("SmolLM2-135M-Instruct, mixed arithmetic, 8 prompts x 4 samples per step", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -175,10 +191,49 @@ def first_reaching(curve: dict[int, dict], level: float) -> int | None:
     return next((s for s in sorted(curve) if curve[s]["acc"] >= level - 1e-12), None)
 
 
+def seed_of(name: str) -> int:
+    """The training seed a run's name carries ("-seedN" at its end; none is seed 0)."""
+    m = re.search(r"-seed(\d+)$", name)
+    return int(m.group(1)) if m else 0
+
+
+def seeds_section(curves: dict[str, dict[int, dict]]) -> str:
+    """Runs trained again with another seed (data order and sampling; the same held-out problems,
+    decoder and evaluation seed): each against its seed-0 run, and RL-Extra's difference from GRPO
+    at the same lr under each seed. The paired SE counts the evaluation's noise over problems only;
+    the seed-to-seed spread shows the training noise it leaves out."""
+    lines = ["| run | real step | seed 0 | other seed | other - seed 0 (paired SE) |", "|---|---|---|---|---|"]
+    gaps = []
+    for n in curves:
+        seed = seed_of(n)
+        if not seed:
+            continue
+        first = curves.get(n.removesuffix(f"-seed{seed}"), {})
+        for s in sorted(curves[n]):
+            if s and s in first:
+                d, se = paired_difference(curves[n][s]["n_correct"], first[s]["n_correct"], K)
+                lines.append(f"| {n} | {s} | {first[s]['acc']:.3f} | {curves[n][s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
+        grpo = curves.get(f"{CHOSEN}-seed{seed}", {})
+        if n.startswith("grpo-"):
+            continue
+        for s in sorted(curves[n]):
+            if s and s in grpo and s in first and s in curves.get(CHOSEN, {}):
+                d1, se1 = paired_difference(curves[n][s]["n_correct"], grpo[s]["n_correct"], K)
+                d0, se0 = paired_difference(first[s]["n_correct"], curves[CHOSEN][s]["n_correct"], K)
+                gaps.append(f"{n.removesuffix(f'-seed{seed}')} at real step {s}: {d0:+.3f} ({se0:.3f}) under "
+                            f"seed 0, {d1:+.3f} ({se1:.3f}) under seed {seed}")
+    if len(lines) == 2:
+        return ""
+    out = "\n".join(lines) + "\n"
+    if gaps:
+        out += "\nRL-Extra minus GRPO at the same lr (paired SE), per seed: " + "; ".join(gaps) + ".\n"
+    return out
+
+
 def equal_steps_section(curves: dict[str, dict[int, dict]]) -> str:
     """Each run beside GRPO at the same real step, paired differences, and the real steps to reach levels."""
     base = curves.get(CHOSEN, {})
-    others = [n for n in curves if n != CHOSEN]
+    others = [n for n in curves if n != CHOSEN and not seed_of(n)]  # other seeds: seeds_section
     if not base or not others:
         return "No comparison run has been evaluated yet.\n"
     lines = ["| run | real step | held-out avg@4 | GRPO lr 1e-6 at that step | difference (paired SE) | "
@@ -225,6 +280,24 @@ def equal_steps_section(curves: dict[str, dict[int, dict]]) -> str:
             cells.append("-" if r is None else f"{r}" + (f" ({g / r:.2f}x)" if n != CHOSEN and g and r else ""))
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def replay_section(curves: dict[str, dict[int, dict]]) -> str:
+    """The paper's data order (``--rl-extra-replay``) against rlextra's default (the sampler goes on), same
+    m,n, same real step, paired; the paper's published scripts replay, so this is the difference its
+    numbers carry."""
+    lines = ["| m,n | real step | replay (the paper's order) | data goes on (rlextra's default) | "
+             "replay - default (paired SE) |", "|---|---|---|---|---|"]
+    for n in curves:
+        if not n.startswith("replay-"):
+            continue
+        other = curves.get("rlextra-" + n.removeprefix("replay-"), {})
+        mn = ",".join(re.findall(r"\d+", n)[:2])
+        for s in sorted(curves[n]):
+            if s in other and s and (not s % 50 or s == max(curves[n])):
+                d, se = paired_difference(curves[n][s]["n_correct"], other[s]["n_correct"], K)
+                lines.append(f"| {mn} | {s} | {curves[n][s]['acc']:.3f} | {other[s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def rl_extra_logs(curves: dict[str, dict[int, dict]]) -> dict[str, list[dict] | None]:
@@ -551,6 +624,8 @@ PLANNED = {  # queue.sh's runs, in its order
     "grpo-lr6e-06": "GRPO at the lr raised by 20,100's factor (x6)",
     "control-20-0-lr1e-06": "the control 20,0 (the optimizer reset alone)",
     "replay-20-100-lr1e-06": "the paper's data order at 20,100",
+    "grpo-lr1e-06-seed1": "lane C, a second seed where the budget allows: GRPO",
+    "rlextra-20-20-lr1e-06-seed1": "RL-Extra 20,20 under that seed",
 }
 
 
@@ -605,6 +680,8 @@ def write() -> None:
     logs = rl_extra_logs(curves)
     jumps = jumps_section(curves, logs, record.setdefault("jumps", {}))
     auto = auto_section(curves, logs, record.setdefault("auto", {}))
+    replay = replay_section(curves)
+    seeds = seeds_section(curves)
     total = CONFIG["train"]["steps"]
     cands = {f"grpo-lr{lr:.0e}": lr for lr in CONFIG["train"]["candidate_lrs"]}
     verdicts = {name: criterion(curves.get(name, {}), total) for name in cands}
@@ -710,6 +787,15 @@ Mean training reward (T=1.0, per logged step, averaged over each 10-step interva
 ## 2. At equal real steps
 
 """ + equal_steps_section(curves) + ("""
+With and without the paper's data order (its published scripts restart the data sampler with the same
+seed at every cycle, so each cycle trains on the same first m batches of prompts; `--rl-extra-replay`
+reproduces that):
+
+""" + replay if replay else "") + ("""
+A second training seed (`--seed 1`: another data order and other rollouts; the same held-out problems,
+decoder and evaluation seed), where the budget allowed:
+
+""" + seeds if seeds else "") + ("""
 Jump by jump (each checkpoint at a jump's real step is saved after the jump):
 
 """ + jumps if jumps else "") + ("""

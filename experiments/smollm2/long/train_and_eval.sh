@@ -13,6 +13,7 @@ NAME=$1 LR=$2; shift 2
 W=experiments/smollm2/long/work
 STEPS=${STEPS:-150} SEGMENT=${SEGMENT:-30} SAVE=10
 EVAL_FROM=${EVAL_FROM:-0}  # evaluate checkpoints from this step on (a rerun whose earlier curve is on record)
+EVAL_EVERY=${EVAL_EVERY:-10}  # evaluate every this many steps (a multiple of 10; 50 for a sparse curve)
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 RX=.venv/bin/rlextra
 TASK=(--task $W/task.jsonl --n-test 128 --task-seed 0 --instruction "Answer with only the number.")
@@ -26,6 +27,7 @@ evaluate() {
     st=${c##*-}; out=$W/eval/$NAME-$st.json
     [ -e "$out" ] && continue
     [ "$st" -ge "$EVAL_FROM" ] || continue
+    [ $((st % EVAL_EVERY)) = 0 ] || continue
     [ -e "$c/trainer_state.json" ] || [ "$st" = 0 ] || continue  # complete checkpoints only
     t0=$SECONDS; $RX eval "$c" "${TASK[@]}" "${EVAL[@]}" -o "$out"
     log "eval $c -> $out ($((SECONDS - t0)) s)"
