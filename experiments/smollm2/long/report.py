@@ -300,6 +300,104 @@ def replay_section(curves: dict[str, dict[int, dict]]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+def _diffs(curves: dict[str, dict[int, dict]], run: str, base: str, steps=(50, 100, 150)) -> list[tuple]:
+    """(step, run - base, SE) paired over the held-out problems, at the steps both have."""
+    a, b = curves.get(run, {}), curves.get(base, {})
+    return [(s, *paired_difference(a[s]["n_correct"], b[s]["n_correct"], K)) for s in steps if s in a and s in b]
+
+
+def _verdict(diffs: list[tuple]) -> str:
+    """Our reading of paired differences (ours): beyond 2 SE counts as a difference, else level."""
+    if not diffs:
+        return "not measured"
+    signs = {"above" if d > 2 * se else "below" if d < -2 * se else "level" for _, d, se in diffs}
+    if len(signs) == 1:
+        word = signs.pop()
+        return ("level within 2 SE" if word == "level" else word + " by more than 2 SE") + " at every step compared"
+    return "mixed: " + ", ".join(f"{'above' if d > 2 * se else 'below' if d < -2 * se else 'level'} at {s}"
+                                 for s, d, se in diffs)
+
+
+def _show(diffs: list[tuple]) -> str:
+    return ", ".join(f"{d:+.3f} ({se:.3f}) at {s}" for s, d, se in diffs) or "-"
+
+
+def _table_rows(markdown: str) -> list[list[str]]:
+    """The body rows of the markdown tables in a rendered section (cells stripped)."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in markdown.splitlines()
+            if line.startswith("| (")]
+
+
+def claims_section(curves: dict[str, dict[int, dict]], analysis: dict, sections: dict) -> str:
+    """Each claim of the paper beside our number, with the paired SE of every difference, and the
+    baselines the paper did not run (ours). Computed from the curves and the rendered sections."""
+    w, f = analysis.get("weights", {}), analysis.get("weights_paper_filters", {})
+    tok, act = analysis.get("token_logprob", {}), analysis.get("activations", {})
+    rows = []
+    if f:
+        rows.append(("Weights move on lines (the paper's filters)", "R^2 > 0.7 for most parameters, near 0.9",
+                     f"{f['frac_r2_above_0.7']:.1%} above 0.7, median {f['median_r2']:.3f}, on the "
+                     f"{f['n_params_analyzed']:,} entries the filters keep; full coverage {w['frac_r2_above_0.7']:.1%}, "
+                     f"median {w['median_r2']:.3f}",
+                     "agrees on the filtered entries" if f["frac_r2_above_0.7"] > 0.5 else "disagrees"))
+    if tok:
+        rows.append(("Token log-probs move on lines", "R^2 around 0.9",
+                     f"mean {tok['mean_r2']:.3f}, {tok['frac_r2_above_0.7']:.1%} above 0.7 (endpoint filter)",
+                     "agrees" if tok["mean_r2"] >= 0.8 else "weaker"))
+    if act:
+        rows.append(("Activations move on lines (v3)", "linear too",
+                     f"median {act['median_r2']:.3f}, {act['frac_r2_above_0.7']:.1%} above 0.7",
+                     "agrees" if act["median_r2"] >= 0.8 else "weaker"))
+    far = re.findall(r"s = (\d+): weights (?:\d+ \(([\d.]+)x\)|-)", sections.get("horizon", ""))
+    if far:
+        ratios = [(int(s_), float(r) if r else None) for s_, r in far]
+        rows.append(("The weight-extrapolation horizon shrinks over training", "3x at step 300, 1.8x at 600, 1.3x at 1400",
+                     ", ".join(f"{r}x from (0, {s_})" if r else f"none from (0, {s_})" for s_, r in ratios)
+                     + " (farthest target within one SE of real RL)",
+                     "shrinks, sooner" if ratios[0][1] and (ratios[-1][1] or 0) < ratios[0][1] else "does not shrink"))
+    past = _table_rows(sections.get("beyond", ""))
+    if past:
+        cells = [(r[0], r[1], *map(float, re.findall(r"[-+]?\d+\.\d+", r[6]))) for r in past]
+        best = max(cells, key=lambda c: c[2])
+        rows.append(("Logits extrapolation past the final checkpoint beats it", "AIME24 0.4193 -> 0.4458; +4.2 points "
+                     "on average over four benchmarks",
+                     f"best of {len(cells)} tried: {best[2]:+.3f} ({best[3]:.3f}) from {best[0]} at alpha {best[1]}",
+                     "not reproduced" if all(d <= 2 * se for _, _, d, se in cells) else "reproduced"))
+    for run, claim, paper in (
+            ("rlextra-20-20-lr1e-06", "RL-Extra 20,20 beats GRPO at equal real steps", "yes; the gain shrinks, "
+             "+5.2 points at 200 real steps, +2.3 at 1,200"),
+            ("rlextra-20-100-lr1e-06", "RL-Extra 20,100 beats GRPO at equal real steps", "reaches AIME24 >= 0.38 in "
+             "180 real steps against 1,100 (6.1x)")):
+        d = _diffs(curves, run, CHOSEN)
+        rows.append((claim, paper, _show(d), _verdict(d)))
+    ours = [("rlextra-20-20-lr1e-06", "grpo-lr2e-06", "RL-Extra 20,20 against GRPO at 2x the lr"),
+            ("rlextra-20-100-lr1e-06", "grpo-lr6e-06", "RL-Extra 20,100 against GRPO at 6x the lr"),
+            ("control-20-0-lr1e-06", CHOSEN, "The control 20,0 (the optimizer reset alone) against GRPO"),
+            ("replay-20-20-lr1e-06", "rlextra-20-20-lr1e-06", "The paper's data order (replay) against the data going on (rlextra's default), 20,20"),
+            ("replay-20-100-lr1e-06", "rlextra-20-100-lr1e-06", "The same, 20,100"),
+            ("auto-20-100-lr1e-06", CHOSEN, "rlextra's adaptive jump (20,100) against GRPO"),
+            ("auto-20-100-lr1e-06", "rlextra-20-100-lr1e-06", "rlextra's adaptive jump against the paper's 20,100"),
+            ("auto-20-100-lr1e-06", "grpo-lr6e-06", "rlextra's adaptive jump against GRPO at 6x the lr")]
+    grpo, fast = curves.get(CHOSEN, {}), curves.get("rlextra-20-100-lr1e-06", {})
+    if grpo and fast:
+        reach = [(v, first_reaching(fast, v), first_reaching(grpo, v)) for v in (0.5, grpo[max(grpo)]["acc"])]
+        speedups = [g / r for _, r, g in reach if r and g]
+        rows.append(("RL-Extra 20,100 needs fewer real steps to a level", "6.1x fewer (AIME24 >= 0.38), never 0.40",
+                     "; ".join(f"to {v:.3f}: {r if r is not None else 'not reached'} against GRPO's {g}"
+                               + (f" ({g / r:.2f}x)" if r and g else "") for v, r, g in reach)
+                     + " (the second level is GRPO's final)",
+                     "a smaller speed-up" if speedups and max(speedups) < 6.1 else "see the numbers"))
+    for run, base, claim in ours:
+        d = _diffs(curves, run, base)
+        if d:
+            paper = ("its scripts replay; no comparison reported" if run.startswith("replay-")
+                     else "not run by the paper")
+            rows.append((claim, paper, _show(d), _verdict(d)))
+    lines = ["| claim | the paper | ours (held-out avg@4 differences: paired SE, at real steps) | reading |",
+             "|---|---|---|---|"] + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines) + "\n"
+
+
 def rl_extra_logs(curves: dict[str, dict[int, dict]]) -> dict[str, list[dict] | None]:
     """Each run's rl_extra.jsonl, read once (None when the run has no log here)."""
     out: dict[str, list[dict] | None] = {}
@@ -719,24 +817,34 @@ def write() -> None:
         vlines.append(f"| {name} | {_fmt(v.get('rise'))} | {_fmt(v.get('second_half'))} | {flats} | {state} | "
                       f"{train_h:.2f} + {eval_h:.2f} |")
     plot(curves, HERE / "accuracy_vs_step.png")
+    analysis_now = analysis_numbers(CHOSEN) if (WORK / "analysis" / CHOSEN).is_dir() else record["analysis"]
     (HERE / "curves.json").write_text(json.dumps({
         "metric": KEY, "n_test": CONFIG["task"]["n_test"],
         "runs": {n: {str(s): {"acc": round(v["acc"], 6), "n_correct": v["n_correct"]} for s, v in c.items()}
                  for n, c in curves.items()},
         "train_reward": {n: {str(s): r for s, r in rr.items()} for n, rr in reward_rows.items()},
-        "selection": verdicts, "analysis": analysis_numbers(CHOSEN) if (WORK / "analysis" / CHOSEN).is_dir()
-        else record["analysis"],
+        "selection": verdicts, "analysis": analysis_now,
         "superseded_after_reset": {n: {str(s): {"acc": round(v["acc"], 6), "n_correct": v["n_correct"]}
                                        for s, v in c.items() if s > RESET_STEP}
                                    for n, c in old.items()}}, separators=(",", ":")) + "\n")
     t = CONFIG["task"]
+    lanes = [n for n in PLANNED if not seed_of(n)]  # queue.sh's lanes A and B
+    status = ("complete: every run of queue.sh's lanes A and B evaluated to step " + str(total)
+              if all(total in curves.get(n, {}) for n in lanes) else "in progress")
     text = f"""# The paper's regime on a real model: a long, slow SmolLM2 run (CPU)
 
-Status ({time.strftime('%Y-%m-%d')}): **in progress.** This file is rewritten by
+Status ({time.strftime('%Y-%m-%d')}): **{status}.** This file is rewritten by
 `experiments/smollm2/long/report.py` from the evaluations that exist; the runs are resumable
 background jobs (`train_and_eval.sh`), run in parts on a 2-core CPU (x86_64, 1 torch thread per job,
 two jobs sharing the cores).
 
+## Summary: the paper's claims beside ours
+
+One seed (seed 0) for every comparison; the standard errors count the evaluation's noise over the
+held-out problems only, not the training seed's (see "A second training seed" in section 2 for what a
+second seed adds where it ran). "Reading" is ours: a difference beyond two standard errors counts.
+
+""" + claims_section(curves, analysis_now, record.get("sections", {})) + f"""
 ## Setup
 
 - Model: SmolLM2-135M-Instruct (`rlextra convert-gguf --smollm2`: the Q4_1 GGUF dequantized to
