@@ -282,19 +282,40 @@ def test_a_file_cut_short_while_reading_names_it(series_dir):
         analyze_weights(series, None, progress=False, plots=False)
 
 
-def test_the_compiled_pass_gives_the_numpy_report(series_dir, tmp_path, monkeypatch):
-    """The fused (numba) pass and the numpy path agree on every number; the histogram exactly."""
+@pytest.mark.parametrize("dtype,chunk", [("float32", 37), ("float32", 1000), ("bfloat16", 37), ("bfloat16", 1000)])
+def test_the_compiled_pass_gives_the_numpy_report(tmp_path, monkeypatch, dtype, chunk):
+    """The fused (numba) pass and the numpy path agree on every number; the histogram exactly. bf16
+    reaches the pass as its bits and is widened there; chunks of 1000 run the pass over several
+    tiles, the last one partial (a tensor's first chunk feeds its example through numpy)."""
     from rlextra import fused
 
     if not fused.AVAILABLE:
         pytest.skip("numba is not installed: only the numpy path runs here")
-    run, _, _ = series_dir
-    compiled = analyze_weights(run, tmp_path / "c", progress=False, plots=False, chunk_size=37)
+    steps = [0, 10, 20, 30, 40]
+    vals = planted_series(steps, {"w.weight": (60, 50), "x.weight": (8, 16), "b.bias": (16,)}, seed=3)
+    run = tmp_path / "run"
+    for k, s in enumerate(steps):
+        write_ckpt(run / f"checkpoint-{s}", {n: v[k] for n, v in vals.items()}, dtype=getattr(torch, dtype),
+                   trainer_step=s)
+    assert 1000 % fused.TILE and 3000 > 2 * 1000  # partial tiles, and chunks after the example's
+    compiled = analyze_weights(run, tmp_path / "c", progress=False, plots=False, chunk_size=chunk)
     monkeypatch.setattr(fused, "AVAILABLE", False)
-    plain = analyze_weights(run, tmp_path / "p", progress=False, plots=False, chunk_size=37)
+    plain = analyze_weights(run, tmp_path / "p", progress=False, plots=False, chunk_size=chunk)
     for a, b in zip(plain["tensors"], compiled["tensors"]):
         for key in ("n_fitted", "n_constant", "n_analyzed", "median_r2", "frac_r2_above_0.7"):
             assert a[key] == b[key], key
         assert b["mean_r2"] == pytest.approx(a["mean_r2"], rel=1e-12)
         assert b["rel_change"] == pytest.approx(a["rel_change"], rel=1e-12)
     assert compiled["global"]["histogram"] == plain["global"]["histogram"]
+
+
+def test_a_nan_in_a_bf16_series_is_refused_by_name(tmp_path):
+    """The compiled pass reads bf16 as bits; a NaN there still names its file and tensor."""
+    steps = [0, 10, 20]
+    vals = planted_series(steps, {"a.weight": (40, 20)}, seed=2)
+    vals["a.weight"][1, 13, 7] = np.nan  # past the first tile of 256 entries
+    for k, s in enumerate(steps):
+        write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {"a.weight": vals["a.weight"][k]}, dtype=torch.bfloat16,
+                   trainer_step=s)
+    with pytest.raises(RLExtraError, match=r"checkpoint-10/model.safetensors: tensor 'a.weight' \(step 10\) contains NaN"):
+        analyze_weights(tmp_path / "run", None, progress=False, plots=False)

@@ -309,22 +309,25 @@ def test_shards_in_two_processes_merge_into_the_single_run(tmp_path):
         backtest(tmp_path / "run", tmp_path / "z", shard="0/2", task="arithmetic", progress=False)
 
 
-@pytest.mark.parametrize("norms", ["copy", "extrapolate"])
-def test_the_compiled_pass_gives_the_torch_rows(tmp_path, monkeypatch, norms):
+@pytest.mark.parametrize("norms,dtype,chunk", [("copy", "bfloat16", 16), ("extrapolate", "bfloat16", 16),
+                                               ("copy", "bfloat16", 600), ("copy", "float32", 600)])
+def test_the_compiled_pass_gives_the_torch_rows(tmp_path, monkeypatch, norms, dtype, chunk):
     """The compiled float64 pass (every row a fixed combination of checkpoints) against the torch
     path (fp32 predictions): the same rows within fp32 rounding, per module too; a NaN still names
-    its file."""
+    its file. bf16 reaches the pass as its bits; chunks of 600 run it over several tiles, the last
+    one partial."""
     from rlextra import fused
 
     if not fused.AVAILABLE:
         pytest.skip("numba is not installed: only the torch path runs here")
     steps = [0, 10, 25, 30, 45, 60]
-    shapes = {"model.layers.0.mlp.up_proj.weight": (9, 13), "model.layers.0.self_attn.q_proj.weight": (8, 8),
+    shapes = {"model.layers.0.mlp.up_proj.weight": (40, 33), "model.layers.0.self_attn.q_proj.weight": (8, 8),
               "model.norm.weight": (8,), "model.embed_tokens.weight": (11, 8)}
+    assert 600 % fused.TILE and 40 * 33 > 2 * 600
     vals = planted_series(steps, shapes, noise=3e-3)
     for k, s in enumerate(steps):
-        write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {n: v[k] for n, v in vals.items()}, dtype=torch.bfloat16)
-    opts = dict(methods=("two-point", "lsq"), norms=norms, plots=False, progress=False, chunk_size=16)
+        write_ckpt(tmp_path / "run" / f"checkpoint-{s}", {n: v[k] for n, v in vals.items()}, dtype=getattr(torch, dtype))
+    opts = dict(methods=("two-point", "lsq"), norms=norms, plots=False, progress=False, chunk_size=chunk)
     compiled = backtest(tmp_path / "run", tmp_path / "c", **opts)
     monkeypatch.setattr(fused, "AVAILABLE", False)
     plain = backtest(tmp_path / "run", tmp_path / "p", **opts)
@@ -340,6 +343,6 @@ def test_the_compiled_pass_gives_the_torch_rows(tmp_path, monkeypatch, norms):
     bad = vals["model.norm.weight"][2].copy()
     bad[3] = np.nan
     write_ckpt(tmp_path / "run" / "checkpoint-25", {**{n: v[2] for n, v in vals.items()}, "model.norm.weight": bad},
-               dtype=torch.bfloat16)
+               dtype=getattr(torch, dtype))
     with pytest.raises(RLExtraError, match=r"checkpoint-25/model.safetensors: tensor 'model.norm.weight' \(step 25\)"):
         backtest(tmp_path / "run", tmp_path / "n", **opts)

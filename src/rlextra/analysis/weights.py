@@ -23,7 +23,8 @@ import rlextra
 from rlextra import fused
 from rlextra.analysis.report import FINE_BINS, finalize_report, tensor_summary, write_weight_files
 from rlextra.shards import assign_shards, available_cores, parse_shard  # noqa: F401 (re-exported)
-from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, BlockReader, auto_chunk_size, chunk_ranges, raise_nonfinite, read_values
+from rlextra.checkpoints.chunks import (DEFAULT_CHUNK_SIZE, BlockReader, as_float, auto_chunk_size, chunk_ranges,
+                                        raise_nonfinite, read_values)
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, parse_size
 from rlextra.errors import RLExtraError
@@ -234,7 +235,8 @@ def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min
     fused_ok = (whole and fused.AVAILABLE and device is None and min_change is None and min_distinct is None
                 and on_fit is None)
     steps_fit = LineFit(series.steps, 0)  # the centred steps and Sxx, for the fused pass
-    with BlockReader(refs, width, device, compact=fused_ok) if whole else contextlib.nullcontext() as blocks:
+    with (BlockReader(refs, width, device, compact=fused_ok, bf16_bits=fused_ok) if whole
+          else contextlib.nullcontext()) as blocks:
         for start, stop in chunk_ranges(refs[0].numel, chunk_size):
             pick = None
             lo = hi = None
@@ -253,7 +255,7 @@ def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min
             fit = LineFit(series.steps, n, track_range=min_change is not None, distinct_cap=min_distinct or 0)
             traj = []
             if blocks is not None:
-                block = blocks.read(start, stop)
+                block = as_float(blocks.read(start, stop))
                 if cand is not None:
                     traj = list(block[:, cand].numpy(force=True) if device is not None else block[:, cand])
                 fit.add_block(block)

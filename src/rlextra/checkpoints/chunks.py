@@ -42,12 +42,17 @@ class BlockReader:
     and one conversion per checkpoint. With ``device`` the block is a float64 torch tensor there
     (the raw values travel, then are decoded). The block is reused: read the next chunk only after
     the last one is consumed. The block is float64, or with ``compact`` (numpy only) float32 where
-    every checkpoint's values fit it exactly.
+    every checkpoint's values fit it exactly. With ``bf16_bits`` as well, a series stored in bf16
+    alone comes as the values' bits (uint16, read straight into the block): for the compiled pass,
+    which widens them in cache (``as_float`` widens such a block for everything else).
     """
 
-    def __init__(self, refs: list[TensorRef], width: int, device=None, compact: bool = False) -> None:
+    def __init__(self, refs: list[TensorRef], width: int, device=None, compact: bool = False,
+                 bf16_bits: bool = False) -> None:
         self.refs, self.device = refs, device
-        if device is None:
+        if device is None and compact and bf16_bits and all(r.dtype == "BF16" for r in refs):
+            self.block = np.empty((len(refs), width), dtype=np.uint16)
+        elif device is None:
             # compact: float32 unless a checkpoint holds float64 (every narrower float widens exactly),
             # so that float32 files are read straight into the block, without a conversion pass
             wide = not compact or any(r.dtype == "F64" for r in refs)
@@ -100,6 +105,17 @@ class BlockReader:
             else:
                 block[k] = raw
         return block
+
+
+def as_float(block):
+    """A block as values: a bf16-bits block (``BlockReader(bf16_bits=True)``) widened to float32, any
+    other block as it is."""
+    if not isinstance(block, np.ndarray) or block.dtype != np.uint16:
+        return block
+    out = np.empty(block.shape, dtype=np.float32)
+    for k in range(block.shape[0]):
+        bf16_to_float32(block[k], out[k])
+    return out
 
 
 def read_values(ref: TensorRef, start: int, stop: int, pick: np.ndarray | None = None) -> np.ndarray:

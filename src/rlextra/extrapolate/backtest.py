@@ -322,7 +322,7 @@ def _combination_sums(series: CheckpointSeries, name: str, table: _Combinations,
     numel = refs[0].numel
     sums = np.zeros(len(table.counts))
     chunk = chunk_size or auto_chunk_size(len(series.steps))
-    with BlockReader(refs, max(1, min(chunk, numel)), compact=True) as blocks:
+    with BlockReader(refs, max(1, min(chunk, numel)), compact=True, bf16_bits=True) as blocks:
         for start, stop in chunk_ranges(numel, chunk):
             fused.combo_sq_sums(blocks.read(start, stop), table.index, table.coef, table.counts, sums)
     if not np.isfinite(sums).all():  # NaN/Inf in an input, or overflow
