@@ -4,7 +4,7 @@
 # stop. Usage (repository root, in the background):
 #   nohup bash experiments/smollm2/long/queue.sh A 1e-6 > lane-A.log 2>&1 &
 #   nohup bash experiments/smollm2/long/queue.sh B 1e-6 > lane-B.log 2>&1 &
-# Lane C, a second seed, after A and B: e.g. STEPS=100 SEGMENT=50 EVAL_EVERY=50 bash ... queue.sh C 1e-6
+# Lane C, a second seed, after A and B: e.g. STEPS=100 SEGMENT=50 EVAL_EVERY=50 EVAL_FROM=50 bash ... queue.sh C 1e-6
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 LANE=$1 LR=$2

@@ -945,7 +945,14 @@ grpo-lr2e-06 and grpo-lr6e-06 were trained again from step 0 (`EVAL_FROM=120`: e
 the earlier checkpoints' evaluations being on record), then the control and the adaptive run started
 in their lanes (`STEPS=100 SEGMENT=20`, evaluated from steps 30 and 20: before those steps both are
 GRPO itself); test loops (distributed test workers, about 25 minutes) and one full test suite ran
-beside the lanes during the first hour, so those segments' wall hours overstate their CPU time.
+beside the lanes during the first hour, so those segments' wall hours overstate their CPU time. From
+19:55 that day the control and the adaptive run resumed from step 130 to 150 (`EVAL_FROM=140`); then
+replay-20-100-lr1e-06 ran from step 0 (every checkpoint evaluated) and replay-20-20-lr1e-06 was trained
+again from step 0 (`EVAL_FROM=60`: evaluated from step 60, where its record ended, to check the
+reproduction); then the second seed (`queue.sh C` split over the two lanes, `STEPS=100 SEGMENT=50
+EVAL_EVERY=50 EVAL_FROM=50`). Both lanes were paused (SIGSTOP) for about 6 minutes in all between
+20:03 and 20:23 while checkpoint benchmarks ran (bench/RESULTS.md); the segments running then
+overstate their CPU time by up to that much.
 
 `bash experiments/smollm2/long/train_and_eval.sh NAME LR [train options]` (after
 `bash experiments/smollm2/run.sh`'s setup and `rlextra convert-gguf --smollm2 -o
