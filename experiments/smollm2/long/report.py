@@ -949,10 +949,10 @@ beside the lanes during the first hour, so those segments' wall hours overstate 
 19:55 that day the control and the adaptive run resumed from step 130 to 150 (`EVAL_FROM=140`); then
 replay-20-100-lr1e-06 ran from step 0 (every checkpoint evaluated) and replay-20-20-lr1e-06 was trained
 again from step 0 (`EVAL_FROM=60`: evaluated from step 60, where its record ended, to check the
-reproduction); then the second seed (`queue.sh C` split over the two lanes, `STEPS=100 SEGMENT=50
-EVAL_EVERY=50 EVAL_FROM=50`). Both lanes were paused (SIGSTOP) for about 6 minutes in all between
-20:03 and 20:23 while checkpoint benchmarks ran (bench/RESULTS.md); the segments running then
-overstate their CPU time by up to that much.
+reproduction); then the second seed to step 50, what the machine's remaining time allowed
+(`queue.sh C` split over the two lanes, `STEPS=50 SEGMENT=50 EVAL_EVERY=50 EVAL_FROM=50`). Both lanes were paused (SIGSTOP) for about 6 minutes in all between
+20:03 and 20:23, and from 20:49:21 to 20:50:41, while checkpoint benchmarks ran (bench/RESULTS.md);
+the segments running then overstate their CPU time by up to that much.
 
 `bash experiments/smollm2/long/train_and_eval.sh NAME LR [train options]` (after
 `bash experiments/smollm2/run.sh`'s setup and `rlextra convert-gguf --smollm2 -o
