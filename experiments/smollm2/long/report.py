@@ -257,13 +257,9 @@ def equal_steps_section(curves: dict[str, dict[int, dict]]) -> str:
     for n in others:
         if not n.startswith("rlextra-"):
             continue
-        gains = []
-        for s in sorted(curves[n]):
-            if s and s in base and not s % 50:
-                d, se = paired_difference(curves[n][s]["n_correct"], base[s]["n_correct"], K)
-                gains.append(f"{d:+.3f} ({se:.3f}) at {s}")
+        gains = _diffs(curves, n, CHOSEN, steps=sorted(s for s in curves[n] if s and not s % 50))
         if gains:
-            shape.append(f"{n}: " + ", ".join(gains))
+            shape.append(f"{n}: " + _show(gains))
     if shape:
         lines += ["", "The shape of the gain over GRPO at a fixed real-step budget (paired SE), beside the paper's: "
                   "its RL-Extra gain shrinks over training, +5.2 points of AIME24 at 200 real steps and +2.3 at "
@@ -310,12 +306,11 @@ def _verdict(diffs: list[tuple]) -> str:
     """Our reading of paired differences (ours): beyond 2 SE counts as a difference, else level."""
     if not diffs:
         return "not measured"
-    signs = {"above" if d > 2 * se else "below" if d < -2 * se else "level" for _, d, se in diffs}
-    if len(signs) == 1:
-        word = signs.pop()
+    words = [(s, "above" if d > 2 * se else "below" if d < -2 * se else "level") for s, d, se in diffs]
+    if len({w for _, w in words}) == 1:
+        word = words[0][1]
         return ("level within 2 SE" if word == "level" else word + " by more than 2 SE") + " at every step compared"
-    return "mixed: " + ", ".join(f"{'above' if d > 2 * se else 'below' if d < -2 * se else 'level'} at {s}"
-                                 for s, d, se in diffs)
+    return "mixed: " + ", ".join(f"{w} at {s}" for s, w in words)
 
 
 def _show(diffs: list[tuple]) -> str:
