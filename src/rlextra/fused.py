@@ -26,15 +26,39 @@ _COMPILED: dict = {}
 
 
 def _compiled(fn, **options):
-    """``fn`` compiled once per process (numba's on-disk cache makes later processes cheap)."""
+    """``fn`` compiled once per process (numba's on-disk cache makes later processes cheap). The
+    passes call ``_tile_loader``, which becomes the compiled ``_load_tile`` before any of them compiles."""
     if fn not in _COMPILED:
         import numba
 
+        global _tile_loader
+        if _tile_loader is _load_tile:
+            _tile_loader = numba.njit(cache=True, nogil=True)(_load_tile)
         _COMPILED[fn] = numba.njit(cache=True, nogil=True, **options)(fn)
     return _COMPILED[fn]
 
 
-TILE = 256  # entries per tile of ``_chunk_stats``: its running sums (4 x 2 KiB) stay in L1
+TILE = 256  # entries per tile of the passes: a tile of all K rows and its running sums stay in L1
+
+
+def _load_tile(block, j0, m, bf16, bits, tile):
+    """Entries j0..j0+m of every row of a (K, n) block into ``tile`` (K, TILE) as float64: float32 or
+    float64 storage as it is, or with ``bf16`` the bits of bf16 values (uint16) widened exactly
+    through ``bits`` (uint32, TILE long; its float32 view is the value)."""
+    wide = bits.view(np.float32)
+    for k in range(block.shape[0]):
+        raw = block[k, j0:j0 + m]
+        if bf16:
+            for j in range(m):
+                bits[j] = np.uint32(raw[j]) << np.uint32(16)
+            for j in range(m):
+                tile[k, j] = wide[j]
+        else:
+            for j in range(m):
+                tile[k, j] = raw[j]
+
+
+_tile_loader = _load_tile  # the compiled one once numba is imported (``_compiled``)
 
 
 def _chunk_stats(block, tc, sxx, hist, bf16):
@@ -42,23 +66,21 @@ def _chunk_stats(block, tc, sxx, hist, bf16):
     or float64 storage, or with ``bf16`` the bits of bf16 values as uint16, each widened to float64
     exactly); R^2 counts are added into ``hist`` (len(hist) equal bins over [0, 1]).
 
-    The chunk runs in tiles of ``TILE`` entries, so that the running sums stay in L1 while every
-    step's row streams past them (over a whole chunk they spilled out of L2), and bf16 rows are
-    widened tile by tile, in cache, instead of in a pass of their own (bench/RESULTS.md). Within a
-    tile, loops are split so that all but the histogram's vectorize: steps run in the outer loop of
-    the sums, and no branch depends on the data (they mispredicted on real R^2 spreads). Each
-    entry's sums are added in step order."""
+    The chunk runs in tiles of ``TILE`` entries (``_load_tile``), so that the tile and the running
+    sums stay in L1 while every step's row passes through them (over a whole chunk the sums spilled
+    out of L2), and bf16 rows are widened tile by tile, in cache, instead of in a pass of their own
+    (bench/RESULTS.md). Within a tile, loops are split so that all but the histogram's vectorize:
+    steps run in the outer loop of the sums, and no branch depends on the data (they mispredicted on
+    real R^2 spreads). Each entry's sums are added in step order."""
     k_steps, n = block.shape
     bins = hist.shape[0]
     kk = float(k_steps)
+    tile = np.empty((k_steps, TILE))
+    bits = np.empty(TILE, dtype=np.uint32)
     s_d = np.empty(TILE)
     s_td = np.empty(TILE)
     s_dd = np.empty(TILE)
-    y0 = np.empty(TILE)
     r2 = np.empty(TILE)
-    last = np.empty(TILE)
-    bits = np.empty(TILE, dtype=np.uint32)  # one bf16 row of a tile, widened: its float32 view is ``wide``
-    wide = bits.view(np.float32)
     bad = False  # a NaN or Inf anywhere reaches s_dd or y0
     n_constant = 0
     n_above = 0
@@ -67,57 +89,30 @@ def _chunk_stats(block, tc, sxx, hist, bf16):
     sq_delta = 0.0
     for j0 in range(0, n, TILE):
         m = min(TILE, n - j0)
-        for k in range(k_steps):
-            if bf16:
-                raw = block[k, j0:j0 + m]
-                for j in range(m):
-                    bits[j] = np.uint32(raw[j]) << np.uint32(16)
-                if k == 0:
-                    for j in range(m):
-                        y0[j] = wide[j]
-                        s_d[j] = 0.0
-                        s_td[j] = 0.0
-                        s_dd[j] = 0.0
-                        last[j] = 0.0
-                    continue
-                t = tc[k]
-                for j in range(m):
-                    d = np.float64(wide[j]) - y0[j]
-                    s_d[j] += d
-                    s_dd[j] += d * d
-                    s_td[j] += d * t
-                if k == k_steps - 1:
-                    for j in range(m):
-                        last[j] = np.float64(wide[j]) - y0[j]
-            else:
-                row = block[k, j0:j0 + m]
-                if k == 0:
-                    for j in range(m):
-                        y0[j] = row[j]
-                        s_d[j] = 0.0
-                        s_td[j] = 0.0
-                        s_dd[j] = 0.0
-                        last[j] = 0.0
-                    continue
-                t = tc[k]
-                for j in range(m):
-                    d = np.float64(row[j]) - y0[j]
-                    s_d[j] += d
-                    s_dd[j] += d * d
-                    s_td[j] += d * t
-                if k == k_steps - 1:
-                    for j in range(m):
-                        last[j] = np.float64(row[j]) - y0[j]
+        _tile_loader(block, j0, m, bf16, bits, tile)
         for j in range(m):
-            bad |= not np.isfinite(s_dd[j] + y0[j])
+            s_d[j] = 0.0
+            s_td[j] = 0.0
+            s_dd[j] = 0.0
+        for k in range(1, k_steps):
+            t = tc[k]
+            for j in range(m):
+                d = tile[k, j] - tile[0, j]
+                s_d[j] += d
+                s_dd[j] += d * d
+                s_td[j] += d * t
+        for j in range(m):
+            y0 = tile[0, j]
+            bad |= not np.isfinite(s_dd[j] + y0)
             syy = s_dd[j] - s_d[j] * (s_d[j] / kk)
             moved = syy > 0.0  # else never moved (or NaN): no R^2, as LineResult.r2 gives NaN
             v = min(max((s_td[j] * s_td[j]) / (sxx * syy), 0.0), 1.0)
             r2[j] = v if moved else -1.0
             n_constant += np.int64(not moved)
             sum_r2 += v if moved else 0.0
-            sq_first += y0[j] * y0[j]
-            sq_delta += last[j] * last[j]
+            last = tile[k_steps - 1, j] - y0
+            sq_first += y0 * y0
+            sq_delta += last * last
         for j in range(m):
             v = r2[j]
             if v >= 0.0:
@@ -130,7 +125,7 @@ def _combo_sq_sums(block, index, coef, counts, out, bf16):
     """out[q] += sum over the chunk of (sum_p coef[q, p] * block[index[q, p], j])^2, for every
     combination q of at most index.shape[1] checkpoints (a prediction minus its target, or two
     checkpoints' difference); with ``bf16`` the block holds bf16 bits (uint16). The chunk runs in
-    tiles of ``TILE`` entries: all K rows of a tile are widened once into a float64 tile in L1, and
+    tiles of ``TILE`` entries (``_load_tile``: all K rows widened once into a float64 tile in L1), and
     every combination passes over that tile (over the whole chunk, each combination had streamed
     its rows and a scratch row through L2)."""
     k_steps, n = block.shape
@@ -138,21 +133,10 @@ def _combo_sq_sums(block, index, coef, counts, out, bf16):
     tile = np.empty((k_steps, TILE))
     tmp = np.empty(TILE)
     bits = np.empty(TILE, dtype=np.uint32)
-    wide = bits.view(np.float32)
     acc = np.zeros(n_q)
     for j0 in range(0, n, TILE):
         m = min(TILE, n - j0)
-        for k in range(k_steps):
-            if bf16:
-                raw = block[k, j0:j0 + m]
-                for j in range(m):
-                    bits[j] = np.uint32(raw[j]) << np.uint32(16)
-                for j in range(m):
-                    tile[k, j] = wide[j]
-            else:
-                row = block[k, j0:j0 + m]
-                for j in range(m):
-                    tile[k, j] = row[j]
+        _tile_loader(block, j0, m, bf16, bits, tile)
         for q in range(n_q):
             k0 = index[q, 0]
             c0 = coef[q, 0]
