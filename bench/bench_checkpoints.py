@@ -17,7 +17,8 @@ Methods
 - floors: `cat` of every file of the series to /dev/null (the read floor of an analysis) and
   `cp -r` of one checkpoint (the floor of an extrapolation).
 - rlextra_full_t1: the full analysis on one thread (the default uses every core this process may);
-  baseline_full: the full analysis of another checkout (``--baseline-src its/src``), side by side.
+  baseline_full, baseline_extrapolate: the full analysis and the extrapolation of another checkout
+  (``--baseline-src its/src``), side by side.
 
 Usage: python bench/bench_checkpoints.py [--checkpoints 8] [--work bench/_work] [--write-results]
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -74,6 +76,9 @@ def worker(method: str, work: Path, run: Path, device: str | None = None) -> dic
     base_rss = status_kb("VmRSS")
     out = work / f"out-{method}"
     shutil.rmtree(out, ignore_errors=True)
+    # collect the imports' garbage now: else the method's first allocations trigger a full collection
+    # of torch's, transformers' and matplotlib's objects (about 0.09 s), charged to whichever method runs
+    gc.collect()
     t0 = time.perf_counter()
     info: dict = {}
     if method == "rlextra_full":
@@ -190,11 +195,11 @@ def run_worker(method: str, work: Path, run: Path, baseline_src: Path | None = N
                device: str | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     name = method
-    if method == "baseline_full":  # the same worker, importing rlextra from the other checkout
+    if method.startswith("baseline_"):  # the same worker, importing rlextra from the other checkout
         if baseline_src is None:
-            return {"method": name, "error": "baseline_full needs --baseline-src"}
+            return {"method": name, "error": f"{method} needs --baseline-src"}
         env["PYTHONPATH"] = str(baseline_src)
-        method = "rlextra_full"
+        method = "rlextra_" + method.removeprefix("baseline_")
     r = subprocess.run([sys.executable, __file__, "--worker", method, "--work", str(work), "--run", str(run)]
                        + (["--device", device] if device else []),
                        capture_output=True, text=True, env=env)
@@ -224,7 +229,7 @@ def cp_floor(work: Path, run: Path) -> dict:
 
 METHODS = ["reference_analysis", "rlextra_full", "rlextra_full_t1", "baseline_full", "rlextra_sample",
            "rlextra_full_plots", "reference_extrapolate", "mergekit", "rlextra_extrapolate",
-           "rlextra_extrapolate_chunk256k", "rlextra_backtest", "cat_floor", "cp_floor"]
+           "baseline_extrapolate", "rlextra_extrapolate_chunk256k", "rlextra_backtest", "cat_floor", "cp_floor"]
 
 
 def main() -> None:
@@ -237,7 +242,7 @@ def main() -> None:
     ap.add_argument("--shape", default="smollm2-135m", choices=("smollm2-135m", "qwen2.5-1.5b"),
                     help="architecture of the random-init series")
     ap.add_argument("--device", help="--device of the analysis, backtest and extrapolation (e.g. cuda)")
-    ap.add_argument("--baseline-src", type=Path, help="src/ of another checkout, for baseline_full")
+    ap.add_argument("--baseline-src", type=Path, help="src/ of another checkout, for baseline_full and baseline_extrapolate")
     ap.add_argument("--name", help="of the JSON written by --write-results (default: checkpoints-DTYPE)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (default: all)")
     ap.add_argument("--repeats", type=int, default=1,
@@ -252,6 +257,7 @@ def main() -> None:
     for i in range(a.repeats):  # interleaved, so a burst of load on the machine hits every method alike
         for method in [m for m in METHODS if m in a.methods.split(",")]:
             print(f"running {method} ({i + 1}/{a.repeats}) ...", flush=True)
+            os.sync()  # the last run's output is not written back to disk during this one (it cost up to 0.5 s)
             r = cp_floor(a.work, run) if method == "cp_floor" else cat_floor(run) if method == "cat_floor" \
                 else run_worker(method, a.work, run, a.baseline_src, a.device)
             runs.setdefault(method, []).append(r)
@@ -288,6 +294,7 @@ RATIOS = [  # (label, numerator, denominator, key, target)
     ("extrapolate time / mergekit time", "rlextra_extrapolate", "mergekit", "wall_s", "<= 0.5"),
     ("extrapolate memory / mergekit memory", "rlextra_extrapolate", "mergekit", "mem_mb", "<= 0.25"),
     ("extrapolate time / cp floor", "rlextra_extrapolate", "cp_floor", "wall_s", "<= 3"),
+    ("extrapolate time / the baseline checkout's", "rlextra_extrapolate", "baseline_extrapolate", "wall_s", ""),
     ("extrapolate time, 1M-element chunks / 256K", "rlextra_extrapolate", "rlextra_extrapolate_chunk256k",
      "wall_s", "< 1"),
 ]

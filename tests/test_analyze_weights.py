@@ -72,6 +72,53 @@ def test_sampling_fits_the_sampled_entries(series_dir):
     assert rep["options"]["sample"] == 0.1
 
 
+def test_sampled_reads_group_picks_and_any_group_size_gives_the_same_report(series_dir, monkeypatch):
+    """A sampled analysis reads its picks in groups of chunk_size picks (one read per group and
+    checkpoint): every group size gives the same report, and every pick is read exactly once."""
+    import rlextra.analysis.weights as weights_mod
+    from rlextra.sampling import pick_chunks
+
+    idx = np.array([3, 4, 9, 100, 101, 250, 251, 252])
+    groups = list(pick_chunks(idx, 3))
+    assert groups == [(3, 10, 0, 3), (100, 251, 3, 6), (251, 253, 6, 8)]
+    assert list(pick_chunks(idx[:0], 3)) == []
+    with pytest.raises(RLExtraError, match="chunk size must be positive"):
+        list(pick_chunks(idx, 0))
+    run, _, _ = series_dir
+    reads = []
+    real = weights_mod.read_values
+    monkeypatch.setattr(weights_mod, "read_values", lambda ref, start, stop, pick=None: (
+        reads.append((ref.name, stop - start, len(pick))), real(ref, start, stop, pick))[1])
+    whole = analyze_weights(run, None, progress=False, sample=0.2, seed=1)
+    n_reads = len(reads)
+    reads.clear()
+    small = analyze_weights(run, None, progress=False, sample=0.2, seed=1, chunk_size=3)
+    for a, b in zip(whole["tensors"], small["tensors"]):
+        assert a["n_fitted"] == b["n_fitted"]
+        assert b["mean_r2"] == pytest.approx(a["mean_r2"], rel=1e-12)
+    assert whole["global"]["histogram"] == small["global"]["histogram"]
+    k = len(whole["steps"])
+    assert n_reads == k * len(whole["tensors"])  # the default group holds every pick of these tensors
+    assert sum(p for _, _, p in reads) == k * whole["n_params_fitted"] and max(p for _, _, p in reads) <= 3
+
+
+def test_a_sampled_analysis_runs_on_one_thread_by_default(series_dir, monkeypatch):
+    """Its reads are memory maps, slower on several threads of one process (bench/RESULTS.md);
+    full coverage takes every core, and --threads still decides when given."""
+    import rlextra.analysis.weights as weights_mod
+
+    seen = []
+    real = weights_mod.stream_weight_stats
+    monkeypatch.setattr(weights_mod, "stream_weight_stats", lambda *a, **kw: (seen.append(kw["threads"]),
+                                                                              real(*a, **kw))[1])
+    monkeypatch.setattr(weights_mod, "available_cores", lambda: 4)
+    run, _, _ = series_dir
+    analyze_weights(run, None, progress=False, sample=0.5)
+    analyze_weights(run, None, progress=False)
+    analyze_weights(run, None, progress=False, sample=0.5, threads=2)
+    assert seen == [1, 4, 2]
+
+
 def test_paper_filters_drop_what_numpy_drops(tmp_path):
     steps = [0, 1, 2, 3, 4, 5]
     rng = np.random.default_rng(0)

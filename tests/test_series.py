@@ -119,3 +119,40 @@ def test_inputs_are_not_modified(series_dir):
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     load_series(run)
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_read_into_fills_a_reused_buffer_and_names_a_file_cut_short(tmp_path):
+    """read_into: the same values as read_raw, into the caller's buffer (with or without an open
+    handle); a file shortened after it was indexed gives a one-line error naming file and tensor."""
+    vals = np.arange(40, dtype=np.float32).reshape(8, 5)
+    d = write_ckpt(tmp_path / "step_1", {"w": vals}, dtype=torch.float32)
+    ref = load_series([d, write_ckpt(tmp_path / "step_2", {"w": vals}, dtype=torch.float32)]).checkpoints[0].tensors["w"]
+    buf = np.full(7, -1, dtype=np.float32)
+    assert ref.read_into(30, buf[:7]) is not None and buf.tolist() == list(range(30, 37))
+    with open(ref.file, "rb", buffering=0) as f:
+        out = ref.read_into(3, buf[:4], f)
+    assert out.tolist() == ref.read_raw(3, 7).tolist() == [3, 4, 5, 6]
+    data = ref.file.read_bytes()
+    ref.file.write_bytes(data[:-8])  # the last two values gone
+    with pytest.raises(RLExtraError, match=r"model.safetensors: cannot read tensor 'w' \(the file ended early\)"):
+        ref.read_into(36, buf[:4])
+
+
+def test_buffer_pool_reuses_what_it_handed_out():
+    from rlextra.checkpoints.buffers import BufferPool
+
+    pool = BufferPool(16)
+    a = pool.take(np.uint16, 10)
+    assert a.shape == (10,) and a.dtype == np.uint16
+    pool.give(a)
+    b = pool.take(np.uint16, 16)
+    assert b.base is a.base  # the same memory again
+    c = pool.take(np.uint16, 3)
+    assert c.base is not b.base  # b is still out: a new buffer
+    pool.give(np.zeros(16, dtype=np.uint16))  # not the pool's: ignored
+    pool.give(b)
+    pool.give(c)
+    assert {id(pool.take(np.uint16, 1).base), id(pool.take(np.uint16, 1).base)} == {id(b.base), id(c.base)}
+    assert pool.take(np.float32, 2).base is not b.base  # buffers are kept by dtype
+    with pytest.raises(ValueError, match="larger than the pool's buffers"):
+        pool.take(np.uint16, 17)

@@ -84,9 +84,10 @@ WEIGHTS = Options(analyze_weights, ["sample", "seed", "min_change", "min_distinc
                   types={"shard": str}, helps={
                       **SERIES_HELPS, "sample": "analyse this fraction of each tensor (>= 50 entries)",
                       "threads": "tensors analysed at once (default: the cores this process may use; "
-                                 "with --save-maps, 1)",
+                                 "with --save-maps or --sample, 1)",
                       "chunk_size": "elements of one tensor read per checkpoint at a time (default: one chunk "
-                                    "of all checkpoints fits a core's cache; with --sample, 262144)",
+                                    "of all checkpoints fits a core's cache; with --sample, sampled entries "
+                                    "per read, 262144)",
                       "device": "where each chunk's float64 arithmetic runs (cpu, cuda, cuda:N; reads stay on "
                                 "the CPU; default: numpy on the CPU)",
                       "seed": "seed for --sample and example picks",

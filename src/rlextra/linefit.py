@@ -201,13 +201,17 @@ class _DistinctCounter:
         self.count[new] += 1
 
 
-def two_point(y_b, y_s, alpha: float):
+def two_point(y_b, y_s, alpha: float, out=None):
     """The K = 2 line evaluated at alpha = (T - b) / (s - b): y_b + alpha (y_s - y_b).
 
     Works on numpy arrays or torch tensors; with torch it is one fused ``lerp`` in the inputs'
-    precision (fp32 in extrapolation, as the paper computes).
+    precision (fp32 in extrapolation, as the paper computes), written into ``out`` when given.
     """
     if hasattr(y_b, "lerp"):
+        if out is not None:
+            import torch
+
+            return torch.lerp(y_b, y_s, alpha, out=out)
         return y_b.lerp(y_s, alpha)
     return y_b + alpha * (y_s - y_b)
 

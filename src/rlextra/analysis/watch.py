@@ -29,13 +29,13 @@ from typing import Sequence
 
 import numpy as np
 
-from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, chunk_ranges, read_values
+from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, read_values
 from rlextra.checkpoints.series import (Checkpoint, CheckpointSeries, index_model_dir, resolve_model_dir,
                                         step_from_name, validate_series)
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, finalize_window, window_sums
 from rlextra.io import atomic_output_dir, check_output, interruptible
-from rlextra.sampling import check_seed, sample_indices
+from rlextra.sampling import check_seed, pick_chunks, sample_indices
 
 TRAINER_MARKER = "trainer_state.json"  # written last by the HF/TRL Trainer's checkpoint save
 
@@ -94,11 +94,8 @@ def read_checkpoint(state: WatchState, cp: Checkpoint, sample: float, seed: int,
     validate_series(trial, allow_mixed_dtypes=True)  # names and shapes as the first checkpoint's
     for name in state.names:
         ref, idx = cp.tensors[name], state.index[name]
-        parts = []
-        for start, stop in chunk_ranges(ref.numel, chunk_size):
-            lo, hi = np.searchsorted(idx, [start, stop])
-            if lo < hi:
-                parts.append(read_values(ref, start, stop, idx[lo:hi] - start))
+        parts = [read_values(ref, start, stop, idx[lo:hi] - start)
+                 for start, stop, lo, hi in pick_chunks(idx, chunk_size)]
         vec = np.concatenate(parts) if parts else np.zeros(0)
         if not np.isfinite(vec).all():
             raise RLExtraError(f"{ref.file}: tensor '{name}' (step {cp.step}) contains NaN or Inf")

@@ -31,7 +31,7 @@ from rlextra.errors import RLExtraError
 from rlextra.hf import resolve_device
 from rlextra.io import atomic_output_dir, check_output
 from rlextra.linefit import LineFit
-from rlextra.sampling import check_seed, sample_indices  # noqa: F401  (re-exported: rlextra.analysis.weights.sample_indices)
+from rlextra.sampling import check_seed, pick_chunks, sample_indices  # noqa: F401  (re-exported: rlextra.analysis.weights.sample_indices)
 
 N_EXAMPLE_TENSORS = 6
 N_CANDIDATES = 8
@@ -100,7 +100,9 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
     each rank then writing into ``out_dir/shard-IIIII-of-NNNNN`` (merge them with
     ``merge_weight_reports``); None analyses everything.
     ``chunk_size``: elements per tensor and checkpoint read at a time; default sized so that one
-    chunk of all K checkpoints (float64) stays in a core's cache (``auto_chunk_size``).
+    chunk of all K checkpoints (float64) stays in a core's cache (``auto_chunk_size``). With
+    ``sample``: sampled entries per read (default 262144, a whole tensor at 0.1% for most models).
+    ``threads``: tensors analysed at once (default: every core; with ``sample``, one).
     ``device`` ('cpu', 'cuda', 'cuda:N'): the chunk arithmetic runs there in float64 torch (reads
     stay streamed on the CPU); default: numpy on the CPU.
     Returns the report dict, with 'output': the folder written (None without out_dir).
@@ -156,7 +158,7 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
                                         min_distinct=min_distinct, chunk_size=chunk_size,
                                         example_names=example_tensors(float_names),
                                         on_fit=maps.write if maps is not None else None, progress=progress,
-                                        threads=available_cores() if threads is None else threads,
+                                        threads=_default_threads(sample) if threads is None else threads,
                                         device=where)
             if maps is not None:
                 maps.finish()
@@ -164,6 +166,13 @@ def analyze_weights(checkpoints: CheckpointSeries | str | Path | Sequence[str | 
         if tmp is not None:
             write_weight_files(report, accumulators, tmp, plots=plots)
     return {**report, "output": None if out_dir is None else str(out_dir)}
+
+
+def _default_threads(sample: float | None) -> int:
+    """Every core for full coverage; one for a sampled analysis, which reads its picks through memory
+    maps: mapping and unmapping on several threads of one process costs more than it gains (on the
+    2-core machine, 0.53 s on two threads against 0.24 s on one; bench/RESULTS.md)."""
+    return available_cores() if sample is None else 1
 
 
 @dataclass
@@ -237,20 +246,13 @@ def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min
     steps_fit = LineFit(series.steps, 0)  # the centred steps and Sxx, for the fused pass
     with (BlockReader(refs, width, device, compact=fused_ok, bf16_bits=fused_ok) if whole
           else contextlib.nullcontext()) as blocks:
-        for start, stop in chunk_ranges(refs[0].numel, chunk_size):
-            pick = None
-            lo = hi = None
-            if idx is not None:
-                lo, hi = np.searchsorted(idx, [start, stop])
-                if lo == hi:
-                    bar.update(stop - start)
-                    continue
-                pick = idx[lo:hi] - start
+        for start, stop, lo, hi, advance in _chunks(refs[0].numel, idx, chunk_size):
+            pick = None if idx is None else idx[lo:hi] - start
             n = stop - start if pick is None else len(pick)
             cand = rng.choice(n, size=min(N_CANDIDATES, n), replace=False) if want_example else None
             if fused_ok and cand is None:  # the common case: one compiled pass, no per-parameter arrays
                 _fused_chunk(st, blocks.read(start, stop), steps_fit, refs, series.steps, start, stop)
-                bar.update(stop - start)
+                bar.update(advance)
                 continue
             fit = LineFit(series.steps, n, track_range=min_change is not None, distinct_cap=min_distinct or 0)
             traj = []
@@ -269,8 +271,24 @@ def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min
                         min_change=min_change, min_distinct=min_distinct, on_fit=on_fit)
             if examples:
                 want_example = False
-            bar.update(stop - start)
+            bar.update(advance)
     return st, examples
+
+
+def _chunks(numel: int, idx: np.ndarray | None, chunk_size: int):
+    """(start, stop, lo, hi, advance) per chunk of a tensor: every entry in ranges of ``chunk_size``
+    (lo, hi None), or the sampled entries ``idx`` in groups of ``chunk_size`` picks (``pick_chunks``);
+    ``advance``: the entries the progress bar moves by, numel in all."""
+    if idx is None:
+        for start, stop in chunk_ranges(numel, chunk_size):
+            yield start, stop, None, None, stop - start
+        return
+    covered = 0
+    groups = list(pick_chunks(idx, chunk_size))
+    for i, (start, stop, lo, hi) in enumerate(groups):
+        end = numel if i == len(groups) - 1 else stop
+        yield start, stop, lo, hi, end - covered
+        covered = end
 
 
 def _fused_chunk(st: _TensorStats, block: np.ndarray, steps_fit: LineFit, refs, steps, start: int,

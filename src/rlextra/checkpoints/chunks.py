@@ -87,13 +87,7 @@ class BlockReader:
         block = self.block[:, :n]
         for k, (ref, f, direct) in enumerate(zip(self.refs, self.files, self.direct)):
             raw = block[k] if direct else self.raw[k][:n]
-            if f is None:
-                raw[...] = ref.in_memory[start:stop]
-            else:
-                f.seek(ref.offset + start * ref.itemsize)
-                if f.readinto(raw) != raw.nbytes:
-                    raise RLExtraError(f"{ref.file}: cannot read tensor '{ref.name}' (the file ended early); "
-                                       "truncated or changed while reading?")
+            ref.read_into(start, raw, f)
             if direct:
                 continue
             if self.device is not None:

@@ -60,13 +60,20 @@ def to_torch(raw: np.ndarray, dtype: str):
     return torch.from_numpy(raw)
 
 
+def torch_dtype(dtype: str):
+    """The torch dtype of a float storage dtype ('BF16' -> torch.bfloat16)."""
+    import torch
+
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[dtype]
+
+
 def from_torch(values, dtype: str) -> np.ndarray:
     """Raw storage of dtype from a torch float tensor, rounding to nearest even once."""
     import torch
 
     if dtype == "BF16":
         return values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return values.to({"F64": torch.float64, "F32": torch.float32, "F16": torch.float16}[dtype]).numpy()
+    return values.to(torch_dtype(dtype)).numpy()
 
 
 def decoded_is_finite(raw: np.ndarray, dtype: str) -> bool:
@@ -124,6 +131,28 @@ class TensorRef:
                                "truncated or changed while reading?") from None
         # writable (copy-on-write, never written back) so torch.from_numpy accepts it silently
         return np.frombuffer(window, dtype=np_dtype, count=stop - start, offset=begin - aligned)
+
+    def read_into(self, start: int, out: np.ndarray, f=None) -> np.ndarray:
+        """Elements [start, start + out.size) into ``out`` (storage dtype), through ``f`` (this file,
+        opened unbuffered) or a fresh handle. Why, beside ``read_raw``: one copy from the page cache
+        into a buffer the caller reuses, with no mapping to fault in and tear down per chunk."""
+        if self.in_memory is not None:
+            out[...] = self.in_memory[start:start + out.size]
+            return out
+        try:
+            handle = f if f is not None else open(self.file, "rb", buffering=0)
+            try:
+                handle.seek(self.offset + start * self.itemsize)
+                got = handle.readinto(out)
+            finally:
+                if f is None:
+                    handle.close()
+        except OSError as exc:
+            raise RLExtraError(f"{self.file}: cannot read tensor '{self.name}' ({exc.strerror or exc})") from None
+        if got != out.nbytes:
+            raise RLExtraError(f"{self.file}: cannot read tensor '{self.name}' (the file ended early); "
+                               "truncated or changed while reading?")
+        return out
 
 
 def read_safetensors_index(path: Path) -> dict[str, TensorRef]:

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 import rlextra
 from rlextra.checkpoints.chunks import chunk_ranges, raise_nonfinite, read_tensor, read_values
-from rlextra.checkpoints.reader import decoded_is_finite, from_float64, from_torch, to_torch
+from rlextra.checkpoints.buffers import BufferPool
+from rlextra.checkpoints.reader import STORAGE, decoded_is_finite, from_float64, from_torch, to_torch, torch_dtype
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, copy_side_files, parse_size
 from rlextra.errors import RLExtraError
@@ -99,6 +100,7 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
     with atomic_output_dir(Path(out_dir), inputs=plan["inputs"], overwrite=overwrite) as tmp:
         writer = StreamingSafetensorsWriter(tmp, specs, plan["max_shard_bytes"])
         total = sum(newest.tensors[s.name].numel for s in specs)
+        pool = BufferPool(chunk_size)  # chunk buffers, reused once written (see BufferPool)
         with tqdm(total=total, unit="param", unit_scale=True, desc="extrapolate",
                   disable=not progress) as bar:
             def jobs():  # one callable per piece of output, in the order the writer takes them
@@ -112,16 +114,17 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
                         continue
                     for start, stop in chunk_ranges(ref.numel, chunk_size):
                         if copy:
-                            yield partial(_copy_job, ref, spec.name, start, stop)
+                            yield partial(_copy_job, ref, spec.name, start, stop, pool)
                         else:
                             yield partial(_chunk_job, series, spec, start, stop, target, plan["alpha"], method,
-                                          min_r2, plan["device"])
+                                          min_r2, plan["device"], pool)
 
             # chunks are computed ahead on every core (torch and numpy release the GIL) and written in
             # order; low-rank reads whole tensors, so it goes one at a time to keep its memory bound
             ahead = 1 if not REGISTRY[method].chunked else available_cores() if threads is None else threads
             for name, raw, n, kept in in_order(jobs(), ahead):
                 writer.write(name, raw)
+                pool.give(raw)
                 counts["kept_low_r2"] += kept
                 bar.update(n)
         writer.close()
@@ -132,13 +135,13 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
     return Extrapolation(Path(out_dir), provenance)
 
 
-def _copy_job(ref, name: str, start: int, stop: int):
-    return name, ref.read_raw(start, stop), stop - start, 0
+def _copy_job(ref, name: str, start: int, stop: int, pool: BufferPool):
+    return name, ref.read_into(start, pool.take(STORAGE[ref.dtype][0], stop - start)), stop - start, 0
 
 
-def _chunk_job(series, spec, start, stop, target, alpha, method, min_r2, device):
+def _chunk_job(series, spec, start, stop, target, alpha, method, min_r2, device, pool):
     counts = {"kept_low_r2": 0}
-    raw = _extrapolate_chunk(series, spec, start, stop, target, alpha, method, min_r2, counts, device)
+    raw = _extrapolate_chunk(series, spec, start, stop, target, alpha, method, min_r2, counts, device, pool)
     return spec.name, raw, stop - start, counts["kept_low_r2"]
 
 
@@ -236,7 +239,7 @@ def _extrapolate_whole(series: CheckpointSeries, spec: TensorSpec, target: float
 
 def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, stop: int,
                        target: float, alpha: float, fit: str, min_r2: float | None,
-                       counts: dict, device: str | None = None) -> np.ndarray:
+                       counts: dict, device: str | None = None, pool: BufferPool | None = None) -> np.ndarray:
     """One chunk of one tensor at the target step, encoded in the output dtype and checked finite.
 
     Two-point: fp32 (fp64 for fp64 inputs) lerp in torch, the paper's arithmetic. Least squares:
@@ -244,20 +247,28 @@ def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, s
     encoded result is checked, and the inputs are scanned to name the culprit when it is not finite.
     ``device``: the chunk is read on the CPU and its arithmetic runs there (two-point: the same lerp;
     lsq: the same float64 line, as weights on the K values, see ``_lsq_on_device``).
+    ``pool``: two-point reads into its buffers and, on the CPU, writes the result into one of them
+    (given back by the caller once written).
     """
     import torch
 
     refs = series.refs(spec.name)
     if fit == "two-point":
-        y_b, y_s = (to_torch(r.read_raw(start, stop), r.dtype) for r in refs)
-        if not (refs[0].dtype == refs[1].dtype == spec.dtype and spec.dtype in ("BF16", "F16")):
-            compute = torch.float64 if spec.dtype == "F64" else torch.float32
-            y_b, y_s = y_b.to(compute), y_s.to(compute)
-        if device is not None:
-            y_b, y_s = y_b.to(device), y_s.to(device)
+        pool = BufferPool(stop - start) if pool is None else pool
+        inputs = [r.read_into(start, pool.take(STORAGE[r.dtype][0], stop - start)) for r in refs]
+        y_b, y_s = (to_torch(x, r.dtype) for x, r in zip(inputs, refs))
         # torch's bf16/fp16 lerp computes in fp32 and rounds once: the same result as the
         # fp32 path (tested), without materialising fp32 copies
-        raw = from_torch(two_point(y_b, y_s, alpha).cpu(), spec.dtype)
+        compute = y_b.dtype if refs[0].dtype == refs[1].dtype == spec.dtype and spec.dtype in ("BF16", "F16") \
+            else torch.float64 if spec.dtype == "F64" else torch.float32
+        y_b, y_s = y_b.to(device=device, dtype=compute), y_s.to(device=device, dtype=compute)
+        if device is None and torch_dtype(spec.dtype) == compute:
+            raw = pool.take(STORAGE[spec.dtype][0], stop - start)  # the line straight into the output
+            two_point(y_b, y_s, alpha, out=to_torch(raw, spec.dtype))
+        else:
+            raw = from_torch(two_point(y_b, y_s, alpha).cpu(), spec.dtype)
+        for x in inputs:
+            pool.give(x)
     elif device is not None:
         raw = from_float64(_lsq_on_device(refs, series.steps, start, stop, target, min_r2, counts, device),
                            spec.dtype)
