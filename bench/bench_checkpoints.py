@@ -17,7 +17,7 @@ Methods
 - floors: `cat` of every file of the series to /dev/null (the read floor of an analysis) and
   `cp -r` of one checkpoint (the floor of an extrapolation).
 - rlextra_full_t1: the full analysis on one thread (the default uses every core this process may);
-  baseline_full, baseline_extrapolate: the full analysis and the extrapolation of another checkout
+  baseline_full, baseline_sample, baseline_extrapolate: the same methods from another checkout
   (``--baseline-src its/src``), side by side.
 
 Usage: python bench/bench_checkpoints.py [--checkpoints 8] [--work bench/_work] [--write-results]
@@ -227,7 +227,7 @@ def cp_floor(work: Path, run: Path) -> dict:
     return {"method": "cp_floor", "wall_s": wall}
 
 
-METHODS = ["reference_analysis", "rlextra_full", "rlextra_full_t1", "baseline_full", "rlextra_sample",
+METHODS = ["reference_analysis", "rlextra_full", "rlextra_full_t1", "baseline_full", "rlextra_sample", "baseline_sample",
            "rlextra_full_plots", "reference_extrapolate", "mergekit", "rlextra_extrapolate",
            "baseline_extrapolate", "rlextra_extrapolate_chunk256k", "rlextra_backtest", "cat_floor", "cp_floor"]
 
@@ -242,7 +242,7 @@ def main() -> None:
     ap.add_argument("--shape", default="smollm2-135m", choices=("smollm2-135m", "qwen2.5-1.5b"),
                     help="architecture of the random-init series")
     ap.add_argument("--device", help="--device of the analysis, backtest and extrapolation (e.g. cuda)")
-    ap.add_argument("--baseline-src", type=Path, help="src/ of another checkout, for baseline_full and baseline_extrapolate")
+    ap.add_argument("--baseline-src", type=Path, help="src/ of another checkout, for the baseline_* methods")
     ap.add_argument("--name", help="of the JSON written by --write-results (default: checkpoints-DTYPE)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (default: all)")
     ap.add_argument("--repeats", type=int, default=1,
@@ -285,6 +285,7 @@ RATIOS = [  # (label, numerator, denominator, key, target)
     ("full analysis time, one thread / default threads", "rlextra_full_t1", "rlextra_full", "wall_s", ""),
     ("full analysis time / the baseline checkout's", "rlextra_full", "baseline_full", "wall_s", ""),
     ("sampled (0.1%) analysis time / read floor (cat)", "rlextra_sample", "cat_floor", "wall_s", "report"),
+    ("sampled analysis time / the baseline checkout's", "rlextra_sample", "baseline_sample", "wall_s", ""),
     ("backtest time / full analysis time", "rlextra_backtest", "rlextra_full", "wall_s", "<= 3"),
     ("full analysis time / reference time", "rlextra_full", "reference_analysis", "wall_s", "<= 2"),
     ("full analysis memory / reference memory", "rlextra_full", "reference_analysis", "mem_mb", "<= 0.1"),

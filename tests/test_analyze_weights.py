@@ -81,6 +81,8 @@ def test_sampled_reads_group_picks_and_any_group_size_gives_the_same_report(seri
     idx = np.array([3, 4, 9, 100, 101, 250, 251, 252])
     groups = list(pick_chunks(idx, 3))
     assert groups == [(3, 10, 0, 3), (100, 251, 3, 6), (251, 253, 6, 8)]
+    assert list(pick_chunks(idx, 3, span=100)) == [(3, 10, 0, 3), (100, 102, 3, 5), (250, 253, 5, 8)]
+    assert list(pick_chunks(idx, 100, span=1)) == [(i, i + 1, k, k + 1) for k, i in enumerate(idx.tolist())]
     assert list(pick_chunks(idx[:0], 3)) == []
     with pytest.raises(RLExtraError, match="chunk size must be positive"):
         list(pick_chunks(idx, 0))

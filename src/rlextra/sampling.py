@@ -11,7 +11,8 @@ import numpy as np
 
 from rlextra.errors import RLExtraError
 
-MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy take seeds up to a signed 64-bit integer
+MAX_SEED = 2**63 - 1
+MAX_SPAN = 1 << 24  # entries of a tensor one sampled read spans at most (32 MiB of bf16)  # torch.manual_seed and numpy take seeds up to a signed 64-bit integer
 
 
 def check_seed(seed, option: str = "--seed") -> int:
@@ -33,16 +34,19 @@ def sample_indices(name: str, numel: int, fraction: float, seed: int) -> np.ndar
     return np.sort(rng.choice(numel, size=n, replace=False))
 
 
-def pick_chunks(idx: np.ndarray, size: int) -> Iterator[tuple[int, int, int, int]]:
-    """The sampled entries ``idx`` (sorted) in groups of at most ``size``: (start, stop, lo, hi), where
-    entries [start, stop) of the tensor hold the picks idx[lo:hi].
+def pick_chunks(idx: np.ndarray, size: int, span: int = MAX_SPAN) -> Iterator[tuple[int, int, int, int]]:
+    """The sampled entries ``idx`` (sorted) in groups of at most ``size`` picks within at most ``span``
+    entries: (start, stop, lo, hi), where entries [start, stop) of the tensor hold the picks idx[lo:hi].
 
-    Why groups of picks rather than fixed ranges of entries: a 0.1% sample spans a whole tensor in
-    one read per checkpoint (a few hundred thousand picks), instead of a read, a map and a fit per
-    range; memory stays bounded by ``size`` picks.
+    Why groups of picks rather than fixed ranges of entries: a 0.1% sample then spans most tensors in
+    one read per checkpoint, instead of a read, a map and a fit per range. ``size`` bounds the fit's
+    memory, ``span`` what one read maps (its pages count in the process's resident memory).
     """
-    if size < 1:
-        raise RLExtraError(f"chunk size must be positive, got {size}")
-    for lo in range(0, len(idx), size):
-        hi = min(len(idx), lo + size)
-        yield int(idx[lo]), int(idx[hi - 1]) + 1, lo, hi
+    if size < 1 or span < 1:
+        raise RLExtraError(f"chunk size must be positive, got {min(size, span)}")
+    lo = 0
+    while lo < len(idx):
+        start = int(idx[lo])
+        hi = min(lo + size, int(np.searchsorted(idx, start + span)))
+        yield start, int(idx[hi - 1]) + 1, lo, hi
+        lo = hi
