@@ -98,6 +98,7 @@ WEIGHTS = Options(analyze_weights, ["sample", "seed", "min_change", "min_distinc
 WATCH = Options(watch, ["sample", "seed", "window", "once", "until_step", "poll_seconds", "chunk_size",
                        "allow_pickle", "overwrite"], helps={
     **SERIES_HELPS, "sample": "fraction of each tensor read (>= 50 entries; 1 = all, for small models)",
+    "chunk_size": "sampled entries of one tensor read per checkpoint at a time (bounds memory)",
     "seed": "seed of the sample (the entries analyze weights --sample F --seed S reads)",
     "window": "checkpoints in the in-flight window (R^2 and backtest)",
     "once": "process the checkpoints there now, then exit",
