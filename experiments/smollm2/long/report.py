@@ -209,10 +209,8 @@ def seeds_section(curves: dict[str, dict[int, dict]]) -> str:
         if not seed:
             continue
         first = curves.get(n.removesuffix(f"-seed{seed}"), {})
-        for s in sorted(curves[n]):
-            if s and s in first:
-                d, se = paired_difference(curves[n][s]["n_correct"], first[s]["n_correct"], K)
-                lines.append(f"| {n} | {s} | {first[s]['acc']:.3f} | {curves[n][s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
+        for s, d, se in _diffs(curves, n, n.removesuffix(f"-seed{seed}"), steps=[s for s in sorted(curves[n]) if s]):
+            lines.append(f"| {n} | {s} | {first[s]['acc']:.3f} | {curves[n][s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
         grpo = curves.get(f"{CHOSEN}-seed{seed}", {})
         if n.startswith("grpo-"):
             continue
@@ -287,12 +285,12 @@ def replay_section(curves: dict[str, dict[int, dict]]) -> str:
     for n in curves:
         if not n.startswith("replay-"):
             continue
-        other = curves.get("rlextra-" + n.removeprefix("replay-"), {})
+        default = "rlextra-" + n.removeprefix("replay-")
         mn = ",".join(re.findall(r"\d+", n)[:2])
-        for s in sorted(curves[n]):
-            if s in other and s and (not s % 50 or s == max(curves[n])):
-                d, se = paired_difference(curves[n][s]["n_correct"], other[s]["n_correct"], K)
-                lines.append(f"| {mn} | {s} | {curves[n][s]['acc']:.3f} | {other[s]['acc']:.3f} | {d:+.3f} ({se:.3f}) |")
+        steps = [s for s in sorted(curves[n]) if s and (not s % 50 or s == max(curves[n]))]
+        for s, d, se in _diffs(curves, n, default, steps=steps):
+            lines.append(f"| {mn} | {s} | {curves[n][s]['acc']:.3f} | {curves[default][s]['acc']:.3f} | "
+                         f"{d:+.3f} ({se:.3f}) |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 

@@ -239,7 +239,7 @@ def _extrapolate_whole(series: CheckpointSeries, spec: TensorSpec, target: float
 
 def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, stop: int,
                        target: float, alpha: float, fit: str, min_r2: float | None,
-                       counts: dict, device: str | None = None, pool: BufferPool | None = None) -> np.ndarray:
+                       counts: dict, device: str | None, pool: BufferPool) -> np.ndarray:
     """One chunk of one tensor at the target step, encoded in the output dtype and checked finite.
 
     Two-point: fp32 (fp64 for fp64 inputs) lerp in torch, the paper's arithmetic. Least squares:
@@ -254,7 +254,6 @@ def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, s
 
     refs = series.refs(spec.name)
     if fit == "two-point":
-        pool = BufferPool(stop - start) if pool is None else pool
         inputs = [r.read_into(start, pool.take(STORAGE[r.dtype][0], stop - start)) for r in refs]
         y_b, y_s = (to_torch(x, r.dtype) for x, r in zip(inputs, refs))
         # torch's bf16/fp16 lerp computes in fp32 and rounds once: the same result as the
