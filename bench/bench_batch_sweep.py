@@ -73,11 +73,24 @@ def run(model_dir: Path, out: Path, seed: int, steps: int, demo, batch: tuple[in
     rows = score_run(out, spec, demo, per_problem=True)
     jumps = out / "rl_extra.jsonl"
     monitor = out / "linearity.jsonl"
-    result = {"curve": rows,
+    history = _log_history(out)
+    result = {"curve": rows, "train_log": history,
               "jumps": [json.loads(x) for x in jumps.read_text().splitlines()] if jumps.exists() else [],
               "monitor": [json.loads(x) for x in monitor.read_text().splitlines()] if monitor.exists() else []}
     shutil.rmtree(out)  # checkpoints are not needed once evaluated
     return result
+
+
+def _log_history(out: Path) -> list[dict]:
+    """Per real step: mean training reward and the lr the optimizer ran at (the trainer's own log)."""
+    from rlextra.rl.grpo import last_checkpoint
+
+    ckpt = last_checkpoint(out)
+    if ckpt is None:
+        return []
+    log = json.loads((ckpt / "trainer_state.json").read_text()).get("log_history", [])
+    return [{"step": r["step"], "reward": round(r["reward"], 4), "lr": r.get("learning_rate")}
+            for r in log if "reward" in r]
 
 
 def main() -> None:
