@@ -11,6 +11,8 @@ batch sizes (prompts x samples per step) and, at each, the same number of real s
   paper       the paper's RL-Extra: two-point jump at m, n, optimizer state reset
   auto        rlextra's adaptive RL-Extra (--rl-extra-auto): the in-flight monitor picks n per cycle
   auto-safe   the same, with safe mode checking each jump
+  lr-auto     GRPO under --lr-auto (rlextra's AdaptiveLR: the lr headroom sets the lr multiplier)
+  prodigy     GRPO with Prodigy (prodigyopt, lr 1.0 as its authors recommend), the lr-free optimizer
 
 Every run records the linearity monitor (``linearity.jsonl``: window R^2 and the in-flight weight
 error), and every checkpoint (every 10 real steps) is evaluated on the 200 held-out problems (avg@4,
@@ -47,6 +49,10 @@ def variant_options(name: str, lr: float, threshold: float | None) -> dict:
         return {}
     if name.startswith("grpo-lr"):
         return {"learning_rate": lr * float(name[len("grpo-lr"):])}
+    if name == "lr-auto":
+        return {"lr_auto": True}
+    if name == "prodigy":
+        return {"optimizer": "prodigy", "learning_rate": 1.0}
     if name == "paper":
         return {"rl_extra": (m, n), "rl_extra_optimizer": "reset", "rl_extra_method": "two-point"}
     if name in ("auto", "auto-safe"):
@@ -73,10 +79,12 @@ def run(model_dir: Path, out: Path, seed: int, steps: int, demo, batch: tuple[in
     rows = score_run(out, spec, demo, per_problem=True)
     jumps = out / "rl_extra.jsonl"
     monitor = out / "linearity.jsonl"
+    lr_auto = out / "lr_auto.jsonl"
     history = _log_history(out)
     result = {"curve": rows, "train_log": history,
               "jumps": [json.loads(x) for x in jumps.read_text().splitlines()] if jumps.exists() else [],
-              "monitor": [json.loads(x) for x in monitor.read_text().splitlines()] if monitor.exists() else []}
+              "monitor": [json.loads(x) for x in monitor.read_text().splitlines()] if monitor.exists() else [],
+              "lr_auto": [json.loads(x) for x in lr_auto.read_text().splitlines()] if lr_auto.exists() else []}
     shutil.rmtree(out)  # checkpoints are not needed once evaluated
     return result
 

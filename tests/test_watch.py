@@ -123,3 +123,21 @@ def test_sigterm_leaves_the_last_complete_report(tmp_path):
     assert "last complete report" in err and len(err.strip().splitlines()) == 1
     assert steps() == STEPS[:4]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live", "run"]  # no temporary or lock left
+
+
+def test_watch_reports_the_lr_headroom_of_each_window(tmp_path, capsys):
+    """A nearly straight series has headroom (rlextra's heuristic: the largest alpha whose in-flight
+    error stays below 0.8); a noisy one has none. The headroom is in every row, watch.json and the CLI."""
+    from rlextra.extrapolate.headroom import lr_headroom
+
+    for noise, room in ((1e-5, True), (3e-1, False)):
+        run, live = tmp_path / f"run{noise}", tmp_path / f"live{noise}"
+        write_synthetic_series(run, tiny_llama_config(), [0, 2, 4, 6, 8, 10, 12], noise=noise)
+        assert main(["watch", str(run), "-o", str(live), "--once", "--sample", "0.1", "--no-plots", "-q"]) == 0
+        rows = [json.loads(x) for x in (live / "linearity.jsonl").read_text().splitlines()]
+        assert all("lr_headroom" in r for r in rows)
+        last = rows[-1]["lr_headroom"]
+        assert last == lr_headroom(rows[-3:]) and last["rows"] == [8, 10, 12]
+        assert (last["multiplier"] >= 2) if room else (last["multiplier"] == 1.0)
+        assert json.loads((live / "watch.json").read_text())["lr_headroom"] == last
+        assert f"lr headroom x{last['multiplier']:g}" in capsys.readouterr().out

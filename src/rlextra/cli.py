@@ -16,6 +16,7 @@ from typing import Sequence
 from rlextra.analysis.activations import analyze_activations
 from rlextra.analysis.outputs import analyze_outputs
 from rlextra.analysis.watch import watch
+from rlextra.extrapolate.headroom import describe
 from rlextra.analysis.weights import analyze_weights
 from rlextra.checkpoints.gguf import convert_gguf, smollm2_gguf_path
 from rlextra.cli_options import Options
@@ -138,7 +139,8 @@ TRAIN = Options(TrainConfig, [
     "max_completion_length", "temperature", "top_p", "beta", "seed", "keep_optimizer", "resume_without_optimizer", "eval_problems", "rl_extra",
     "rl_extra_warmup", "rl_extra_replay", "rl_extra_optimizer", "rl_extra_method", "rl_extra_snapshots", "rl_extra_rank", "rl_extra_norms",
     "rl_extra_include", "rl_extra_exclude", "rl_extra_safe", "rl_extra_safe_prompts", "rl_extra_safe_samples",
-    "rl_extra_safe_tolerance", "rl_extra_auto", "rl_extra_auto_threshold", "monitor_every", "monitor_sample",
+    "rl_extra_safe_tolerance", "rl_extra_auto", "rl_extra_auto_threshold", "lr_auto", "lr_auto_every",
+    "lr_auto_max", "lr_auto_min", "optimizer", "monitor_every", "monitor_sample",
     "monitor_seed", "monitor_window"], title="training", types={"rl_extra": str})
 LOOP = Options(LoopConfig, ["cycles", "start_step", "norms", "max_shard_size"])
 TINY = Options(build_tiny_model, ["warmup_steps", "seed", "device", "dtype", "overwrite"], title="model",
@@ -268,6 +270,8 @@ def _print_monitor_row(prefix: str, rows: list[dict]) -> None:
     w = last["window_steps"]
     print(f"{prefix}, window of steps {w[0]}..{w[-1]}: R^2 mean {_fmt(last['mean_r2'])}, fraction > 0.7 "
           f"{_fmt(last['frac_r2_above_0.7'])}; in-flight weight error: {bt or 'n/a'}")
+    if last.get("lr_headroom"):
+        print(f"{describe(last['lr_headroom'])}; {last['lr_headroom']['label']}")
 
 
 def cmd_analyze_outputs(a: argparse.Namespace) -> int:
@@ -462,6 +466,10 @@ EXAMPLES = {
       --max-completion-length 6
   rlextra train --model models/tiny-add2 -o runs/add2 --steps 200 --monitor-every 5 --max-completion-length 6
   rlextra train --model models/tiny-add2 -o runs/add2-auto --steps 200 --rl-extra 20,100 --rl-extra-auto \\
+      --max-completion-length 6
+  rlextra train --model models/tiny-add2 -o runs/add2-lrauto --steps 200 --lr 2e-5 --lr-auto --lr-auto-max 16 \\
+      --max-completion-length 6
+  rlextra train --model models/tiny-add2 -o runs/add2-prodigy --steps 200 --optimizer prodigy --lr 1.0 \\
       --max-completion-length 6
   accelerate launch -m rlextra.cli train --model Qwen2.5-Math-1.5B --task data/train.jsonl -o runs/q \\
       --grpo-arg use_vllm=true --grpo-arg gradient_checkpointing=true""",

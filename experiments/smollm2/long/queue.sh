@@ -5,6 +5,7 @@
 #   nohup bash experiments/smollm2/long/queue.sh A 1e-6 > lane-A.log 2>&1 &
 #   nohup bash experiments/smollm2/long/queue.sh B 1e-6 > lane-B.log 2>&1 &
 # Lane C, a second seed, after A and B: e.g. STEPS=100 SEGMENT=50 EVAL_EVERY=50 EVAL_FROM=50 bash ... queue.sh C 1e-6
+# Lane D, the learning-rate question: bash ... queue.sh D 1e-6
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 LANE=$1 LR=$2
@@ -28,5 +29,10 @@ case $LANE in
     bash $T grpo-lr$(name 1)-seed1 $LR --seed 1
     bash $T rlextra-20-20-lr$(name 1)-seed1 $LR --rl-extra 20,20 --seed 1
     ;;
-  *) echo "lane A, B or C" >&2; exit 2 ;;
+  D)  # which learning rate? (bench/RESULTS.md, "Which learning rate?"): x12 beyond the x6 on record, and
+      # rlextra's --lr-auto from the base lr; add x24 (grpo-lr$(name 24)) if x12 still rises at step 150
+    bash $T grpo-lr$(name 12) "$(lr 12)"
+    bash $T lrauto-lr$(name 1) $LR --lr-auto
+    ;;
+  *) echo "lane A, B, C or D" >&2; exit 2 ;;
 esac

@@ -168,10 +168,23 @@ def plot_layer_r2(per_layer: Sequence[dict], path: Path, title: str = "Activatio
 
 
 def plot_linearity_vs_step(rows: Sequence[dict], path: Path, title: str = "In-flight linearity") -> None:
-    """Two panels: window R^2 (mean, fraction > 0.7) and in-flight weight error, against the step."""
-    jumps = [r["step"] for r in rows if r.get("event") == "jump"]
+    """Window R^2 (mean, fraction > 0.7), in-flight weight error and, where rows carry it, the lr
+    headroom (rlextra's heuristic) with the lr multiplier an lr-auto run took, against the step."""
+    jumps = [r["step"] for r in rows if r.get("event") in ("jump", "lr_change")]
     rows = [r for r in rows if "event" not in r and r.get("mean_r2") is not None]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    room = [(r["step"], r["lr_headroom"]["multiplier"]) for r in rows if r.get("lr_headroom")]
+    fig, axes = plt.subplots(1, 3 if room else 2, figsize=(16 if room else 11, 4))
+    a1, a2 = axes[0], axes[1]
+    if room:
+        a3 = axes[2]
+        a3.step(*zip(*room), where="post", label="lr headroom (in-flight error < threshold)")
+        taken = [(r["step"], r["lr_multiplier"]) for r in rows if r.get("lr_multiplier") is not None]
+        if taken:
+            a3.step(*zip(*taken), where="post", ls="--", label="lr multiplier taken (lr-auto)")
+        a3.set_yscale("log", base=2)
+        a3.set_xlabel("real step")
+        a3.set_title("lr headroom (rlextra's heuristic)")
+        a3.legend(fontsize=7)
     steps = [r["step"] for r in rows]
     a1.plot(steps, [r["mean_r2"] for r in rows], "o-", ms=3, label="mean R²")
     a1.plot(steps, [r["frac_r2_above_0.7"] for r in rows], "s--", ms=3, label="fraction R² > 0.7")

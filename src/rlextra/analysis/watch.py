@@ -9,10 +9,12 @@ atomically with:
 * ``weights.json`` (and the rest of ``analyze weights``' files): the sampled analysis of every
   checkpoint so far, the same report ``analyze weights RUN --sample F --seed S`` writes;
 * ``linearity.jsonl``: one row per checkpoint, the in-flight row of the monitor
-  (``rlextra.extrapolate.inflight``) over the last ``window`` checkpoints;
+  (``rlextra.extrapolate.inflight``) over the last ``window`` checkpoints, with its
+  ``lr_headroom`` (``rlextra.extrapolate.headroom``, rlextra's heuristic: the learning-rate
+  multiplier the path has room for, and its evidence);
 * ``backtest.json``: every in-flight prediction (method, alpha, b, s, target, weight error) and,
   per method, the largest alpha whose errors all stayed below 1;
-* ``linearity_vs_step.png``: window R^2 and in-flight weight error against the step.
+* ``linearity_vs_step.png``: window R^2, in-flight weight error and lr headroom against the step.
 
 Memory: the sampled entries of every checkpoint, 4 bytes each per checkpoint (8 for float64
 checkpoints); at the default 0.1% sample a 7B model is about 7 M entries, 28 MB per checkpoint.
@@ -33,6 +35,7 @@ from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, read_values
 from rlextra.checkpoints.series import (Checkpoint, CheckpointSeries, index_model_dir, resolve_model_dir,
                                         step_from_name, validate_series)
 from rlextra.errors import RLExtraError
+from rlextra.extrapolate.headroom import describe, recent_headroom
 from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, finalize_window, window_sums
 from rlextra.io import atomic_output_dir, check_output, interruptible
 from rlextra.sampling import check_seed, pick_chunks, sample_indices
@@ -156,7 +159,8 @@ def write_report(state: WatchState, out: Path, *, sample: float, seed: int, chun
         (tmp / "backtest.json").write_text(json.dumps(backtest_summary(state.rows), indent=1) + "\n")
         (tmp / "watch.json").write_text(json.dumps({
             "steps": series.steps, "checkpoints": [str(c.path) for c in series.checkpoints],
-            "sample": sample, "seed": seed, "n_sampled": int(sum(len(i) for i in state.index.values()))},
+            "sample": sample, "seed": seed, "n_sampled": int(sum(len(i) for i in state.index.values())),
+            "lr_headroom": state.rows[-1]["lr_headroom"] if state.rows else None},
             indent=1) + "\n")
         if plots and state.rows:
             from rlextra.analysis.plots import plot_linearity_vs_step
@@ -204,12 +208,14 @@ def watch(run: str | Path, out_dir: str | Path, *, sample: float = 0.001, seed: 
                 read_checkpoint(state, cp, sample, seed, chunk_size)
                 row = inflight_row(state, window, alphas)
                 if row is not None:
+                    row["lr_headroom"] = recent_headroom(state.rows, row)
                     state.rows.append(row)
                 write_report(state, out, sample=sample, seed=seed, chunk_size=chunk_size, plots=plots,
                              inputs=[run], overwrite=overwrite or written)
                 written = True
                 bar.update(1)
-                bar.set_postfix(step=cp.step, **({"mean_r2": f"{row['mean_r2']:.3f}"} if row else {}))
+                bar.set_postfix(step=cp.step, **({"mean_r2": f"{row['mean_r2']:.3f}",
+                                                  "headroom": describe(row["lr_headroom"])} if row else {}))
                 if until_step is not None and cp.step >= until_step:
                     return _summary(state, out)
             polls += 1

@@ -24,6 +24,7 @@ from typing import Iterable, Mapping
 HEADROOM_THRESHOLD = 0.8  # the same number as --rl-extra-auto-threshold's default (chosen on seed 100)
 PREDICTION_STEPS = 20  # the prediction reads the base-lr run's rows over its first 20 real steps only
 HEADROOM_METHOD = "two-point"
+HEADROOM_ROWS = 3  # in flight, the headroom reads the newest rows of the window's segment (as auto's evidence)
 HEURISTIC = "rlextra's heuristic (not the paper's); hit rate: bench/RESULTS.md, 'Which learning rate?'"
 
 
@@ -60,6 +61,12 @@ def predict_multiplier(rows: Iterable[Mapping], first_steps: int = PREDICTION_ST
     (before any jump or lr change), over its rows at real steps <= ``first_steps``."""
     early = [r for r in _rows(rows) if r.get("segment", 0) == 0 and r["step"] <= first_steps]
     return lr_headroom(early, threshold)
+
+
+def recent_headroom(segment_rows: list[Mapping], row: Mapping, threshold: float = HEADROOM_THRESHOLD) -> dict:
+    """The in-flight headroom logged with ``row``: over it and the rows of its segment before it, the
+    newest ``HEADROOM_ROWS`` in all."""
+    return lr_headroom(list(segment_rows[-(HEADROOM_ROWS - 1):]) + [row], threshold)
 
 
 def describe(headroom: Mapping) -> str:

@@ -10,6 +10,9 @@ last W snapshots of a fixed sample of entries (``rlextra.sampling``: the entries
   0.7, over all entries and per module type (attention, mlp, embeddings, norms, other). Entries
   that were NaN or Inf in any snapshot are counted (``n_nonfinite``), never fitted, and then no
   weight error of the window is reported (None), so nothing acts on a diverged run;
+* the relative update: ``||W_T - W_prev|| / ||W_prev||`` per real step between the two newest
+  snapshots, on the sample (``relative_update``): the size of the step against the weights, a
+  figure that, unlike R^2 and the weight error, scales with the learning rate;
 * an in-flight backtest: the newest snapshot T is predicted from older snapshots of the window at
   the horizons a jump would use. For alpha = (T - b) / (s - b), two-point reads (b, s) and lsq
   reads every snapshot from b to s; of the (b, s) in the window that give exactly that alpha, the
@@ -70,7 +73,8 @@ def window_sums(steps: Sequence[float], snapshots: Mapping[str, Sequence[np.ndar
                 alphas: Sequence[float] = DEFAULT_ALPHAS, methods: Sequence[str] = INFLIGHT_METHODS) -> dict:
     """Additive sums of one window: ``snapshots[name]`` holds one sampled vector per step (oldest first).
 
-    Keys: ``r2/<group>/{sum,n,above,constant}`` and, per method and alpha that fits the window,
+    Keys: ``r2/<group>/{sum,n,above,constant}``, ``upd/{num,den}`` (the newest step's squared norm and
+    the previous snapshot's) and, per method and alpha that fits the window,
     ``bt/<method>/<alpha>/<group>/{num,den}`` (squared norms) with ``bt/<method>/<alpha>/{b,s}``
     (the steps used; not additive, equal on every shard).
     """
@@ -96,6 +100,9 @@ def window_sums(steps: Sequence[float], snapshots: Mapping[str, Sequence[np.ndar
         r2 = fit.result().r2()
         finite = np.isfinite(r2)
         vals = r2[finite]
+        if len(ys) >= 2:
+            add("upd/num", float(np.sum((ys[-1] - ys[-2]) ** 2)))
+            add("upd/den", float(np.sum(ys[-2] ** 2)))
         for g in ("all", group):
             add(f"r2/{g}/sum", float(vals.sum()))
             add(f"r2/{g}/n", float(vals.size))
@@ -145,6 +152,9 @@ def finalize_window(step: float, steps: Sequence[float], sums: Mapping[str, floa
         else:
             per_module[g] = {k: fig[k] for k in ("mean_r2", "frac_r2_above_0.7")}
     row["per_module"] = per_module
+    gap = float(steps[-1]) - float(steps[-2]) if len(steps) >= 2 else 0.0
+    upd = _ratio(sums.get("upd/num", 0.0), sums.get("upd/den", 0.0))
+    row["relative_update"] = upd / gap if upd is not None and gap > 0 and math.isfinite(upd) else None
     ladder: dict[str, list[dict]] = {}
     for method in methods:
         entries = []
@@ -177,6 +187,10 @@ def flat_metrics(row: Mapping) -> dict[str, float]:
     for g, fig in row.get("per_module", {}).items():
         out[f"linearity/{g}/mean_r2"] = fig["mean_r2"]
         out[f"linearity/{g}/frac_r2_above_0.7"] = fig["frac_r2_above_0.7"]
+    if row.get("lr_headroom"):
+        out["linearity/lr_headroom"] = row["lr_headroom"]["multiplier"]
+    if row.get("relative_update") is not None:
+        out["linearity/relative_update"] = row["relative_update"]
     for method, e in row.get("backtest", {}).items():
         out[f"backtest/{method}/weight_error"] = e["weight_error"]
         out[f"backtest/{method}/alpha"] = e["alpha"]

@@ -2,7 +2,8 @@
 
 ``train``/``TrainConfig`` run (or resume) GRPO into a checkpoint series; ``RLExtraCallback`` (with
 ``SafeMode`` and ``AutoJump``) plugs the RL-Extra jump into any transformers/TRL trainer;
-``LinearityMonitor`` measures the run's linearity while it trains. Exported lazily: TRL and
+``LinearityMonitor`` measures the run's linearity while it trains, and ``AdaptiveLR`` sets the
+learning rate from it (rlextra's heuristic). Exported lazily: TRL and
 transformers take seconds to import, and ``TrainConfig`` (``rlextra.rl.config``) needs neither.
 """
 
@@ -12,7 +13,8 @@ import importlib
 
 _EXPORTS = {"train": "rlextra.rl.grpo", "TrainConfig": "rlextra.rl.config",
             "RLExtraCallback": "rlextra.rl.rl_extra", "SafeMode": "rlextra.rl.rl_extra",
-            "AutoJump": "rlextra.rl.rl_extra", "LinearityMonitor": "rlextra.rl.monitor"}
+            "AutoJump": "rlextra.rl.rl_extra", "LinearityMonitor": "rlextra.rl.monitor",
+            "AdaptiveLR": "rlextra.rl.lr_auto"}
 
 __all__ = sorted(_EXPORTS)
 

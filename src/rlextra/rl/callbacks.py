@@ -17,7 +17,8 @@ from rlextra.rl.cycle_state import ANCHOR_FILE
 
 
 class SeriesCallback(TrainerCallback):
-    """Saves checkpoint-0 and appends one metrics.jsonl line per checkpoint.
+    """Saves checkpoint-0 and appends one metrics.jsonl line per checkpoint (mean reward, the lr the
+    last step ran at, training seconds).
 
     ``heldout(model) -> accuracy`` adds a held-out accuracy to each line; ``rl_extra`` (an
     RLExtraCallback) adds the effective step, counting the steps its jumps skipped. ``keep_optimizer``
@@ -33,13 +34,19 @@ class SeriesCallback(TrainerCallback):
         self.rl_extra = rl_extra
         self.heldout = heldout
         self.rewards: list[float] = []
+        self.learning_rate: float | None = None
         self.t0 = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kw):
+        if optimizer is not None:  # what this step will run at (warm-up, schedule, --lr-auto included)
+            self.learning_rate = float(optimizer.param_groups[0]["lr"])
 
     def _log(self, step: int, model) -> None:
         row = {"step": step,
                "mean_reward": sum(self.rewards) / len(self.rewards) if self.rewards else None}
         if self.rl_extra is not None:
             row["effective_step"] = step + self.rl_extra.extra_steps
+        row["learning_rate"] = self.learning_rate  # the lr the last step ran at (None at step 0: none ran)
         row["train_seconds"] = round(time.perf_counter() - self.t0, 3)  # this process, since start
         if self.heldout is not None:
             row["heldout_accuracy"] = self.heldout(model)

@@ -20,6 +20,22 @@ AUTO_THRESHOLD = 0.8
 SAFE_TOLERANCE = 0.02
 
 
+# rlextra's defaults for --lr-auto (fixed before the learning-rate sweeps that judge it)
+LR_AUTO_MAX = 16.0
+LR_AUTO_MIN = 0.25
+LR_AUTO_EVERY = 10
+
+
+def check_lr_auto(every: int, min_multiplier: float, max_multiplier: float) -> None:
+    """The one check of --lr-auto's options (config, CLI and callback)."""
+    if isinstance(every, bool) or not (isinstance(every, int) and every >= 2):
+        raise RLExtraError(f"--lr-auto-every {every}: must be an integer >= 2")
+    if not (math.isfinite(max_multiplier) and max_multiplier >= 1):
+        raise RLExtraError(f"--lr-auto-max {max_multiplier}: must be a finite number >= 1")
+    if not (math.isfinite(min_multiplier) and 0 < min_multiplier <= 1):
+        raise RLExtraError(f"--lr-auto-min {min_multiplier}: must be in (0, 1]")
+
+
 def check_cycle(m: int, n: int) -> None:
     """The one check of an RL-Extra cycle's m (real steps) and n (extrapolated steps): callback, loop, CLI."""
     if isinstance(m, bool) or isinstance(n, bool) or int(m) != m or int(n) != n or m < 1 or n < 0:
@@ -86,6 +102,15 @@ class TrainConfig:
                                         "whose weight error stays below the threshold; 0 (no jump) when none does")
     rl_extra_auto_threshold: float = option(AUTO_THRESHOLD, "largest in-flight weight error at which --rl-extra-auto "
                                                             "jumps")
+    lr_auto: bool = option(False, "adaptive learning rate (rlextra's heuristic): every --lr-auto-every steps the "
+                                  "linearity monitor's lr headroom raises the lr x2 while the path stays straight "
+                                  "at twice the horizon, and cuts it x0.5 when it bends or the reward falls")
+    lr_auto_every: int = option(LR_AUTO_EVERY, "real steps between --lr-auto decisions")
+    lr_auto_max: float = option(LR_AUTO_MAX, "largest lr multiplier --lr-auto may reach")
+    lr_auto_min: float = option(LR_AUTO_MIN, "smallest lr multiplier --lr-auto may reach")
+    optimizer: str = option("adamw", "adamw (the trainer's default), or prodigy (prodigyopt, learning-rate free: "
+                                     "--lr scales its own step estimate; its authors recommend --lr 1.0)",
+                            choices=("adamw", "prodigy"))
     monitor_every: int | None = option(None, "linearity monitor: snapshot a sample of the weights every K optimizer "
                                              "steps and log the window's R^2 and in-flight backtest (default off; "
                                              "on with --rl-extra-auto: every max(1, M/10) steps)", metavar="K")
@@ -144,6 +169,14 @@ class TrainConfig:
             raise RLExtraError("--rl-extra-auto judges two-point and lsq jumps; the in-flight backtest has no low-rank")
         if not (math.isfinite(self.rl_extra_auto_threshold) and self.rl_extra_auto_threshold > 0):
             raise RLExtraError(f"--rl-extra-auto-threshold {self.rl_extra_auto_threshold}: must be a finite number > 0")
+        check_lr_auto(self.lr_auto_every, self.lr_auto_min, self.lr_auto_max)
+        if self.lr_auto and self.rl_extra is not None:
+            raise RLExtraError("--lr-auto with --rl-extra: both set how far a step goes (lr or jump); use one")
+        if self.lr_auto and self.optimizer == "prodigy":
+            raise RLExtraError("--lr-auto with --optimizer prodigy: Prodigy sets its own step size; use one")
+        if self.optimizer == "prodigy" and self.learning_rate < 0.1:
+            raise RLExtraError(f"--optimizer prodigy with --lr {self.learning_rate:g}: Prodigy's lr scales its own "
+                               "step estimate (its authors recommend 1.0); pass --lr 1.0")
         if self.monitor_every is not None and not (isinstance(self.monitor_every, int) and self.monitor_every >= 1):
             raise RLExtraError(f"--monitor-every {self.monitor_every}: must be an integer >= 1")
         if not (isinstance(self.monitor_window, int) and self.monitor_window >= 3):
@@ -152,9 +185,12 @@ class TrainConfig:
             raise RLExtraError(f"--monitor-sample {self.monitor_sample}: must be in (0, 1]")
 
     def monitor_period(self) -> int | None:
-        """Steps between monitor snapshots: --monitor-every, else every max(1, M/10) under --rl-extra-auto."""
+        """Steps between monitor snapshots: --monitor-every, else every max(1, M/10) under --rl-extra-auto
+        and every max(1, K/5) under --lr-auto (K: --lr-auto-every)."""
         if self.monitor_every is not None:
             return self.monitor_every
+        if self.lr_auto:
+            return max(1, self.lr_auto_every // 5)
         return max(1, self.rl_extra[0] // 10) if self.rl_extra_auto else None
 
     def to_dict(self) -> dict:

@@ -35,6 +35,16 @@ def last_checkpoint(run: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def finished_step(ckpt: Path) -> int:
+    """The global step a Trainer checkpoint was saved at."""
+    path = ckpt / "trainer_state.json"
+    try:
+        return int(json.loads(path.read_text())["global_step"])
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise RLExtraError(f"{path}: not a Trainer state with a global_step ({type(exc).__name__}); remove this "
+                           "checkpoint folder to resume from the one before") from None
+
+
 def has_optimizer_state(ckpt: Path) -> bool:
     """Whether a checkpoint holds the optimizer's state in a layout the Trainer resumes from: optimizer.pt
     (.bin), FSDP's optimizer folders, per-rank files, or DeepSpeed's global_step folder."""
@@ -104,6 +114,17 @@ def _callbacks(cfg: TrainConfig, task: Task, run: Path, tokenizer, rl_extra=None
     if cfg.progress:
         callbacks.append(RewardProgressCallback())
     return callbacks
+
+
+def prodigy_optimizer(lr: float, weight_decay: float, warmup_steps: int) -> tuple[type, dict]:
+    """(class, kwargs) of Prodigy (prodigyopt), the learning-rate-free optimizer a user would try
+    instead of a sweep; created by the trainer after the model is wrapped (DDP, FSDP). Under an lr
+    warm-up it runs with ``safeguard_warmup``, as its authors advise for warm-ups."""
+    try:
+        from prodigyopt import Prodigy
+    except ImportError:
+        raise RLExtraError("--optimizer prodigy needs the prodigyopt package: pip install prodigyopt") from None
+    return Prodigy, {"lr": lr, "weight_decay": weight_decay, "safeguard_warmup": warmup_steps > 0}
 
 
 # GRPOConfig fields that rlextra's own options set (and its guards check): --grpo-arg may not touch them
@@ -225,6 +246,12 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
         primary = (sum(cfg.rl_extra) / cfg.rl_extra[0]) if cfg.rl_extra and cfg.rl_extra[1] else 2.0
         monitor = LinearityMonitor(cfg.monitor_period(), sample=cfg.monitor_sample, seed=cfg.monitor_seed,
                                    window=cfg.monitor_window, primary_alpha=primary, output_dir=run)
+    lr_auto = None
+    if cfg.lr_auto:
+        from rlextra.rl.lr_auto import AdaptiveLR
+
+        lr_auto = AdaptiveLR(monitor, every=cfg.lr_auto_every, max_multiplier=cfg.lr_auto_max,
+                             min_multiplier=cfg.lr_auto_min, warmup_steps=cfg.warmup_steps)
     rl_extra = None
     if cfg.rl_extra:
         from rlextra.rl.rl_extra import AutoJump, RLExtraCallback, SafeMode
@@ -239,6 +266,8 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate, rank 0 claims and writes
     with claim(run) if main_process else contextlib.nullcontext():  # a second train on this folder is refused
         resume = last_checkpoint(run)
+        if resume is not None and finished_step(resume) >= cfg.max_steps:
+            return run  # done: the Trainer would run one step past --steps and save it
         check_resume_optimizer(resume, cfg.resume_without_optimizer)
         if resume is not None and rl_extra is not None:
             rl_extra.check_resume(resume)  # refused before run.json records the refused settings
@@ -249,11 +278,13 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
         trainer = GRPOTrainer(model=model, reward_funcs=[task.reward], args=args,
                               train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
                               callbacks=_callbacks(cfg, task, run, tokenizer, rl_extra) + list(callbacks or []))
+        if cfg.optimizer == "prodigy":
+            trainer.optimizer_cls_and_kwargs = prodigy_optimizer(cfg.learning_rate, args.weight_decay, cfg.warmup_steps)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         trainer.remove_callback(ProgressCallback)  # ours shows the reward; theirs prints every log dict
         trainer.remove_callback(PrinterCallback)
-        for cb in (rl_extra, monitor):  # first, so the values they add to a log reach TensorBoard / W&B too
+        for cb in (lr_auto, rl_extra, monitor):  # first (the monitor before the others), so the values they add to a log reach TensorBoard / W&B too
             if cb is not None:
                 trainer.callback_handler.callbacks.insert(0, cb)
         with _resume_errors(resume), _disk_full(run):

@@ -8,6 +8,11 @@ the newest snapshot from older ones at the jump horizons ``alphas``). Rows go to
 log (console, TensorBoard, W&B: keys ``linearity/...`` and ``backtest/<method>/weight_error``) and
 to ``OUTPUT/linearity.jsonl``.
 
+Each row also carries ``lr_headroom`` (``rlextra.extrapolate.headroom``, rlextra's heuristic): the
+largest horizon whose in-flight error over the segment's newest rows stays below the threshold,
+read as the learning-rate multiplier the path has room for, with its evidence; and, when an
+``AdaptiveLR`` drives the run, ``lr_multiplier``, the multiplier the run was at.
+
 A jump of RL-Extra (or anything that moves the weights off the trained path) is marked with
 ``mark_jump``: the window restarts from the jumped weights, so no window straddles a jump; every
 row carries its ``segment`` and the jump itself is a row ``{"step", "event": "jump"}``. A rolled
@@ -35,6 +40,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
+from rlextra.extrapolate.headroom import recent_headroom
 from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, finalize_window, flat_metrics, window_sums
 from rlextra.rl.params import is_sharded, is_zero3
 from rlextra.sampling import sample_indices
@@ -48,6 +54,17 @@ def _dist():
     import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+def broadcast_from_rank0(obj):
+    """``obj`` as rank 0 has it, on every rank (itself without torch.distributed): decisions taken on
+    the monitor's rows, which rank 0 alone computes, reach every rank."""
+    dist = _dist()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _local_range(data) -> tuple[object, int]:
@@ -96,6 +113,7 @@ class LinearityMonitor(TrainerCallback):
         self._index: dict[str, tuple[np.ndarray, int]] | None = None  # name -> (local positions, global numel)
         self._sharded = False
         self.seconds = 0.0  # time spent snapshotting and computing, this process
+        self.lr_multiplier: float | None = None  # set by an AdaptiveLR; logged with each row
 
     def attach(self, trainer) -> "LinearityMonitor":
         """Add to ``trainer`` as its first callback, so TensorBoard / W&B receive the values it logs."""
@@ -164,6 +182,9 @@ class LinearityMonitor(TrainerCallback):
         row = finalize_window(step, steps, sums, alphas=self.alphas, methods=self.methods,
                               primary_alpha=self.primary_alpha)
         row["segment"] = self.segment
+        row["lr_headroom"] = recent_headroom(self.segment_rows(), row)
+        if self.lr_multiplier is not None:
+            row["lr_multiplier"] = self.lr_multiplier
         row["monitor_seconds"] = round(self.seconds + time.perf_counter() - t0, 4)  # this process, so far
         self._record(row)
         self._pending.update(flat_metrics(row))
@@ -171,9 +192,14 @@ class LinearityMonitor(TrainerCallback):
 
     def mark_jump(self, model, step: int, **info) -> None:
         """The weights left the trained path at ``step``: restart the window from where they are now."""
+        self.restart_window(model, step, "jump", **info)
+
+    def restart_window(self, model, step: int, event: str, **info) -> None:
+        """The path changed at ``step`` (a jump, a new learning rate): a new segment, whose window starts
+        from the weights as they are now, so no window straddles the change."""
         self.segment += 1
         self.snapshots = [(step, self.read_sample(model))]
-        self._record({"step": step, "event": "jump", "segment": self.segment, **info})
+        self._record({"step": step, "event": event, "segment": self.segment, **info})
 
     def mark_rollback(self, step: int, **info) -> None:
         """A jump was undone (weights restored): the window goes on as before."""

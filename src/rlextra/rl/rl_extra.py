@@ -68,6 +68,7 @@ from rlextra.rl.cycle_state import (ANCHOR_FILE, STATE_FILE, load_snapshots,  # 
                                     read_cycle_state, save_cycle_state)
 from rlextra.rl.config import (AUTO_THRESHOLD, SAFE_TOLERANCE,  # check_cycle re-exported: rlextra.rl.rl_extra
                                check_cycle)
+from rlextra.rl.monitor import broadcast_from_rank0
 from rlextra.rl.params import ParameterAccess, is_sharded, is_zero3
 
 OPTIMIZER_POLICIES = ("reset", "keep")
@@ -256,7 +257,9 @@ class RLExtraCallback(TrainerCallback):
         if self.monitor is not None:  # the pre-jump weights are observed, whichever callback runs first
             self.monitor.observe(model, step)
         if self.auto is not None and self.n > 0:
-            n, evidence = self.auto.choose(self.m, self.n, "lsq" if self.method == "lsq" else "two-point")
+            # rank 0 alone holds the monitor's rows: its choice is every rank's (DDP, FSDP)
+            n, evidence = broadcast_from_rank0(self.auto.choose(self.m, self.n, "lsq" if self.method == "lsq"
+                                                                else "two-point"))
             if n > 0:
                 record = self.jump(model, optimizer, step, n=n)
             else:
