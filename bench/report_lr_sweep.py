@@ -143,6 +143,13 @@ def _f(x, fmt="{:.3f}"):
     return "-" if x is None else fmt.format(x)
 
 
+def overhead(run: dict) -> float | None:
+    """The monitor's own seconds over the run's training seconds (monitor on in every run)."""
+    secs = [r["monitor_seconds"] for r in run["monitor"] if "monitor_seconds" in r]
+    train = run["curve"][-1].get("seconds")
+    return secs[-1] / train if secs and train else None
+
+
 def lr_auto_path(run: dict) -> str:
     """The multipliers an lr-auto run took, as 'x1 -> x2 (step 20) -> ...'."""
     out, last = ["x1"], 1.0
@@ -185,24 +192,25 @@ def report(cells: list[dict]) -> tuple[str, dict]:
     summary["hits"], summary["n"] = hits, len(cells)
     lines += ["", f"Hits: **{hits} of {len(cells)}** cells.", ""]
     lines += ["| cell | run | final avg@4 | minus sweep-best at the last step (paired SE) | mean avg@4 | "
-              "worst gap to x1 over checkpoints / SE | collapsed | runs | lr multipliers taken |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "worst gap to x1 over checkpoints / SE | collapsed | runs | lr multipliers taken | monitor's time / "
+              "training time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for cell in cells:
         sweep = cell["sweep"]
         best = sweep[best_multiplier(sweep)]
         base = sweep[1.0]
-        rows = [("GRPO x1", base), (f"GRPO x{best_multiplier(sweep):g} (sweep-best)", best)]
+        rows = [("GRPO x1 (also the sweep-best)", base)] if best is base else \
+            [("GRPO x1", base), (f"GRPO x{best_multiplier(sweep):g} (sweep-best)", best)]
         rows += [("lr-auto (rlextra's)", cell["others"]["lr-auto"])] if "lr-auto" in cell["others"] else []
         rows += [("Prodigy, lr 1.0", cell["others"]["prodigy"])] if "prodigy" in cell["others"] else []
         for label, run in rows:
             d, se = diff(run["curve"][-1], best["curve"][-1])
             worst = min((diff(a, b)[0] / diff(a, b)[1] if diff(a, b)[1] > 0 else 0.0)
                         for a, b in zip(run["curve"][1:], base["curve"][1:]))
-            n = 1 if label != f"GRPO x{best_multiplier(sweep):g} (sweep-best)" else len(sweep)
+            n = len(sweep) if "sweep-best" in label else 1
             lines.append(f"| {cell['name']} | {label} | {run['curve'][-1]['acc']:.3f} | {d:+.3f} ({se:.3f}) | "
                          f"{mean_accuracy(run['curve']):.3f} | {worst:+.1f} | "
                          f"{'yes' if collapsed(run['curve']) else 'no'} | {n} | "
-                         f"{lr_auto_path(run) if label.startswith('lr-auto') else '-'} |")
+                         f"{lr_auto_path(run) if label.startswith('lr-auto') else '-'} | {_f(overhead(run), '{:.2%}')} |")
     return "\n".join(lines), summary
 
 
@@ -236,12 +244,53 @@ def plot(cells: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def compact_row(r: dict) -> dict:
+    """A monitor row in its committed form: what this report and the plots read, rounded."""
+    if "event" in r:
+        return {k: v for k, v in r.items() if k in ("step", "event", "segment", "lr_multiplier")}
+    out = {"step": r["step"], "segment": r.get("segment", 0), "window_steps": r.get("window_steps"),
+           "mean_r2": None if r.get("mean_r2") is None else round(r["mean_r2"], 6),
+           "relative_update": None if r.get("relative_update") is None else float(f"{r['relative_update']:.4g}"),
+           "backtest_ladder": {"two-point": [
+               {"alpha": e["alpha"], "weight_error": None if e["weight_error"] is None else round(e["weight_error"], 6)}
+               for e in r.get("backtest_ladder", {}).get("two-point", [])]}}
+    if r.get("lr_headroom"):
+        out["lr_headroom"] = {"multiplier": r["lr_headroom"]["multiplier"]}
+    if r.get("lr_multiplier") is not None:
+        out["lr_multiplier"] = r["lr_multiplier"]
+    if "monitor_seconds" in r:
+        out["monitor_seconds"] = r["monitor_seconds"]
+    return out
+
+
+def compact(path: Path) -> None:
+    """Rewrite a sweep JSON in its committed form (under the sweep's lock: a sweep may be writing)."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = json.loads(path.read_text())
+        for run in state["runs"].values():
+            run["monitor"] = [compact_row(r) for r in run["monitor"]]
+            for d in run.get("lr_auto", []):
+                d["headroom"] = {k: d["headroom"][k] for k in ("multiplier", "weight_error", "rows")}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("{\"runs\": {\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}"
+                                                  for k, v in state["runs"].items()) + "\n}}\n")
+        tmp.replace(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=HERE / "results")
     ap.add_argument("--plot", type=Path, default=HERE / "results" / "lr_sweep.png")
     ap.add_argument("--json-out", type=Path, default=HERE / "results" / "lr_sweep_summary.json")
+    ap.add_argument("--compact", action="store_true", help="rewrite the sweep JSONs in their committed form first")
     a = ap.parse_args()
+    if a.compact:
+        for name in sorted({c[0] for c in CELLS}):
+            if (a.results / name).exists():
+                compact(a.results / name)
     cells = load_cells(a.results)
     text, summary = report(cells)
     print(text)

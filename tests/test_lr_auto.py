@@ -173,6 +173,14 @@ def test_config_refuses_what_cannot_compose():
         with pytest.raises(RLExtraError, match=match):
             TrainConfig(**ok, lr_auto=True, **bad)
     assert TrainConfig(**ok, lr_auto=True).monitor_period() == 2
+    # options of a feature that is off are refused, not silently ignored
+    for quiet, match in ((dict(lr_auto_max=4.0), "--lr-auto-max 4: has no effect without --lr-auto"),
+                         (dict(rl_extra_auto_threshold=0.5), "without --rl-extra-auto"),
+                         (dict(monitor_sample=0.01), "--monitor-sample 0.01: has no effect without --monitor-every"),
+                         (dict(monitor_window=4), "--monitor-window"), (dict(monitor_seed=3), "--monitor-seed")):
+        with pytest.raises(RLExtraError, match=match):
+            TrainConfig(**ok, **quiet)
+    TrainConfig(**ok, lr_auto=True, lr_auto_max=4.0, monitor_sample=0.01, monitor_window=4, monitor_seed=3)
     with pytest.raises(RLExtraError, match="needs a LinearityMonitor"):
         AdaptiveLR(None)
 

@@ -164,3 +164,25 @@ def test_paired_difference_is_the_mean_and_error_of_per_problem_differences():
     assert paired_difference([1, 2, 3], [0, 1, 2], 4) == (0.25, 0.0)
     with pytest.raises(RLExtraError, match="same problems"):
         paired_difference([1, 2], [1, 2, 3], 4)
+
+
+def test_the_registry_maps_each_name_to_one_family_and_imports_it_only_when_needed():
+    import subprocess
+    import sys
+
+    from rlextra.tasks import FAMILIES
+
+    def family(name):
+        return next(mod for serves, mod in FAMILIES if serves(name)).rsplit(".", 1)[1]
+
+    assert [family(n) for n in ("arithmetic", "humaneval", "humaneval-chat", "mbpp:x.json", "lcb:y.jsonl",
+                                "math500", "data/train.jsonl", "hub:gsm8k")] == \
+        ["arithmetic", "code", "code", "code", "code", "math_sets", "math_sets", "math_sets"]
+    code = ("import sys; from rlextra.tasks import TaskSpec, load_task; load_task(TaskSpec()); "
+            "print(sorted(m for m in sys.modules if m.startswith('rlextra.tasks.') or m in ('math_verify', 'rlextra.sandbox')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['rlextra.tasks.arithmetic', 'rlextra.tasks.base']"
+    import rlextra.code_tasks
+    import rlextra.tasks.code
+
+    assert rlextra.code_tasks is rlextra.tasks.code  # the former name is the same module

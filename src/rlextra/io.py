@@ -417,3 +417,21 @@ def read_jsonl(path: str | Path) -> list[tuple[int, object]]:
             except RecursionError:
                 raise RLExtraError(f"{path}:{i}: JSON nested too deeply to read") from None
     return rows
+
+
+def truncate_run_log(path: str | Path, last_step: int, key: str = "step") -> None:
+    """Drop the rows of a run's own JSONL log written after ``last_step`` (by a run that was stopped
+    after its last checkpoint), so a resumed run does not log them twice. A row whose line cannot be
+    read (cut off mid-write) is dropped too. No file: nothing to do."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get(key), (int, float)) and row[key] <= last_step:
+            kept.append(line + "\n")
+    write_atomic(path, "".join(kept))

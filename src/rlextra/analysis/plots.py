@@ -199,6 +199,8 @@ def plot_linearity_vs_step(rows: Sequence[dict], path: Path, title: str = "In-fl
         if pts:
             a2.plot(*zip(*pts), "o-", ms=3, label=f"two-point, alpha {alpha:g}")
     a2.axhline(1.0, color="#cc3311", ls="--", lw=1, label="no better than stopping")
+    if room:
+        a2.axhline(next(r for r in reversed(rows) if r.get("lr_headroom"))["lr_headroom"]["threshold"], color="grey", ls=":", lw=1, label="headroom threshold")
     for j in jumps:
         a1.axvline(j, color="grey", lw=0.5)
         a2.axvline(j, color="grey", lw=0.5)

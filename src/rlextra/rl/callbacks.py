@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
+from rlextra.io import truncate_run_log
 from rlextra.rl.cycle_state import ANCHOR_FILE
 
 
@@ -55,6 +56,8 @@ class SeriesCallback(TrainerCallback):
         self.rewards = []
 
     def on_train_begin(self, args, state, control, model=None, **kw):
+        if state.is_world_process_zero:  # rows of a stopped run past the checkpoint resumed from go
+            truncate_run_log(self.run / "metrics.jsonl", state.global_step)
         base = self.run / "checkpoint-0"
         if state.global_step == 0 and not (base / "trainer_state.json").is_file():
             tmp = self.run / ".checkpoint-0.tmp"

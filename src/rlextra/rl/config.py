@@ -170,6 +170,20 @@ class TrainConfig:
         if not (math.isfinite(self.rl_extra_auto_threshold) and self.rl_extra_auto_threshold > 0):
             raise RLExtraError(f"--rl-extra-auto-threshold {self.rl_extra_auto_threshold}: must be a finite number > 0")
         check_lr_auto(self.lr_auto_every, self.lr_auto_min, self.lr_auto_max)
+        unused = [("--rl-extra-auto-threshold", self.rl_extra_auto_threshold, AUTO_THRESHOLD, self.rl_extra_auto,
+                   "--rl-extra-auto"),
+                  ("--lr-auto-every", self.lr_auto_every, LR_AUTO_EVERY, self.lr_auto, "--lr-auto"),
+                  ("--lr-auto-max", self.lr_auto_max, LR_AUTO_MAX, self.lr_auto, "--lr-auto"),
+                  ("--lr-auto-min", self.lr_auto_min, LR_AUTO_MIN, self.lr_auto, "--lr-auto"),
+                  ("--monitor-sample", self.monitor_sample, 0.001, self.monitor_period() is not None,
+                   "--monitor-every (or --rl-extra-auto, --lr-auto)"),
+                  ("--monitor-window", self.monitor_window, 8, self.monitor_period() is not None,
+                   "--monitor-every (or --rl-extra-auto, --lr-auto)"),
+                  ("--monitor-seed", self.monitor_seed, 0, self.monitor_period() is not None,
+                   "--monitor-every (or --rl-extra-auto, --lr-auto)")]
+        for flag, value, default, on, needs in unused:
+            if value != default and not on:
+                raise RLExtraError(f"{flag} {value:g}: has no effect without {needs}; add it or leave {flag} out")
         if self.lr_auto and self.rl_extra is not None:
             raise RLExtraError("--lr-auto with --rl-extra: both set how far a step goes (lr or jump); use one")
         if self.lr_auto and self.optimizer == "prodigy":

@@ -33,6 +33,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
+from rlextra.io import truncate_run_log, write_atomic
 from rlextra.extrapolate.headroom import HEADROOM_ROWS, HEADROOM_THRESHOLD, lr_headroom
 from rlextra.rl.config import LR_AUTO_EVERY, LR_AUTO_MAX, LR_AUTO_MIN, check_lr_auto
 from rlextra.rl.monitor import broadcast_from_rank0
@@ -109,14 +110,14 @@ class AdaptiveLR(TrainerCallback):
             self.multiplier, self.base_lrs = st["multiplier"], st["base_lrs"]
             self.rewards, self.decisions = [tuple(r) for r in st["rewards"]], st["decisions"]
             if state.is_world_process_zero:  # decisions logged after this checkpoint by the stopped run go
-                from rlextra.io import write_atomic
-
                 write_atomic(Path(args.output_dir) / LOG_FILE, "".join(json.dumps(d) + "\n" for d in self.decisions))
             if sched is not None and hasattr(sched, "base_lrs"):  # the scheduler's state holds them already
                 sched.base_lrs = [b * self.multiplier for b in self.base_lrs]
         else:
             self.base_lrs = list(sched.base_lrs) if sched is not None and hasattr(sched, "base_lrs") \
                 else [float(args.learning_rate)]
+            if state.is_world_process_zero:  # a stopped run's decisions past this step go
+                truncate_run_log(Path(args.output_dir) / LOG_FILE, state.global_step)
         self.monitor.lr_multiplier = self.multiplier
 
     def on_log(self, args, state, control, logs=None, **kw):

@@ -40,6 +40,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
+from rlextra.io import truncate_run_log
 from rlextra.extrapolate.headroom import recent_headroom
 from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, finalize_window, flat_metrics, window_sums
 from rlextra.rl.params import is_sharded, is_zero3
@@ -225,6 +226,8 @@ class LinearityMonitor(TrainerCallback):
         if state.global_step > 0 and (ckpt / WINDOW_STATE).is_file():
             self._restore(ckpt, state.global_step)
         else:
+            if _dist() is None or _dist().get_rank() == 0:  # a stopped run's rows past this step go
+                truncate_run_log(self.output_dir / LOG_FILE, state.global_step)
             self.observe(model, state.global_step, force=True)
 
     def on_step_end(self, args, state, control, model=None, **kw):

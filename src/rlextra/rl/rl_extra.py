@@ -62,6 +62,7 @@ from typing import Callable
 from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
+from rlextra.io import truncate_run_log, write_atomic
 from rlextra.extrapolate.methods import predict_tensor
 from rlextra.extrapolate.registry import NORMS, REGISTRY, method as registry_entry
 from rlextra.rl.cycle_state import (ANCHOR_FILE, STATE_FILE, load_snapshots,  # noqa: F401 (file names re-exported)
@@ -72,6 +73,7 @@ from rlextra.rl.monitor import broadcast_from_rank0
 from rlextra.rl.params import ParameterAccess, is_sharded, is_zero3
 
 OPTIMIZER_POLICIES = ("reset", "keep")
+JUMP_LOG = "rl_extra.jsonl"
 
 
 @dataclass
@@ -237,10 +239,16 @@ class RLExtraCallback(TrainerCallback):
             raise RLExtraError("RL-Extra under DeepSpeed ZeRO-1/2 is not supported: the fp32 master weights "
                                "live in the optimizer and would overwrite the jump; use ZeRO-3, FSDP or DDP")
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        log = Path(args.output_dir) / JUMP_LOG
         if state.global_step > 0 and (ckpt / STATE_FILE).is_file():
             self._restore(ckpt)
-        elif state.global_step >= self.warmup_steps:
-            self.take_anchor(model, state.global_step)
+            if state.is_world_process_zero:  # the records up to the checkpoint, as saved with it
+                write_atomic(log, "".join(json.dumps(j) + "\n" for j in self.jumps))
+        else:
+            if state.is_world_process_zero:  # a stopped run's records past this step go
+                truncate_run_log(log, state.global_step, key="real_step")
+            if state.global_step >= self.warmup_steps:
+                self.take_anchor(model, state.global_step)
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kw):
         step = state.global_step
@@ -277,7 +285,7 @@ class RLExtraCallback(TrainerCallback):
                       "effective_step": step + self.extra_steps}
             self.jumps.append(record)
         if record is not None and state.is_world_process_zero:
-            with open(Path(args.output_dir) / "rl_extra.jsonl", "a") as f:
+            with open(Path(args.output_dir) / JUMP_LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
         self.take_anchor(model, step)
 

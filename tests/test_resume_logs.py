@@ -1,0 +1,53 @@
+"""A run stopped after a checkpoint and resumed keeps every log as the uninterrupted run's: the rows
+the stopped run wrote past the checkpoint it resumes from are dropped, then written again."""
+
+import json
+import shutil
+
+import pytest
+
+from rlextra.rl import TrainConfig, train
+from rlextra.tasks import TaskSpec
+
+SPEC = TaskSpec("arithmetic", ops="+", digits=1, n_train=60, n_test=20, seed=0)
+VOLATILE = ("train_seconds", "monitor_seconds")  # wall-clock figures, not the run's content
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from rlextra.rl.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", SPEC, warmup_steps=30, progress=False)[0]
+
+
+def _logs(run):
+    out = {}
+    for name in ("metrics.jsonl", "linearity.jsonl", "rl_extra.jsonl", "lr_auto.jsonl"):
+        if (run / name).exists():
+            rows = [json.loads(x) for x in (run / name).read_text().splitlines()]
+            out[name] = [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [dict(rl_extra=(2, 2), rl_extra_auto=True, rl_extra_auto_threshold=1e6),
+                                     dict(lr_auto=True, lr_auto_every=2, monitor_every=1)],
+                         ids=["rl-extra-auto", "lr-auto"])
+def test_a_resumed_run_logs_what_the_uninterrupted_run_logs(tiny, tmp_path, options):
+    def cfg(out):
+        return TrainConfig(model=str(tiny), output_dir=str(out), task=SPEC, max_steps=6, save_every=2,
+                           learning_rate=1e-3, prompts_per_step=4, num_generations=4, max_completion_length=3,
+                           eval_problems=0, progress=False, monitor_sample=1.0, **options)
+
+    whole = _logs(train(cfg(tmp_path / "whole")))
+    assert len(whole) == 3  # metrics, linearity, and rl_extra or lr_auto
+    stopped = train(cfg(tmp_path / "stopped"))
+    # stopped while checkpoint-6 was written: its rows are in the logs, the checkpoint is not complete
+    (stopped / "checkpoint-6" / "trainer_state.json").unlink()
+    assert _logs(stopped) == whole
+    train(cfg(stopped))  # resumes from checkpoint-4 and trains steps 5 and 6 again
+    assert _logs(stopped) == whole
+    # stopped before its first checkpoint: every row after step 0 goes
+    shutil.rmtree(stopped / "checkpoint-2"), shutil.rmtree(stopped / "checkpoint-4"), shutil.rmtree(stopped / "checkpoint-6")
+    train(cfg(stopped))
+    assert _logs(stopped) == whole
