@@ -87,6 +87,23 @@ def test_a_double_forked_daemon_does_not_outlive_its_run(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_daemon_that_drops_the_marker_does_not_outlive_its_run(mode):
+    """Double-fork, then execve a shell with an empty environment (the marker is gone): found by its
+    uid (as root) or by bubblewrap's process namespace, and killed before it writes."""
+    if mode == "none" and not UNPRIVILEGED:
+        pytest.skip("on the floor alone, without a uid of its own, a process that drops the marker is not found")
+    token = f"{uuid.uuid4().int % 10**6:06d}"
+    out = Path("/tmp") / f"rlextra-daemon-{token}"
+    src = ("import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+           f"        os.execve('/bin/sh', ['sh', '-c', 'sleep 1.{token}; echo escaped > {out}'], {{}})\n"
+           "    os._exit(0)\nos.wait()\nprint('parent done')\n")
+    res = _contained(mode, src)
+    assert res.status == "ok" and "parent done" in res.stdout
+    time.sleep(2.0)
+    assert _running(f"1.{token}") == [] and not out.exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_disk_filler_and_writes_outside_the_folder(mode, tmp_path):
     res = _contained(mode, "f = open('big', 'wb')\nwhile True: f.write(b'0' * (1 << 20))")
     assert res.status == "error" and ("File too large" in res.stderr or "Errno 27" in res.stderr or res.returncode < 0)

@@ -171,12 +171,40 @@ def _signal_marked(marker: str) -> int:
     return found
 
 
-def _stop(proc: subprocess.Popen, marker: str) -> None:
+def _signal_uid(uid: int) -> int:
+    """SIGKILL every process whose real or effective uid is the run's own (as root each run has one no
+    one else uses, so this finds what dropped the marker: a daemon that execs with an empty
+    environment); how many were found."""
+    found = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(x.split(":", 1) for x in f if x.startswith(("Uid:", "State:")))
+        except (OSError, ValueError):
+            continue
+        if fields.get("State", "").split()[:1] == ["Z"]:  # dead already; its parent has yet to reap it
+            continue
+        if str(uid) in fields.get("Uid", "").split()[:2]:
+            found += 1
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+    return found
+
+
+def _stop(proc: subprocess.Popen, marker: str, uid: int | None = None) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         pass
     _kill_marked(marker)
+    if uid is not None:
+        deadline = time.monotonic() + 2.0
+        while _signal_uid(uid) and time.monotonic() < deadline:
+            time.sleep(0.02)
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
@@ -309,7 +337,7 @@ class RunningProgram:
             return self.proc.returncode
         self.closed = True
         code = self.proc.poll()
-        _stop(self.proc, self.launch.marker)
+        _stop(self.proc, self.launch.marker, self.launch.uid)
         self._reader.join(timeout=2)
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
@@ -368,7 +396,7 @@ def run_program(source: str, stdin: str = "", timeout: float = 5.0, memory_mb: i
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-        _stop(proc, launch.marker)  # the group and every marked process, whatever happened
+        _stop(proc, launch.marker, launch.uid)  # the group, every marked process and the run's uid
         for t in readers:
             t.join(timeout=2)
         seconds = time.monotonic() - t0
