@@ -270,3 +270,34 @@ def test_a_candidate_that_hangs_or_runs_out_of_memory_is_named_so():
     assert grade_by_calls(row["prompt"] + "    raise ValueError('no')\n", check, timeout=5.0) == "error"
     assert grade_by_calls(row["prompt"] + "    return False\n", check, timeout=5.0) == "failed"
     assert time.monotonic() - t0 < 20
+
+
+def test_a_zlib_bomb_in_private_tests_is_refused_without_inflating_it():
+    import subprocess
+    import sys
+
+    code = """
+import base64, pickle, zlib
+import rlextra.tasks.code as code
+c = zlib.compressobj(9)
+packed = b"".join([c.compress(bytes(1 << 20)) for _ in range(512)] + [c.flush()])  # 512 MB of zeros
+bomb = base64.b64encode(packed).decode()
+code.PRIVATE_TESTS_LIMIT = 8 << 20
+try:
+    code.decode_private_tests(bomb)
+except ValueError as exc:
+    print(exc)
+hwm = [x for x in open("/proc/self/status") if x.startswith("VmHWM:")][0].split()[1]  # this process's peak, KB
+print(len(packed), hwm)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "more than 8 MB once decompressed" in out[0]
+    packed, maxrss_kb = (int(x) for x in out[1].split())
+    assert packed < 1 << 20 and maxrss_kb < 200_000  # a 512 MB bomb from < 1 MB, refused below 200 MB of memory
+    import base64
+    import pickle
+    import zlib
+
+    from rlextra.tasks.code import decode_private_tests
+
+    assert decode_private_tests(base64.b64encode(zlib.compress(pickle.dumps("ok"))).decode()) == "ok"

@@ -223,3 +223,23 @@ def test_compiled_step_on_cpu_equals_eager_and_reuses_buckets(pair):
     assert compiled.generate(PROMPTS[:3], cfg, progress=False) == eager
     assert compiled.mode == "compiled"  # no fallback happened
     assert compiled.generate(PROMPTS[:3], cfg, progress=False) == eager
+
+
+def test_a_prompt_too_long_for_any_tokenizer_is_refused_before_tokenizing():
+    from types import SimpleNamespace
+
+    from rlextra.decoding import check_prompt_lengths
+    from rlextra.errors import RLExtraError
+
+    calls = []
+
+    def tokenizer(text, add_special_tokens=True):
+        calls.append(len(text))
+        return {"input_ids": list(range(len(text)))}
+
+    config = SimpleNamespace(max_position_embeddings=16)
+    with pytest.raises(RLExtraError, match=r"prompt 2: 4097 bytes, longer than the model's context of 16 tokens"):
+        check_prompt_lengths(tokenizer, ["short", "x" * (16 * 256 + 1)], config)
+    assert calls == [5]  # the long one was never tokenized
+    with pytest.raises(RLExtraError, match="prompt 1: 17 tokens"):
+        check_prompt_lengths(tokenizer, ["y" * 17], config)

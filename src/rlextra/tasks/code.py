@@ -241,11 +241,18 @@ class _StringsOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused {module}.{name} (only strings are accepted)")
 
 
+PRIVATE_TESTS_LIMIT = 256 << 20  # bytes one problem's private tests may decompress to
+
+
 def decode_private_tests(raw: str) -> str:
     """LiveCodeBench's private test cases, base64 of zlib of a pickled JSON string, as that string.
     The pickle is read by an unpickler that accepts strings only, and its result must be a string."""
     try:
-        data = zlib.decompress(base64.b64decode(raw.encode("ascii"), validate=True))
+        packed = base64.b64decode(raw.encode("ascii"), validate=True)
+        inflate = zlib.decompressobj()
+        data = inflate.decompress(packed, PRIVATE_TESTS_LIMIT + 1)  # a zlib bomb stops here, not in memory
+        if len(data) > PRIVATE_TESTS_LIMIT or inflate.unconsumed_tail:
+            raise ValueError(f"more than {PRIVATE_TESTS_LIMIT >> 20} MB once decompressed (rlextra's bound)")
         value = _StringsOnly(io.BytesIO(data)).load()
     except (ValueError, zlib.error, pickle.UnpicklingError, EOFError, UnicodeError) as exc:
         raise ValueError(f"not LiveCodeBench's encoded test cases ({exc})") from None
