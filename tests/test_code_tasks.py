@@ -301,3 +301,38 @@ print(len(packed), hwm)
     from rlextra.tasks.code import decode_private_tests
 
     assert decode_private_tests(base64.b64encode(zlib.compress(pickle.dumps("ok"))).decode()) == "ok"
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"prompt": "p", "test_list": [1, 2]}, "test_list must be a non-empty list of strings"),
+    ({"prompt": "p", "test_list": "assert f(1) == 1"}, "test_list must be a non-empty list of strings"),
+    ({"prompt": "p", "test_list": []}, r"test_list must be a non-empty list of strings \(without a test every"),
+    ({"prompt": "p", "test_list": None}, "test_list must be"),
+    ({"prompt": "p", "test_list": ["assert f() == 1"], "test_imports": [3]}, "test_imports must be a list of strings"),
+    ({"prompt": None, "test_list": ["assert f() == 1"]}, "prompt is not text"),
+])
+def test_mbpp_fields_of_the_wrong_kind_are_one_line(tmp_path, row, match):
+    (tmp_path / "m.json").write_text(json.dumps([row]))
+    with pytest.raises(RLExtraError, match=f"m.json: problem 1: {match}"):
+        load_task(TaskSpec(f"mbpp:{tmp_path / 'm.json'}"))
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"question_content": "q", "starter_code": 3, "public_test_cases": [{"input": "1", "output": "1"}]},
+     "starter_code is not text"),
+    ({"question_content": "q", "public_test_cases": [{"input": 1, "output": "1"}]}, "public_test_cases is not a list of"),
+])
+def test_livecodebench_fields_of_the_wrong_kind_are_one_line(tmp_path, row, match):
+    (tmp_path / "l.json").write_text(json.dumps([row]))
+    with pytest.raises(RLExtraError, match=f"l.json: problem 1: {match}"):
+        load_task(TaskSpec(f"lcb:{tmp_path / 'l.json'}"))
+
+
+def test_deeply_nested_json_and_a_jump_past_the_bound_are_one_line(tmp_path):
+    from rlextra.rl.config import TrainConfig
+
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(RLExtraError, match="deep.json: JSON nested too deeply"):
+        load_task(TaskSpec(f"mbpp:{tmp_path / 'deep.json'}"))
+    with pytest.raises(RLExtraError, match="--rl-extra 1,99999999999999999999: a jump to alpha"):
+        TrainConfig(model="m", output_dir="o", rl_extra=(1, 99999999999999999999))

@@ -51,3 +51,43 @@ def test_a_resumed_run_logs_what_the_uninterrupted_run_logs(tiny, tmp_path, opti
     shutil.rmtree(stopped / "checkpoint-2"), shutil.rmtree(stopped / "checkpoint-4"), shutil.rmtree(stopped / "checkpoint-6")
     train(cfg(stopped))
     assert _logs(stopped) == whole
+
+
+def test_a_damaged_monitor_window_is_one_line_naming_the_file(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rlextra.errors import RLExtraError
+    from rlextra.rl.models import char_tokenizer, tiny_llama
+    from rlextra.rl.monitor import WINDOW_FILE, WINDOW_STATE, LinearityMonitor
+
+    model = tiny_llama(char_tokenizer(), hidden=32, layers=2, intermediate=64, seed=0)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    state = lambda s: SimpleNamespace(global_step=s, is_world_process_zero=True)  # noqa: E731
+    mon = LinearityMonitor(1, sample=0.05, window=4)
+    mon.on_train_begin(args, state(0), None, model=model)
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            next(model.parameters()).add_(0.01)
+        mon.on_step_end(args, state(step), None, model=model)
+    mon.on_save(args, state(3), None)
+    ckpt = tmp_path / "checkpoint-3"
+    good_state, good_window = (ckpt / WINDOW_STATE).read_text(), (ckpt / WINDOW_FILE).read_bytes()
+
+    def resume():
+        LinearityMonitor(1, sample=0.05, window=4).on_train_begin(args, state(3), None, model=model)
+
+    resume()  # intact: resumes
+    for damage, match in (
+            (lambda: (ckpt / WINDOW_STATE).write_text("{"), "linearity_state.json: not valid JSON"),
+            (lambda: (ckpt / WINDOW_STATE).write_text("[]"), "linearity_state.json: not a monitor state"),
+            (lambda: (ckpt / WINDOW_FILE).write_bytes(good_window[:100]), "the monitor's window cannot be read"),
+            (lambda: save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(str(ckpt / WINDOW_FILE)).items()},
+                               str(ckpt / WINDOW_FILE)), "the monitor's window holds NaN or Inf")):
+        (ckpt / WINDOW_STATE).write_text(good_state)
+        (ckpt / WINDOW_FILE).write_bytes(good_window)
+        damage()
+        with pytest.raises(RLExtraError, match=match):
+            resume()

@@ -11,6 +11,7 @@ from rlextra.errors import RLExtraError
 from rlextra.extrapolate.registry import ALIASES, METHODS, NORMS, canonical
 from rlextra.sampling import check_seed
 from rlextra.fields import option
+from rlextra.linefit import MAX_ALPHA
 from rlextra.tasks import TaskSpec
 
 
@@ -41,6 +42,9 @@ def check_cycle(m: int, n: int) -> None:
     if isinstance(m, bool) or isinstance(n, bool) or int(m) != m or int(n) != n or m < 1 or n < 0:
         raise RLExtraError(f"--rl-extra {m},{n}: RL-Extra needs M >= 1 real steps and N >= 0 extrapolated "
                            f"steps (m >= 1, n >= 0)")
+    if (m + n) / m > MAX_ALPHA:
+        raise RLExtraError(f"--rl-extra {m},{n}: a jump to alpha (M + N) / M = {(m + n) / m:.3g}; rlextra's bound is "
+                           f"{MAX_ALPHA:g}, as for --alpha")
 
 
 

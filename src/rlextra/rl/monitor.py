@@ -260,7 +260,13 @@ class LinearityMonitor(TrainerCallback):
     def _restore(self, ckpt: Path, step: int) -> None:
         from safetensors.torch import load_file
 
-        st = json.loads((ckpt / WINDOW_STATE).read_text())
+        from rlextra.io import read_json
+
+        st = read_json(ckpt / WINDOW_STATE, "monitor state")
+        keys = ("every", "sample", "seed", "window", "snapshot_steps", "segment", "rows")
+        if not isinstance(st, dict) or any(k not in st for k in keys) or not isinstance(st["snapshot_steps"], list):
+            raise RLExtraError(f"{ckpt / WINDOW_STATE}: not a monitor state (needs {', '.join(keys)}); remove this "
+                               "checkpoint folder to resume from the one before")
         saved = (st["every"], st["sample"], st["seed"], st["window"])
         if saved != (self.every, self.sample, self.seed, self.window):
             raise RLExtraError(f"{ckpt / WINDOW_STATE}: saved with monitor every {saved[0]}, sample {saved[1]}, "
@@ -269,9 +275,16 @@ class LinearityMonitor(TrainerCallback):
         dist = _dist()
         name = WINDOW_FILE + (f".rank{dist.get_rank()}" if dist is not None and (ckpt / f"{WINDOW_FILE}.rank0").exists()
                               else "")
-        flat = load_file(str(ckpt / name))
+        try:
+            flat = load_file(str(ckpt / name))
+        except Exception as exc:  # truncated, not safetensors, missing
+            raise RLExtraError(f"{ckpt / name}: the monitor's window cannot be read ({type(exc).__name__}); remove "
+                               "this checkpoint folder to resume from the one before") from None
         self.snapshots = [(s, {k.split("/", 1)[1]: v.numpy() for k, v in flat.items() if k.split("/", 1)[0] == str(i)})
                           for i, s in enumerate(st["snapshot_steps"])]
+        if any(not np.isfinite(v).all() for _, snap in self.snapshots for v in snap.values()):
+            raise RLExtraError(f"{ckpt / name}: the monitor's window holds NaN or Inf; remove this checkpoint folder "
+                               "to resume from the one before")
         self.segment, self.rows = st["segment"], st["rows"]
         # rows logged after this checkpoint by the run that stopped are replayed by this one
         if self.output_dir is not None and (dist is None or dist.get_rank() == 0):

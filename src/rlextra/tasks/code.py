@@ -143,6 +143,8 @@ def _read_json_rows(path: Path) -> list[dict]:
             rows = json.loads(text)
         except ValueError as exc:
             raise RLExtraError(f"{path}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise RLExtraError(f"{path}: JSON nested too deeply to read") from None
     else:
         rows = [row for _, row in read_jsonl(path)]
     if not rows or not all(isinstance(r, dict) for r in rows):
@@ -165,6 +167,16 @@ def grade_mbpp(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
                      assertion_check_program(spec["test_imports"], spec["test_list"]), timeout)
 
 
+def _strings(path: Path, i: int, row: dict, key: str, empty: bool) -> None:
+    """``row[key]`` is a list of strings (``empty``: may be absent, null or empty): one line otherwise."""
+    value = row.get(key)
+    if empty and value in (None, []):
+        return
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+        need = "a list of strings" if empty else "a non-empty list of strings (without a test every completion passes)"
+        raise RLExtraError(f"{path}: problem {i + 1}: {key} must be {need}, got {json.dumps(value)[:60]}")
+
+
 def mbpp_task(spec, path: Path):
     """MBPP (sanitized: 427 problems) from a local file in its published form (task_id, prompt, code,
     test_imports, test_list). The prompt is the problem, its asserts, and a request for the function,
@@ -173,7 +185,11 @@ def mbpp_task(spec, path: Path):
     rows = _read_json_rows(path)
     _need(path, rows, ("prompt", "test_list"))
     problems = []
-    for r in rows[: spec.limit] if spec.limit else rows:
+    for i, r in enumerate(rows[: spec.limit] if spec.limit else rows):
+        _strings(path, i, r, "test_list", empty=False)
+        _strings(path, i, r, "test_imports", empty=True)
+        if not isinstance(r["prompt"], str):
+            raise RLExtraError(f"{path}: problem {i + 1}: prompt is not text")
         tests = "\n".join(r["test_list"])
         prompt = f"{r['prompt']}\nYour code should pass these tests:\n\n{tests}\n"
         problems.append(Problem(prompt, json.dumps({"task_id": r.get("task_id"), "test_list": r["test_list"],
@@ -298,9 +314,9 @@ def _lcb_cases(path: Path, i: int, key: str, raw) -> list[dict]:
                 cases = json.loads(decode_private_tests(raw))
             except ValueError as exc:
                 raise RLExtraError(f"{path}: problem {i + 1}: {key}: {exc}") from None
-    if not isinstance(cases, list) or not all(isinstance(c, dict) and "input" in c and "output" in c
-                                              for c in cases):
-        raise RLExtraError(f"{path}: problem {i + 1}: {key} is not a list of {{input, output}} cases")
+    if not isinstance(cases, list) or not all(isinstance(c, dict) and isinstance(c.get("input"), str)
+                                              and isinstance(c.get("output"), str) for c in cases):
+        raise RLExtraError(f"{path}: problem {i + 1}: {key} is not a list of {{input, output}} cases of text")
     return cases
 
 
@@ -333,6 +349,9 @@ def lcb_task(spec, path: Path):
         answer = {"tests": [{"input": c["input"], "output": c["output"]} for c in tests]}
         if kinds == {"functional"}:
             answer["func_name"] = func
+        for key in ("question_content", "starter_code"):
+            if not isinstance(r.get(key) or "", str):
+                raise RLExtraError(f"{path}: problem {i + 1}: {key} is not text")
         problems.append(Problem(lcb_prompt(r["question_content"], r.get("starter_code") or ""), json.dumps(answer)))
     test = problems[: spec.n_test] if spec.n_test else problems
     return Task(spec, [], test, grade_lcb, completion_code, conversational=True, source=str(path),
