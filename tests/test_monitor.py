@@ -287,3 +287,35 @@ def test_nonfinite_entries_are_counted_and_void_the_backtest():
     row = finalize_window(4, steps, window_sums(steps, {"w": ys}, alphas=(2.0,)), alphas=(2.0,))
     assert row["n_nonfinite"] == 1 and row["n_analyzed"] == 5 and row["mean_r2"] == pytest.approx(1.0)
     assert row["backtest"]["two-point"]["weight_error"] is None
+
+
+def test_a_monitor_given_in_callbacks_reaches_the_reporting_integrations(tmp_path):
+    """Passed the usual TRL way, after a reporting integration, the monitor moves itself first, so the
+    integration logs its values (without it, TensorBoard and W&B never saw them)."""
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    seen = []
+
+    class Reporter(TrainerCallback):  # stands for TensorBoard / W&B
+        def on_log(self, args, state, control, logs=None, **kw):
+            seen.append(dict(logs or {}))
+
+    Reporter.__module__ = "transformers.integrations.stand_in"
+    tok = char_tokenizer()
+
+    class Toy(Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            ids = torch.tensor(tok(f"{i % 10}+1=")["input_ids"][:4])
+            return {"input_ids": ids, "labels": ids}
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3,
+                             use_cpu=True, report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True)
+    mon = LinearityMonitor(1, sample=0.2, window=4)
+    trainer = Trainer(model=_small_model(), args=args, train_dataset=Toy(), callbacks=[Reporter(), mon])
+    trainer.train()
+    assert trainer.callback_handler.callbacks[0] is mon
+    assert any("linearity/mean_r2" in x for x in seen)

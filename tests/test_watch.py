@@ -141,3 +141,40 @@ def test_watch_reports_the_lr_headroom_of_each_window(tmp_path, capsys):
         assert (last["multiplier"] >= 2) if room else (last["multiplier"] == 1.0)
         assert json.loads((live / "watch.json").read_text())["lr_headroom"] == last
         assert f"lr headroom x{last['multiplier']:g}" in capsys.readouterr().out
+
+
+def test_watch_names_what_it_skipped_and_why(tmp_path, capsys):
+    run = tmp_path / "run"
+    folders = write_synthetic_series(run, tiny_llama_config(), [0, 10, 20, 30, 40], noise=3e-3)
+    weights = folders[2] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # checkpoint-20 cut short
+    (folders[3] / "trainer_state.json").unlink()  # checkpoint-30 not finished by the Trainer
+    res = watch(run, tmp_path / "live", sample=0.1, once=True, plots=False, progress=False)
+    assert res["steps"] == [0, 10, 40]
+    skipped = {s["path"].rsplit("/", 1)[1]: s["why"] for s in
+               json.loads((tmp_path / "live" / "watch.json").read_text())["skipped"]}
+    assert set(skipped) == {"checkpoint-20", "checkpoint-30"}
+    assert "model.safetensors" in skipped["checkpoint-20"] and "trainer_state.json" in skipped["checkpoint-30"]
+    err = capsys.readouterr().err
+    assert "skipped" in err and "checkpoint-20" in err and "checkpoint-30" in err
+
+
+def test_watch_once_reads_save_pretrained_folders_without_the_trainers_marker(tmp_path):
+    run = tmp_path / "run"
+    for folder in write_synthetic_series(run, tiny_llama_config(), STEPS, noise=3e-3):
+        (folder / "trainer_state.json").unlink()  # save_pretrained folders: no checkpoint has the marker
+    res = watch(run, tmp_path / "live", sample=0.1, once=True, plots=False, progress=False)
+    assert res["steps"] == STEPS
+
+
+def test_a_stop_before_watch_wrote_anything_says_nothing_was_written(tmp_path, monkeypatch, capsys):
+    import rlextra.cli as cli
+    from rlextra.io import Terminated
+
+    def stopped(*a, **k):
+        raise Terminated(15)
+
+    monkeypatch.setattr(cli, "watch", stopped)
+    (tmp_path / "run").mkdir()
+    assert main(["watch", str(tmp_path / "run"), "-o", str(tmp_path / "live")]) == 143
+    assert "terminated by SIGTERM; nothing was written" in capsys.readouterr().err

@@ -60,7 +60,7 @@ def _fmt(x) -> str:
 # ---- option groups, each defined once -------------------------------------------------------------
 
 TASK = Options(TaskSpec, ["name", "ops", "digits", "n_train", "n_test", "seed", "limit", "instruction",
-                          "sandbox_workers"],
+                          "sandbox_workers", "sandbox_isolation"],
                title="task")
 SAMPLING = Options(SamplingConfig, ["k", "temperature", "top_p", "top_k", "max_new_tokens", "stop", "batch_size",
                                     "seed"], title="sampling")
@@ -722,7 +722,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(ValueError):  # not the main thread: nothing to protect
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback over this line
         what = "terminated by " + exc.args[0] if isinstance(exc, Terminated) else "interrupted"
-        note = kept.format(**vars(args)) if kept else "nothing was written"
+        target = getattr(args, "output", None) or getattr(args, "workdir", None)
+        written = kept and (target is None or Path(target).exists())  # a kept note only where something is
+        note = kept.format(**vars(args)) if written else "nothing was written"
         print(f"rlextra: {what}; {note}", file=sys.stderr)
         return 128 + exc.signum if isinstance(exc, Terminated) else 130
     except OSError as exc:

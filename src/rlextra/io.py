@@ -60,8 +60,12 @@ _saved: dict[int, object] = {}
 
 
 def _raise_terminated(signum, frame) -> None:
-    for s in _saved:  # once: a second signal must not interrupt the cleanup of the first
-        signal.signal(s, signal.SIG_IGN)
+    # A second signal ends the process at once (the default action, no traceback): the first one's
+    # exception may land where Python swallows it (a weakref callback, a __del__), and a process that
+    # then ignored every signal could only be stopped with SIGKILL. Temporaries a second signal leaves
+    # behind are removed by the next run on the same target.
+    for s in _saved:
+        signal.signal(s, signal.SIG_DFL)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(signum)
@@ -71,8 +75,8 @@ def _raise_terminated(signum, frame) -> None:
 def interruptible() -> Iterator[None]:
     """Within this block SIGTERM and SIGHUP raise ``Terminated``; handlers are restored after.
 
-    Ctrl-C raises KeyboardInterrupt as usual, once: after the first of these signals the others are
-    ignored until the block ends, so a second Ctrl-C cannot break off the cleanup with a traceback.
+    Ctrl-C raises KeyboardInterrupt as usual, once: after the first of these signals a second one
+    ends the process at once, quietly (no traceback), even where the first one's exception was lost.
     Only the main thread can own signal handlers; elsewhere, and where the program installed its
     own handlers, this does nothing.
     """

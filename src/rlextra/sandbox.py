@@ -15,8 +15,9 @@ The one place where rlextra runs code it did not write, so it is built as a secu
   host's), IPC and UTS; a read-only view of the file system apart from the working folder and a
   private /tmp; the process namespace dies with its parent.
 
-``ProgramResult.layers`` records which of these were active. ``isolation="auto"`` uses bubblewrap
-when it is installed and works; "none" runs on the floor alone.
+``ProgramResult.layers`` records which of these were active. ``isolation="auto"`` uses bubblewrap and
+fails closed: where bubblewrap cannot run, it refuses in one line that names what is missing; "none"
+runs on the floor alone, and must be asked for explicitly.
 """
 
 from __future__ import annotations
@@ -225,23 +226,35 @@ class _Launch:
     memory_mb: int
 
 
-def _check_arguments(timeout: float, memory_mb: int, isolation: str) -> None:
+def check_arguments(timeout: float, memory_mb: int, isolation: str) -> None:
+    """The one check of a sandbox run's limits and isolation (refused here, before anything runs)."""
     if not (isinstance(timeout, (int, float)) and 0 < timeout <= 3600):
         raise RLExtraError(f"sandbox timeout {timeout}: must be in (0, 3600] seconds")
     if not (isinstance(memory_mb, int) and 32 <= memory_mb <= 1 << 20):
         raise RLExtraError(f"sandbox memory {memory_mb} MB: must be an integer >= 32")
     if isolation not in ("auto", "bwrap", "none"):
         raise RLExtraError(f"sandbox isolation '{isolation}': expected auto, bwrap or none")
-    if isolation == "bwrap" and not bubblewrap_available():
-        raise RLExtraError("sandbox isolation bwrap: bubblewrap is not installed or cannot run here")
+    if isolation in ("bwrap", "auto") and not bubblewrap_available():
+        why = "not installed" if not shutil.which("bwrap") else "installed but cannot create its namespaces"
+        raise RLExtraError(f"sandbox isolation {isolation}: bubblewrap is {why} here, and without it a program keeps "
+                           "the network and a shared /tmp; install it (apt-get install bubblewrap) or ask for the "
+                           "floor alone explicitly (isolation='none', --sandbox-isolation none)")
+
+
+def planned_layers(isolation: str = "auto") -> list[str]:
+    """The layers a program run with ``isolation`` gets on this machine (what ``ProgramResult.layers``
+    records)."""
+    drop = os.geteuid() == 0
+    layers = ["session", "rlimits", "tmpdir", "scrubbed-env", "marker-kill"] + (["own-uid"] if drop else [])
+    return layers + (["bubblewrap:no-network,pid,ipc,uts,read-only-fs"] if isolation in ("bwrap", "auto") else [])
 
 
 def _prepare(source: str, timeout: float, memory_mb: int, isolation: str) -> _Launch:
     """The program's folder (its source in main.py), uid, environment and command, layers recorded."""
-    use_bwrap = isolation == "bwrap" or (isolation == "auto" and bubblewrap_available())
+    use_bwrap = isolation in ("bwrap", "auto")  # check_arguments refused both where bubblewrap cannot run
     drop = os.geteuid() == 0
     uid = SANDBOX_UIDS[uuid.uuid4().int % len(SANDBOX_UIDS)] if drop else None
-    layers = ["session", "rlimits", "tmpdir", "scrubbed-env", "marker-kill"] + (["own-uid"] if drop else [])
+    layers = planned_layers(isolation)
     marker = uuid.uuid4().hex
     work = Path(tempfile.mkdtemp(prefix="rlextra-sandbox-"))
     try:
@@ -254,7 +267,6 @@ def _prepare(source: str, timeout: float, memory_mb: int, isolation: str) -> _La
         python = _interpreter(drop)
         cmd = [python, "-I", "-S", "main.py"] if not use_bwrap else [python, "-I", "-S", str(work / "main.py")]
         if use_bwrap:
-            layers.append("bubblewrap:no-network,pid,ipc,uts,read-only-fs")
             cmd = [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                    "--bind", str(work), str(work), "--chdir", str(work), "--unshare-all", "--die-with-parent",
                    "--new-session", "--clearenv", *[a for k, v in env.items() for a in ("--setenv", k, v)], *cmd]
@@ -273,7 +285,7 @@ def _popen(launch: _Launch) -> subprocess.Popen:
 def isolated_from_each_other(isolation: str = "auto") -> bool:
     """Whether two programs run at once cannot reach each other's processes: each has its own uid
     (rlextra runs as root) or its own process namespace (bubblewrap)."""
-    return os.geteuid() == 0 or isolation == "bwrap" or (isolation == "auto" and bubblewrap_available())
+    return os.geteuid() == 0 or (isolation in ("bwrap", "auto") and bubblewrap_available())
 
 
 class RunningProgram:
@@ -353,7 +365,7 @@ def start_program(source: str, timeout: float = 5.0, memory_mb: int = 512, *,
     """Start ``source`` in the sandbox (the layers of ``run_program``) for a conversation over its
     stdin and stdout; the caller closes it. ``timeout`` bounds its CPU seconds; wall time is the
     caller's (``read_line``'s deadline)."""
-    _check_arguments(timeout, memory_mb, isolation)
+    check_arguments(timeout, memory_mb, isolation)
     return RunningProgram(_prepare(source, timeout, memory_mb, isolation))
 
 
@@ -361,9 +373,9 @@ def run_program(source: str, stdin: str = "", timeout: float = 5.0, memory_mb: i
                 isolation: str = "auto") -> ProgramResult:
     """Run ``source`` as a Python program with ``stdin``; at most ``timeout`` seconds (wall and CPU)
     and ``memory_mb`` of address space. Never raises for what the program does; bad arguments are a
-    one-line RLExtraError. ``isolation``: auto (bubblewrap when it works here), bwrap (required),
-    none (the floor alone)."""
-    _check_arguments(timeout, memory_mb, isolation)
+    one-line RLExtraError. ``isolation``: auto or bwrap (bubblewrap; refused where it cannot run), none
+    (the floor alone, asked for explicitly)."""
+    check_arguments(timeout, memory_mb, isolation)
     data = stdin.encode("utf-8", "replace")
     if len(data) > STDIN_LIMIT:
         raise RLExtraError(f"sandbox stdin of {len(data)} bytes: at most {STDIN_LIMIT}")

@@ -170,6 +170,16 @@ def _shard_problem(report, acc) -> str | None:
     missing = {r["name"] for r in rows} - {t["name"] for t in sums}
     if missing:
         return f"accumulators.json lacks tensor '{sorted(missing)[0]}'"
+    analysed = {r["name"]: r["n_analyzed"] for r in rows}
+    for t in sums:  # each entry's R^2 is in [0, 1]: a tensor's sums lie within its count
+        n = analysed.get(t["name"])
+        if n is None:
+            continue
+        if not (math.isfinite(t["sum_r2"]) and -1e-9 <= t["sum_r2"] <= n + 1e-9 * max(1, n)):
+            return (f"accumulators.json: tensor '{t['name']}': sum_r2 {t['sum_r2']} is outside [0, {n}] "
+                    f"(its {n} analysed entries' R^2 lie in [0, 1])")
+        if not 0 <= t["n_above"] <= n:
+            return f"accumulators.json: tensor '{t['name']}': n_above {t['n_above']} is outside [0, {n}]"
     ex = acc.get("examples")
     if not (isinstance(ex, list) and all(isinstance(e, dict) and isinstance(e.get("tensor"), str)
                                          and _num(e.get("r2")) and isinstance(e.get("values"), list)

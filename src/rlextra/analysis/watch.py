@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,32 +44,47 @@ from rlextra.sampling import check_seed, pick_chunks, sample_indices
 TRAINER_MARKER = "trainer_state.json"  # written last by the HF/TRL Trainer's checkpoint save
 
 
-def complete_checkpoints(run: Path, *, allow_pickle: bool = False) -> list[Checkpoint]:
-    """The checkpoints in ``run`` that are complete now, by step.
+def complete_checkpoints(run: Path, *, allow_pickle: bool = False,
+                         skipped: dict[str, str] | None = None) -> list[Checkpoint]:
+    """The checkpoints in ``run`` that are complete now, by step; ``skipped`` (when given) receives the
+    others, folder -> why.
 
     Complete: the weights' headers and sizes check out (every shard of an index present, no
     truncated tensor), ``config.json`` is there, and a Trainer checkpoint has its
-    ``trainer_state.json`` (the Trainer writes it after the weights). A checkpoint still being
-    written fails one of these and is taken on a later look.
+    ``trainer_state.json`` (the Trainer writes it after the weights), unless no checkpoint of the run
+    has one (folders written by ``save_pretrained``). A checkpoint still being written fails one of
+    these and is taken on a later look.
     """
     if not run.is_dir():
         raise RLExtraError(f"{run}: no such run folder")
-    found = []
+    skipped = {} if skipped is None else skipped
+    candidates = []
     for child in sorted(run.iterdir()):
         step = step_from_name(child) if child.is_dir() else None
         if step is None:
             continue
         try:
-            folder, layout = resolve_model_dir(child)
-            if not (folder / "config.json").is_file():
-                continue
-            if layout == "trainer" and not (folder / TRAINER_MARKER).is_file():
-                continue
+            candidates.append((step, child, *resolve_model_dir(child)))
+        except RLExtraError as exc:
+            skipped[str(child)] = str(exc)
+    marked = any(layout == "trainer" and (folder / TRAINER_MARKER).is_file() for _, _, folder, layout in candidates)
+    found = []
+    for step, child, folder, layout in candidates:
+        if not (folder / "config.json").is_file():
+            skipped[str(child)] = "waiting for config.json"
+            continue
+        if marked and layout == "trainer" and not (folder / TRAINER_MARKER).is_file():
+            skipped[str(child)] = f"waiting for {TRAINER_MARKER} (the Trainer writes it last)"
+            continue
+        try:
             tensors = index_model_dir(folder, allow_pickle=allow_pickle)
-        except RLExtraError:
+        except RLExtraError as exc:
+            skipped[str(child)] = str(exc)
             continue
         if tensors:
             found.append(Checkpoint(step, folder, tensors, layout))
+        else:
+            skipped[str(child)] = "no weights"
     return sorted(found, key=lambda c: c.step)
 
 
@@ -81,6 +97,7 @@ class WatchState:
     index: dict[str, np.ndarray] = field(default_factory=dict)  # name -> sorted sampled flat indices
     values: dict[str, list[np.ndarray]] = field(default_factory=dict)  # name -> one vector per checkpoint
     rows: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # folder -> why it is not in the report (newest look)
 
     def series(self) -> CheckpointSeries:
         return CheckpointSeries(list(self.checkpoints))
@@ -160,7 +177,8 @@ def write_report(state: WatchState, out: Path, *, sample: float, seed: int, chun
         (tmp / "watch.json").write_text(json.dumps({
             "steps": series.steps, "checkpoints": [str(c.path) for c in series.checkpoints],
             "sample": sample, "seed": seed, "n_sampled": int(sum(len(i) for i in state.index.values())),
-            "lr_headroom": state.rows[-1]["lr_headroom"] if state.rows else None},
+            "lr_headroom": state.rows[-1]["lr_headroom"] if state.rows else None,
+            "skipped": [{"path": k, "why": v} for k, v in sorted(state.skipped.items())]},
             indent=1) + "\n")
         if plots and state.rows:
             from rlextra.analysis.plots import plot_linearity_vs_step
@@ -198,12 +216,24 @@ def watch(run: str | Path, out_dir: str | Path, *, sample: float = 0.001, seed: 
     state = WatchState()
     written = False
     polls = 0
+    said: dict[str, str] = {}
     from tqdm.auto import tqdm
 
     with interruptible(), tqdm(desc="watch", unit="ckpt", disable=not progress) as bar:
         while True:  # Ctrl-C / SIGTERM unwind from here; the last report written stays (atomic)
-            new = [c for c in complete_checkpoints(run, allow_pickle=allow_pickle)
-                   if not state.checkpoints or c.step > state.checkpoints[-1].step]
+            skipped: dict[str, str] = {}
+            ready = complete_checkpoints(run, allow_pickle=allow_pickle, skipped=skipped)
+            last = state.checkpoints[-1].step if state.checkpoints else None
+            for c in ready:
+                if last is not None and c.step < last and c.path not in {x.path for x in state.checkpoints}:
+                    skipped[str(c.path)] = f"step {c.step} appeared after step {last} was processed; watch takes " \
+                                           "steps in order (analyze weights reads the whole series)"
+            for path, why in skipped.items():
+                if said.get(path) != why:  # each folder and reason once, on stderr and in the report
+                    print(f"rlextra watch: skipped {path}: {why}", file=sys.stderr)
+            said.update(skipped)
+            state.skipped = {p: w for p, w in said.items() if p in skipped}
+            new = [c for c in ready if last is None or c.step > last]
             for cp in new:
                 read_checkpoint(state, cp, sample, seed, chunk_size)
                 row = inflight_row(state, window, alphas)

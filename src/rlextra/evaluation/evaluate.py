@@ -92,10 +92,14 @@ def _evaluate_checked(decoder, task: Task | TaskSpec, out_file: Path | None, inp
         "per_problem": [{"index": i, "answer": p.answer, "n_correct": sum(c)}
                         for i, (p, c) in enumerate(zip(problems, correct))],
     }
+    layers = next((ok.layers for ok in flat if getattr(ok, "layers", None)), None)
+    if layers:  # code tasks: the sandbox's layers the programs ran under
+        summary["sandbox_layers"] = layers
     if out_file is not None:
         lines = [json.dumps({"problem": i, "sample": j, "prompt": p.prompt, "answer": p.answer,
                              "completion": c, "extracted": task.extract(c), "correct": bool(ok),
-                             **({"tests": ok.tests} if getattr(ok, "tests", None) is not None else {})})
+                             **({"tests": ok.tests} if getattr(ok, "tests", None) is not None else {}),
+                             **({"sandbox_layers": ok.layers} if getattr(ok, "layers", None) else {})})
                  for i, (p, comps, oks) in enumerate(zip(problems, completions, correct))
                  for j, (c, ok) in enumerate(zip(comps, oks))]
         with contextlib.ExitStack() as stack:

@@ -376,6 +376,16 @@ def merge_backtests(shard_dirs: Sequence[str | Path], out_dir: str | Path, *, pl
             if name in where:
                 raise RLExtraError(f"{d}: tensor '{name}' is also in {where[name]}; shards hold disjoint tensors")
             where[name] = d
+        for r in res["rows"]:  # sums of squares: finite numbers >= 0 for every module type
+            for part in ("num", "den"):
+                got = (r["sums"].get(part) or {}) if isinstance(r["sums"], dict) else {}
+                bad = next((m for m in MODULE_TYPES if not (isinstance(got.get(m), (int, float))
+                                                            and not isinstance(got.get(m), bool)
+                                                            and math.isfinite(got[m]) and got[m] >= 0)), None)
+                if bad is not None:
+                    raise RLExtraError(f"{d / 'backtest.json'}: row {r['method']} {r['window']} -> {r['target']}: "
+                                       f"sums.{part}.{bad} is {got.get(bad)!r}, not a sum of squares (a finite "
+                                       "number >= 0)")
     if len(seen) != count:
         first_missing = next(i for i in range(len(seen) + 1) if i not in seen)
         raise RLExtraError(f"shard {first_missing}/{count} is missing from the merge")

@@ -11,6 +11,7 @@ through ``extra`` / ``--grpo-arg`` and accelerate's launcher, untouched.
 from __future__ import annotations
 
 import contextlib
+import math
 import json
 import os
 import re
@@ -162,9 +163,45 @@ def grpo_config(cfg: TrainConfig):
         kwargs["shuffle_dataset"] = False
     kwargs.update(cfg.extra)
     try:
-        return GRPOConfig(**kwargs)
+        config = GRPOConfig(**kwargs)
     except TypeError as exc:  # unknown --grpo-arg
         raise RLExtraError(f"GRPOConfig: {exc}") from None
+    except ValueError as exc:  # TRL's / transformers' own checks
+        raise RLExtraError(f"--grpo-arg: {str(exc).splitlines()[0]}") from None
+    check_passed_through(config, cfg.extra)
+    return config
+
+
+# GRPOConfig fields a user may pass through --grpo-arg whose range TRL does not check: (field, low, low
+# allowed, high); None where a bound does not apply
+PASSED_THROUGH_RANGES = (("epsilon", 0.0, False, None), ("epsilon_high", 0.0, False, None),
+                         ("num_iterations", 1, True, None), ("gradient_accumulation_steps", 1, True, None),
+                         ("weight_decay", 0.0, True, None), ("max_grad_norm", 0.0, True, None),
+                         ("max_prompt_length", 1, True, None))
+
+
+def check_passed_through(config, extra: dict) -> None:
+    """The --grpo-arg fields TRL takes without a range check, and the reporting integrations asked for:
+    refused in one line here, not as a traceback (or a silent misrun) once training starts."""
+    for field, low, inclusive, high in PASSED_THROUGH_RANGES:
+        if field not in extra:
+            continue
+        value = getattr(config, field, None)
+        if value is None:
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            and (value >= low if inclusive else value > low) and (high is None or value <= high)
+        if not ok:
+            bound = f"{'>=' if inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise RLExtraError(f"--grpo-arg {field}={value}: must be a number {bound}")
+    if "report_to" in extra:
+        from transformers.integrations import get_available_reporting_integrations
+
+        wanted = [r for r in (config.report_to or []) if r not in ("none", "all")]
+        missing = [r for r in wanted if r not in get_available_reporting_integrations()]
+        if missing:
+            raise RLExtraError(f"--grpo-arg report_to={missing[0]}: that integration's package is not installed "
+                               f"here (pip install {missing[0]}), or it is not one transformers knows")
 
 
 def check_run_dir(output_dir: str | Path, model_dir: str | Path | None, task: TaskSpec | None = None) -> Path:

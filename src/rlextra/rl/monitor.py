@@ -218,8 +218,30 @@ class LinearityMonitor(TrainerCallback):
         """The rows (not events) of the current segment, oldest first."""
         return [r for r in self.rows if r.get("segment") == self.segment and "event" not in r]
 
+    def _go_first(self) -> None:
+        """Passed in ``callbacks=[...]``, the monitor sits after the reporting integrations (TensorBoard,
+        W&B), which would then log before it adds its values; found through the caller's callback
+        handler, it moves itself first, as ``attach`` does. Moving it while the handler iterates keeps
+        every other callback's place in the iteration (one removed before, one inserted before)."""
+        import sys
+
+        frame = sys._getframe(1)
+        for _ in range(6):
+            if frame is None:
+                return
+            handler = frame.f_locals.get("self")
+            callbacks = getattr(handler, "callbacks", None)
+            if isinstance(callbacks, list) and any(cb is self for cb in callbacks):
+                at = next(i for i, cb in enumerate(callbacks) if cb is self)
+                if any(type(cb).__module__.startswith("transformers.integrations") for cb in callbacks[:at]):
+                    callbacks.pop(at)
+                    callbacks.insert(0, self)
+                return
+            frame = frame.f_back
+
     # -- Trainer events
     def on_train_begin(self, args, state, control, model=None, **kw):
+        self._go_first()
         if self.output_dir is None:
             self.output_dir = Path(args.output_dir)
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"

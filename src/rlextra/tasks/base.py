@@ -40,10 +40,16 @@ class TaskSpec:
                                      "within \\boxed{}.\"; '' for none)")
     sandbox_workers: int | None = option(None, "code tasks: programs run at once in the sandbox (default: the "
                                          "cores this process may use)")
+    sandbox_isolation: str = option("auto", "code tasks: auto (bubblewrap; refused where it cannot run, naming "
+                                    "what is missing), bwrap (required), or none (the sandbox's floor alone: "
+                                    "the program keeps the network and a shared /tmp; asked for explicitly)",
+                                    choices=("auto", "bwrap", "none"))
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_train, int) or self.n_train < 0:
             raise RLExtraError(f"--n-train {self.n_train}: must be an integer >= 0")
+        if self.sandbox_isolation not in ("auto", "bwrap", "none"):
+            raise RLExtraError(f"--sandbox-isolation {self.sandbox_isolation}: expected auto, bwrap or none")
         if self.sandbox_workers is not None and not (isinstance(self.sandbox_workers, int)
                                                      and self.sandbox_workers >= 1):
             raise RLExtraError(f"--sandbox-workers {self.sandbox_workers}: must be an integer >= 1")

