@@ -688,3 +688,26 @@ def test_a_double_ctrl_c_still_ends_in_one_line(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "rlextra: interrupted; nothing was written"
     assert _snapshot(tmp_path) == before
+
+
+def test_an_unreadable_weight_file_says_permission_denied(tmp_path, monkeypatch):
+    """As root, chmod 000 does not stop a read, so the refusal is simulated where the file is opened."""
+    import builtins
+
+    from safetensors.torch import save_file
+
+    from rlextra.checkpoints.reader import read_safetensors_index
+    from rlextra.errors import RLExtraError
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.ones(2)}, str(path))
+    real_open = builtins.open
+
+    def denied(file, *a, **k):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(RLExtraError, match=r"model.safetensors: cannot read \(Permission denied\)"):
+        read_safetensors_index(path)

@@ -58,3 +58,30 @@ def test_ctrl_c_while_the_command_loads_is_quiet_and_130(delay):
         return
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip() in ("rlextra: interrupted; nothing was written", "")
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_random_moments_always_ends_the_command_quietly(tmp_path):
+    """SIGINT at seeded random offsets into a whole `rlextra watch --once` (imports, reading, writing):
+    every run ends within seconds, with 130 (or 0 when it had finished), never a traceback, never hung;
+    a second SIGINT soon after the first ends it too."""
+    import random
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from synthetic import tiny_llama_config, write_synthetic_series
+
+    run = tmp_path / "run"
+    write_synthetic_series(run, tiny_llama_config(), [0, 10, 20, 30], noise=3e-3)
+    rng = random.Random(0)
+    for i in range(8):
+        proc = subprocess.Popen([sys.executable, "-m", "rlextra", "watch", str(run), "-o", str(tmp_path / f"live{i}"),
+                                 "--once", "--sample", "0.5", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        time.sleep(rng.uniform(0.1, 3.0))
+        proc.send_signal(signal.SIGINT)
+        if i % 2:  # and a second one at once
+            time.sleep(0.01)
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode in (0, 130, -signal.SIGINT), (i, proc.returncode, err)
+        assert "Traceback" not in err, (i, err)

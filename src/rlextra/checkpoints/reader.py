@@ -160,6 +160,11 @@ def read_safetensors_index(path: Path) -> dict[str, TensorRef]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    try:  # the system's own reason first (safetensors says "No such file" for a file it may not read)
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise RLExtraError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
