@@ -368,3 +368,21 @@ def test_a_nan_in_a_bf16_series_is_refused_by_name(tmp_path):
                    trainer_step=s)
     with pytest.raises(RLExtraError, match=r"checkpoint-10/model.safetensors: tensor 'a.weight' \(step 10\) contains NaN"):
         analyze_weights(tmp_path / "run", None, progress=False, plots=False)
+
+
+def test_the_safetensors_path_imports_neither_torch_nor_transformers(tmp_path):
+    """analyze weights and watch --once read safetensors with numpy and numba: torch (about 1.2 s to
+    import here) and transformers (0.4 s) stay out of the process."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from synthetic import tiny_llama_config, write_synthetic_series
+
+    write_synthetic_series(tmp_path / "run", tiny_llama_config(), [0, 10, 20], noise=3e-3)
+    for args in (["analyze", "weights", str(tmp_path / "run"), "-o", str(tmp_path / "aw"), "-q", "--no-plots"],
+                 ["watch", str(tmp_path / "run"), "-o", str(tmp_path / "w"), "--once", "-q", "--no-plots"]):
+        code = (f"import sys\nfrom rlextra.cli import main\nassert main({args!r}) == 0\n"
+                "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip().splitlines()[-1] == "[]", (args[:2], out)

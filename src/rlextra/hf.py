@@ -9,6 +9,7 @@ when there is no chat template (a template already writes them).
 from __future__ import annotations
 
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +29,21 @@ def hf_progress_bars(enabled: bool):
     this they print on stderr under -q. The previous setting comes back afterwards."""
     if enabled:
         yield
+        return
+    if "transformers" not in sys.modules:  # not loaded (yet): say it through the hub's switch, read at import,
+        import os                           # so a command that never needs transformers never imports it (0.4 s)
+
+        before = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ["HF_HUB_DISABLE_PROGRESS_BARS"]
+                if "transformers.utils.logging" in sys.modules:  # loaded inside: bars back on for later use
+                    sys.modules["transformers.utils.logging"].enable_progress_bar()
+            else:
+                os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = before
         return
     from transformers.utils import logging as hf_logging
 
