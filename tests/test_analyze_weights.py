@@ -371,8 +371,8 @@ def test_a_nan_in_a_bf16_series_is_refused_by_name(tmp_path):
 
 
 def test_the_safetensors_path_imports_neither_torch_nor_transformers(tmp_path):
-    """analyze weights and watch --once read safetensors with numpy and numba: torch (about 1.2 s to
-    import here) and transformers (0.4 s) stay out of the process."""
+    """analyze weights, watch --once and backtest's streamed methods read safetensors with numpy and
+    numba: torch (about 1.2 s to import here) and transformers (0.4 s) stay out of the process."""
     import subprocess
     import sys
 
@@ -381,7 +381,9 @@ def test_the_safetensors_path_imports_neither_torch_nor_transformers(tmp_path):
 
     write_synthetic_series(tmp_path / "run", tiny_llama_config(), [0, 10, 20], noise=3e-3)
     for args in (["analyze", "weights", str(tmp_path / "run"), "-o", str(tmp_path / "aw"), "-q", "--no-plots"],
-                 ["watch", str(tmp_path / "run"), "-o", str(tmp_path / "w"), "--once", "-q", "--no-plots"]):
+                 ["watch", str(tmp_path / "run"), "-o", str(tmp_path / "w"), "--once", "-q", "--no-plots"],
+                 ["backtest", str(tmp_path / "run"), "-o", str(tmp_path / "b"), "--methods", "two-point,lsq", "-q",
+                  "--no-plots"]):
         code = (f"import sys\nfrom rlextra.cli import main\nassert main({args!r}) == 0\n"
                 "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

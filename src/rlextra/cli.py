@@ -200,11 +200,16 @@ def _add_probes(p: argparse.ArgumentParser) -> None:
 
 
 def _set_threads(n: int) -> None:
-    import torch
-
+    """torch's threads: set now where torch is loaded, else through OMP_NUM_THREADS, which torch reads
+    when (and if) the command imports it: a command that never needs torch does not pay 1.2 s for it."""
     if n < 1:
         raise RLExtraError(f"--threads {n}: must be at least 1")
-    torch.set_num_threads(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        import os
+
+        os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 def _task(a: argparse.Namespace) -> TaskSpec:

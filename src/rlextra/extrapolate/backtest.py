@@ -28,6 +28,7 @@ output folder is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -129,7 +130,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
         raise RLExtraError(f"--chunk-size {chunk_size}: must be at least 1")
     if backend not in ("rlextra", "hf"):
         raise RLExtraError(f"--backend {backend}: the backtest scores with rlextra (the default) or hf")
-    dev = check_device(device)
+    dev = None if device is None else check_device(device)  # None: the CPU (and no torch import for it)
     if isinstance(shard, str):
         shard = parse_shard(shard)
     if shard is not None and task is not None:
@@ -152,7 +153,7 @@ def backtest(checkpoints: CheckpointSeries | str | Path | Sequence[str | Path], 
         if shard is not None and shard[1] > 1:
             owner = assign_shards({n: series.newest.tensors[n].numel for n in names}, shard[1])
             names = [n for n in names if owner[n] == shard[0]]
-        rows = _weight_rows(series, windows, rank, min_r2, norms, None if device is None else dev, progress,
+        rows = _weight_rows(series, windows, rank, min_r2, norms, dev, progress,
                             chunk_size, names=names,
                             keep_sums=shard is not None)
         result = {"rlextra_version": rlextra.__version__, "steps": series.steps,
@@ -187,9 +188,8 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
 
     Two-point and lsq are elementwise: each tensor streams chunk by chunk (K chunks in memory, all
     rows served by one read), so memory does not grow with the largest tensor. low-rank needs whole
-    matrices: for its windows the tensor is read whole, once."""
-    import torch
-
+    matrices: for its windows the tensor is read whole, once. torch is imported only for the paths
+    that run in it (low-rank, --device, no numba): the compiled CPU pass needs none."""
     steps = series.steps
     k = len(steps)
     targets = {w: list(range(w.idx[-1] + 1, k)) for w in windows}
@@ -201,6 +201,8 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
 
     def accumulate(name, kind, ws, vals, start=None, stop=None):
         """Squared errors of every window in ws on these values (a chunk, or the whole tensor)."""
+        import torch
+
         dist: dict[tuple[int, int], float] = {}  # ||W_t - W_s||^2, once per (s, t)
         for w in ws:
             copy = norms == "copy" and is_norm_weight(name)
@@ -226,8 +228,11 @@ def _weight_rows(series: CheckpointSeries, windows: list[Window], rank: int, min
     whole = [w for w in windows if not REGISTRY[w.method].chunked]
     compiled = (fused.AVAILABLE and device is None and bool(streamed)
                 and (min_r2 is None or all(w.method != "lsq" for w in streamed)))
+    in_torch = bool(whole) or not compiled
+    if in_torch:
+        import torch
     with tqdm(total=len(names) * n_rows, unit="pred", desc="backtest", disable=not progress) as bar, \
-            torch.no_grad():
+            (torch.no_grad() if in_torch else contextlib.nullcontext()):
         if compiled:  # every streamed row of every tensor, on all cores; summed in the order of names
             copied = {n: norms == "copy" and is_norm_weight(n) for n in names}  # from s, as extrapolate does
             tables = {copy: _combinations(steps, streamed, targets, copy) for copy in set(copied.values())}
