@@ -46,6 +46,17 @@ CELLS = [
     ("lr_sweep_1e-4.json", "32x8", 2, 1e-4, 200),
 ]
 COLLAPSE_FRACTION = 0.5
+# the multipliers each cell's sweep runs (x16 too wherever x8 is the best of these)
+PLANNED = {2e-5: (1.0, 2.0, 4.0, 8.0), 1e-4: (0.25, 0.5, 1.0, 2.0)}
+
+
+def missing(cell: dict) -> list[float]:
+    """The multipliers a cell still lacks; a cell is judged only once this is empty."""
+    sweep = cell["sweep"]
+    need = [c for c in PLANNED[cell["lr"]] if c not in sweep]
+    if not need and best_multiplier(sweep) == 8.0 and 16.0 not in sweep:
+        need = [16.0]
+    return need
 
 
 def multiplier_of(variant: str) -> float | None:
@@ -177,10 +188,16 @@ def report(cells: list[dict]) -> tuple[str, dict]:
     hits = 0
     from rlextra.extrapolate.headroom import predict_multiplier
 
+    judged = [c for c in cells if not missing(c)]
     for cell in cells:
         sweep = cell["sweep"]
         cstar, cfin = best_multiplier(sweep), best_final(sweep)
         pred = predict_multiplier(sweep[1.0]["monitor"])
+        if missing(cell):
+            lines.append(f"| {cell['name']} | {', '.join(f'x{c:g}' for c in sweep)} | not judged: "
+                         f"{', '.join(f'x{c:g}' for c in missing(cell))} not run | - | x{pred['multiplier']:g} | "
+                         f"{', '.join(f'{a}: {e:.3f}' for a, e in pred['weight_error'].items())} | - |")
+            continue
         h = hit(pred["multiplier"], cstar)
         hits += h
         edge = " (top of the sweep)" if cstar == max(sweep) else ""
@@ -189,12 +206,12 @@ def report(cells: list[dict]) -> tuple[str, dict]:
                      f"{'hit' if h else 'miss'} |")
         summary["cells"].append({"cell": cell["name"], "c_star": cstar, "best_final": cfin,
                                  "predicted": pred["multiplier"], "hit": h, "evidence": pred["weight_error"]})
-    summary["hits"], summary["n"] = hits, len(cells)
-    cstars = [best_multiplier(c["sweep"]) for c in cells]
+    summary["hits"], summary["n"] = hits, len(judged)
+    cstars = [best_multiplier(c["sweep"]) for c in judged]
     consts = {c: sum(hit(c, x) for x in cstars) for c in (1.0, 2.0, 4.0, 8.0)}
     summary["constant_hits"] = {f"x{c:g}": n for c, n in consts.items()}
-    lines += ["", f"Hits: **{hits} of {len(cells)}** cells. The same criterion gives a constant guess, the same "
-              f"in every cell: " + ", ".join(f"x{c:g} {n} of {len(cells)}" for c, n in consts.items()) + ".", ""]
+    lines += ["", f"Hits: **{hits} of {len(judged)}** judged cells. The same criterion gives a constant guess, the "
+              f"same in every cell: " + ", ".join(f"x{c:g} {n} of {len(judged)}" for c, n in consts.items()) + ".", ""]
     lines += ["| cell | run | final avg@4 | minus sweep-best at the last step (paired SE) | mean avg@4 | "
               "worst gap to x1 over checkpoints / SE | collapsed | runs | lr multipliers taken | monitor's time / "
               "training time |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -202,19 +219,40 @@ def report(cells: list[dict]) -> tuple[str, dict]:
         sweep = cell["sweep"]
         best = sweep[best_multiplier(sweep)]
         base = sweep[1.0]
-        rows = [("GRPO x1 (also the sweep-best)", base)] if best is base else \
-            [("GRPO x1", base), (f"GRPO x{best_multiplier(sweep):g} (sweep-best)", best)]
+        tag = "sweep-best" if not missing(cell) else "best so far: sweep incomplete"
+        rows = [(f"GRPO x1 (also the {tag})", base)] if best is base else \
+            [("GRPO x1", base), (f"GRPO x{best_multiplier(sweep):g} ({tag})", best)]
         rows += [("lr-auto (rlextra's)", cell["others"]["lr-auto"])] if "lr-auto" in cell["others"] else []
         rows += [("Prodigy, lr 1.0", cell["others"]["prodigy"])] if "prodigy" in cell["others"] else []
         for label, run in rows:
             d, se = diff(run["curve"][-1], best["curve"][-1])
             worst = min((diff(a, b)[0] / diff(a, b)[1] if diff(a, b)[1] > 0 else 0.0)
                         for a, b in zip(run["curve"][1:], base["curve"][1:]))
-            n = len(sweep) if "sweep-best" in label else 1
+            n = len(sweep) if "sweep" in label else 1
             lines.append(f"| {cell['name']} | {label} | {run['curve'][-1]['acc']:.3f} | {d:+.3f} ({se:.3f}) | "
                          f"{mean_accuracy(run['curve']):.3f} | {worst:+.1f} | "
                          f"{'yes' if collapsed(run['curve']) else 'no'} | {n} | "
                          f"{lr_auto_path(run) if label.startswith('lr-auto') else '-'} | {_f(overhead(run), '{:.2%}')} |")
+    lines += ["", "Targets of --lr-auto (judged cells): at the last step within one paired SE of the sweep-best; "
+              "at no evaluated checkpoint below GRPO x1 by more than one SE; no collapse where x1 does not.", "",
+              "| cell | last step minus sweep-best (SE) | within 1 SE | worst gap to x1 / SE | never below by > 1 SE | "
+              "collapsed | Prodigy: last minus sweep-best (SE) |", "|---|---|---|---|---|---|---|"]
+    for cell in cells:
+        if missing(cell) or "lr-auto" not in cell["others"]:
+            continue
+        sweep, run = cell["sweep"], cell["others"]["lr-auto"]
+        best, base = sweep[best_multiplier(sweep)], sweep[1.0]
+        d, se = diff(run["curve"][-1], best["curve"][-1])
+        worst = min(diff(a, b)[0] / diff(a, b)[1] if diff(a, b)[1] > 0 else 0.0
+                    for a, b in zip(run["curve"][1:], base["curve"][1:]))
+        prod = cell["others"].get("prodigy")
+        pd = diff(prod["curve"][-1], best["curve"][-1]) if prod else None
+        lines.append(f"| {cell['name']} | {d:+.3f} ({se:.3f}) | {'yes' if d >= -se else 'no'} | {worst:+.1f} | "
+                     f"{'yes' if worst >= -1 else 'no'} | {'yes' if collapsed(run['curve']) else 'no'} | "
+                     f"{'-' if pd is None else f'{pd[0]:+.3f} ({pd[1]:.3f})'} |")
+        summary.setdefault("lr_auto", []).append({"cell": cell["name"], "last_minus_best": round(d, 4), "se": round(se, 4),
+                                                  "worst_vs_x1_in_se": round(worst, 2),
+                                                  "collapsed": collapsed(run["curve"])})
     return "\n".join(lines), summary
 
 
@@ -300,6 +338,12 @@ def main() -> None:
     print(text)
     a.json_out.write_text(json.dumps(summary, indent=1) + "\n")
     plot(cells, a.plot)
+    auto = next((c["others"]["lr-auto"] for c in cells if "lr-auto" in c["others"]), None)
+    if auto is not None:  # the monitor of the first lr-auto run: headroom and the multiplier it took
+        from rlextra.analysis.plots import plot_linearity_vs_step
+
+        plot_linearity_vs_step(auto["monitor"], a.plot.with_name(a.plot.stem + ".lr_auto_monitor.png"),
+                               title=f"--lr-auto, {cells[0]['name']}: monitor rows")
 
 
 if __name__ == "__main__":
