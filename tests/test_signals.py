@@ -85,3 +85,35 @@ def test_ctrl_c_at_random_moments_always_ends_the_command_quietly(tmp_path):
         out, err = proc.communicate(timeout=30)
         assert proc.returncode in (0, 130, -signal.SIGINT), (i, proc.returncode, err)
         assert "Traceback" not in err, (i, err)
+
+
+def test_a_swallowed_signal_still_stops_the_block_quietly():
+    """The first signal's exception lands in a weakref callback (Python prints 'Exception ignored' and
+    goes on): nothing is printed, and the block raises it where it ends."""
+    code = """
+import gc, os, signal, sys, weakref
+from rlextra.io import interruptible
+
+class Thing:
+    pass
+
+def fire(_):
+    os.kill(os.getpid(), signal.SIGINT)  # delivered inside the callback, whose exception Python swallows
+    for _ in range(10 ** 5):
+        pass
+
+try:
+    with interruptible():
+        t = Thing()
+        r = weakref.ref(t, fire)
+        del t
+        gc.collect()
+        print("went on", flush=True)
+    print("not stopped", flush=True)
+except KeyboardInterrupt:
+    print("stopped at the block's end", flush=True)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "went on" in out.stdout and "stopped at the block's end" in out.stdout, out
+    assert "not stopped" not in out.stdout
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr

@@ -57,6 +57,12 @@ class Terminated(KeyboardInterrupt):
 # ----------------------------------------------------------------------------- signals
 _depth = 0
 _saved: dict[int, object] = {}
+_pending: int | None = None  # the signal that arrived, until the block ends or its exception is seen
+_hook = None  # sys.unraisablehook before the block
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -64,11 +70,27 @@ def _raise_terminated(signum, frame) -> None:
     # exception may land where Python swallows it (a weakref callback, a __del__), and a process that
     # then ignored every signal could only be stopped with SIGKILL. Temporaries a second signal leaves
     # behind are removed by the next run on the same target.
+    global _pending
     for s in _saved:
         signal.signal(s, signal.SIG_DFL)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated(signum)
+    _pending = signum
+    raise _interrupt(signum)
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """A signal's exception that Python could not raise (it landed in a weakref callback or __del__):
+    no "Exception ignored" traceback; the block raises it again where it ends, or at a check_signal."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _pending is not None:
+        return
+    (_hook or sys.__unraisablehook__)(unraisable)
+
+
+def check_signal() -> None:
+    """A safe point: raise the signal that arrived if its exception was lost (long loops call this)."""
+    global _pending
+    if _pending is not None:
+        signum, _pending = _pending, None
+        raise _interrupt(signum)
 
 
 @contextlib.contextmanager
@@ -76,11 +98,13 @@ def interruptible() -> Iterator[None]:
     """Within this block SIGTERM and SIGHUP raise ``Terminated``; handlers are restored after.
 
     Ctrl-C raises KeyboardInterrupt as usual, once: after the first of these signals a second one
-    ends the process at once, quietly (no traceback), even where the first one's exception was lost.
+    ends the process at once, quietly (no traceback). Where Python swallows the first one's exception
+    (a weakref callback, a __del__), nothing is printed and the exception is raised again at the next
+    ``check_signal`` or where the block ends, so the command still stops as interrupted.
     Only the main thread can own signal handlers; elsewhere, and where the program installed its
     own handlers, this does nothing.
     """
-    global _depth
+    global _depth, _pending, _hook
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -90,15 +114,20 @@ def interruptible() -> Iterator[None]:
                 _saved[s] = signal.signal(s, _raise_terminated)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             _saved[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_terminated)
+        _pending, _hook = None, sys.unraisablehook
+        sys.unraisablehook = _quiet_unraisable
     _depth += 1
     try:
         yield
+        if _depth == 1:
+            check_signal()  # the block's work ended, but a signal came whose exception was lost
     finally:
         _depth -= 1
         if _depth == 0:
             for s, old in _saved.items():
                 signal.signal(s, old)
             _saved.clear()
+            sys.unraisablehook, _hook, _pending = _hook or sys.__unraisablehook__, None, None
 
 
 # ----------------------------------------------------------------------------- the guard

@@ -38,7 +38,7 @@ from rlextra.checkpoints.series import (Checkpoint, CheckpointSeries, index_mode
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.headroom import describe, recent_headroom
 from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, finalize_window, window_sums
-from rlextra.io import atomic_output_dir, check_output, interruptible
+from rlextra.io import atomic_output_dir, check_output, check_signal, interruptible
 from rlextra.sampling import check_seed, pick_chunks, sample_indices
 
 TRAINER_MARKER = "trainer_state.json"  # written last by the HF/TRL Trainer's checkpoint save
@@ -249,6 +249,7 @@ def watch(run: str | Path, out_dir: str | Path, *, sample: float = 0.001, seed: 
                 if until_step is not None and cp.step >= until_step:
                     return _summary(state, out)
             polls += 1
+            check_signal()  # a Ctrl-C whose exception Python swallowed stops the watch here
             if once or (max_polls is not None and polls >= max_polls):
                 if not state.checkpoints:
                     raise RLExtraError(f"{run}: no complete checkpoint found")
