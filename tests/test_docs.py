@@ -98,3 +98,27 @@ def bad_links(doc: Path) -> list[str]:
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
 def test_every_relative_link_and_anchor_resolves(doc):
     assert bad_links(doc) == []
+
+
+def test_the_readme_findings_come_from_committed_files():
+    """Each number of the README's findings table is recomputed from the committed record it cites."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    runs = json.loads((ROOT / "bench/results/batch_sweep.json").read_text())["runs"]
+    last = {k: r["curve"][-1]["acc"] for k, r in runs.items()}
+    cells = [(b, s) for b in ("32x8", "128x16", "512x16") for s in (1, 2) if f"{b}-grpo-lr2-seed{s}" in runs]
+    gains = [last[f"{b}-grpo-lr2-seed{s}"] - last[f"{b}-grpo-seed{s}"] for b, s in cells]
+    assert f"+{min(gains):.3f} to +{max(gains):.3f} over GRPO" in readme
+    losses = [last[f"{b}-grpo-seed{s}"] - last[f"{b}-paper-seed{s}"] for b, s in cells
+              if b != "512x16" and f"{b}-paper-seed{s}" in runs]
+    assert f"lost {min(losses):.2f}-{max(losses):.2f} at small batches" in readme
+    assert f"gained +{last['512x16-paper-seed1'] - last['512x16-grpo-seed1']:.3f} at 512 x 16" in readme
+    curves = json.loads((ROOT / "experiments/smollm2/long/curves.json").read_text())
+    paper, lr6 = (curves["runs"][k]["150"]["acc"] for k in ("rlextra-20-100-lr1e-06", "grpo-lr6e-06"))
+    assert f"({paper:.3f} vs {lr6:.3f} at 150)" in readme
+    a = curves["analysis"]
+    kept = a["weights_paper_filters"]["n_params_analyzed"] / a["weights"]["n_params_analyzed"]
+    assert f"{a['weights_paper_filters']['frac_r2_above_0.7']:.0%} of the {kept:.2%} of entries its filters keep" \
+        in readme
+    assert f"{a['weights']['frac_r2_above_0.7']:.0%} of all entries with R² > 0.7" in readme
