@@ -36,8 +36,8 @@ from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, read_values
 from rlextra.checkpoints.series import (Checkpoint, CheckpointSeries, index_model_dir, resolve_model_dir,
                                         step_from_name, validate_series)
 from rlextra.errors import RLExtraError
-from rlextra.extrapolate.headroom import describe, recent_headroom
-from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, finalize_window, window_sums
+from rlextra.extrapolate.headroom import describe
+from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, InflightWindow
 from rlextra.io import atomic_output_dir, check_output, check_signal, interruptible
 from rlextra.sampling import check_seed, pick_chunks, sample_indices
 
@@ -96,8 +96,12 @@ class WatchState:
     names: list[str] = field(default_factory=list)
     index: dict[str, np.ndarray] = field(default_factory=dict)  # name -> sorted sampled flat indices
     values: dict[str, list[np.ndarray]] = field(default_factory=dict)  # name -> one vector per checkpoint
-    rows: list[dict] = field(default_factory=list)
+    window: InflightWindow = field(default_factory=lambda: InflightWindow(8))  # the monitor's window class
     skipped: dict[str, str] = field(default_factory=dict)  # folder -> why it is not in the report (newest look)
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.window.rows
 
     def series(self) -> CheckpointSeries:
         return CheckpointSeries(list(self.checkpoints))
@@ -124,15 +128,15 @@ def read_checkpoint(state: WatchState, cp: Checkpoint, sample: float, seed: int,
     state.checkpoints.append(cp)
 
 
-def inflight_row(state: WatchState, window: int, alphas: Sequence[float]) -> dict | None:
-    """The monitor's row over the last ``window`` checkpoints (None before 3)."""
-    k = len(state.checkpoints)
-    if k < 3:
+def inflight_row(state: WatchState) -> dict | None:
+    """The newest checkpoint's sample into the window, and the window's row (None before 3)."""
+    cp = state.checkpoints[-1]
+    state.window.add(cp.step, {n: v[-1] for n, v in state.values.items()})  # the same arrays, not copies
+    if not state.window.ready():
         return None
-    lo = max(0, k - window)
-    steps = [c.step for c in state.checkpoints[lo:]]
-    sums = window_sums(steps, {n: v[lo:] for n, v in state.values.items()}, alphas=alphas)
-    return finalize_window(steps[-1], steps, sums, alphas=alphas)
+    row = state.window.row()
+    state.window.record(row)
+    return row
 
 
 def backtest_summary(rows: Sequence[dict]) -> dict:
@@ -213,7 +217,7 @@ def watch(run: str | Path, out_dir: str | Path, *, sample: float = 0.001, seed: 
     if not run.is_dir():
         raise RLExtraError(f"{run}: no such run folder")
     out = check_output(out_dir, inputs=[run], overwrite=overwrite)
-    state = WatchState()
+    state = WatchState(window=InflightWindow(window, alphas))
     written = False
     polls = 0
     said: dict[str, str] = {}
@@ -236,10 +240,7 @@ def watch(run: str | Path, out_dir: str | Path, *, sample: float = 0.001, seed: 
             new = [c for c in ready if last is None or c.step > last]
             for cp in new:
                 read_checkpoint(state, cp, sample, seed, chunk_size)
-                row = inflight_row(state, window, alphas)
-                if row is not None:
-                    row["lr_headroom"] = recent_headroom(state.rows, row)
-                    state.rows.append(row)
+                row = inflight_row(state)
                 write_report(state, out, sample=sample, seed=seed, chunk_size=chunk_size, plots=plots,
                              inputs=[run], overwrite=overwrite or written)
                 written = True

@@ -195,3 +195,85 @@ def flat_metrics(row: Mapping) -> dict[str, float]:
         out[f"backtest/{method}/weight_error"] = e["weight_error"]
         out[f"backtest/{method}/alpha"] = e["alpha"]
     return {k: float(v) for k, v in out.items() if v is not None}
+
+
+class InflightWindow:
+    """The one window of sampled snapshots that the trainer's ``LinearityMonitor`` and ``rlextra watch``
+    keep: the last ``size`` snapshots of the current segment (a jump or an lr change starts a new one,
+    so no window straddles it), the rows and events logged so far, and the row of the window now.
+
+    ``add`` keeps a snapshot (the arrays are kept as given, not copied); ``row`` computes the window's
+    row (``sums`` from outside when shards added theirs up) with its ``segment`` and ``lr_headroom``;
+    ``record`` appends a row or an event. ``state``/``tensors`` and ``load`` save and resume it.
+    """
+
+    def __init__(self, size: int, alphas: Sequence[float] = DEFAULT_ALPHAS,
+                 methods: Sequence[str] = INFLIGHT_METHODS, primary_alpha: float | None = 2.0) -> None:
+        self.size, self.methods, self.primary_alpha = size, tuple(methods), primary_alpha
+        self.alphas = tuple(sorted(set(float(a) for a in alphas)))
+        self.snapshots: list[tuple[float, dict[str, np.ndarray]]] = []
+        self.segment = 0
+        self.rows: list[dict] = []  # every row and event, oldest first
+
+    @property
+    def steps(self) -> list[float]:
+        return [s for s, _ in self.snapshots]
+
+    def add(self, step: float, sample: Mapping[str, np.ndarray]) -> bool:
+        """Keep the snapshot at ``step`` (once per step); False when the window holds it already."""
+        if self.snapshots and self.snapshots[-1][0] == step:
+            return False
+        self.snapshots.append((step, dict(sample)))
+        del self.snapshots[:-self.size]
+        return True
+
+    def ready(self) -> bool:
+        return len(self.snapshots) >= 3
+
+    def sums(self) -> dict:
+        names = self.snapshots[-1][1].keys()
+        return window_sums(self.steps, {n: [snap[n] for _, snap in self.snapshots] for n in names},
+                           alphas=self.alphas, methods=self.methods)
+
+    def row(self, sums: Mapping[str, float] | None = None) -> dict:
+        """The row of the window now (not recorded): R^2, the backtest ladder, segment, lr headroom."""
+        from rlextra.extrapolate.headroom import recent_headroom
+
+        row = finalize_window(self.steps[-1], self.steps, self.sums() if sums is None else sums, alphas=self.alphas,
+                              methods=self.methods, primary_alpha=self.primary_alpha)
+        row["segment"] = self.segment
+        row["lr_headroom"] = recent_headroom(self.segment_rows(), row)
+        return row
+
+    def record(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def restart(self, step: float, sample: Mapping[str, np.ndarray], event: str, **info) -> dict:
+        """The path changed at ``step``: a new segment starting from ``sample``; returns the event row."""
+        self.segment += 1
+        self.snapshots = [(step, dict(sample))]
+        ev = {"step": step, "event": event, "segment": self.segment, **info}
+        self.record(ev)
+        return ev
+
+    def segment_rows(self) -> list[dict]:
+        """The rows (not events) of the current segment, oldest first."""
+        return [r for r in self.rows if r.get("segment") == self.segment and "event" not in r]
+
+    def state(self) -> dict:
+        return {"snapshot_steps": self.steps, "segment": self.segment, "rows": self.rows}
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Every snapshot as ``"i/name"`` arrays (a safetensors file)."""
+        return {f"{i}/{k}": v for i, (_, snap) in enumerate(self.snapshots) for k, v in snap.items()}
+
+    def load(self, state: Mapping, tensors: Mapping[str, np.ndarray], where: str) -> None:
+        """Resume from ``state`` and ``tensors`` (as saved); NaN or Inf in them is refused, naming ``where``."""
+        from rlextra.errors import RLExtraError
+
+        self.snapshots = [(s, {k.split("/", 1)[1]: np.asarray(v) for k, v in tensors.items()
+                               if k.split("/", 1)[0] == str(i)}) for i, s in enumerate(state["snapshot_steps"])]
+        if any(not np.isfinite(v).all() for _, snap in self.snapshots for v in snap.values()):
+            raise RLExtraError(f"{where}: the monitor's window holds NaN or Inf; remove this checkpoint folder to "
+                               "resume from the one before")
+        self.segment, self.rows = state["segment"], list(state["rows"])

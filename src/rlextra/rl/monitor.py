@@ -41,8 +41,7 @@ from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
 from rlextra.io import truncate_run_log
-from rlextra.extrapolate.headroom import recent_headroom
-from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, finalize_window, flat_metrics, window_sums
+from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, InflightWindow, flat_metrics
 from rlextra.rl.params import is_sharded, is_zero3
 from rlextra.sampling import sample_indices
 
@@ -104,17 +103,34 @@ class LinearityMonitor(TrainerCallback):
             if m not in INFLIGHT_METHODS:
                 raise RLExtraError(f"unknown in-flight backtest method '{m}' ({', '.join(INFLIGHT_METHODS)})")
         self.every, self.sample, self.seed, self.window = every, float(sample), seed, window
-        self.alphas = tuple(sorted(set(float(a) for a in alphas)))
-        self.primary_alpha, self.methods = primary_alpha, tuple(methods)
+        self.win = InflightWindow(window, alphas, methods, primary_alpha)  # snapshots, segments, rows
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.snapshots: list[tuple[int, dict[str, np.ndarray]]] = []
-        self.segment = 0
-        self.rows: list[dict] = []  # every row and event of this process's run, oldest first
         self._pending: dict[str, float] = {}
         self._index: dict[str, tuple[np.ndarray, int]] | None = None  # name -> (local positions, global numel)
         self._sharded = False
         self.seconds = 0.0  # time spent snapshotting and computing, this process
         self.lr_multiplier: float | None = None  # set by an AdaptiveLR; logged with each row
+
+    # the window's state, under the names the monitor has always had
+    @property
+    def snapshots(self) -> list:
+        return self.win.snapshots
+
+    @property
+    def segment(self) -> int:
+        return self.win.segment
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.win.rows  # every row and event of this process's run, oldest first
+
+    @property
+    def alphas(self) -> tuple:
+        return self.win.alphas
+
+    @alphas.setter
+    def alphas(self, value) -> None:  # adaptive RL-Extra widens the ladder to its own horizons
+        self.win.alphas = tuple(sorted(set(float(a) for a in value)))
 
     def attach(self, trainer) -> "LinearityMonitor":
         """Add to ``trainer`` as its first callback, so TensorBoard / W&B receive the values it logs."""
@@ -164,26 +180,19 @@ class LinearityMonitor(TrainerCallback):
         if not force and step % self.every:
             return None
         t0 = time.perf_counter()
-        self.snapshots.append((step, self.read_sample(model)))
-        del self.snapshots[:-self.window]
-        row = self._emit(step, t0) if len(self.snapshots) >= 3 else None
+        self.win.add(step, self.read_sample(model))
+        row = self._emit(step, t0) if self.win.ready() else None
         self.seconds += time.perf_counter() - t0
         return row
 
     def _emit(self, step: int, t0: float) -> dict | None:
-        steps = [s for s, _ in self.snapshots]
-        names = self.snapshots[-1][1].keys()
-        sums = window_sums(steps, {n: [snap[n] for _, snap in self.snapshots] for n in names},
-                           alphas=self.alphas, methods=self.methods)
+        sums = self.win.sums()
         dist = _dist()
         if dist is not None and self._sharded:
             sums = _all_reduce_sums(dist, sums)
         if dist is not None and dist.get_rank() != 0:
             return None
-        row = finalize_window(step, steps, sums, alphas=self.alphas, methods=self.methods,
-                              primary_alpha=self.primary_alpha)
-        row["segment"] = self.segment
-        row["lr_headroom"] = recent_headroom(self.segment_rows(), row)
+        row = self.win.row(sums)
         if self.lr_multiplier is not None:
             row["lr_multiplier"] = self.lr_multiplier
         row["monitor_seconds"] = round(self.seconds + time.perf_counter() - t0, 4)  # this process, so far
@@ -198,16 +207,17 @@ class LinearityMonitor(TrainerCallback):
     def restart_window(self, model, step: int, event: str, **info) -> None:
         """The path changed at ``step`` (a jump, a new learning rate): a new segment, whose window starts
         from the weights as they are now, so no window straddles the change."""
-        self.segment += 1
-        self.snapshots = [(step, self.read_sample(model))]
-        self._record({"step": step, "event": event, "segment": self.segment, **info})
+        self._write(self.win.restart(step, self.read_sample(model), event, **info))
 
     def mark_rollback(self, step: int, **info) -> None:
         """A jump was undone (weights restored): the window goes on as before."""
         self._record({"step": step, "event": "rollback", "segment": self.segment, **info})
 
     def _record(self, row: dict) -> None:
-        self.rows.append(row)
+        self.win.record(row)
+        self._write(row)
+
+    def _write(self, row: dict) -> None:
         dist = _dist()
         if self.output_dir is not None and (dist is None or dist.get_rank() == 0):
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +226,7 @@ class LinearityMonitor(TrainerCallback):
 
     def segment_rows(self) -> list[dict]:
         """The rows (not events) of the current segment, oldest first."""
-        return [r for r in self.rows if r.get("segment") == self.segment and "event" not in r]
+        return self.win.segment_rows()
 
     def _go_first(self) -> None:
         """Passed in ``callbacks=[...]``, the monitor sits after the reporting integrations (TensorBoard,
@@ -270,14 +280,12 @@ class LinearityMonitor(TrainerCallback):
         if dist is not None and not self._sharded and dist.get_rank() != 0:
             return
         ckpt.mkdir(parents=True, exist_ok=True)
-        tensors = {f"{i}/{k}": torch.from_numpy(v) for i, (_, snap) in enumerate(self.snapshots)
-                   for k, v in snap.items()}
+        tensors = {k: torch.from_numpy(v) for k, v in self.win.tensors().items()}
         save_file(tensors, str(ckpt / (WINDOW_FILE + suffix)))
         if dist is None or dist.get_rank() == 0:
             (ckpt / WINDOW_STATE).write_text(json.dumps({
                 "every": self.every, "sample": self.sample, "seed": self.seed, "window": self.window,
-                "snapshot_steps": [s for s, _ in self.snapshots], "segment": self.segment,
-                "rows": self.rows}, indent=1) + "\n")
+                **self.win.state()}, indent=1) + "\n")
 
     def _restore(self, ckpt: Path, step: int) -> None:
         from safetensors.torch import load_file
@@ -302,12 +310,7 @@ class LinearityMonitor(TrainerCallback):
         except Exception as exc:  # truncated, not safetensors, missing
             raise RLExtraError(f"{ckpt / name}: the monitor's window cannot be read ({type(exc).__name__}); remove "
                                "this checkpoint folder to resume from the one before") from None
-        self.snapshots = [(s, {k.split("/", 1)[1]: v.numpy() for k, v in flat.items() if k.split("/", 1)[0] == str(i)})
-                          for i, s in enumerate(st["snapshot_steps"])]
-        if any(not np.isfinite(v).all() for _, snap in self.snapshots for v in snap.values()):
-            raise RLExtraError(f"{ckpt / name}: the monitor's window holds NaN or Inf; remove this checkpoint folder "
-                               "to resume from the one before")
-        self.segment, self.rows = st["segment"], st["rows"]
+        self.win.load(st, {k: v.numpy() for k, v in flat.items()}, str(ckpt / name))
         # rows logged after this checkpoint by the run that stopped are replayed by this one
         if self.output_dir is not None and (dist is None or dist.get_rank() == 0):
             from rlextra.io import write_atomic
