@@ -37,6 +37,17 @@ def check_lr_auto(every: int, min_multiplier: float, max_multiplier: float) -> N
         raise RLExtraError(f"--lr-auto-min {min_multiplier}: must be in (0, 1]")
 
 
+def check_monitor(every: int | None, window: int, sample: float, seed: int) -> None:
+    """The one check of the monitor's options (every: None when off): TrainConfig and LinearityMonitor."""
+    if every is not None and (isinstance(every, bool) or not (isinstance(every, int) and every >= 1)):
+        raise RLExtraError(f"--monitor-every {every}: must be an integer >= 1")
+    if isinstance(window, bool) or not (isinstance(window, int) and window >= 3):
+        raise RLExtraError(f"--monitor-window {window}: must be an integer >= 3 (a line and a point to check)")
+    if isinstance(sample, bool) or not (isinstance(sample, (int, float)) and math.isfinite(sample) and 0 < sample <= 1):
+        raise RLExtraError(f"--monitor-sample {sample}: must be in (0, 1]")
+    check_seed(seed, "--monitor-seed")
+
+
 def check_cycle(m: int, n: int) -> None:
     """The one check of an RL-Extra cycle's m (real steps) and n (extrapolated steps): callback, loop, CLI."""
     if isinstance(m, bool) or isinstance(n, bool) or int(m) != m or int(n) != n or m < 1 or n < 0:
@@ -133,7 +144,6 @@ class TrainConfig:
                 ("--lr-warmup-steps", self.warmup_steps, 0), ("--eval-problems", self.eval_problems, 0),
                 ("--rl-extra-warmup", self.rl_extra_warmup, 0)]
         check_seed(self.seed)
-        check_seed(self.monitor_seed, "--monitor-seed")
         for option, value, low in ints:
             if not (isinstance(value, int) and value >= low):
                 raise RLExtraError(f"{option} {value}: must be an integer >= {low}")
@@ -195,12 +205,7 @@ class TrainConfig:
         if self.optimizer == "prodigy" and self.learning_rate < 0.1:
             raise RLExtraError(f"--optimizer prodigy with --lr {self.learning_rate:g}: Prodigy's lr scales its own "
                                "step estimate (its authors recommend 1.0); pass --lr 1.0")
-        if self.monitor_every is not None and not (isinstance(self.monitor_every, int) and self.monitor_every >= 1):
-            raise RLExtraError(f"--monitor-every {self.monitor_every}: must be an integer >= 1")
-        if not (isinstance(self.monitor_window, int) and self.monitor_window >= 3):
-            raise RLExtraError(f"--monitor-window {self.monitor_window}: must be an integer >= 3")
-        if not (math.isfinite(self.monitor_sample) and 0 < self.monitor_sample <= 1):
-            raise RLExtraError(f"--monitor-sample {self.monitor_sample}: must be in (0, 1]")
+        check_monitor(self.monitor_every, self.monitor_window, self.monitor_sample, self.monitor_seed)
 
     def monitor_period(self) -> int | None:
         """Steps between monitor snapshots: --monitor-every, else every max(1, M/10) under --rl-extra-auto

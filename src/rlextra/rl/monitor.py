@@ -42,6 +42,7 @@ from transformers import TrainerCallback
 from rlextra.errors import RLExtraError
 from rlextra.io import truncate_run_log
 from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, InflightWindow, flat_metrics
+from rlextra.rl.config import check_monitor
 from rlextra.rl.params import is_sharded, is_zero3
 from rlextra.sampling import sample_indices
 
@@ -89,14 +90,7 @@ class LinearityMonitor(TrainerCallback):
     def __init__(self, every: int = 10, *, sample: float = 0.001, seed: int = 0, window: int = 8,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, primary_alpha: float | None = 2.0,
                  methods: Sequence[str] = INFLIGHT_METHODS, output_dir: str | Path | None = None) -> None:
-        if not (isinstance(every, int) and every >= 1):
-            raise RLExtraError(f"--monitor-every {every}: must be an integer >= 1")
-        if not (isinstance(window, int) and window >= 3):
-            raise RLExtraError(f"--monitor-window {window}: must be an integer >= 3 (a line and a point to check)")
-        if not (isinstance(sample, (int, float)) and 0 < sample <= 1):
-            raise RLExtraError(f"--monitor-sample {sample}: must be in (0, 1]")
-        if not (isinstance(seed, int) and seed >= 0):
-            raise RLExtraError(f"--monitor-seed {seed}: must be an integer >= 0")
+        check_monitor(every, window, sample, seed)
         if not alphas or not all(math.isfinite(a) and a > 1 for a in alphas):
             raise RLExtraError(f"monitor horizons must be alphas > 1, got {list(alphas)}")
         for m in methods:
