@@ -76,3 +76,22 @@ def series_dir(tmp_path):
     for k, s in enumerate(steps):
         write_ckpt(run / f"checkpoint-{s}", {n: v[k] for n, v in vals.items()}, trainer_step=s)
     return run, steps, vals
+
+
+# one tiny warmed-up model for the GRPO tests, built once per session (test_rl_harness builds its own:
+# it checks the build itself)
+TINY_SPEC_FIELDS = dict(name="arithmetic", ops="+", digits=1, n_train=60, n_test=20, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec():
+    from rlextra.tasks import TaskSpec
+
+    return TaskSpec(**TINY_SPEC_FIELDS)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, tiny_spec):
+    from rlextra.rl.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", tiny_spec, warmup_steps=30, progress=False)[0]

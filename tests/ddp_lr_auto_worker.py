@@ -11,24 +11,12 @@ import sys
 from types import SimpleNamespace
 
 import torch
-from torch.utils.data import Dataset
 
 from rlextra.rl.lr_auto import AdaptiveLR
 from rlextra.rl.models import char_tokenizer, tiny_llama
 from rlextra.rl.monitor import LinearityMonitor
+from ddp_rl_extra_worker import Toy  # the same toy data as the RL-Extra worker
 from worker_exit import arm_watchdog, leave
-
-
-class Toy(Dataset):
-    def __init__(self, tok):
-        self.rows = [tok(f"{a}+{b}={a + b}")["input_ids"] for a in range(10) for b in range(10)]
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        ids = torch.tensor(self.rows[i][:5])
-        return {"input_ids": ids, "labels": ids}
 
 
 def ddp(out, tok, model, mon, cb):

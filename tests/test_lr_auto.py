@@ -14,6 +14,8 @@ from rlextra.extrapolate.inflight import finalize_window, window_sums
 from rlextra.rl.config import TrainConfig
 from rlextra.rl.lr_auto import LOG_FILE, STATE_FILE, AdaptiveLR, decide, reward_drop
 from rlextra.rl.monitor import LinearityMonitor
+from rlextra.tasks import TaskSpec
+from conftest import TINY_SPEC_FIELDS
 
 torch.set_num_threads(1)
 
@@ -185,17 +187,7 @@ def test_config_refuses_what_cannot_compose():
         AdaptiveLR(None)
 
 
-SPEC = None
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from rlextra.rl.models import build_tiny_model
-    from rlextra.tasks import TaskSpec
-
-    global SPEC
-    SPEC = TaskSpec("arithmetic", ops="+", digits=1, n_train=60, n_test=20, seed=0)
-    return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", SPEC, warmup_steps=30, progress=False)[0]
+SPEC = TaskSpec(**TINY_SPEC_FIELDS)  # the spec of conftest's tiny model
 
 
 @pytest.mark.slow

@@ -15,6 +15,8 @@ from rlextra.rl.models import char_tokenizer, tiny_llama
 from rlextra.rl.config import AUTO_THRESHOLD
 from rlextra.rl.monitor import LOG_FILE, WINDOW_STATE, LinearityMonitor
 from rlextra.rl.rl_extra import AutoJump, RLExtraCallback
+from rlextra.tasks import TaskSpec
+from conftest import TINY_SPEC_FIELDS
 
 torch.set_num_threads(1)
 
@@ -203,17 +205,7 @@ def test_jumps_and_rollbacks_are_marked_in_the_series(tmp_path):
     assert math.isclose(cb.n, 2)  # halved by the rollback
 
 
-SPEC = None
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from rlextra.rl.models import build_tiny_model
-    from rlextra.tasks import TaskSpec
-
-    global SPEC
-    SPEC = TaskSpec("arithmetic", ops="+", digits=1, n_train=60, n_test=20, seed=0)
-    return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", SPEC, warmup_steps=30, progress=False)[0]
+SPEC = TaskSpec(**TINY_SPEC_FIELDS)  # the spec of conftest's tiny model
 
 
 @pytest.mark.slow

@@ -8,16 +8,11 @@ import pytest
 
 from rlextra.rl import TrainConfig, train
 from rlextra.tasks import TaskSpec
+from conftest import TINY_SPEC_FIELDS
 
-SPEC = TaskSpec("arithmetic", ops="+", digits=1, n_train=60, n_test=20, seed=0)
+
+SPEC = TaskSpec(**TINY_SPEC_FIELDS)  # the spec of conftest's tiny model
 VOLATILE = ("train_seconds", "monitor_seconds")  # wall-clock figures, not the run's content
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from rlextra.rl.models import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", SPEC, warmup_steps=30, progress=False)[0]
 
 
 def _logs(run):

@@ -15,6 +15,7 @@ from rlextra.rl.models import build_tiny_model, char_tokenizer, tiny_llama
 from rlextra.rl.rl_extra import ANCHOR_FILE, STATE_FILE, RLExtraCallback
 from rlextra.rl import TrainConfig, train
 from rlextra.tasks import TaskSpec
+from conftest import TINY_SPEC_FIELDS
 
 NORM = "model.layers.0.input_layernorm.weight"
 MAT = "model.layers.0.mlp.up_proj.weight"
@@ -78,12 +79,7 @@ def test_m_comma_zero_is_the_reset_only_control(tmp_path):
     assert not (tmp_path / "keep" / "rl_extra.jsonl").exists()
 
 
-SPEC = TaskSpec("arithmetic", ops="+", digits=1, n_train=60, n_test=20, seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", SPEC, warmup_steps=30, progress=False)[0]
+SPEC = TaskSpec(**TINY_SPEC_FIELDS)  # the spec of conftest's tiny model
 
 
 @pytest.mark.slow

@@ -151,49 +151,45 @@ def _kill_marked(marker: str, wait: float = 2.0) -> None:
         time.sleep(0.02)
 
 
-def _signal_marked(marker: str) -> int:
-    """SIGKILL the marked processes; how many were found."""
-    needle = f"{MARKER}={marker}".encode()
+def _kill_where(matches) -> int:
+    """SIGKILL every other process for which ``matches(pid)`` holds (it reads /proc; a process that
+    went away meanwhile does not count); how many were found."""
     found = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
+            hit = matches(entry)
+        except (OSError, ValueError):
             continue
-        if needle in env.split(b"\0"):
+        if hit:
             found += 1
             try:
                 os.kill(int(entry), signal.SIGKILL)
             except OSError:
                 pass
     return found
+
+
+def _signal_marked(marker: str) -> int:
+    """SIGKILL the marked processes; how many were found."""
+    needle = f"{MARKER}={marker}".encode()
+
+    def marked(pid: str) -> bool:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return needle in f.read().split(b"\0")
+    return _kill_where(marked)
 
 
 def _signal_uid(uid: int) -> int:
     """SIGKILL every process whose real or effective uid is the run's own (as root each run has one no
     one else uses, so this finds what dropped the marker: a daemon that execs with an empty
-    environment); how many were found."""
-    found = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                fields = dict(x.split(":", 1) for x in f if x.startswith(("Uid:", "State:")))
-        except (OSError, ValueError):
-            continue
-        if fields.get("State", "").split()[:1] == ["Z"]:  # dead already; its parent has yet to reap it
-            continue
-        if str(uid) in fields.get("Uid", "").split()[:2]:
-            found += 1
-            try:
-                os.kill(int(entry), signal.SIGKILL)
-            except OSError:
-                pass
-    return found
+    environment); how many were found. A zombie (dead, its parent yet to reap it) is left alone."""
+    def owned(pid: str) -> bool:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(x.split(":", 1) for x in f if x.startswith(("Uid:", "State:")))
+        return fields.get("State", "").split()[:1] != ["Z"] and str(uid) in fields.get("Uid", "").split()[:2]
+    return _kill_where(owned)
 
 
 def _stop(proc: subprocess.Popen, marker: str, uid: int | None = None) -> None:
