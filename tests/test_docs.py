@@ -122,3 +122,21 @@ def test_the_readme_findings_come_from_committed_files():
     assert f"{a['weights_paper_filters']['frac_r2_above_0.7']:.0%} of the {kept:.2%} of entries its filters keep" \
         in readme
     assert f"{a['weights']['frac_r2_above_0.7']:.0%} of all entries with R² > 0.7" in readme
+
+
+def test_the_readme_lr_sweep_row_comes_from_the_sweeps_summary():
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    summary = json.loads((ROOT / "bench/results/lr_sweep_summary.json").read_text())
+    n = summary["n"]
+    assert f"within 2x of the sweep's best in {summary['hits']} of {n} cells (a constant x2 did in " \
+           f"{summary['constant_hits']['x2']})" in readme
+    auto = summary["lr_auto"]
+    within = sum(r["last_minus_best"] >= -r["se"] for r in auto)
+    assert len(auto) == n and f"within one SE of the sweep-best in {within} of {n}" in readme
+    worst = sorted(-r["worst_vs_x1_in_se"] for r in auto if r["worst_vs_x1_in_se"] < -1)
+    assert f"fell {worst[0]:.1f}-{worst[-1]:.1f} SE below GRPO x1" in readme
+    from rlextra.extrapolate.headroom import HEURISTIC
+
+    assert f"in {summary['hits']} of {n} tiny-model cells" in HEURISTIC
