@@ -11,7 +11,8 @@ cd "$(dirname "$0")/../../.."
 LANE=$1 LR=$2
 T=experiments/smollm2/long/train_and_eval.sh
 lr() { python3 -c "print(f'{$LR * $1:g}')"; }  # the chosen lr times a factor
-name() { python3 -c "print(f'{$LR * $1:.0e}')"; }
+name() { python3 -c "print(f'{$LR * $1:.0e}')"; }  # one significant digit: the names on record (x1, x2, x6)
+name2() { python3 -c "print(f'{$LR * $1:.2g}')"; }  # x12 is 1.2e-05, not 1e-05
 case $LANE in
   A)
     bash $T rlextra-20-20-lr$(name 1) $LR --rl-extra 20,20                       # the paper's RL-Extra
@@ -30,8 +31,8 @@ case $LANE in
     bash $T rlextra-20-20-lr$(name 1)-seed1 $LR --rl-extra 20,20 --seed 1
     ;;
   D)  # which learning rate? (bench/RESULTS.md, "Which learning rate?"): x12 beyond the x6 on record, and
-      # rlextra's --lr-auto from the base lr; add x24 (grpo-lr$(name 24)) if x12 still rises at step 150
-    bash $T grpo-lr$(name 12) "$(lr 12)"
+      # rlextra's --lr-auto from the base lr; add x24 (grpo-lr$(name2 24)) if x12 still rises at step 150
+    bash $T grpo-lr$(name2 12) "$(lr 12)"
     bash $T lrauto-lr$(name 1) $LR --lr-auto
     ;;
   *) echo "lane A, B, C or D" >&2; exit 2 ;;
