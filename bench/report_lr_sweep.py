@@ -183,7 +183,8 @@ def report(cells: list[dict]) -> tuple[str, dict]:
                          f"{run['curve'][-1]['acc']:.3f} | {'yes' if collapsed(run['curve']) else 'no'} | "
                          f"{_f(ev['err2'])} | {_f(ev['err6'])} | {_f(ev['r2'])} | {_f(ev['update'], '{:.2e}')} | "
                          f"{_f(ev['reward_slope'], '{:+.4f}')} | {_f(ev['err2_later'])} |")
-    lines += ["", "| cell | multipliers run | c* (mean) | best at the last step | predicted (headroom, x1 run, "
+    lines += ["", "The best multiplier per cell, and the headroom's prediction from the x1 run:", "",
+              "| cell | multipliers run | c* (mean) | best at the last step | predicted (headroom, x1 run, "
               "steps <= 20) | its evidence (mean error per alpha) | hit (within 2x of c*) |", "|---|---|---|---|---|---|---|"]
     hits = 0
     from rlextra.extrapolate.headroom import predict_multiplier
@@ -212,7 +213,8 @@ def report(cells: list[dict]) -> tuple[str, dict]:
     summary["constant_hits"] = {f"x{c:g}": n for c, n in consts.items()}
     lines += ["", f"Hits: **{hits} of {len(judged)}** judged cells. The same criterion gives a constant guess, the "
               f"same in every cell: " + ", ".join(f"x{c:g} {n} of {len(judged)}" for c, n in consts.items()) + ".", ""]
-    lines += ["| cell | run | final avg@4 | minus sweep-best at the last step (paired SE) | mean avg@4 | "
+    lines += ["At equal real steps and seeds: GRPO at the base lr, the sweep-best, `--lr-auto` and Prodigy:", "",
+              "| cell | run | final avg@4 | minus sweep-best at the last step (paired SE) | mean avg@4 | "
               "worst gap to x1 over checkpoints / SE | collapsed | runs | lr multipliers taken | monitor's time / "
               "training time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for cell in cells:
