@@ -208,8 +208,10 @@ def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sampl
     """
     newest = series.newest.tensors
     examples_wanted = set(example_names)
-    total = sum(newest[n].numel for n in names)
-    with tqdm(total=total, unit="param", unit_scale=True, desc="analyze weights",
+    # the bar counts the bytes the pass covers (every checkpoint's copy of each entry), so its rate reads
+    # against the disk's (`cat` of the series): at a glance, is rlextra or the disk the limit?
+    total = sum(newest[n].numel * sum(r.itemsize for r in series.refs(n)) for n in names)
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="analyze weights",
               disable=not progress) as bar:
         def one(name: str) -> tuple[_TensorStats, list[dict]]:
             return _tensor_stats(series, name, sample=sample, seed=seed, min_change=min_change,
@@ -235,6 +237,7 @@ def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min
                   device=None) -> tuple[_TensorStats, list[dict]]:
     """One tensor's running sums across the series, chunk by chunk, and its example trajectory."""
     refs = series.refs(name)
+    per_entry = sum(r.itemsize for r in refs)  # bytes of one entry across the series: the bar's unit
     st = _TensorStats()
     examples: list[dict] = []
     idx = sample_indices(name, refs[0].numel, sample, seed) if sample else None
@@ -252,7 +255,7 @@ def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min
             cand = rng.choice(n, size=min(N_CANDIDATES, n), replace=False) if want_example else None
             if fused_ok and cand is None:  # the common case: one compiled pass, no per-parameter arrays
                 _fused_chunk(st, blocks.read(start, stop), steps_fit, refs, series.steps, start, stop)
-                bar.update(advance)
+                bar.update(advance * per_entry)
                 continue
             fit = LineFit(series.steps, n, track_range=min_change is not None, distinct_cap=min_distinct or 0)
             traj = []
@@ -271,7 +274,7 @@ def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min
                         min_change=min_change, min_distinct=min_distinct, on_fit=on_fit)
             if examples:
                 want_example = False
-            bar.update(advance)
+            bar.update(advance * per_entry)
     return st, examples
 
 
