@@ -265,8 +265,12 @@ def plot(cells: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     from rlextra.extrapolate.headroom import predict_multiplier
 
-    fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.4), sharey=True, squeeze=False)
-    for ax, cell in zip(axes[0], cells):
+    cols = min(4, len(cells))
+    rows = -(-len(cells) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(cells):]:
+        ax.axis("off")
+    for ax, cell in zip(axes.flat, cells):
         cs = list(cell["sweep"])
         ax.plot(cs, [mean_accuracy(cell["sweep"][c]["curve"]) for c in cs], "o-", label="mean over checkpoints")
         ax.plot(cs, [cell["sweep"][c]["curve"][-1]["acc"] for c in cs], "s--", label="last step")
@@ -279,7 +283,7 @@ def plot(cells: list[dict], path: Path) -> None:
                 ax.axhline(cell["others"][name]["curve"][-1]["acc"], color=style, ls=":", lw=1.5,
                            label=f"{name}, last step")
         ax.set_xscale("log", base=2)
-        ax.set_title(cell["name"], fontsize=8)
+        ax.set_title(cell["name"] + (" (sweep incomplete)" if missing(cell) else ""), fontsize=8)
         ax.set_xlabel("lr multiplier")
     axes[0][0].set_ylabel("held-out avg@4")
     axes[0][0].legend(fontsize=6)
@@ -294,6 +298,7 @@ def compact_row(r: dict) -> dict:
         return {k: v for k, v in r.items() if k in ("step", "event", "segment", "lr_multiplier")}
     out = {"step": r["step"], "segment": r.get("segment", 0), "window_steps": r.get("window_steps"),
            "mean_r2": None if r.get("mean_r2") is None else round(r["mean_r2"], 6),
+           **({"frac_r2_above_0.7": round(r["frac_r2_above_0.7"], 6)} if r.get("frac_r2_above_0.7") is not None else {}),
            "relative_update": None if r.get("relative_update") is None else float(f"{r['relative_update']:.4g}"),
            "backtest_ladder": {"two-point": [
                {"alpha": e["alpha"], "weight_error": None if e["weight_error"] is None else round(e["weight_error"], 6)}

@@ -187,7 +187,8 @@ def plot_linearity_vs_step(rows: Sequence[dict], path: Path, title: str = "In-fl
         a3.legend(fontsize=7)
     steps = [r["step"] for r in rows]
     a1.plot(steps, [r["mean_r2"] for r in rows], "o-", ms=3, label="mean R²")
-    a1.plot(steps, [r["frac_r2_above_0.7"] for r in rows], "s--", ms=3, label="fraction R² > 0.7")
+    if all("frac_r2_above_0.7" in r for r in rows):  # compacted rows (a benchmark's record) may keep the mean only
+        a1.plot(steps, [r["frac_r2_above_0.7"] for r in rows], "s--", ms=3, label="fraction R² > 0.7")
     a1.set_xlabel("real step")
     a1.set_ylim(0, 1)
     a1.set_title("window R²")
@@ -200,7 +201,10 @@ def plot_linearity_vs_step(rows: Sequence[dict], path: Path, title: str = "In-fl
             a2.plot(*zip(*pts), "o-", ms=3, label=f"two-point, alpha {alpha:g}")
     a2.axhline(1.0, color="#cc3311", ls="--", lw=1, label="no better than stopping")
     if room:
-        a2.axhline(next(r for r in reversed(rows) if r.get("lr_headroom"))["lr_headroom"]["threshold"], color="grey", ls=":", lw=1, label="headroom threshold")
+        from rlextra.extrapolate.headroom import HEADROOM_THRESHOLD
+
+        last = next(r for r in reversed(rows) if r.get("lr_headroom"))["lr_headroom"]
+        a2.axhline(last.get("threshold", HEADROOM_THRESHOLD), color="grey", ls=":", lw=1, label="headroom threshold")
     for j in jumps:
         a1.axvline(j, color="grey", lw=0.5)
         a2.axvline(j, color="grey", lw=0.5)
