@@ -68,8 +68,9 @@ def test_the_checker_catches_a_broken_command_and_a_broken_link(tmp_path):
     assert "unrecognized arguments: --no-such-flag" in parses("rlextra analyze weights runs/ -o o --no-such-flag")
     assert parses("rlextra no-such-command") is not None
     broken = tmp_path / "page.md"
-    broken.write_text("[x](missing.md) [y](#nowhere)\n# Here\n")
-    assert set(bad_links(broken)) == {"missing.md", "#nowhere"}
+    (tmp_path / "other.md").write_text("# A heading\n")
+    broken.write_text("[x](missing.md) [y](#nowhere) [z](other.md#a-heading) [w](other.md#gone)\n# Here\n")
+    assert set(bad_links(broken)) == {"missing.md", "#nowhere", "other.md#gone"}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
@@ -90,8 +91,11 @@ def bad_links(doc: Path) -> list[str]:
         path, _, anchor = target.partition("#")
         if path and not (doc.parent / path).exists():
             bad.append(target)
-        elif not path and anchor and anchor not in anchors:
-            bad.append(target)
+        elif anchor:
+            other = anchors if not path else {slug(h) for h in re.findall(
+                r"^#+\s+(.*)$", (doc.parent / path).read_text(), re.MULTILINE)} if path.endswith(".md") else None
+            if other is not None and anchor not in other:
+                bad.append(target)
     return bad
 
 
