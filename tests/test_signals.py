@@ -56,7 +56,9 @@ def test_ctrl_c_while_the_command_loads_is_quiet_and_130(delay):
     out, err = proc.communicate(timeout=60)
     if proc.returncode == 0:  # it had loaded and printed its help before the signal came
         return
-    assert proc.returncode == 130, err
+    # 130 once rlextra's handler is in; -2 (the default action, silent) only if the signal beat the
+    # interpreter's own start-up, which a loaded machine can stretch past the delay
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err and err.strip() in ("rlextra: interrupted; nothing was written", "")
 
 

@@ -14,8 +14,13 @@ def run() -> None:
     previous = signal.signal(signal.SIGINT, early)
     from rlextra.cli import main
 
-    signal.signal(signal.SIGINT, previous)
-    sys.exit(main())
+    try:
+        signal.signal(signal.SIGINT, previous)
+        code = main()
+    except KeyboardInterrupt:  # in the instant between the two handlers
+        sys.stderr.write("rlextra: interrupted; nothing was written\n")
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

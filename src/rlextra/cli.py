@@ -709,10 +709,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     2 for bad input, 1 for a system error (OSError, memory) or a bug, 128+N for signal N."""
     import os
 
-    from rlextra.hf import hf_progress_bars
-    from rlextra.io import Terminated, interruptible
+    try:  # a Ctrl-C before the command's own handlers are in (imports, building the parser) is quiet too
+        from rlextra.hf import hf_progress_bars
+        from rlextra.io import Terminated, interruptible
 
-    args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("rlextra: interrupted; nothing was written", file=sys.stderr)
+        return 130
     kept = getattr(args, "kept", None)
     try:
         with interruptible(), hf_progress_bars(not getattr(args, "quiet", False)):
