@@ -452,6 +452,18 @@ def read_jsonl(path: str | Path) -> list[tuple[int, object]]:
     return rows
 
 
+def append_run_log(path: str | Path, row: dict) -> None:
+    """Append one row to a run's own JSONL log (metrics, linearity, rl_extra, lr_auto)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def restore_run_log(path: str | Path, rows: list[dict]) -> None:
+    """A resumed run's log is the rows saved with the checkpoint it resumes from: those a stopped run
+    wrote after it go (they are written again)."""
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def truncate_run_log(path: str | Path, last_step: int, key: str = "step") -> None:
     """Drop the rows of a run's own JSONL log written after ``last_step`` (by a run that was stopped
     after its last checkpoint), so a resumed run does not log them twice. A row whose line cannot be

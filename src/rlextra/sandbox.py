@@ -142,13 +142,19 @@ def _reader(stream, sink: list, cap: int, flags: dict) -> None:
             pass
 
 
+def _kill_until_gone(kill, wait: float = 2.0) -> None:
+    """Call ``kill()`` (it SIGKILLs what it finds and says how many) until it finds none or ``wait``
+    seconds pass: a fork bomb's dying processes would otherwise still count against the next run's
+    process limit."""
+    deadline = time.monotonic() + wait
+    while kill() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _kill_marked(marker: str, wait: float = 2.0) -> None:
     """SIGKILL every process whose environment carries this run's marker (a program that left its
-    process group, such as a double-forked daemon), and wait until they are gone (a fork bomb's
-    dying processes would otherwise still count against the next run's process limit)."""
-    deadline = time.monotonic() + wait
-    while _signal_marked(marker) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    process group, such as a double-forked daemon), and wait until they are gone."""
+    _kill_until_gone(lambda: _signal_marked(marker), wait)
 
 
 def _kill_where(matches) -> int:
@@ -199,9 +205,7 @@ def _stop(proc: subprocess.Popen, marker: str, uid: int | None = None) -> None:
         pass
     _kill_marked(marker)
     if uid is not None:
-        deadline = time.monotonic() + 2.0
-        while _signal_uid(uid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _kill_until_gone(lambda: _signal_uid(uid))
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:

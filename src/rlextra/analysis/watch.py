@@ -228,8 +228,9 @@ def watch(run: str | Path, out_dir: str | Path, *, sample: float = 0.001, seed: 
             skipped: dict[str, str] = {}
             ready = complete_checkpoints(run, allow_pickle=allow_pickle, skipped=skipped)
             last = state.checkpoints[-1].step if state.checkpoints else None
+            taken = {x.path for x in state.checkpoints}
             for c in ready:
-                if last is not None and c.step < last and c.path not in {x.path for x in state.checkpoints}:
+                if last is not None and c.step < last and c.path not in taken:
                     skipped[str(c.path)] = f"step {c.step} appeared after step {last} was processed; watch takes " \
                                            "steps in order (analyze weights reads the whole series)"
             for path, why in skipped.items():

@@ -18,7 +18,6 @@ sweep that judges it was run (the jump threshold 0.8 was chosen earlier, on seed
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Mapping
 
 HEADROOM_THRESHOLD = 0.8  # the same number as --rl-extra-auto-threshold's default (chosen on seed 100)
@@ -35,11 +34,12 @@ def _rows(rows: Iterable[Mapping]) -> list[Mapping]:
 
 def alpha_errors(rows: Iterable[Mapping], method: str = HEADROOM_METHOD) -> dict[float, float]:
     """Mean in-flight weight error per horizon alpha over ``rows`` (monitor rows; events and rows of
-    a diverged window, whose errors are None, are skipped)."""
+    a diverged window, whose errors are None, are skipped): the evidence of the lr headroom and of
+    adaptive RL-Extra's jump."""
     errs: dict[float, list[float]] = {}
     for r in _rows(rows):
         for e in r["backtest_ladder"].get(method, []):
-            if e.get("weight_error") is not None and math.isfinite(e["weight_error"]):
+            if e.get("weight_error") is not None:
                 errs.setdefault(float(e["alpha"]), []).append(float(e["weight_error"]))
     return {a: sum(v) / len(v) for a, v in sorted(errs.items())}
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from rlextra.io import truncate_run_log
+from rlextra.io import append_run_log, truncate_run_log
 from rlextra.rl.cycle_state import ANCHOR_FILE
 
 
@@ -51,8 +51,7 @@ class SeriesCallback(TrainerCallback):
         row["train_seconds"] = round(time.perf_counter() - self.t0, 3)  # this process, since start
         if self.heldout is not None:
             row["heldout_accuracy"] = self.heldout(model)
-        with open(self.run / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_run_log(self.run / "metrics.jsonl", row)
         self.rewards = []
 
     def on_train_begin(self, args, state, control, model=None, **kw):

@@ -11,8 +11,8 @@ through ``extra`` / ``--grpo-arg`` and accelerate's launcher, untouched.
 from __future__ import annotations
 
 import contextlib
-import math
 import json
+import math
 import os
 import re
 import shutil
@@ -321,7 +321,8 @@ def train(cfg: TrainConfig, *, model=None, tokenizer=None, callbacks: list | Non
 
         trainer.remove_callback(ProgressCallback)  # ours shows the reward; theirs prints every log dict
         trainer.remove_callback(PrinterCallback)
-        for cb in (lr_auto, rl_extra, monitor):  # first (the monitor before the others), so the values they add to a log reach TensorBoard / W&B too
+        # first (the monitor before the others), so the values they add to a log reach TensorBoard / W&B too
+        for cb in (lr_auto, rl_extra, monitor):
             if cb is not None:
                 trainer.callback_handler.callbacks.insert(0, cb)
         with _resume_errors(resume), _disk_full(run):

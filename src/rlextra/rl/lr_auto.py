@@ -33,7 +33,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
-from rlextra.io import truncate_run_log, write_atomic
+from rlextra.io import append_run_log, read_json, restore_run_log, truncate_run_log
 from rlextra.extrapolate.headroom import HEADROOM_ROWS, HEADROOM_THRESHOLD, lr_headroom
 from rlextra.rl.config import LR_AUTO_EVERY, LR_AUTO_MAX, LR_AUTO_MIN, check_lr_auto
 from rlextra.rl.monitor import broadcast_from_rank0
@@ -102,7 +102,7 @@ class AdaptiveLR(TrainerCallback):
         sched = getattr(lr_scheduler, "scheduler", lr_scheduler)
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.global_step > 0 and (ckpt / STATE_FILE).is_file():
-            st = json.loads((ckpt / STATE_FILE).read_text())
+            st = read_json(ckpt / STATE_FILE, "lr-auto state")
             if (st["every"], st["max"], st["min"]) != (self.every, self.max_multiplier, self.min_multiplier):
                 raise RLExtraError(f"{ckpt / STATE_FILE}: saved with --lr-auto-every {st['every']}, --lr-auto-max "
                                    f"{st['max']:g}, --lr-auto-min {st['min']:g}; resumed with {self.every}, "
@@ -110,7 +110,7 @@ class AdaptiveLR(TrainerCallback):
             self.multiplier, self.base_lrs = st["multiplier"], st["base_lrs"]
             self.rewards, self.decisions = [tuple(r) for r in st["rewards"]], st["decisions"]
             if state.is_world_process_zero:  # decisions logged after this checkpoint by the stopped run go
-                write_atomic(Path(args.output_dir) / LOG_FILE, "".join(json.dumps(d) + "\n" for d in self.decisions))
+                restore_run_log(Path(args.output_dir) / LOG_FILE, self.decisions)
             if sched is not None and hasattr(sched, "base_lrs"):  # the scheduler's state holds them already
                 sched.base_lrs = [b * self.multiplier for b in self.base_lrs]
         else:
@@ -161,8 +161,7 @@ class AdaptiveLR(TrainerCallback):
         record["lr"] = self.current_lr(optimizer)
         self.decisions.append(record)
         if state.is_world_process_zero:
-            with open(Path(args.output_dir) / LOG_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_run_log(Path(args.output_dir) / LOG_FILE, record)
 
     def on_save(self, args, state, control, **kw):
         if not state.is_world_process_zero:

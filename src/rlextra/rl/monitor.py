@@ -40,7 +40,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
-from rlextra.io import truncate_run_log
+from rlextra.io import append_run_log, read_json, restore_run_log, truncate_run_log
 from rlextra.extrapolate.inflight import DEFAULT_ALPHAS, INFLIGHT_METHODS, InflightWindow, flat_metrics
 from rlextra.rl.config import check_monitor
 from rlextra.rl.params import is_sharded, is_zero3
@@ -215,8 +215,7 @@ class LinearityMonitor(TrainerCallback):
         dist = _dist()
         if self.output_dir is not None and (dist is None or dist.get_rank() == 0):
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.output_dir / LOG_FILE, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_run_log(self.output_dir / LOG_FILE, row)
 
     def segment_rows(self) -> list[dict]:
         """The rows (not events) of the current segment, oldest first."""
@@ -252,7 +251,8 @@ class LinearityMonitor(TrainerCallback):
         if state.global_step > 0 and (ckpt / WINDOW_STATE).is_file():
             self._restore(ckpt, state.global_step)
         else:
-            if _dist() is None or _dist().get_rank() == 0:  # a stopped run's rows past this step go
+            dist = _dist()
+            if dist is None or dist.get_rank() == 0:  # a stopped run's rows past this step go
                 truncate_run_log(self.output_dir / LOG_FILE, state.global_step)
             self.observe(model, state.global_step, force=True)
 
@@ -284,8 +284,6 @@ class LinearityMonitor(TrainerCallback):
     def _restore(self, ckpt: Path, step: int) -> None:
         from safetensors.torch import load_file
 
-        from rlextra.io import read_json
-
         st = read_json(ckpt / WINDOW_STATE, "monitor state")
         keys = ("every", "sample", "seed", "window", "snapshot_steps", "segment", "rows")
         if not isinstance(st, dict) or any(k not in st for k in keys) or not isinstance(st["snapshot_steps"], list):
@@ -307,9 +305,7 @@ class LinearityMonitor(TrainerCallback):
         self.win.load(st, {k: v.numpy() for k, v in flat.items()}, str(ckpt / name))
         # rows logged after this checkpoint by the run that stopped are replayed by this one
         if self.output_dir is not None and (dist is None or dist.get_rank() == 0):
-            from rlextra.io import write_atomic
-
-            write_atomic(self.output_dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in self.rows))
+            restore_run_log(self.output_dir / LOG_FILE, self.rows)
 
 
 def _all_reduce_sums(dist, sums: dict) -> dict:

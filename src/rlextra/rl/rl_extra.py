@@ -53,7 +53,6 @@ before the next step's generation, and TRL re-syncs weights whenever the global 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,8 @@ from typing import Callable
 from transformers import TrainerCallback
 
 from rlextra.errors import RLExtraError
-from rlextra.io import truncate_run_log, write_atomic
+from rlextra.io import append_run_log, restore_run_log, truncate_run_log
+from rlextra.extrapolate.headroom import alpha_errors
 from rlextra.extrapolate.methods import predict_tensor
 from rlextra.extrapolate.registry import NORMS, REGISTRY, method as registry_entry
 from rlextra.rl.cycle_state import (ANCHOR_FILE, STATE_FILE, load_snapshots,  # noqa: F401 (file names re-exported)
@@ -119,12 +119,9 @@ class AutoJump:
     def choose(self, m: int, cap: int, method: str) -> tuple[int, dict]:
         """(n, evidence): evidence maps each candidate n to its mean in-flight weight error (None: not measured)."""
         rows = self.monitor.segment_rows()[-self.rows:]
-        evidence = {}
-        for n in self.candidates(m, cap):
-            alpha = (m + n) / m
-            errs = [e["weight_error"] for r in rows for e in r.get("backtest_ladder", {}).get(method, [])
-                    if math.isclose(e["alpha"], alpha) and e["weight_error"] is not None]
-            evidence[n] = sum(errs) / len(errs) if errs else None
+        errors = alpha_errors(rows, method)  # mean error per measured alpha (the lr headroom's reading too)
+        evidence = {n: next((e for a, e in errors.items() if math.isclose(a, (m + n) / m)), None)
+                    for n in self.candidates(m, cap)}
         chosen = max((n for n, err in evidence.items() if err is not None and err < self.threshold), default=0)
         return chosen, {"threshold": self.threshold, "method": method, "rows": [r["step"] for r in rows],
                         "weight_error": {str(n): err for n, err in evidence.items()}, "chosen_n": chosen}
@@ -243,7 +240,7 @@ class RLExtraCallback(TrainerCallback):
         if state.global_step > 0 and (ckpt / STATE_FILE).is_file():
             self._restore(ckpt)
             if state.is_world_process_zero:  # the records up to the checkpoint, as saved with it
-                write_atomic(log, "".join(json.dumps(j) + "\n" for j in self.jumps))
+                restore_run_log(log, self.jumps)
         else:
             if state.is_world_process_zero:  # a stopped run's records past this step go
                 truncate_run_log(log, state.global_step, key="real_step")
@@ -285,8 +282,7 @@ class RLExtraCallback(TrainerCallback):
                       "effective_step": step + self.extra_steps}
             self.jumps.append(record)
         if record is not None and state.is_world_process_zero:
-            with open(Path(args.output_dir) / JUMP_LOG, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_run_log(Path(args.output_dir) / JUMP_LOG, record)
         self.take_anchor(model, step)
 
     def on_log(self, args, state, control, logs=None, **kw):
