@@ -114,14 +114,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(worker_name: str, tmp_path: Path, *args: str, **env_extra: str) -> None:
-    """Run a test worker on 2 CPU processes (gloo); on failure, show each rank's own stderr (torchrun's
-    summary only says which rank died and with which signal)."""
+def _torchrun(worker_name: str, tmp_path: Path, *args: str, nproc: int = 2, **env_extra: str) -> None:
+    """Run a test worker on ``nproc`` CPU processes (gloo); on failure, show each rank's own stderr
+    (torchrun's summary only says which rank died and with which signal)."""
     worker = Path(__file__).with_name(worker_name)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env_extra,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(worker.parent), os.environ.get("PYTHONPATH")]))}
     logs = tmp_path / "torchrun-logs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port()),
            "--log-dir", str(logs), "--redirects", "3", str(worker), str(tmp_path), *args]
     # its own session, so a timeout kills the ranks too (killing torchrun alone left a hung rank running)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

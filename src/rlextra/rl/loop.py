@@ -1,8 +1,8 @@
 """RL-Extra for out-of-process trainers (verl): alternate a training command with extrapolation.
 
 Cycle c starts from model M_c at effective step t_c. The user's command trains m steps from M_c
-and leaves checkpoints in the cycle's folder (verl's global_step_N/actor/huggingface, after
-verl.model_merger, or any layout ``load_series`` reads). Then M_{c+1} = extrapolate(M_c at t_c,
+and leaves checkpoints in the cycle's folder (verl's FSDP shards global_step_N/actor, read as they
+are, or any layout ``load_series`` reads). Then M_{c+1} = extrapolate(M_c at t_c,
 trained at t_c + m, to t_c + m + n), and the next cycle starts at t_c + m + n: the paper's
 procedure, without hard-coded paths.
 
@@ -218,9 +218,10 @@ def _run_cycles(cfg: LoopConfig, work: Path, progress: bool) -> Path:
         if progress:
             print(f"[loop {c + 1}/{cfg.cycles}] extrapolate steps {start}, {start + cfg.m} -> {target}", flush=True)
         out = cycle_dir / f"extrapolated-step-{target}"
+        # mixed float dtypes allowed: a trainer's fp32 master weights (verl's FSDP shards) after a bf16 model
         extrapolate_weights([f"{start}={model}", f"{start + cfg.m}={rec['trained']}"], out, to_step=target,
                             norms=cfg.norms, max_shard_size=cfg.max_shard_size, overwrite=True,
-                            progress=progress)
+                            progress=progress, allow_mixed_dtypes=True)
         rec["extrapolated"] = str(out)
         _save_state(state_path, state)
         model, start = str(out), target
