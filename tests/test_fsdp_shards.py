@@ -189,3 +189,33 @@ def test_loop_takes_the_shard_folders_its_training_command_leaves(verl2, tmp_pat
     assert main(["extrapolate", f"0={base}", f"2={verl2 / 'reference' / 'step4'}", "--to-step", "5",
                  "-o", str(tmp_path / "y")]) == 0
     _assert_same_tensors(load_series([state["final_model"]], steps=[5]), load_series([tmp_path / "y"], steps=[5]))
+
+
+def test_a_pickle_cannot_set_state_on_what_the_allowlist_hands_out(verl2, tmp_path):
+    """BUILD on an allowed callable (here torch.Size's stand-in) would change it for later reads."""
+    import pickle
+    import zipfile
+
+    actor = _hostile_copy(verl2, tmp_path)
+    rank1 = actor / "model_world_size_2_rank_1.pt"
+    with zipfile.ZipFile(rank1) as z:
+        names = z.namelist()
+        records = {n: z.read(n) for n in names}
+    pkl = next(n for n in names if n.endswith("data.pkl"))
+    records[pkl] = (b"\x80\x02ctorch\nSize\n}X\x0c\x00\x00\x00__defaults__(K\x01\x85tsb" + pickle.STOP)
+    with zipfile.ZipFile(rank1, "w", zipfile.ZIP_STORED) as z:
+        for n in names:
+            z.writestr(n, records[n])
+    with pytest.raises(RLExtraError, match="sets the state of a function"):
+        load_series([f"6={actor}"])
+
+
+def test_reading_shards_imports_no_torch(verl2):
+    import subprocess
+    import sys
+
+    code = ("import sys; from rlextra.checkpoints import load_series; s = load_series(sys.argv[1]); "
+            "r = s.newest.tensors['model.norm.weight']; r.read_raw(0, r.numel); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(verl2 / "run")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -9,6 +9,7 @@ Beside each checkpoint, rank 0 writes the gathered fp32 weights as safetensors (
 rlextra must read out of the shards, exactly.
 
 Usage: verl_fsdp_worker.py OUT FSDP_VERSION(1|2) STEPS(comma-separated steps to save at)
+       [HIDDEN,LAYERS,INTERMEDIATE] (the model's sizes; bench/bench_fsdp_shards.py uses larger ones)
 """
 
 import json
@@ -59,7 +60,7 @@ def full_weights(model, version: int) -> dict:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def main(out: str, version: int, steps: list[int]) -> None:
+def main(out: str, version: int, steps: list[int], sizes: tuple[int, int, int] = (38, 2, 70)) -> None:
     arm_watchdog()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -67,7 +68,8 @@ def main(out: str, version: int, steps: list[int]) -> None:
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",))
     tok = char_tokenizer()
     # odd sizes, so that dim 0 splits unevenly over the ranks (FSDP pads; the files keep the padding)
-    model = tiny_llama(tok, hidden=38, layers=2, heads=1, intermediate=70, seed=0)
+    hidden, layers, intermediate = sizes
+    model = tiny_llama(tok, hidden=hidden, layers=layers, heads=1, intermediate=intermediate, seed=0)
     config = model.config
     model = wrap(model, version, mesh)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -108,4 +110,5 @@ def main(out: str, version: int, steps: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")])
+    main(sys.argv[1], int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")],
+         *([tuple(int(x) for x in sys.argv[4].split(","))] if len(sys.argv) > 4 else []))
