@@ -219,3 +219,33 @@ def test_reading_shards_imports_no_torch(verl2):
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(verl2 / "run")], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+MERGE_WITH_VERL = """
+import sys, types, importlib.util
+# verl/__init__.py imports ray and the trainer; the merger needs neither: its package is entered directly
+spec = importlib.util.find_spec("verl")
+pkg = types.ModuleType("verl"); pkg.__path__ = list(spec.submodule_search_locations); sys.modules["verl"] = pkg
+from verl.model_merger.base_model_merger import ModelMergerConfig
+from verl.model_merger.fsdp_model_merger import FSDPModelMerger
+FSDPModelMerger(ModelMergerConfig(operation="merge", backend="fsdp", local_dir=sys.argv[1], target_dir=sys.argv[2],
+                                  hf_model_config_path=sys.argv[1] + "/huggingface")).merge_and_save()
+"""
+
+
+def test_verls_own_merger_equals_our_fp32_after_its_bf16_cast(verl2, tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("verl") is None:
+        pytest.skip("verl not installed (scripts/test.sh installs it)")
+    actor = verl2 / "run" / "global_step_6" / "actor"
+    subprocess.run([sys.executable, "-c", MERGE_WITH_VERL, str(actor), str(tmp_path / "merged")], check=True,
+                   capture_output=True)
+    ours = load_series([actor], steps=[6]).newest.tensors
+    theirs = load_series([tmp_path / "merged"], steps=[6]).newest.tensors
+    assert sorted(ours) == sorted(theirs) and {t.dtype for t in theirs.values()} == {"BF16"}
+    for name, ref in ours.items():
+        cast = torch.from_numpy(ref.read_raw(0, ref.numel).copy()).to(torch.bfloat16).view(torch.int16).numpy()
+        assert np.array_equal(cast.view(np.uint16), theirs[name].read_raw(0, ref.numel)), name

@@ -156,3 +156,13 @@ def test_buffer_pool_reuses_what_it_handed_out():
     assert pool.take(np.float32, 2).base is not b.base  # buffers are kept by dtype
     with pytest.raises(ValueError, match="larger than the pool's buffers"):
         pool.take(np.uint16, 17)
+
+
+def test_bf16_decodes_without_torch_exactly_as_torch_does():
+    from rlextra.checkpoints.reader import to_float64
+
+    raw = np.arange(1 << 16, dtype=np.uint16)  # every bf16 bit pattern: zeros, subnormals, Inf, NaN
+    ours = to_float64(raw, "BF16")
+    theirs = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).to(torch.float64).numpy()
+    assert np.array_equal(ours, theirs, equal_nan=True)
+    assert np.array_equal(np.signbit(ours), np.signbit(theirs))

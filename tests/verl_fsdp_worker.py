@@ -71,6 +71,7 @@ def main(out: str, version: int, steps: list[int], sizes: tuple[int, int, int] =
     hidden, layers, intermediate = sizes
     model = tiny_llama(tok, hidden=hidden, layers=layers, heads=1, intermediate=intermediate, seed=0)
     config = model.config
+    config.architectures = [type(model).__name__]  # as in a pretrained model's config, which verl saves
     model = wrap(model, version, mesh)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = torch.tensor([tok(f"{a}+{a}={2 * a}")["input_ids"][:5] for a in range(8)])

@@ -32,11 +32,11 @@ STORAGE = {
 
 
 def to_float64(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Decode raw storage values of a float dtype to float64 (exact)."""
+    """Decode raw storage values of a float dtype to float64 (exact). bf16 is the high half of a
+    float32, so it widens by a shift, without torch (1-2 s to import)."""
     if dtype == "BF16":
-        import torch
-
-        return to_torch(raw, dtype).to(torch.float64).numpy()
+        with np.errstate(invalid="ignore"):  # signalling NaNs stay NaN, quietly
+            return np.left_shift(raw.astype(np.uint32), 16).view(np.float32).astype(np.float64)
     return raw.astype(np.float64)
 
 
