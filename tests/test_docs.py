@@ -144,3 +144,14 @@ def test_the_readme_lr_sweep_row_comes_from_the_sweeps_summary():
     from rlextra.extrapolate.headroom import HEURISTIC
 
     assert f"in {summary['hits']} of {n} tiny-model cells" in HEURISTIC
+
+
+def test_the_readme_and_docs_fp32_bf16_numbers_come_from_the_committed_measurement():
+    import json
+
+    res = json.loads((ROOT / "experiments/smollm2/long/bf16_staircase_lr1e-06.json").read_text())
+    fp32, bf16 = f"{100 * res['fp32']['constant']:.2f}%", f"{100 * res['bf16']['constant']:.2f}%"
+    for doc in ("README.md", "docs/measure.md"):
+        text = (ROOT / doc).read_text()
+        assert fp32 in text and bf16 in text, doc
+    assert f"{res['fp32']['mean_r2']:.3f} / {res['bf16']['mean_r2']:.3f}" in (ROOT / "docs/measure.md").read_text()
