@@ -62,3 +62,44 @@ def test_vllm_refuses_what_it_cannot_read_in_one_line(tmp_path, capsys):
                  str(tmp_path / "e.json"), "-q"])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "pickle checkpoint refused" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory, tiny_spec):
+    """The tiny model's architecture after fewer warm-up steps: an earlier checkpoint of a short run."""
+    from rlextra.rl.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("m") / "earlier", tiny_spec, warmup_steps=15, progress=False)[0]
+
+
+@pytest.mark.parametrize("stop", [(), ("0",)])
+def test_logits_extrapolation_inside_vllm_equals_rlextras_engine(tiny, earlier, tiny_spec, tmp_path, stop):
+    """Two checkpoints as one vLLM model, read from their own folders: greedy text equals rlextra's own
+    mix token for token (fp32), with a stop string and the length limit applied alike."""
+    from rlextra.decoding import SamplingConfig, load_decoder
+    from rlextra.tasks import load_task
+
+    prompts = [p.prompt for p in load_task(tiny_spec).test]
+    cfg = SamplingConfig(k=1, temperature=0.0, max_new_tokens=4, stop=stop)
+    series = [f"0={earlier}", f"10={tiny}"]
+    ours = load_decoder(series, to_step=15, backend="rlextra", device="cpu", dtype="float32")
+    theirs = load_decoder(series, to_step=15, backend="vllm", dtype="float32")
+    assert theirs.weights == ours.weights == [-0.5, 1.5]
+    a, b = ours.generate(prompts, cfg, progress=False), theirs.generate(prompts, cfg, progress=False)
+    assert a == b
+    if stop:
+        assert all("0" not in x[0] for x in b) and any(x[0] == "1" for x in b)  # '10' cut at its '0'
+    else:
+        assert len({x[0] for x in a}) >= 3  # the mix decodes different answers for different problems
+
+
+def test_logits_extrapolation_in_eval_through_the_cli(tiny, earlier, tmp_path):
+    from rlextra.cli import main
+
+    args = ["eval", str(tiny), "--extrapolate-from", str(earlier), "--steps", "0,10", "--to-step", "15", "--task",
+            "arithmetic", "--digits", "1", "--ops", "+", "--n-train", "60", "--n-test", "20", "--k", "1",
+            "--temperature", "0", "--max-new-tokens", "4", "--dtype", "float32", "-q"]
+    assert main(args + ["--backend", "vllm", "-o", str(tmp_path / "v.json")]) == 0
+    assert main(args + ["--backend", "rlextra", "-o", str(tmp_path / "r.json")]) == 0
+    v, r = (json.loads((tmp_path / f).read_text()) for f in ("v.json", "r.json"))
+    assert v["per_problem"] == r["per_problem"]

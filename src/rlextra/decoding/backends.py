@@ -120,8 +120,12 @@ class VLLMGenerate:
             if not torch.cuda.is_available() or str(self.device).startswith("cpu"):
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
                 kwargs["enforce_eager"] = True
+            kwargs.update(self._engine_kwargs())
             self._llm = LLM(model=self.path, tokenizer=self.path, dtype=self.dtype, seed=seed, **kwargs)
         return self._llm
+
+    def _engine_kwargs(self) -> dict:
+        return {}
 
     def generate(self, prompts: Sequence[str], cfg: SamplingConfig | None = None,
                  progress: bool = True) -> list[list[str]]:
@@ -145,6 +149,42 @@ class VLLMGenerate:
             texts = [_cut_at_stop(tok.decode(list(o.token_ids), skip_special_tokens=True), cfg.stop) for o in r.outputs]
             out.append(texts * (cfg.k // n_seq))
         return out
+
+
+class VLLMExtrapolation(VLLMGenerate):
+    """Logits Extrapolation inside vLLM: the K checkpoints of ``series`` run as one vLLM model
+    (``rlextra.decoding.vllm_model``) whose logits are sum_k w_k z_k at ``target``, the weights
+    rlextra's engine uses. vLLM is given a folder holding only a config (the checkpoints' own, naming
+    rlextra's architecture, the K folders and the weights) and the tokenizer; the weights are read
+    from the checkpoints' own folders. The folder is temporary and removed with the decoder."""
+
+    def __init__(self, series: CheckpointSeries, target: float, dtype: str | None = "auto",
+                 device: str | None = "auto") -> None:
+        import json
+        import shutil
+        import tempfile
+        import weakref
+
+        from rlextra.checkpoints.writer import copy_side_files
+        from rlextra.linefit import line_weights
+
+        newest = Path(series.newest.path)
+        self.steps, self.target = series.steps, float(target)
+        self.weights = line_weights(self.steps, self.target).tolist()
+        folder = Path(tempfile.mkdtemp(prefix="rlextra-vllm-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+        copy_side_files([newest], folder)
+        cfg = json.loads((newest / "config.json").read_text(encoding="utf-8"))
+        cfg.update(architectures=["RLExtraExtrapolatedLM"], rlextra_architectures=cfg.get("architectures") or [],
+                   rlextra_checkpoints=[str(Path(c.path).resolve()) for c in series.checkpoints],
+                   rlextra_logit_weights=self.weights)
+        (folder / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+        super().__init__(folder, dtype=checkpoint_dtype(newest) if dtype in (None, "auto") else dtype, device=device)
+        self.paths = [Path(c.path) for c in series.checkpoints]
+        self.label = f"{' + '.join(map(str, self.paths))} -> step {self.target:g} (vLLM)"
+
+    def _engine_kwargs(self) -> dict:
+        return {"load_format": "rlextra_extrapolate"}
 
 
 def checkpoint_dtype(path: str | Path) -> str:
@@ -178,8 +218,11 @@ def load_decoder(checkpoints: str | Path | Sequence[str | Path] | CheckpointSeri
     else:
         paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     if len(paths) > 1 or to_step is not None or alpha is not None:
+        if backend == "vllm":
+            return _vllm_extrapolation(paths, to_step, alpha, steps, dtype, device, checked)
         if backend not in ("auto", "rlextra"):
-            raise RLExtraError(f"--backend {backend} decodes one model; extrapolated logits need rlextra's engine")
+            raise RLExtraError(f"--backend {backend} decodes one model; extrapolated logits need rlextra's engine "
+                               "or vLLM")
         return load_engine(paths, to_step=to_step, alpha=alpha, steps=steps, device=device, dtype=dtype,
                            devices=devices, allow_pickle=allow_pickle, mode=mode)
     path = Path(paths[0])
@@ -201,3 +244,17 @@ def load_decoder(checkpoints: str | Path | Sequence[str | Path] | CheckpointSeri
         DecodingEngine([model], None, tokenizer, mode=mode, label=str(path))
     decoder.paths = [path]  # the input, for output guards
     return decoder
+
+
+def _vllm_extrapolation(paths, to_step, alpha, steps, dtype, device, checked: bool) -> VLLMExtrapolation:
+    """Logits Extrapolation in vLLM over checked checkpoints (one-line errors before vLLM starts)."""
+    from rlextra.checkpoints import check_loadable, load_series
+    from rlextra.linefit import resolve_target
+
+    if not vllm_installed():
+        raise RLExtraError("--backend vllm: vLLM is not installed (GPU: pip install vllm; CPU: "
+                           "bash scripts/setup-vllm.sh, then use .venv-vllm/bin/rlextra)")
+    series = paths if isinstance(paths, CheckpointSeries) and checked else \
+        check_loadable(load_series(paths, steps, min_checkpoints=2))
+    target = resolve_target(series.steps, to_step, alpha)[0]
+    return VLLMExtrapolation(series, target, dtype=dtype, device=device)
