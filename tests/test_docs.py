@@ -155,3 +155,7 @@ def test_the_readme_and_docs_fp32_bf16_numbers_come_from_the_committed_measureme
         text = (ROOT / doc).read_text()
         assert fp32 in text and bf16 in text, doc
     assert f"{res['fp32']['mean_r2']:.3f} / {res['bf16']['mean_r2']:.3f}" in (ROOT / "docs/measure.md").read_text()
+    x12 = json.loads((ROOT / "experiments/smollm2/long/bf16_staircase_lr1.2e-05.json").read_text())
+    row = (f"{100 * x12['fp32']['constant']:.2f}% | {100 * x12['bf16']['constant']:.2f}% | "
+           f"{x12['fp32']['mean_r2']:.3f} / {x12['bf16']['mean_r2']:.3f}")
+    assert row in (ROOT / "docs/measure.md").read_text()
