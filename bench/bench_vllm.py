@@ -1,5 +1,6 @@
 """Decoding throughput side by side: vLLM (CPU, eager), rlextra's engine and HF `generate`, one model
-(K = 1) and rlextra's Logits Extrapolation (K = 2), at batch 1, 16 and 64; greedy, fp32, SmolLM2-135M-Instruct.
+(K = 1), and Logits Extrapolation (K = 2) in rlextra's engine and inside vLLM, at batch 1, 16 and 64;
+greedy, fp32, SmolLM2-135M-Instruct.
 
 Every decoder gets the same chat-formatted prompts and settings (greedy, 32 new tokens); each batch
 size is a separate timed call after one untimed warm-up call; vLLM's engine start is timed apart
@@ -7,7 +8,8 @@ size is a separate timed call after one untimed warm-up call; vLLM's engine star
 texts). Run it in the vLLM venv, in the background (vLLM spawns its engine as another process).
 
 Usage (repository root; the model from `rlextra convert-gguf --smollm2 -o experiments/smollm2/work/model`):
-  OMP_NUM_THREADS=2 .venv-vllm/bin/python bench/bench_vllm.py --model experiments/smollm2/work/model \\
+  OMP_NUM_THREADS=1 VLLM_CPU_OMP_THREADS_BIND=nobind .venv-vllm/bin/python bench/bench_vllm.py \\
+      --model experiments/smollm2/work/model \\
       --second experiments/smollm2/long/work/runs/grpo-lr1.2e-05/checkpoint-10 --write-results
 """
 
@@ -65,8 +67,12 @@ def main() -> None:
     decoders["rlextra"] = load_decoder(a.model, backend="rlextra", dtype="float32", device="cpu")
     decoders["hf"] = load_decoder(a.model, backend="hf", dtype="float32", device="cpu")
     if a.second:
-        decoders["rlextra K=2"] = load_decoder([f"0={a.model}", f"10={a.second}"], to_step=20, dtype="float32",
-                                               device="cpu")
+        pair = [f"0={a.model}", f"10={a.second}"]
+        decoders["rlextra K=2"] = load_decoder(pair, to_step=20, dtype="float32", device="cpu")
+        t0 = time.perf_counter()
+        decoders["vllm K=2"] = load_decoder(pair, to_step=20, backend="vllm", dtype="float32")
+        decoders["vllm K=2"].generate(prompts(decoders["vllm K=2"].tokenizer, 1), cfg, progress=False)
+        start_k2 = time.perf_counter() - t0
     for name, dec in decoders.items():
         texts = prompts(dec.tokenizer, 64)
         dec.generate(texts[:2], cfg, progress=False)  # warm-up, untimed
@@ -78,8 +84,12 @@ def main() -> None:
             print(rows[-1], flush=True)
     equal = {f"{n} vs hf, batch {b}": sum(x == y for x, y in zip(texts_by[(n, b)], texts_by[("hf", b)]))
              for n in ("vllm", "rlextra") for b in sizes}
+    if a.second:
+        equal.update({f"vllm K=2 vs rlextra K=2, batch {b}": sum(
+            x == y for x, y in zip(texts_by[("vllm K=2", b)], texts_by[("rlextra K=2", b)])) for b in sizes})
     res = {"date": datetime.date.today().isoformat(), "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
-           "model": a.model, "second": a.second, "vllm_engine_start_s": round(start_s, 1), "rows": rows,
+           "model": a.model, "second": a.second, "vllm_engine_start_s": round(start_s, 1),
+           "vllm_k2_engine_start_s": round(start_k2, 1) if a.second else None, "rows": rows,
            "greedy_equal": equal, "omp_threads": os.environ.get("OMP_NUM_THREADS")}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "vllm_decoding.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -91,10 +101,13 @@ def main() -> None:
             f"Machine: {res['machine']}, Python {platform.python_version()}, OMP_NUM_THREADS={res['omp_threads']}; "
             f"SmolLM2-135M-Instruct fp32, greedy, {a.new_tokens} new tokens, chat prompts; tokens per second of "
             "new tokens (8 prompts at batch 1, 32 at 16, 64 at 64), after one untimed warm-up call; vLLM "
-            f"(vllm-cpu 0.32, eager) engine start {res['vllm_engine_start_s']} s, not in the rates. K=2: rlextra's "
-            "Logits Extrapolation of two checkpoints (vLLM has no such mode yet).\n"
-            "Command: `OMP_NUM_THREADS=2 .venv-vllm/bin/python bench/bench_vllm.py --model "
-            "experiments/smollm2/work/model --second .../checkpoint-10 --write-results`\n\n"
+            f"(vllm-cpu 0.32, eager, threads not bound) engine start {res['vllm_engine_start_s']} s for one model, "
+            f"{res['vllm_k2_engine_start_s']} s for K=2, not in the rates. K=2: Logits Extrapolation of two "
+            "checkpoints (the base model and a checkpoint 10 GRPO steps later, to step 20), in rlextra's engine "
+            "and inside vLLM (rlextra's model class).\n"
+            "Command: `OMP_NUM_THREADS=1 VLLM_CPU_OMP_THREADS_BIND=nobind .venv-vllm/bin/python bench/bench_vllm.py "
+            "--model experiments/smollm2/work/model --second "
+            "experiments/smollm2/long/work/runs/grpo-lr1.2e-05/checkpoint-10 --write-results`\n\n"
             + "\n".join(table) + "\n\nGreedy completions equal to HF's: "
             + ", ".join(f"{k}: {v}" for k, v in equal.items()) + ". Curves: `bench/results/vllm_decoding.json`.\n")
     print(text)

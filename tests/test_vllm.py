@@ -103,3 +103,16 @@ def test_logits_extrapolation_in_eval_through_the_cli(tiny, earlier, tmp_path):
     assert main(args + ["--backend", "rlextra", "-o", str(tmp_path / "r.json")]) == 0
     v, r = (json.loads((tmp_path / f).read_text()) for f in ("v.json", "r.json"))
     assert v["per_problem"] == r["per_problem"]
+
+
+def test_generate_with_vllm_writes_what_rlextras_engine_writes(tiny, earlier, tmp_path):
+    from rlextra.cli import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(f"{a}+{b}=") + "\n" for a in range(4) for b in range(3)))
+    args = ["generate", f"0={earlier}", f"10={tiny}", "--to-step", "15", "--prompts", str(prompts), "--k", "1",
+            "--temperature", "0", "--max-new-tokens", "4", "--dtype", "float32", "-q"]
+    assert main(args + ["--backend", "vllm", "-o", str(tmp_path / "v.jsonl")]) == 0
+    assert main(args + ["-o", str(tmp_path / "r.jsonl")]) == 0
+    v, r = ([json.loads(x) for x in (tmp_path / f).read_text().splitlines()] for f in ("v.jsonl", "r.jsonl"))
+    assert v == r and v[0]["weights"] == [-0.5, 1.5]

@@ -397,7 +397,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     _set_threads(a.threads)
     res = generate_file(a.checkpoints, a.prompts, a.output, sampling=sampling, to_step=a.to_step, alpha=a.alpha,
                         steps=_steps(a.steps), chat=a.chat, progress=not a.quiet, overwrite=a.overwrite,
-                        **DEVICE.values(a), **DEVICES.values(a))
+                        backend=a.backend, **DEVICE.values(a), **DEVICES.values(a))
     print(f"{res['n_generations']} generations (steps {res['steps']} -> {res['target_step']:g}) in {a.output}")
     return 0
 
@@ -651,6 +651,8 @@ def _decoding_parsers(sub, fmt) -> None:
     g.add_argument("-o", "--output", required=True, help="generations JSONL")
     _target_args(g, required=False)
     g.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
+    g.add_argument("--backend", choices=("rlextra", "vllm"), default="rlextra",
+                   help="rlextra's engine, or vLLM (Logits Extrapolation inside vLLM with 2 or more checkpoints)")
     SAMPLING.add(g)
     DEVICE.add(g)
     DEVICES.add(g)

@@ -38,19 +38,28 @@ def generate_file(checkpoints: str | Path | Sequence[str | Path], prompts_file: 
                   sampling: SamplingConfig | None = None, to_step: float | None = None, alpha: float | None = None,
                   steps: Sequence[int] | None = None, chat: bool = False, device: str | None = "auto",
                   dtype: str | None = "auto", devices: str | Sequence[str] | None = None, mode: str = "auto",
-                  allow_pickle: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+                  allow_pickle: bool = False, progress: bool = True, overwrite: bool = False,
+                  backend: str = "rlextra") -> dict:
     """Decode every prompt ``sampling.k`` times and write ``{prompt, sample, completion, steps,
     target_step, weights}`` lines to ``out_file`` (atomically). ``chat`` wraps each prompt as a user
-    message in the chat template. Returns {'n_generations', 'steps', 'target_step', 'output'}."""
+    message in the chat template. ``backend``: rlextra's engine, or 'vllm' (one model, or the K
+    checkpoints' Logits Extrapolation inside vLLM). Returns {'n_generations', 'steps', 'target_step',
+    'output'}."""
     items = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     inputs = [spec_path(c) for c in items] + [Path(prompts_file)]
     check_output(out_file, inputs=inputs, overwrite=overwrite, kind="file")
     sampling = sampling or SamplingConfig()
     prompts = read_prompts(prompts_file)
-    engine = load_engine(items, to_step=to_step, alpha=alpha, steps=steps, device=device, dtype=dtype,
-                         devices=devices, allow_pickle=allow_pickle, mode=mode)
-    texts = format_prompts(engine.tokenizer, prompts, chat)
-    check_prompt_lengths(engine.tokenizer, texts, engine.models[0].config, source=f"{prompts_file}: prompt")
+    if backend == "vllm":
+        engine = _vllm_decoder(items, to_step, alpha, steps, dtype, device)
+        texts = format_prompts(engine.tokenizer, prompts, chat)  # vLLM's decoder checks the lengths itself
+    elif backend == "rlextra":
+        engine = load_engine(items, to_step=to_step, alpha=alpha, steps=steps, device=device, dtype=dtype,
+                             devices=devices, allow_pickle=allow_pickle, mode=mode)
+        texts = format_prompts(engine.tokenizer, prompts, chat)
+        check_prompt_lengths(engine.tokenizer, texts, engine.models[0].config, source=f"{prompts_file}: prompt")
+    else:
+        raise RLExtraError(f"--backend {backend}: generate decodes with rlextra or vllm")
     outs = engine.generate(texts, sampling, progress=progress)
     meta = {"steps": engine.steps, "target_step": engine.target, "weights": engine.weights}
     lines = [json.dumps({"prompt": p, "sample": j, "completion": c, **meta})
@@ -58,3 +67,14 @@ def generate_file(checkpoints: str | Path | Sequence[str | Path], prompts_file: 
     with atomic_output_file(out_file, inputs=inputs, overwrite=overwrite) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"n_generations": len(lines), "steps": engine.steps, "target_step": engine.target, "output": str(out_file)}
+
+
+def _vllm_decoder(items, to_step, alpha, steps, dtype, device):
+    """vLLM for one model (its step 0, weight 1) or for the K checkpoints' extrapolated logits."""
+    from rlextra.decoding.backends import load_decoder
+
+    decoder = load_decoder(items, backend="vllm", to_step=to_step, alpha=alpha, steps=steps, dtype=dtype,
+                           device=device)
+    if not hasattr(decoder, "steps"):  # one model: plain decoding
+        decoder.steps, decoder.target, decoder.weights = [0], 0.0, [1.0]
+    return decoder
