@@ -945,7 +945,11 @@ again from step 0 (`EVAL_FROM=60`: evaluated from step 60, where its record ende
 reproduction); then the second seed to step 50, what the machine's remaining time allowed
 (`queue.sh C` split over the two lanes, `STEPS=50 SEGMENT=50 EVAL_EVERY=50 EVAL_FROM=50`). Both lanes were paused (SIGSTOP) for about 6 minutes in all between
 20:03 and 20:23, and from 20:49:21 to 20:50:41, while checkpoint benchmarks ran (bench/RESULTS.md);
-the segments running then overstate their CPU time by up to that much.
+the segments running then overstate their CPU time by up to that much. On 2026-12-06 lane D ran
+(`queue.sh D 1e-6`: GRPO at 12x the lr, grpo-lr1.2e-05, stopped at step 90 and resumed to 150 the same
+day; then `--lr-auto` from the base lr, lrauto-lr1e-06, started beside it in the other lane), with
+tiny-model sweeps, tests and benchmarks (vLLM, verl shards) sharing the machine: their wall hours
+overstate their CPU time.
 
 `bash experiments/smollm2/long/train_and_eval.sh NAME LR [train options]` (after
 `bash experiments/smollm2/run.sh`'s setup and `rlextra convert-gguf --smollm2 -o
