@@ -711,3 +711,13 @@ def test_an_unreadable_weight_file_says_permission_denied(tmp_path, monkeypatch)
     monkeypatch.setattr(builtins, "open", denied)
     with pytest.raises(RLExtraError, match=r"model.safetensors: cannot read \(Permission denied\)"):
         read_safetensors_index(path)
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_train_vllm_without_vllm_is_one_line(tiny, tmp_path, capsys):
+    from rlextra.cli import main
+
+    code = main(["train", "--model", str(tiny), "-o", str(tmp_path / "run"), "--vllm", "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "--vllm: vLLM is not installed" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

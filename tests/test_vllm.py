@@ -116,3 +116,46 @@ def test_generate_with_vllm_writes_what_rlextras_engine_writes(tiny, earlier, tm
     assert main(args + ["-o", str(tmp_path / "r.jsonl")]) == 0
     v, r = ([json.loads(x) for x in (tmp_path / f).read_text().splitlines()] for f in ("v.jsonl", "r.jsonl"))
     assert v == r and v[0]["weights"] == [-0.5, 1.5]
+
+
+def test_train_with_vllm_samples_from_the_trainers_weights_after_every_step_and_jump(tiny, tmp_path):
+    """GRPO with --vllm (TRL's colocate mode, rlextra's in-place sync) and RL-Extra 2,2: after every
+    optimizer step, and after every jump, vLLM's next-token log-probs on a fixed prompt equal the
+    trainer model's (the sync the next generation makes, made here at once)."""
+    import torch
+    from transformers import TrainerCallback
+
+    from rlextra.rl import TrainConfig, train
+    from rlextra.rl.vllm_sync import active_generation
+    from rlextra.tasks import TaskSpec
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    checks, previous = [], {}
+
+    class SyncCheck(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+            gen = active_generation()
+            gen.sync_weights()  # what the next generation does first
+            ids = processing_class("3+4=")["input_ids"]
+            vocab = len(processing_class)
+            out = gen.llm.generate([TokensPrompt(prompt_token_ids=ids)],
+                                   SamplingParams(max_tokens=1, temperature=1.0, logprobs=min(vocab, 20)),
+                                   use_tqdm=False)
+            theirs = {t: lp.logprob for t, lp in out[0].outputs[0].logprobs[0].items()}
+            with torch.no_grad():
+                ours = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+            moved = max(abs(ours[t].item() - previous[t]) for t in theirs) if previous else float("nan")
+            previous.clear()
+            previous.update({t: ours[t].item() for t in theirs})
+            checks.append((state.global_step, max(abs(ours[t].item() - v) for t, v in theirs.items()), moved))
+
+    cfg = TrainConfig(model=str(tiny), output_dir=str(tmp_path / "run"), max_steps=4, save_every=2,
+                      learning_rate=1e-3, prompts_per_step=4, num_generations=4, max_completion_length=4,
+                      rl_extra=(2, 2), vllm=True, task=TaskSpec(name="arithmetic", ops="+", digits=1, n_train=60,
+                                                                  n_test=20, seed=0), progress=False)
+    train(cfg, callbacks=[SyncCheck()])
+    assert [s for s, _, _ in checks] == [1, 2, 3, 4]
+    # equal to the weights of this step, and not to the last step's: the sync carried the step (and the jump)
+    assert max(d for _, d, _ in checks) < 1e-4 < min(moved for _, _, moved in checks[1:]), checks
+

@@ -140,7 +140,7 @@ TRAIN = Options(TrainConfig, [
     "rl_extra_warmup", "rl_extra_replay", "rl_extra_optimizer", "rl_extra_method", "rl_extra_snapshots", "rl_extra_rank", "rl_extra_norms",
     "rl_extra_include", "rl_extra_exclude", "rl_extra_safe", "rl_extra_safe_prompts", "rl_extra_safe_samples",
     "rl_extra_safe_tolerance", "rl_extra_auto", "rl_extra_auto_threshold", "lr_auto", "lr_auto_every",
-    "lr_auto_max", "lr_auto_min", "optimizer", "monitor_every", "monitor_sample",
+    "lr_auto_max", "lr_auto_min", "vllm", "optimizer", "monitor_every", "monitor_sample",
     "monitor_seed", "monitor_window"], title="training", types={"rl_extra": str})
 LOOP = Options(LoopConfig, ["cycles", "start_step", "norms", "max_shard_size"])
 TINY = Options(build_tiny_model, ["warmup_steps", "seed", "device", "dtype", "overwrite"], title="model",
@@ -477,7 +477,7 @@ EXAMPLES = {
   rlextra train --model models/tiny-add2 -o runs/add2-prodigy --steps 200 --optimizer prodigy --lr 1.0 \\
       --max-completion-length 6
   accelerate launch -m rlextra.cli train --model Qwen2.5-Math-1.5B --task data/train.jsonl -o runs/q \\
-      --grpo-arg use_vllm=true --grpo-arg gradient_checkpointing=true""",
+      --vllm --grpo-arg gradient_checkpointing=true""",
     "eval": """example:
   rlextra eval runs/add2/checkpoint-100 --task arithmetic --k 4 --max-new-tokens 6 -o eval/add2-100.json
   rlextra eval models/qwen-1.5b --task math500 --k 16 --temperature 0.6 --top-p 0.95 -o eval/m500.json
@@ -604,7 +604,7 @@ def _rl_parsers(sub, fmt) -> None:
     TASK.add(t)
     TRAIN.add(t)
     t.add_argument("--grpo-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other GRPOConfig field, e.g. use_vllm=true, gradient_checkpointing=true")
+                   help="any other GRPOConfig field, e.g. vllm_mode=server, gradient_checkpointing=true")
     _add_common(t)
     t.set_defaults(func=cmd_train, kept="finished checkpoints in {output} are kept; "
                                        "run the same command again to resume")

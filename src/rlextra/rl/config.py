@@ -123,6 +123,9 @@ class TrainConfig:
     lr_auto_every: int = option(LR_AUTO_EVERY, "real steps between --lr-auto decisions")
     lr_auto_max: float = option(LR_AUTO_MAX, "largest lr multiplier --lr-auto may reach")
     lr_auto_min: float = option(LR_AUTO_MIN, "smallest lr multiplier --lr-auto may reach")
+    vllm: bool = option(False, "generate with vLLM inside the trainer's process (TRL's colocate mode), weights synced "
+                               "in place after every step (needs vLLM: pip install vllm, or scripts/setup-vllm.sh "
+                               "on a CPU)")
     optimizer: str = option("adamw", "adamw (the trainer's default), or prodigy (prodigyopt, learning-rate free: "
                                      "--lr scales its own step estimate; its authors recommend --lr 1.0)",
                             choices=("adamw", "prodigy"))

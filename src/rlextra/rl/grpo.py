@@ -135,7 +135,7 @@ OWNED_FIELDS = {"output_dir": "-o", "max_steps": "--steps", "save_steps": "--sav
                 "per_device_train_batch_size": "--prompts-per-step and --num-generations",
                 "num_generations": "--num-generations", "beta": "--beta", "temperature": "--temperature",
                 "top_p": "--top-p", "max_completion_length": "--max-completion-length", "seed": "--seed",
-                "shuffle_dataset": "--rl-extra-replay"}
+                "shuffle_dataset": "--rl-extra-replay", "use_vllm": "--vllm"}
 
 
 def grpo_config(cfg: TrainConfig):
@@ -161,6 +161,11 @@ def grpo_config(cfg: TrainConfig):
     )
     if cfg.rl_extra_replay:  # the replayed rows come in order (replay_rows drew TRL's first permutation)
         kwargs["shuffle_dataset"] = False
+    if cfg.vllm:
+        from rlextra.rl.vllm_sync import use_vllm_in_trl
+
+        use_vllm_in_trl(cpu=cpu)
+        kwargs.update(use_vllm=True, vllm_mode="colocate")
     kwargs.update(cfg.extra)
     try:
         config = GRPOConfig(**kwargs)
