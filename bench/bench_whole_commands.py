@@ -97,7 +97,7 @@ def series_rows(work: Path, run: Path) -> dict[str, list[str]]:
                                    "--no-plots", "--overwrite"],
         "extrapolate": [RX, "extrapolate", str(ckpts[-2]), str(ckpts[-1]), "--to-step", "1000", "-o",
                         str(out / "x"), "--overwrite"],
-        "watch --once": [RX, "watch", str(run), "-o", str(out / "w"), "--once", "--no-plots"],
+        "watch --once": [RX, "watch", str(run), "-o", str(out / "w"), "--once", "--no-plots", "--overwrite"],
         "analyze merge": [RX, "analyze", "merge", *map(str, shards), "-o", str(out / "m"), "--no-plots", "--overwrite"],
         "cat (read floor)": ["cat", *files],
         "cp -r (copy floor)": ["cp", "-r", str(ckpts[-1]), str(out / "cp")],

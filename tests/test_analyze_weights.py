@@ -380,10 +380,17 @@ def test_the_safetensors_path_imports_neither_torch_nor_transformers(tmp_path):
     from synthetic import tiny_llama_config, write_synthetic_series
 
     write_synthetic_series(tmp_path / "run", tiny_llama_config(), [0, 10, 20], noise=3e-3)
-    for args in (["analyze", "weights", str(tmp_path / "run"), "-o", str(tmp_path / "aw"), "-q", "--no-plots"],
-                 ["watch", str(tmp_path / "run"), "-o", str(tmp_path / "w"), "--once", "-q", "--no-plots"],
-                 ["backtest", str(tmp_path / "run"), "-o", str(tmp_path / "b"), "--methods", "two-point,lsq", "-q",
-                  "--no-plots"]):
+    write_synthetic_series(tmp_path / "bf16", tiny_llama_config(), [0, 10, 20], noise=3e-3, dtype="bfloat16")
+    commands = [["analyze", "weights", str(tmp_path / "run"), "--shard", f"{i}/2", "-o", str(tmp_path / f"s{i}"), "-q",
+                 "--no-plots"] for i in range(2)]
+    commands += [["analyze", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "-o", str(tmp_path / "m"),
+                  "--no-plots"]]
+    for run in ("run", "bf16"):  # bf16 is widened by a shift, not by torch
+        commands += [["analyze", "weights", str(tmp_path / run), "-o", str(tmp_path / f"aw-{run}"), "-q", "--no-plots"],
+                     ["watch", str(tmp_path / run), "-o", str(tmp_path / f"w-{run}"), "--once", "-q", "--no-plots"],
+                     ["backtest", str(tmp_path / run), "-o", str(tmp_path / f"b-{run}"), "--methods", "two-point,lsq",
+                      "-q", "--no-plots"]]
+    for args in commands:
         code = (f"import sys\nfrom rlextra.cli import main\nassert main({args!r}) == 0\n"
                 "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -159,3 +159,13 @@ def test_the_readme_and_docs_fp32_bf16_numbers_come_from_the_committed_measureme
     row = (f"{100 * x12['fp32']['constant']:.2f}% | {100 * x12['bf16']['constant']:.2f}% | "
            f"{x12['fp32']['mean_r2']:.3f} / {x12['bf16']['mean_r2']:.3f}")
     assert row in (ROOT / "docs/measure.md").read_text()
+
+
+def test_the_readme_whole_command_times_are_the_benchs():
+    import json
+
+    r = json.loads((ROOT / "bench/results/whole_commands.json").read_text())["median_s"]
+    readme = (ROOT / "README.md").read_text()
+    for key in ("rlextra --help", "135m: analyze weights", "135m: backtest two-point,lsq", "135m: watch --once",
+                "135m: cat (read floor)", "135m: extrapolate"):
+        assert f"{r[key]:.2f} s" in readme, key
