@@ -824,6 +824,9 @@ def write() -> None:
     lanes = [n for n in PLANNED if not seed_of(n)]  # queue.sh's lanes A and B
     status = ("complete: every run of queue.sh's lanes A and B evaluated to step " + str(total)
               if all(total in curves.get(n, {}) for n in lanes) else "in progress")
+    lane_d = ("grpo-lr1.2e-05", "lrauto-lr1e-06")  # the learning-rate question (bench/RESULTS.md)
+    if all(total in curves.get(n, {}) for n in lane_d):
+        status += "; lane D (GRPO at 12x the lr, and --lr-auto) too"
     text = f"""# The paper's regime on a real model: a long, slow SmolLM2 run (CPU)
 
 Status ({time.strftime('%Y-%m-%d')}): **{status}.** This file is rewritten by
