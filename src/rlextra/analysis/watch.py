@@ -71,8 +71,10 @@ def complete_checkpoints(run: Path, *, allow_pickle: bool = False,
     marked = any(layout == "trainer" and (folder / TRAINER_MARKER).is_file() for _, _, folder, layout in candidates)
     found = []
     for step, child, folder, layout in candidates:
-        waiting = checkpoint_saved(folder) if layout == "verl-fsdp" else \
-            None if (folder / "config.json").is_file() else "waiting for config.json"
+        if layout == "verl-fsdp":
+            waiting = checkpoint_saved(folder, run, step)
+        else:
+            waiting = None if (folder / "config.json").is_file() else "waiting for config.json"
         if waiting:
             skipped[str(child)] = waiting
             continue

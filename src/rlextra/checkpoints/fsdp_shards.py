@@ -388,19 +388,18 @@ def read_fsdp_checkpoint(folder: Path) -> dict[str, TensorRef]:
     return refs
 
 
-def checkpoint_saved(folder: Path) -> str | None:
-    """Why a shard checkpoint is not complete yet, or None. verl's trainer writes every rank's file,
-    then ``huggingface/`` and ``fsdp_config.json`` (rank 0), then ``latest_checkpointed_iteration.txt``
-    in the run folder; a rank file being written has no zip directory yet (torch.save writes it last)."""
+def checkpoint_saved(folder: Path, run: Path, step: int) -> str | None:
+    """Why the shard checkpoint ``folder`` (step ``step`` of the run folder ``run``) is not complete
+    yet, or None. verl's trainer writes every rank's file, then ``huggingface/`` and
+    ``fsdp_config.json`` (rank 0), then ``latest_checkpointed_iteration.txt`` in the run folder; a rank
+    file being written has no zip directory yet (torch.save writes it last)."""
     folder = Path(folder)
     if not (folder / FSDP_CONFIG).is_file():
         return f"waiting for {FSDP_CONFIG}"
     if not (folder / "huggingface" / "config.json").is_file():
         return "waiting for huggingface/config.json"
-    run = folder.parent.parent if folder.name == "actor" else folder.parent
-    step = _step_of(folder)
-    tracker = run / TRACKER
-    if tracker.is_file() and step is not None:
+    tracker = Path(run) / TRACKER
+    if tracker.is_file():
         try:
             last = int(tracker.read_text().strip())
         except (OSError, ValueError):
@@ -409,7 +408,3 @@ def checkpoint_saved(folder: Path) -> str | None:
             return f"waiting for {TRACKER} to reach step {step} (verl writes it last)"
     return None
 
-
-def _step_of(folder: Path) -> int | None:
-    m = re.search(r"(\d+)$", (folder.parent if folder.name == "actor" else folder).name)
-    return int(m.group(1)) if m else None

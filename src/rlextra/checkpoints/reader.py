@@ -178,16 +178,16 @@ class PartsTensorRef(TensorRef):
     parts: list[TensorRef] = field(default_factory=list)
 
     def _spans(self, start: int, stop: int):
-        """(part, start within it, stop within it, position in the output) over [start, stop)."""
+        """(index, part, start within it, stop within it, position in the output) over [start, stop)."""
         base = 0
-        for part in self.parts:
+        for i, part in enumerate(self.parts):
             lo, hi = max(start, base), min(stop, base + part.numel)
             if lo < hi:
-                yield part, lo - base, hi - base, lo - start
+                yield i, part, lo - base, hi - base, lo - start
             base += part.numel
 
     def read_raw(self, start: int, stop: int) -> np.ndarray:
-        pieces = [(part.read_raw(a, b), at) for part, a, b, at in self._spans(start, stop)]
+        pieces = [(part.read_raw(a, b), at) for _, part, a, b, at in self._spans(start, stop)]
         if len(pieces) == 1:
             return pieces[0][0]
         out = np.empty(max(stop - start, 0), dtype=STORAGE[self.dtype][0])
@@ -207,9 +207,8 @@ class PartsTensorRef(TensorRef):
 
     def read_into(self, start: int, out: np.ndarray, f=None) -> np.ndarray:
         handles = f if f is not None else [None] * len(self.parts)
-        where = {id(part): h for part, h in zip(self.parts, handles)}
-        for part, a, b, at in self._spans(start, start + out.size):
-            part.read_into(a, out[at:at + b - a], where[id(part)])
+        for i, part, a, b, at in self._spans(start, start + out.size):
+            part.read_into(a, out[at:at + b - a], handles[i])
         return out
 
 

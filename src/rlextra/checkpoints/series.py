@@ -110,7 +110,7 @@ def resolve_model_dir(path: Path) -> tuple[Path, str]:
         raise RLExtraError(f"{path}: expected a model folder, got a file")
     # verl's shards first: they hold the fp32 master weights; a merged huggingface/ copy is bf16
     for folder in (path, path / "actor"):
-        if folder.is_dir() and folder.name != "huggingface" and is_fsdp_checkpoint(folder):
+        if is_fsdp_checkpoint(folder):
             return folder, "verl-fsdp"
     candidates = [(path, "hf"), (path / "actor" / "huggingface", "verl"), (path / "huggingface", "verl")]
     for folder, layout in candidates:
@@ -139,7 +139,7 @@ def index_model_dir(folder: Path, *, allow_pickle: bool = False,
 
     ``pickle_flag`` is the option that opts in, named in the refusal; None where there is none.
     """
-    if folder.name != "huggingface" and is_fsdp_checkpoint(folder):
+    if is_fsdp_checkpoint(folder):
         return read_fsdp_checkpoint(folder)
     if (folder / SAFE_INDEX).is_file():
         return _index_sharded(folder / SAFE_INDEX, read_safetensors_index)

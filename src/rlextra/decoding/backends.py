@@ -100,6 +100,7 @@ class VLLMGenerate:
     """
 
     name = "vllm"
+    steps, target, weights = [0], 0.0, [1.0]  # one model: plain decoding (VLLMExtrapolation sets its own)
 
     def __init__(self, path: str | Path, dtype: str | None = "auto", device: str | None = "auto") -> None:
         self.path, self.label = str(path), str(path)

@@ -51,7 +51,10 @@ def generate_file(checkpoints: str | Path | Sequence[str | Path], prompts_file: 
     sampling = sampling or SamplingConfig()
     prompts = read_prompts(prompts_file)
     if backend == "vllm":
-        engine = _vllm_decoder(items, to_step, alpha, steps, dtype, device)
+        from rlextra.decoding.backends import load_decoder
+
+        engine = load_decoder(items, backend="vllm", to_step=to_step, alpha=alpha, steps=steps, dtype=dtype,
+                              device=device)
         texts = format_prompts(engine.tokenizer, prompts, chat)  # vLLM's decoder checks the lengths itself
     elif backend == "rlextra":
         engine = load_engine(items, to_step=to_step, alpha=alpha, steps=steps, device=device, dtype=dtype,
@@ -67,14 +70,3 @@ def generate_file(checkpoints: str | Path | Sequence[str | Path], prompts_file: 
     with atomic_output_file(out_file, inputs=inputs, overwrite=overwrite) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"n_generations": len(lines), "steps": engine.steps, "target_step": engine.target, "output": str(out_file)}
-
-
-def _vllm_decoder(items, to_step, alpha, steps, dtype, device):
-    """vLLM for one model (its step 0, weight 1) or for the K checkpoints' extrapolated logits."""
-    from rlextra.decoding.backends import load_decoder
-
-    decoder = load_decoder(items, backend="vllm", to_step=to_step, alpha=alpha, steps=steps, dtype=dtype,
-                           device=device)
-    if not hasattr(decoder, "steps"):  # one model: plain decoding
-        decoder.steps, decoder.target, decoder.weights = [0], 0.0, [1.0]
-    return decoder
