@@ -169,3 +169,14 @@ def test_the_readme_whole_command_times_are_the_benchs():
     for key in ("rlextra --help", "135m: analyze weights", "135m: backtest two-point,lsq", "135m: watch --once",
                 "135m: cat (read floor)", "135m: extrapolate"):
         assert f"{r[key]:.2f} s" in readme, key
+
+
+def test_the_readme_vllm_numbers_are_the_benchs():
+    import json
+
+    d = json.loads((ROOT / "bench/results/vllm_decoding.json").read_text())
+    rate = {(r["decoder"], r["batch"]): r["tok_per_s"] for r in d["rows"]}
+    readme = (ROOT / "README.md").read_text()
+    one, two = rate[("vllm", 64)] / rate[("rlextra", 64)], rate[("vllm K=2", 64)] / rate[("rlextra K=2", 64)]
+    assert f"decoded {one:.1f}x (one model) and {two:.1f}x" in readme
+    assert f"after a {d['vllm_engine_start_s']} s" in readme
