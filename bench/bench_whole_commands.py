@@ -4,9 +4,14 @@ Every row is a fresh process run the way a user runs it (`OMP_NUM_THREADS` unset
 interleaved over the rows and repeated (the median is kept), so that load on the machine falls on
 every row alike. Series (tests/synthetic.py: random init, planted drift plus noise, 8 checkpoints):
 `tiny` (the tests' 2-layer Llama, fp32, ~100 KB per checkpoint), `135m` (SmolLM2-135M shape, bf16, and
-`135m-fp32`), and optionally `1.5b` (Qwen2.5-1.5B shape, bf16; ~25 GB on disk).
+`135m-fp32`), and optionally `1.5b` (Qwen2.5-1.5B shape, bf16; ~25 GB on disk, more than half this machine's
+memory: the page cache is dropped before each of its rows, which needs root, so they read from the disk) and `1.5b-fp32` (two fp32 checkpoints, 12 GB: the
+extrapolate and cp -r rows only). `--add` keeps the rows already in the JSON and adds these series'
+(a series too large to sit beside another on the disk is measured in a run of its own).
 
-Rows per series (plots off where a command draws them: `--no-plots`): `analyze weights`,
+Rows per series (plots off where a command draws them: `--no-plots`; the page cache is warmed, untimed,
+before each row of a series that fits it, every row's writes are synced, untimed, before the next, and
+its output folder, like cp's destination, is removed untimed before it runs): `analyze weights`,
 `backtest --methods two-point,lsq`, `extrapolate` (the two
 newest checkpoints to a later step), `watch --once`, `analyze merge` (of two `--shard` halves made
 beforehand), and the floors: `cat` of every weight file to /dev/null and `cp -r` of one checkpoint.
@@ -15,7 +20,7 @@ analysis right after the on-disk cache of rlextra's compiled passes is emptied (
 install), then again (cached).
 
 Usage (repository root): .venv/bin/python bench/bench_whole_commands.py [--series tiny,135m,135m-fp32]
-    [--repeats 3] [--write-results]
+    [--repeats 3] [--write-results] [--add]
 """
 
 from __future__ import annotations
@@ -38,16 +43,21 @@ RX = str(ROOT / ".venv" / "bin" / "rlextra")
 sys.path[:0] = [str(HERE), str(ROOT / "tests")]
 
 SERIES = {"tiny": ("float32", "tiny"), "135m": ("bfloat16", "smollm2-135m"),
-          "135m-fp32": ("float32", "smollm2-135m"), "1.5b": ("bfloat16", "qwen2.5-1.5b")}
+          "135m-fp32": ("float32", "smollm2-135m"), "1.5b": ("bfloat16", "qwen2.5-1.5b"),
+          "1.5b-fp32": ("float32", "qwen2.5-1.5b")}
 STEPS = [100 * i for i in range(8)]
+# the fp32 1.5B shape only for extrapolate's fp32 row: its two checkpoints (12 GB), not eight (50 GB)
+SERIES_STEPS = {"1.5b-fp32": STEPS[-2:]}
+PAIR_ONLY = ("extrapolate", "cp -r (copy floor)")
 TARGETS = {"help": 0.5, "tiny": 1.0}  # seconds (issue targets, as stated in RESULTS)
 
 
 def ensure(work: Path, name: str) -> Path:
     """The series (generated once), its page cache warmed."""
     dtype, shape = SERIES[name]
+    steps = SERIES_STEPS.get(name, STEPS)
     run = work / f"series-{name}"
-    if len(list(run.glob("checkpoint-*"))) != len(STEPS):
+    if len(list(run.glob("checkpoint-*"))) != len(steps):
         from synthetic import tiny_llama_config, write_synthetic_series
 
         shutil.rmtree(run, ignore_errors=True)
@@ -58,12 +68,38 @@ def ensure(work: Path, name: str) -> Path:
 
             config = shape_config(shape)
         print(f"generating {name} ...", flush=True)
-        write_synthetic_series(run, config, STEPS, drift=4e-3, noise=5e-4, dtype=dtype)
+        write_synthetic_series(run, config, steps, drift=4e-3, noise=5e-4, dtype=dtype)
+    warm(run)
+    return run
+
+
+def fits_page_cache(run: Path) -> bool:
+    """Whether the series can stay in the page cache: at most half the machine's memory."""
+    size = sum(f.stat().st_size for f in run.rglob("*.safetensors"))
+    return size <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def drop_page_cache() -> None:
+    """Empty the page cache (root only), so that a series larger than it is read from the disk on every
+    row, as a run's older checkpoints are: partly cached leftovers of earlier rows are not a state a
+    user can reproduce."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(f"/proc/sys/vm/drop_caches: cannot drop the page cache ({exc.strerror}); the rows of a "
+                         "series larger than half the memory need it (run as root)") from None
+
+
+def warm(run: Path) -> None:
+    """Read the series once so that its rows start from a warm page cache (not for a series larger than
+    the cache can hold: its rows read from the disk, as a user's would)."""
+    if not fits_page_cache(run):
+        return
     for f in run.rglob("*.safetensors"):
         with open(f, "rb") as fh:
             while fh.read(1 << 24):
                 pass
-    return run
 
 
 def timed(cmd: list[str], env: dict | None = None) -> float:
@@ -82,16 +118,17 @@ def user_env() -> dict:
     return env
 
 
-def series_rows(work: Path, run: Path) -> dict[str, list[str]]:
+def series_rows(work: Path, run: Path, pair_only: bool = False) -> dict[str, list[str]]:
+    """The rows of one series (``pair_only``: extrapolate and cp -r alone, for a series of 2)."""
     ckpts = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     files = [str(f) for f in sorted(run.rglob("*.safetensors"))]
     out = work / "out"
     shards = [work / f"shard{i}" for i in range(2)]
     for i, s in enumerate(shards):  # the halves that analyze merge adds up (made once, not timed)
-        if not (s / "weights.json").is_file():
+        if not pair_only and not (s / "weights.json").is_file():
             subprocess.run([RX, "analyze", "weights", str(run), "--shard", f"{i}/2", "-o", str(s), "--no-plots",
                             "-q", "--overwrite"], check=True, stdout=subprocess.DEVNULL, env=user_env())
-    return {
+    rows = {
         "analyze weights": [RX, "analyze", "weights", str(run), "-o", str(out / "a"), "--no-plots", "-q", "--overwrite"],
         "backtest two-point,lsq": [RX, "backtest", str(run), "--methods", "two-point,lsq", "-o", str(out / "b"),
                                    "--no-plots", "--overwrite"],
@@ -102,6 +139,7 @@ def series_rows(work: Path, run: Path) -> dict[str, list[str]]:
         "cat (read floor)": ["cat", *files],
         "cp -r (copy floor)": ["cp", "-r", str(ckpts[-1]), str(out / "cp")],
     }
+    return {k: v for k, v in rows.items() if k in PAIR_ONLY} if pair_only else rows
 
 
 def command_paths(parser, prefix: tuple = ()) -> list[tuple]:
@@ -136,72 +174,107 @@ def main() -> None:
     ap.add_argument("--series", default="tiny,135m,135m-fp32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--add", action="store_true",
+                    help="keep the rows of bench/results/whole_commands.json and add these series' rows to them")
     a = ap.parse_args()
     names = a.series.split(",")
     a.work.mkdir(parents=True, exist_ok=True)
     runs = {n: ensure(a.work, n) for n in names}
     from rlextra.cli import build_parser
 
-    rows: dict[str, list[str]] = {"rlextra --help": [RX, "--help"]}
-    rows.update({f"rlextra {' '.join(c)} --help": [RX, *c, "--help"] for c in command_paths(build_parser())})
+    rows: dict[str, list[str]] = {}
+    if not a.add:  # the start-up rows belong to the first run; --add measures series only
+        rows["rlextra --help"] = [RX, "--help"]
+        rows.update({f"rlextra {' '.join(c)} --help": [RX, *c, "--help"] for c in command_paths(build_parser())})
+    row_series: dict[str, str] = {}
     for n in names:
-        for k, cmd in series_rows(a.work / n, runs[n]).items():
+        for k, cmd in series_rows(a.work / n, runs[n], pair_only=n in SERIES_STEPS).items():
             rows[f"{n}: {k}"] = cmd
+            row_series[f"{n}: {k}"] = n
     times: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(a.repeats):
         for k, cmd in rows.items():
+            # untimed, as cp's destination: every command writes into a fresh folder (--overwrite would
+            # otherwise time the removal of the previous run's output as well)
             if k.endswith("cp -r (copy floor)"):
                 shutil.rmtree(cmd[-1], ignore_errors=True)
+            elif "-o" in cmd:
+                shutil.rmtree(cmd[cmd.index("-o") + 1], ignore_errors=True)
+            if k in row_series and fits_page_cache(runs[row_series[k]]):
+                warm(runs[row_series[k]])  # untimed: a larger series' row may have pushed this one out
+            elif k in row_series:
+                drop_page_cache()  # untimed: every row of a series too large to cache starts cold
             times[k].append(timed(cmd, user_env()))
+            os.sync()  # untimed: a row's written files reach the disk before the next row starts
     med = {k: round(statistics.median(v), 3) for k, v in times.items()}
     numba = numba_cache_row(runs[names[0]], a.work / names[0]) if names[0] == "tiny" else None
+    cold = [n for n in names if not fits_page_cache(runs[n])]
     result = {"date": datetime.date.today().isoformat(), "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
-              "python": platform.python_version(), "repeats": a.repeats, "median_s": med, "runs_s": times,
-              "numba_cache": numba}
+              "python": platform.python_version(), "repeats": a.repeats, "series": names, "cold_series": cold,
+              "median_s": med, "runs_s": times, "numba_cache": numba}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "whole_commands.json").write_text(json.dumps(result, indent=1) + "\n")
-    text = render(result, names)
+    path = HERE / "results" / "whole_commands.json"
+    if a.add:  # rows of more series, measured in another run (say so in RESULTS): kept beside the earlier ones
+        old = json.loads(path.read_text())
+        for key in ("median_s", "runs_s"):
+            old[key].update(result[key])
+        old["series"] = old["series"] + [n for n in names if n not in old["series"]]
+        old["cold_series"] = sorted(set(old.get("cold_series", [])) | set(cold))
+        old.setdefault("added", []).append({"series": names, "date": result["date"], "repeats": a.repeats})
+        result = old
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    text = render(result, result["series"])
     print(text)
     if a.write_results:
         with open(HERE / "RESULTS.md", "a") as f:
             f.write(text)
 
 
+COLUMNS = ("analyze weights", "backtest two-point,lsq", "extrapolate", "watch --once", "analyze merge",
+           "cat (read floor)", "cp -r (copy floor)")
+
+
 def render(res: dict, names: list[str]) -> str:
     med = res["median_s"]
     helps = {k: v for k, v in med.items() if k.endswith("--help")}
     worst = max(helps, key=helps.get)
+    cold = res.get("cold_series", [])
+
+    def cell(n: str, k: str) -> str:
+        v = med.get(f"{n}: {k}")
+        return "-" if v is None else f"{v:.2f}"
+
     lines = [f"\n## What a user waits for: whole commands ({res['date']})\n",
-             f"Machine: {res['machine']}, Python {res['python']}; `OMP_NUM_THREADS` unset, page cache warm; each "
-             f"row a fresh process, rows interleaved, median of {res['repeats']}.",
-             "Command: `.venv/bin/python bench/bench_whole_commands.py --write-results`\n",
+             f"Machine: {res['machine']}, Python {res['python']}; `OMP_NUM_THREADS` unset; each row a fresh process, "
+             f"rows interleaved, median of {res['repeats']}; page cache warm before each row, writes synced after it, outputs removed before it"
+             + (f"; except {', '.join(cold)}: larger than half the memory, so the page cache is dropped before each of "
+                "its rows (read from the disk)" if cold else "") + ".",
+             "Command: `.venv/bin/python bench/bench_whole_commands.py --write-results`"
+             + "".join(f"; then `--series {','.join(x['series'])} --add` ({x['date']}, median of {x['repeats']})"
+                       for x in res.get("added", [])) + "\n",
              f"Start-up: `rlextra --help` {med['rlextra --help']:.2f} s; the slowest `<command> --help` is "
              f"`{worst}` at {helps[worst]:.2f} s (target 0.5 s each; all {len(helps)} in "
              "`bench/results/whole_commands.json`).\n",
-             "| series | " + " | ".join(k for k in ("analyze weights", "backtest two-point,lsq", "extrapolate",
-                                                     "watch --once", "analyze merge", "cat (read floor)",
-                                                     "cp -r (copy floor)")) + " |",
-             "|---|" + "---|" * 7]
+             "| series | " + " | ".join(COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
     for n in names:
-        lines.append(f"| {n} | " + " | ".join(f"{med[f'{n}: {k}']:.2f}" for k in (
-            "analyze weights", "backtest two-point,lsq", "extrapolate", "watch --once", "analyze merge",
-            "cat (read floor)", "cp -r (copy floor)")) + " |")
+        lines.append(f"| {n} | " + " | ".join(cell(n, k) for k in COLUMNS) + " |")
     lines.append("")
     lines.append("| ratio | value | target |")
     lines.append("|---|---|---|")
     if "tiny" in names:
-        slowest = max(med[f"tiny: {k}"] for k in ("analyze weights", "backtest two-point,lsq", "extrapolate",
-                                                   "watch --once", "analyze merge"))
+        slowest = max(med[f"tiny: {k}"] for k in COLUMNS[:5])
         lines.append(f"| slowest command on the tiny series, s | {slowest:.2f} | <= 1.0 |")
     for n in names:
         if n == "tiny":
             continue
-        if "tiny" in names:
+        if "tiny" in names and f"{n}: analyze weights" in med:
             over = med[f"{n}: analyze weights"] - med["tiny: analyze weights"]
             lines.append(f"| {n}: (analyze weights - the same on tiny) / cat | {over / med[f'{n}: cat (read floor)']:.2f} "
                          "| <= 4 |")
-        lines.append(f"| {n}: backtest / analyze weights | "
-                     f"{med[f'{n}: backtest two-point,lsq'] / med[f'{n}: analyze weights']:.2f} | <= 3 |")
+        if f"{n}: backtest two-point,lsq" in med:
+            lines.append(f"| {n}: backtest / analyze weights | "
+                         f"{med[f'{n}: backtest two-point,lsq'] / med[f'{n}: analyze weights']:.2f} | <= 3 |")
         lines.append(f"| {n}: extrapolate / cp -r | {med[f'{n}: extrapolate'] / med[f'{n}: cp -r (copy floor)']:.2f} "
                      "| <= 3 |")
     if res.get("numba_cache"):

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -371,8 +372,8 @@ def test_a_nan_in_a_bf16_series_is_refused_by_name(tmp_path):
 
 
 def test_the_safetensors_path_imports_neither_torch_nor_transformers(tmp_path):
-    """analyze weights, watch --once and backtest's streamed methods read safetensors with numpy and
-    numba: torch (about 1.2 s to import here) and transformers (0.4 s) stay out of the process."""
+    """analyze weights, watch --once, backtest's streamed methods and extrapolate (two-point, lsq)
+    read safetensors with numpy and numba: torch (about 1.2 s to import here) and transformers (0.4 s) stay out of the process."""
     import subprocess
     import sys
 
@@ -389,9 +390,35 @@ def test_the_safetensors_path_imports_neither_torch_nor_transformers(tmp_path):
         commands += [["analyze", "weights", str(tmp_path / run), "-o", str(tmp_path / f"aw-{run}"), "-q", "--no-plots"],
                      ["watch", str(tmp_path / run), "-o", str(tmp_path / f"w-{run}"), "--once", "-q", "--no-plots"],
                      ["backtest", str(tmp_path / run), "-o", str(tmp_path / f"b-{run}"), "--methods", "two-point,lsq",
-                      "-q", "--no-plots"]]
+                      "-q", "--no-plots"],
+                     ["extrapolate", str(tmp_path / run / "checkpoint-10"), str(tmp_path / run / "checkpoint-20"),
+                      "--to-step", "50", "-o", str(tmp_path / f"x-{run}"), "-q"],
+                     ["extrapolate", str(tmp_path / run), "--method", "lsq", "--to-step", "50",
+                      "-o", str(tmp_path / f"l-{run}"), "-q"]]
     for args in commands:
         code = (f"import sys\nfrom rlextra.cli import main\nassert main({args!r}) == 0\n"
                 "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert out.strip().splitlines()[-1] == "[]", (args[:2], out)
+
+
+def test_the_progress_bar_says_whether_reads_or_rlextra_are_the_limit(series_dir, tmp_path, capsys):
+    """The bar's closing line carries the reads' own rate and their share of the time, and calls the
+    pass disk-bound or rlextra-bound; the meter counts every byte the block reader read."""
+    from rlextra.checkpoints.read_meter import ReadMeter
+
+    run, steps, vals = series_dir
+    analyze_weights(run, tmp_path / "a", progress=True, plots=False)
+    line = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    bar = [x for x in line if x.startswith("analyze weights: 100%")][-1]
+    assert re.search(r"reads [0-9.]+ [KMG]?B/s, \d+% of the time: (disk|rlextra)-bound", bar), bar
+
+    meter = ReadMeter(threads=2)
+    meter.add(3 << 20, 0.5)
+    meter.add(1 << 20, 0.5)
+    assert meter.bytes == 4 << 20 and meter.rate == 4 << 20  # 4 MB in 1 s of reads
+    meter.started -= 10.0  # 10 s on 2 threads: 1 s of reads is 5%
+    assert 0.04 < meter.share < 0.06 and meter.summary().endswith("5% of the time: rlextra-bound")
+    meter.add(0, 15.0)
+    assert meter.summary().endswith(": disk-bound")
+    assert ReadMeter().summary() == "reads: -"

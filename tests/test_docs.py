@@ -167,7 +167,8 @@ def test_the_readme_whole_command_times_are_the_benchs():
     r = json.loads((ROOT / "bench/results/whole_commands.json").read_text())["median_s"]
     readme = (ROOT / "README.md").read_text()
     for key in ("rlextra --help", "135m: analyze weights", "135m: backtest two-point,lsq", "135m: watch --once",
-                "135m: cat (read floor)", "135m: extrapolate"):
+                "135m: cat (read floor)", "135m: extrapolate", "tiny: extrapolate", "1.5b: analyze weights",
+                "1.5b: cat (read floor)"):
         assert f"{r[key]:.2f} s" in readme, key
 
 

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import numpy_r2, planted_series, write_ckpt
+from rlextra import fused
 from rlextra.errors import RLExtraError
 from rlextra.extrapolate import extrapolate_weights, is_norm_weight
 
@@ -124,6 +125,26 @@ def test_half_precision_lerp_equals_the_fp32_path(dtype):
     b = (a.float() + 0.01 * torch.randn(10_000, generator=g)).to(dtype)
     for alpha in (0.5, 1.7, 3.0, -0.4):
         assert torch.equal(a.lerp(b, alpha), a.float().lerp(b.float(), alpha).to(dtype))
+
+
+@pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("dtypes", [("F32", "F32"), ("BF16", "BF16"), ("F16", "F16"), ("F64", "F64"),
+                                    ("BF16", "F32"), ("F32", "BF16"), ("F64", "F32"), ("F16", "BF16")])
+def test_extrapolate_without_torch_writes_the_bytes_of_the_torch_path(tmp_path, dtypes):
+    """Two-point on the CPU runs compiled, without torch; --device cpu runs torch's lerp. Every
+    dtype pair (the output takes the newest's) gives the same file bytes, chunk tails included."""
+    names = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+    rng = np.random.default_rng(1)
+    w0 = rng.standard_normal((37, 29))
+    for t, (w, dt) in enumerate(((w0, dtypes[0]), (w0 + 1e-2 * rng.standard_normal(w0.shape), dtypes[1]))):
+        write_ckpt(tmp_path / "run" / f"checkpoint-{10 * t}", {MAT: w, NORM: np.ones(29) + t / 10}, dtype=names[dt])
+    pair = [str(tmp_path / "run" / "checkpoint-0"), str(tmp_path / "run" / "checkpoint-10")]
+    for to_step in (3, 47):  # alpha 0.3 (the small-weight branch) and 4.7
+        opts = dict(to_step=to_step, method="two-point", chunk_size=100, progress=False, allow_mixed_dtypes=True)
+        extrapolate_weights(pair, tmp_path / f"numba-{to_step}", **opts)
+        extrapolate_weights(pair, tmp_path / f"torch-{to_step}", device="cpu", **opts)
+        assert (tmp_path / f"numba-{to_step}" / "model.safetensors").read_bytes() == \
+            (tmp_path / f"torch-{to_step}" / "model.safetensors").read_bytes()
 
 
 def test_nan_in_input_is_named(series_dir, tmp_path):

@@ -6,6 +6,9 @@ twenty passes over memory, holding the GIL between them, so a full-coverage anal
 the read floor on 2 cores (bench/RESULTS.md). Compiled, the same float64 arithmetic runs once per
 parameter, without the GIL, so tensors on several threads really run at once.
 
+``lerp_into`` / ``lerp_bf16_into`` are extrapolation's two-point line, the arithmetic of torch's CPU
+``lerp`` (so outputs stay byte-identical to the torch path, tested) without importing torch.
+
 ``chunk_stats`` gives the numbers of ``LineFit`` (shifted float64 sums, the same R^2 formula and
 clipping); ``combo_sq_sums`` the backtest's squared errors, in float64. Only the order of the
 additions differs from the numpy/torch paths. Without numba installed, ``AVAILABLE`` is False and
@@ -158,6 +161,65 @@ def _combo_sq_sums(block, index, coef, counts, out, bf16):
 def _widen(raw, bits):
     for j in range(raw.shape[0]):
         bits[j] = np.uint32(raw[j]) << np.uint32(16)
+
+
+def _lerp(a, b, coeff, small, out):
+    """torch's CPU lerp with a scalar weight w: small (|w| < 0.5): fma(w, b - a, a); else
+    fma(w - 1, b - a, b), in the arrays' precision (``coeff`` is w or w - 1, rounded to it)."""
+    for i in range(a.shape[0]):
+        out[i] = coeff * (b[i] - a[i]) + (a[i] if small else b[i])
+
+
+def _lerp_bf16(a, b, coeff, small, out):
+    """``_lerp`` on bf16 storage (uint16 bits): widened to float32 exactly, the float32 line,
+    rounded back to nearest even, as torch's bf16 lerp does; tile by tile. A NaN result becomes
+    0x7FC0 (torch's vector loop gives 0xFFFF): callers refuse NaN before anything is written."""
+    ta = np.empty(TILE, dtype=np.uint32)
+    tb = np.empty(TILE, dtype=np.uint32)
+    tr = np.empty(TILE, dtype=np.uint32)
+    fa, fb, fr = ta.view(np.float32), tb.view(np.float32), tr.view(np.float32)
+    n = a.shape[0]
+    for j0 in range(0, n, TILE):
+        m = min(TILE, n - j0)
+        for j in range(m):
+            ta[j] = np.uint32(a[j0 + j]) << np.uint32(16)
+            tb[j] = np.uint32(b[j0 + j]) << np.uint32(16)
+        for j in range(m):
+            fr[j] = coeff * (fb[j] - fa[j]) + (fa[j] if small else fb[j])
+        for j in range(m):
+            u = tr[j]
+            rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+            out[j0 + j] = np.uint16(0x7FC0) if fr[j] != fr[j] else np.uint16(rounded)
+
+
+def _lerp_coeff(w: float, dtype) -> tuple:
+    """(coeff, small) of torch's lerp for a Python-float weight in ``dtype`` (float32 or float64)."""
+    w = dtype.type(w)
+    small = bool(abs(w) < 0.5)
+    # not small: b + (w - 1)(b - a), as torch's vector loop computes it. Its scalar loop (tails shorter
+    # than two vectors, and where threads split the work) computes b - (1 - w)(b - a): the same bits except
+    # the sign of a zero result at w = 1 exactly (tested)
+    return (w if small else w - dtype.type(1)), small
+
+
+# contract only: a * b + c becomes one fused multiply-add where the CPU has it, as in torch's
+# vectorized kernel; nothing is reassociated
+_LERP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract"}}
+
+
+def lerp_into(a: np.ndarray, b: np.ndarray, w: float, out: np.ndarray) -> np.ndarray:
+    """``out`` = the two-point line a + w (b - a) as torch's CPU lerp computes it (needs numba);
+    a, b, out float32 or float64, one dtype, same length."""
+    coeff, small = _lerp_coeff(w, a.dtype)
+    _compiled(_lerp, **_LERP_OPTIONS)(a, b, coeff, small, out)
+    return out
+
+
+def lerp_bf16_into(a: np.ndarray, b: np.ndarray, w: float, out: np.ndarray) -> np.ndarray:
+    """``lerp_into`` on bf16 storage (uint16 arrays), computed in float32 and rounded once, as torch."""
+    coeff, small = _lerp_coeff(w, np.dtype(np.float32))
+    _compiled(_lerp_bf16, **_LERP_OPTIONS)(a, b, coeff, small, out)
+    return out
 
 
 def bf16_to_float32(raw: np.ndarray, out: np.ndarray) -> None:

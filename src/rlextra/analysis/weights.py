@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from rlextra.analysis.report import FINE_BINS, finalize_report, tensor_summary, 
 from rlextra.shards import assign_shards, available_cores, parse_shard  # noqa: F401 (re-exported)
 from rlextra.checkpoints.chunks import (DEFAULT_CHUNK_SIZE, BlockReader, as_float, auto_chunk_size, chunk_ranges,
                                         raise_nonfinite, read_values)
+from rlextra.checkpoints.read_meter import ReadMeter
 from rlextra.checkpoints.series import CheckpointSeries, load_series
 from rlextra.checkpoints.writer import StreamingSafetensorsWriter, TensorSpec, parse_size
 from rlextra.errors import RLExtraError
@@ -210,16 +212,22 @@ def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sampl
     examples_wanted = set(example_names)
     # the bar counts the bytes the pass covers (every checkpoint's copy of each entry), so its rate reads
     # against the disk's (`cat` of the series): at a glance, is rlextra or the disk the limit?
+    # Its postfix says how fast the reads themselves went and what share of the time they took
+    # (ReadMeter): "disk-bound" or "rlextra-bound" without a second tool.
     total = sum(newest[n].numel * sum(r.itemsize for r in series.refs(n)) for n in names)
+    threaded = threads > 1 and on_fit is None and sampled is None and len(names) > 1
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="analyze weights",
               disable=not progress) as bar:
+        meter = ReadMeter(threads if threaded else 1) if progress else None
+        advance = _bar_advance(bar, meter)
+
         def one(name: str) -> tuple[_TensorStats, list[dict]]:
             return _tensor_stats(series, name, sample=sample, seed=seed, min_change=min_change,
                                  min_distinct=min_distinct, chunk_size=chunk_size,
-                                 want_example=name in examples_wanted, on_fit=on_fit, sampled=sampled, bar=bar,
-                                 device=device)
+                                 want_example=name in examples_wanted, on_fit=on_fit, sampled=sampled,
+                                 advance=advance, meter=meter, device=device)
 
-        if threads > 1 and on_fit is None and sampled is None and len(names) > 1:
+        if threaded:
             from concurrent.futures import ThreadPoolExecutor
 
             # tensors are independent, and numpy releases the GIL on the large array operations
@@ -227,14 +235,16 @@ def stream_weight_stats(series: CheckpointSeries, names: Sequence[str], *, sampl
                 done = list(pool.map(one, names))  # in the order of names: the report is the same
         else:  # the maps writer and watch's in-memory reads need the tensors in order
             done = [one(name) for name in names]
+        if meter is not None and meter.bytes:
+            bar.set_postfix_str(meter.summary(), refresh=False)  # the closing line keeps the final figures
     stats = {name: st for name, (st, _) in zip(names, done)}
     examples = [e for _, ex in done for e in ex]
     return WeightStats(stats, examples)
 
 
 def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min_change, min_distinct,
-                  chunk_size: int, want_example: bool, on_fit, sampled, bar,
-                  device=None) -> tuple[_TensorStats, list[dict]]:
+                  chunk_size: int, want_example: bool, on_fit, sampled, advance: Callable[[int], None],
+                  meter: ReadMeter | None = None, device=None) -> tuple[_TensorStats, list[dict]]:
     """One tensor's running sums across the series, chunk by chunk, and its example trajectory."""
     refs = series.refs(name)
     per_entry = sum(r.itemsize for r in refs)  # bytes of one entry across the series: the bar's unit
@@ -247,15 +257,15 @@ def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min
     fused_ok = (whole and fused.AVAILABLE and device is None and min_change is None and min_distinct is None
                 and on_fit is None)
     steps_fit = LineFit(series.steps, 0)  # the centred steps and Sxx, for the fused pass
-    with (BlockReader(refs, width, device, compact=fused_ok, bf16_bits=fused_ok) if whole
+    with (BlockReader(refs, width, device, compact=fused_ok, bf16_bits=fused_ok, meter=meter) if whole
           else contextlib.nullcontext()) as blocks:
-        for start, stop, lo, hi, advance in _chunks(refs[0].numel, idx, chunk_size):
+        for start, stop, lo, hi, step in _chunks(refs[0].numel, idx, chunk_size):
             pick = None if idx is None else idx[lo:hi] - start
             n = stop - start if pick is None else len(pick)
             cand = rng.choice(n, size=min(N_CANDIDATES, n), replace=False) if want_example else None
             if fused_ok and cand is None:  # the common case: one compiled pass, no per-parameter arrays
                 _fused_chunk(st, blocks.read(start, stop), steps_fit, refs, series.steps, start, stop)
-                bar.update(advance * per_entry)
+                advance(step * per_entry)
                 continue
             fit = LineFit(series.steps, n, track_range=min_change is not None, distinct_cap=min_distinct or 0)
             traj = []
@@ -274,8 +284,24 @@ def _tensor_stats(series: CheckpointSeries, name: str, *, sample, seed: int, min
                         min_change=min_change, min_distinct=min_distinct, on_fit=on_fit)
             if examples:
                 want_example = False
-            bar.update(advance * per_entry)
+            advance(step * per_entry)
     return st, examples
+
+
+def _bar_advance(bar, meter: ReadMeter | None, every_s: float = 0.5) -> Callable[[int], None]:
+    """``bar.update``, with the reads' summary in the postfix at most every ``every_s`` seconds."""
+    if meter is None:
+        return bar.update
+    last = [0.0]
+
+    def advance(n: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s and meter.bytes:  # sampled reads (memory maps) are not metered
+            last[0] = now
+            bar.set_postfix_str(meter.summary(), refresh=False)
+        bar.update(n)
+
+    return advance
 
 
 def _chunks(numel: int, idx: np.ndarray | None, chunk_size: int):

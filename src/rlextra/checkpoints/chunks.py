@@ -3,11 +3,13 @@ that analysis and extrapolation share, with the NaN/Inf check on every chunk rea
 
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 import numpy as np
 
 from rlextra.fused import bf16_to_float32
+from rlextra.checkpoints.read_meter import ReadMeter
 from rlextra.checkpoints.reader import STORAGE, TensorRef, decoded_is_finite, to_float64, to_torch
 from rlextra.errors import RLExtraError
 
@@ -44,12 +46,13 @@ class BlockReader:
     the last one is consumed. The block is float64, or with ``compact`` (numpy only) float32 where
     every checkpoint's values fit it exactly. With ``bf16_bits`` as well, a series stored in bf16
     alone comes as the values' bits (uint16, read straight into the block): for the compiled pass,
-    which widens them in cache (``as_float`` widens such a block for everything else).
+    which widens them in cache (``as_float`` widens such a block for everything else). ``meter``
+    counts the bytes and the seconds spent in the reads themselves (the progress bar's disk rate).
     """
 
     def __init__(self, refs: list[TensorRef], width: int, device=None, compact: bool = False,
-                 bf16_bits: bool = False) -> None:
-        self.refs, self.device = refs, device
+                 bf16_bits: bool = False, meter: ReadMeter | None = None) -> None:
+        self.refs, self.device, self.meter = refs, device, meter
         if device is None and compact and bf16_bits and all(r.dtype == "BF16" for r in refs):
             self.block = np.empty((len(refs), width), dtype=np.uint16)
         elif device is None:
@@ -87,7 +90,12 @@ class BlockReader:
         block = self.block[:, :n]
         for k, (ref, f, direct) in enumerate(zip(self.refs, self.files, self.direct)):
             raw = block[k] if direct else self.raw[k][:n]
-            ref.read_into(start, raw, f)
+            if self.meter is None:
+                ref.read_into(start, raw, f)
+            else:
+                t0 = time.perf_counter()
+                ref.read_into(start, raw, f)
+                self.meter.add(raw.nbytes, time.perf_counter() - t0)
             if direct:
                 continue
             if self.device is not None:

@@ -41,14 +41,24 @@ def to_float64(raw: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def from_float64(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Encode float64 values to the raw storage of dtype, rounding to nearest even once."""
+    """Encode float64 (or float32) values to the raw storage of dtype, rounding to nearest even, as
+    torch does: bf16 through float32 (torch's own double -> bf16 path, so bytes match), without torch."""
     if dtype == "BF16":
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(values)).to(torch.bfloat16) \
-            .view(torch.int16).numpy().view(np.uint16)
+        return float32_to_bf16(values)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught by the caller's check
         return values.astype(STORAGE[dtype][0])
+
+
+def float32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """bf16 storage (uint16) of float values, rounded to float32 first, then to nearest even on the
+    top 16 bits (torch's rounding; a NaN stays a NaN, its bits unspecified: callers refuse NaN)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        bits = np.asarray(values, dtype=np.float32).view(np.uint32)
+    out = (bits >> 16) & 1
+    out += 0x7FFF
+    out += bits
+    out >>= 16
+    return out.astype(np.uint16)
 
 
 def to_torch(raw: np.ndarray, dtype: str):

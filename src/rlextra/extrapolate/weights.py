@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import rlextra
+from rlextra import fused
 from rlextra.checkpoints.chunks import chunk_ranges, raise_nonfinite, read_tensor, read_values
 from rlextra.checkpoints.buffers import BufferPool
 from rlextra.checkpoints.reader import STORAGE, decoded_is_finite, from_float64, from_torch, to_torch, torch_dtype
@@ -242,7 +243,8 @@ def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, s
                        counts: dict, device: str | None, pool: BufferPool) -> np.ndarray:
     """One chunk of one tensor at the target step, encoded in the output dtype and checked finite.
 
-    Two-point: fp32 (fp64 for fp64 inputs) lerp in torch, the paper's arithmetic. Least squares:
+    Two-point: fp32 (fp64 for fp64 inputs) lerp, the paper's arithmetic: torch's, or on the CPU with
+    numba its compiled twin (the same bytes, tested; torch is not imported). Least squares:
     the float64 streaming kernel. NaN/Inf in inputs propagates to the result, so only the
     encoded result is checked, and the inputs are scanned to name the culprit when it is not finite.
     ``device``: the chunk is read on the CPU and its arithmetic runs there (two-point: the same lerp;
@@ -250,10 +252,12 @@ def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, s
     ``pool``: two-point reads into its buffers and, on the CPU, writes the result into one of them
     (given back by the caller once written).
     """
-    import torch
-
     refs = series.refs(spec.name)
-    if fit == "two-point":
+    if fit == "two-point" and device is None and fused.AVAILABLE:
+        raw = _two_point_compiled(refs, spec.dtype, start, stop, alpha, pool)
+    elif fit == "two-point":
+        import torch
+
         inputs = [r.read_into(start, pool.take(STORAGE[r.dtype][0], stop - start)) for r in refs]
         y_b, y_s = (to_torch(x, r.dtype) for x, r in zip(inputs, refs))
         # torch's bf16/fp16 lerp computes in fp32 and rounds once: the same result as the
@@ -287,6 +291,35 @@ def _extrapolate_chunk(series: CheckpointSeries, spec: TensorSpec, start: int, s
                         otherwise=f"extrapolated value is NaN/Inf in {spec.dtype} at step {target:g} "
                                   "(alpha too large?); nothing written")
     return raw
+
+
+def _two_point_compiled(refs, dtype: str, start: int, stop: int, alpha: float, pool: BufferPool) -> np.ndarray:
+    """One chunk of the two-point line on the CPU, without torch: the bytes torch's lerp gives. bf16
+    in and out stays bf16 storage (widened and rounded in cache); otherwise the inputs are cast to
+    the compute precision (float64 for an fp64 output, else float32) as the torch path casts them."""
+    n = stop - start
+    inputs = [r.read_into(start, pool.take(STORAGE[r.dtype][0], n)) for r in refs]
+    if refs[0].dtype == refs[1].dtype == dtype == "BF16":
+        raw = fused.lerp_bf16_into(inputs[0], inputs[1], alpha, pool.take(np.uint16, n))
+    else:
+        compute = np.float64 if dtype == "F64" else np.float32
+        a, b = (_widened(x, r.dtype, compute) for x, r in zip(inputs, refs))
+        if STORAGE[dtype][0] == compute:
+            raw = fused.lerp_into(a, b, alpha, pool.take(compute, n))
+        else:
+            raw = from_float64(fused.lerp_into(a, b, alpha, np.empty(n, compute)), dtype)
+    for x in inputs:
+        pool.give(x)
+    return raw
+
+
+def _widened(raw: np.ndarray, dtype: str, compute) -> np.ndarray:
+    """Raw float storage as ``compute`` values (rounded to nearest even when narrower, as torch's .to)."""
+    if dtype == "BF16":
+        out = np.empty(raw.shape, np.float32)
+        fused.bf16_to_float32(raw, out)
+        return out if compute == np.float32 else out.astype(compute)
+    return raw if raw.dtype == compute else raw.astype(compute)
 
 
 def _lsq_on_device(refs, steps, start: int, stop: int, target: float, min_r2: float | None, counts: dict,
