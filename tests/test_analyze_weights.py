@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import numpy_r2, planted_series, write_ckpt
+from rlextra import fused
 from rlextra.analysis import analyze_weights, merge_weight_reports
 from rlextra.analysis.weights import sample_indices
 from rlextra.errors import RLExtraError
@@ -371,6 +372,7 @@ def test_a_nan_in_a_bf16_series_is_refused_by_name(tmp_path):
         analyze_weights(tmp_path / "run", None, progress=False, plots=False)
 
 
+@pytest.mark.skipif(not fused.AVAILABLE, reason="numba not installed: backtest and extrapolate then run in torch")
 def test_the_safetensors_path_imports_neither_torch_nor_transformers(tmp_path):
     """analyze weights, watch --once, backtest's streamed methods and extrapolate (two-point, lsq)
     read safetensors with numpy and numba: torch (about 1.2 s to import here) and transformers (0.4 s) stay out of the process."""
