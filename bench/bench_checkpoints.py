@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import append_to_results
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # synthetic.py: the planted-drift series fixture
 
@@ -266,8 +268,7 @@ def main() -> None:
     table = render(results, a)
     print(table)
     if a.write_results:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(table + "\n")
+        append_to_results(table + "\n")
         curve = HERE / "results" / f"{a.name or 'checkpoints-' + a.dtype}-{datetime.date.today()}.json"
         curve.write_text(json.dumps({"command": sys.argv, "cpus": os.cpu_count(), "runs": runs}, indent=1) + "\n")
 

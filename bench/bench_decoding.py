@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import append_to_results
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE.parent / "tests"))  # synthetic.py: the planted-drift series fixture
@@ -266,8 +268,7 @@ def main() -> None:
     lines = run_cuda(a) if cuda else run_cpu(a)
     print("\n".join(lines))
     if a.write_results:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write("\n".join(lines) + "\n")
+        append_to_results("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _results import append_to_results
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKER = ROOT / "tests" / "verl_fsdp_worker.py"
@@ -86,7 +88,7 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "fsdp_shards.json").write_text(json.dumps(result, indent=1) + "\n")
     base = med["safetensors (gathered fp32)"]
-    lines = [f"| input | peak RSS, MB | x safetensors | wall s | x safetensors |", "|---|---|---|---|---|"]
+    lines = ["| input | peak RSS, MB | x safetensors | wall s | x safetensors |", "|---|---|---|---|---|"]
     for n, m in med.items():
         lines.append(f"| {n} | {m['peak_rss_mb']:.0f} | {m['peak_rss_mb'] / base['peak_rss_mb']:.2f} | "
                      f"{m['wall_s']:.2f} | {m['wall_s'] / base['wall_s']:.2f} |")
@@ -100,8 +102,7 @@ def main() -> None:
                 f"{a.repeats}, interleaved.\nCommand: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_fsdp_shards.py "
                 f"--write-results`\n\n{table}\n\nThe three reports are identical (weights.csv byte for byte; the "
                 "4-rank run against its own gathered weights). Curves: `bench/results/fsdp_shards.json`.\n")
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(text)
+        append_to_results(text)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import append_to_results
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -128,8 +130,7 @@ def main() -> None:
     table = render(results, a)
     print(table)
     if a.write_results:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(table + "\n")
+        append_to_results(table + "\n")
 
 
 if __name__ == "__main__":

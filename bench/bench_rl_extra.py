@@ -32,6 +32,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from _results import append_to_results
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _curves import score_run  # noqa: E402
@@ -145,8 +147,7 @@ def main() -> None:
     text = report(state, a)
     print(text)
     if a.write_results:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(text + "\n")
+        append_to_results(text + "\n")
 
 
 def report(state: dict, a) -> str:

@@ -23,6 +23,8 @@ import platform
 import time
 from pathlib import Path
 
+from _results import append_to_results
+
 HERE = Path(__file__).resolve().parent
 QUESTIONS = [f"What is {a} + {b}? Answer with only the number." for a in range(11, 99, 7) for b in (13, 58, 76, 94)]
 
@@ -112,8 +114,7 @@ def main() -> None:
             + ", ".join(f"{k}: {v}" for k, v in equal.items()) + ". Curves: `bench/results/vllm_decoding.json`.\n")
     print(text)
     if a.write_results:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(text)
+        append_to_results(text)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from _results import append_to_results
+
 HERE = Path(__file__).resolve().parent
 RX = str(HERE.parent / ".venv-vllm" / "bin" / "rlextra")
 
@@ -73,8 +75,7 @@ def main() -> None:
             f"HF / vLLM step time: {res['ratio_hf_over_vllm']}x. Curves: `bench/results/vllm_train.json`.\n")
     print(text)
     if a.write_results:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(text)
+        append_to_results(text)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import append_to_results
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RX = str(ROOT / ".venv" / "bin" / "rlextra")
@@ -226,8 +228,7 @@ def main() -> None:
     text = render(result, result["series"])
     print(text)
     if a.write_results:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write(text)
+        append_to_results(text)
 
 
 COLUMNS = ("analyze weights", "backtest two-point,lsq", "extrapolate", "watch --once", "analyze merge",
