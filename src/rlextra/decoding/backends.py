@@ -29,6 +29,13 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def require_vllm(flag: str) -> None:
+    """The one-line refusal of ``flag`` (``--backend vllm``, ``--vllm``) where vLLM is not installed."""
+    if not vllm_installed():
+        raise RLExtraError(f"{flag}: vLLM is not installed (GPU: pip install vllm; CPU: "
+                           "bash scripts/setup-vllm.sh, then use .venv-vllm/bin/rlextra)")
+
+
 def vllm_available() -> bool:
     """vLLM installed and a CUDA GPU present: where ``--backend auto`` picks it (on a CPU its engine
     takes ~30 s to start, more than a small evaluation takes with the other decoders)."""
@@ -232,9 +239,7 @@ def load_decoder(checkpoints: str | Path | Sequence[str | Path] | CheckpointSeri
     if backend == "auto":
         backend = "vllm" if vllm_available() and resolve_device(device).type == "cuda" else "hf"
     if backend == "vllm":
-        if not vllm_installed():
-            raise RLExtraError("--backend vllm: vLLM is not installed (GPU: pip install vllm; CPU: "
-                               "bash scripts/setup-vllm.sh, then use .venv-vllm/bin/rlextra)")
+        require_vllm("--backend vllm")
         if not checked:
             from rlextra.checkpoints import check_model_dir
 
@@ -252,9 +257,7 @@ def _vllm_extrapolation(paths, to_step, alpha, steps, dtype, device, checked: bo
     from rlextra.checkpoints import check_loadable, load_series
     from rlextra.linefit import resolve_target
 
-    if not vllm_installed():
-        raise RLExtraError("--backend vllm: vLLM is not installed (GPU: pip install vllm; CPU: "
-                           "bash scripts/setup-vllm.sh, then use .venv-vllm/bin/rlextra)")
+    require_vllm("--backend vllm")
     series = paths if isinstance(paths, CheckpointSeries) and checked else \
         check_loadable(load_series(paths, steps, min_checkpoints=2))
     target = resolve_target(series.steps, to_step, alpha)[0]

@@ -17,19 +17,15 @@ import functools
 import os
 import weakref
 
-from rlextra.errors import RLExtraError
-
 _ACTIVE: list = []  # the VLLMGeneration that synced last (weakly), for checks
 _PATCHED: dict = {}
 
 
 def use_vllm_in_trl(cpu: bool) -> None:
     """Route TRL's colocated vLLM through rlextra's sync (idempotent); one-line error without vLLM."""
-    import importlib.util
+    from rlextra.decoding.backends import require_vllm
 
-    if importlib.util.find_spec("vllm") is None:
-        raise RLExtraError("--vllm: vLLM is not installed (GPU: pip install vllm; CPU: bash scripts/setup-vllm.sh, "
-                           "then .venv-vllm/bin/rlextra)")
+    require_vllm("--vllm")
     import trl.generation.vllm_generation as generation
 
     if "sync" not in _PATCHED:
