@@ -336,8 +336,6 @@ def _coordinate(shard: _Shard, name: str, mesh, dims: int) -> tuple:
     return tuple(coord)
 
 
-
-
 def read_fsdp_checkpoint(folder: Path) -> dict[str, TensorRef]:
     """Index one verl FSDP checkpoint folder (``global_step_N/actor``): each tensor of the full model,
     as the pieces its ranks hold, in flat order. Reads archive headers and pickles only, no tensor data."""
